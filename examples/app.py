@@ -1,0 +1,154 @@
+"""Acme: a small FastAPI site that credits signups to the Dub link that brought the visitor.
+
+Run it:    uvicorn examples.app:app --reload
+Try it:    open http://127.0.0.1:8000/?dub_id=cm3demo123 then sign up.
+
+The two lines that matter are marked (1) and (2); everything else is an ordinary site.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from asgi_attribution import AttributionMiddleware, Tracker, get_attribution, track_lead
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+
+
+def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> FastAPI:
+    """Build the site. ``tracker`` defaults to Dub with ``DUB_API_KEY`` from the environment."""
+    app = FastAPI(title="Acme")
+    # (1) Read the click cookie on every request; set it from ?dub_id= on a landing.
+    app.add_middleware(
+        AttributionMiddleware, tracker=tracker or Tracker("dub"), **middleware_options
+    )
+    users: dict[str, dict[str, Any]] = {}
+    ids = itertools.count(1)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def landing(request: Request) -> str:
+        return page(
+            request,
+            "Ship faster with Acme",
+            "<p>Acme turns your backlog into releases. Teams of every size trust it.</p>"
+            '<p><a class="button" href="/pricing">See pricing</a></p>',
+        )
+
+    @app.get("/pricing", response_class=HTMLResponse)
+    async def pricing(request: Request) -> str:
+        return page(
+            request,
+            "Pricing",
+            "<ul><li><b>Starter</b>: free for 3 seats</li>"
+            "<li><b>Team</b>: $12 per seat per month</li></ul>"
+            '<p><a class="button" href="/signup">Start free</a></p>',
+        )
+
+    @app.get("/signup", response_class=HTMLResponse)
+    async def signup_form(request: Request) -> str:
+        return page(request, "Create your account", signup_form_html())
+
+    @app.post("/signup", response_model=None)
+    async def signup(request: Request) -> HTMLResponse | RedirectResponse:
+        form = await request.form()
+        name = str(form.get("name", "")).strip()
+        email = str(form.get("email", "")).strip()
+        errors = []
+        if not 1 <= len(name) <= 100:
+            errors.append("Please enter your name (at most 100 characters).")
+        if len(email) > 100 or not EMAIL.match(email):
+            errors.append("Please enter a valid email address.")
+        if errors:
+            body = "".join(f'<p class="error">{html.escape(e)}</p>' for e in errors)
+            return HTMLResponse(
+                page(request, "Create your account", body + signup_form_html(name, email)),
+                status_code=422,
+            )
+        user_id = f"user_{next(ids)}"
+        # (2) Credit the signup to the click; an organic visitor is simply skipped.
+        result = await track_lead(
+            request,
+            "Sign up",
+            customer_external_id=user_id,
+            customer_name=name,
+            customer_email=email,
+        )
+        users[user_id] = {
+            "name": name,
+            "click_id": get_attribution(request).click_id,
+            "status": result.status,
+        }
+        return RedirectResponse(f"/welcome/{user_id}", status_code=303)
+
+    @app.get("/welcome/{user_id}", response_class=HTMLResponse)
+    async def welcome(request: Request, user_id: str) -> HTMLResponse:
+        user = users.get(user_id)
+        if user is None:
+            return HTMLResponse(page(request, "Not found", "<p>No such account.</p>"), 404)
+        credit = (
+            f'credited to click <code id="credited">{html.escape(user["click_id"])}</code> '
+            f"(lead {html.escape(user['status'])})"
+            if user["click_id"]
+            else '<span id="credited">not credited to any click (organic visit)</span>'
+        )
+        body = f"<p>Thanks, {html.escape(user['name'])}! Your signup was {credit}.</p>"
+        body += '<p class="note">Shown for the demo only; a real site would not show this.</p>'
+        return HTMLResponse(page(request, "Welcome aboard", body))
+
+    return app
+
+
+def signup_form_html(name: str = "", email: str = "") -> str:
+    return (
+        '<form method="post" action="/signup">'
+        f'<label>Name <input name="name" value="{html.escape(name)}" required></label>'
+        f'<label>Email <input name="email" type="email" value="{html.escape(email)}" required>'
+        "</label>"
+        '<button type="submit">Create account</button></form>'
+    )
+
+
+def banner(request: Request) -> str:
+    """The partner banner from Dub's ``dub_partner_data`` cookie, when a partner referred."""
+    attribution = get_attribution(request)
+    partner, discount = attribution.partner, attribution.discount
+    if partner is None or not partner.name:
+        return ""
+    offer = ""
+    if discount is not None and discount.amount:
+        if discount.type == "percentage":
+            offer = f": {discount.amount:g}% off"
+        else:
+            offer = f": ${discount.amount / 100:.2f} off"
+    return f'<div class="banner">{html.escape(partner.name)} referred you{html.escape(offer)}</div>'
+
+
+def page(request: Request, title: str, body: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · Acme</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto;
+        padding: 0 1rem; color: #1f2933; }}
+ nav a {{ margin-right: 1rem; }}
+ .banner {{ background: #fff4d6; border: 1px solid #f0c36d; padding: .5rem 1rem;
+           border-radius: 6px; margin-bottom: 1rem; }}
+ .button, button {{ background: #2563eb; color: white; padding: .5rem 1rem; border: 0;
+                   border-radius: 6px; text-decoration: none; cursor: pointer; }}
+ label {{ display: block; margin: .5rem 0; }} input {{ display: block; padding: .4rem;
+        width: 100%; max-width: 20rem; }}
+ .error {{ color: #b91c1c; }} .note {{ color: #6b7280; font-size: .9rem; }}
+</style></head>
+<body><nav><a href="/">Acme</a><a href="/pricing">Pricing</a><a href="/signup">Sign up</a></nav>
+{banner(request)}<h1>{html.escape(title)}</h1>
+{body}
+</body></html>"""
+
+
+app = create_app()

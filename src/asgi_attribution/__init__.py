@@ -1,0 +1,68 @@
+"""asgi-attribution: credit signups and sales to the link click that brought the visitor.
+
+Example:
+    >>> from fastapi import FastAPI, Request
+    >>> from asgi_attribution import AttributionMiddleware, Tracker, track_lead
+    >>> app = FastAPI()
+    >>> app.add_middleware(AttributionMiddleware, tracker=Tracker("dub"))
+    >>> @app.post("/signup")
+    ... async def signup(request: Request):
+    ...     await track_lead(request, "Sign up", customer_external_id="user_42")
+"""
+
+from .attribution import Attribution, Discount, Partner, PartnerData, get_attribution
+from .cookies import CookiePolicy, valid_click_id
+from .events import (
+    AttributionError,
+    CustomerEvent,
+    DeliveryError,
+    Event,
+    InvalidEventError,
+    LeadEvent,
+    MissingClickIdError,
+    SaleEvent,
+)
+from .middleware import AttributionMiddleware
+from .providers import DUB, PIMMS, Provider, ProviderRequest, get_provider
+from .tracking import Tracker, track_customer, track_lead, track_sale, tracks_lead
+from .transports.base import Delivery, TrackResult, Transport
+from .transports.http import HTTPTransport, RetryPolicy
+from .transports.memory import MemoryTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DUB",
+    "PIMMS",
+    "Attribution",
+    "AttributionError",
+    "AttributionMiddleware",
+    "CookiePolicy",
+    "CustomerEvent",
+    "Delivery",
+    "DeliveryError",
+    "Discount",
+    "Event",
+    "HTTPTransport",
+    "InvalidEventError",
+    "LeadEvent",
+    "MemoryTransport",
+    "MissingClickIdError",
+    "Partner",
+    "PartnerData",
+    "Provider",
+    "ProviderRequest",
+    "RetryPolicy",
+    "SaleEvent",
+    "TrackResult",
+    "Tracker",
+    "Transport",
+    "__version__",
+    "get_attribution",
+    "get_provider",
+    "track_customer",
+    "track_lead",
+    "track_sale",
+    "tracks_lead",
+    "valid_click_id",
+]

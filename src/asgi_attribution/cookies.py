@@ -1,0 +1,130 @@
+"""Reading and writing the click cookie: validation, parsing, and the Set-Cookie header.
+
+Nothing here knows about delivery. Every value that may reach a header is validated first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from starlette.requests import cookie_parser
+
+__all__ = ["CookiePolicy", "cookie_domain_for", "parse_cookies", "valid_click_id"]
+
+logger = logging.getLogger("asgi_attribution")
+
+_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Host names only (RFC 1123 letters, digits, '-', '.'): a Host header is client input and must
+# never put ';' or CR/LF into our Set-Cookie.
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+NINETY_DAYS = 90 * 24 * 60 * 60
+
+
+def valid_click_id(value: str | None, *, where: str = "value") -> str | None:
+    """Return ``value`` if it looks like a click id (1-64 of ``[A-Za-z0-9_-]``), else ``None``.
+
+    Rejected values are logged at debug level (escaped, truncated), never raised.
+
+    Example:
+        >>> valid_click_id("cm3abc_9"), valid_click_id("x; Path=/")
+        ('cm3abc_9', None)
+    """
+    if value is None:
+        return None
+    if _CLICK_ID.fullmatch(value):
+        return value
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("ignored malformed click id in %s: %r", where, value[:80])
+    return None
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """Parse a ``Cookie`` header the way Starlette does (lenient, never raises).
+
+    Example:
+        >>> parse_cookies("a=1; dub_id=abc")["dub_id"]
+        'abc'
+    """
+    return cookie_parser(header)
+
+
+def cookie_domain_for(host: str) -> str | None:
+    """The domain Dub's script would use: ``.`` + host without ``www.``; none for local hosts.
+
+    Returns ``None`` for localhost, IP addresses, single-label and malformed hosts.
+
+    Example:
+        >>> cookie_domain_for("www.example.com:8000"), cookie_domain_for("127.0.0.1:8000")
+        ('.example.com', None)
+    """
+    if host.startswith("["):  # bracketed IPv6 literal
+        return None
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".").lower()
+    if not _HOSTNAME.fullmatch(name) or "." not in name or name.endswith(".localhost"):
+        return None
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    return "." + name.removeprefix("www.")
+
+
+@dataclass(frozen=True, slots=True)
+class CookiePolicy:
+    """The attributes of the click cookie the middleware sets. Defaults match Dub's script.
+
+    ``domain="auto"`` derives it from the Host header (see :func:`cookie_domain_for`); ``None``
+    sets a host-only cookie. ``secure=None`` means Secure on https only.
+
+    Example:
+        >>> CookiePolicy().header("dub_id", "abc", host="localhost", https=False)
+        'dub_id=abc; Max-Age=7776000; Path=/; SameSite=Lax'
+    """
+
+    max_age: int = NINETY_DAYS
+    path: str = "/"
+    domain: str | None = "auto"
+    samesite: Literal["lax", "strict", "none"] = "lax"
+    secure: bool | None = None
+    httponly: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_age < 0:
+            raise ValueError(f"cookie max_age must be >= 0 seconds, got {self.max_age}")
+        if not re.fullmatch(r"/[!#-:<-~]*", self.path):
+            raise ValueError(f"cookie path must start with '/' and be printable, got {self.path!r}")
+        if self.domain not in (None, "auto") and not _HOSTNAME.fullmatch(self.domain.lstrip(".")):
+            raise ValueError(f"cookie domain must be a host name, got {self.domain!r}")
+        if self.samesite not in ("lax", "strict", "none"):
+            raise ValueError(f"cookie samesite must be lax, strict or none, got {self.samesite!r}")
+
+    def header(self, name: str, value: str, *, host: str, https: bool) -> str:
+        """Build the ``Set-Cookie`` value; ``value`` must already be validated.
+
+        Written by hand rather than with ``http.cookies``: the value is a validated token, and
+        this is on the landing request's hot path.
+        """
+        parts = [f"{name}={value}", f"Max-Age={self.max_age}", f"Path={self.path}"]
+        domain = cookie_domain_for(host) if self.domain == "auto" else self.domain
+        if domain:
+            parts.append(f"Domain={domain}")
+        parts.append(f"SameSite={self.samesite.capitalize()}")
+        if self.secure or (self.secure is None and https) or self.samesite == "none":
+            parts.append("Secure")
+        if self.httponly:
+            parts.append("HttpOnly")
+        return "; ".join(parts)
+
+    def deletion(self, name: str, *, host: str) -> str:
+        """A ``Set-Cookie`` value that deletes cookie ``name`` with the same path and domain."""
+        parts = [f'{name}=""', "Max-Age=0", f"Path={self.path}"]
+        domain = cookie_domain_for(host) if self.domain == "auto" else self.domain
+        if domain:
+            parts.append(f"Domain={domain}")
+        return "; ".join(parts)

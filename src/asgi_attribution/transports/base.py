@@ -1,0 +1,88 @@
+"""The transport interface: how a validated event leaves the process.
+
+Kept as small as httpx's transport: ``send`` one delivery, ``aclose`` at the end. ``start`` and
+``flush`` exist for transports that hold a queue; the defaults do nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..events import Event
+from ..providers import Provider, ProviderRequest
+
+__all__ = ["Delivery", "TrackResult", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event on its way to one provider (no credentials: those belong to the transport).
+
+    Example:
+        >>> from asgi_attribution import DUB, LeadEvent
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> d = Delivery(lead, DUB)
+        >>> d.request().json["customerExternalId"]
+        'u'
+    """
+
+    event: Event
+    provider: Provider
+
+    def request(self) -> ProviderRequest:
+        """The provider's HTTP request for this event (path, method, JSON body)."""
+        return self.provider.render(self.event)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackResult:
+    """What happened to a tracking call: ``queued``, ``sent`` or ``skipped`` (with a reason).
+
+    ``response`` is the provider's JSON answer when the event was sent inline.
+
+    Example:
+        >>> TrackResult("skipped", reason="no click id").skipped
+        True
+    """
+
+    status: Literal["queued", "sent", "skipped"]
+    event: Event | None = None
+    reason: str | None = None
+    status_code: int | None = None
+    response: Any = None
+
+    @property
+    def skipped(self) -> bool:
+        """True when nothing was sent or queued (for example an organic signup)."""
+        return self.status == "skipped"
+
+    @property
+    def event_id(self) -> str | None:
+        """The event's unique id (also its ``Idempotency-Key``), if an event was built."""
+        return self.event.event_id if self.event is not None else None
+
+
+class Transport(abc.ABC):
+    """Delivers events. Subclass it and implement :meth:`send`.
+
+    Example:
+        >>> class PrintTransport(Transport):
+        ...     async def send(self, delivery):
+        ...         print(delivery.request().json)
+        ...         return TrackResult("sent", delivery.event)
+    """
+
+    @abc.abstractmethod
+    async def send(self, delivery: Delivery) -> TrackResult:
+        """Deliver (or enqueue) one event; raise :class:`DeliveryError` on a final failure."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare to deliver (called at lifespan startup or first use); idempotent."""
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook
+        """Wait until everything accepted so far has been delivered or reported."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Deliver what is pending within the transport's limits, then release resources."""
