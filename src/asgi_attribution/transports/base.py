@@ -40,7 +40,8 @@ class Delivery:
 class TrackResult:
     """What happened to a tracking call: ``queued``, ``sent`` or ``skipped`` (with a reason).
 
-    ``response`` is the provider's JSON answer when the event was sent inline.
+    ``response`` is the provider's JSON answer when the event was sent inline. ``durable`` is
+    True when a queued event was written to a durable outbox before this call returned.
 
     Example:
         >>> TrackResult("skipped", reason="no click id").skipped
@@ -52,6 +53,15 @@ class TrackResult:
     reason: str | None = None
     status_code: int | None = None
     response: Any = None
+    durable: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """True once the event cannot be lost: the provider took it, or a durable outbox holds it.
+
+        An event in the in-memory background queue is not yet accepted.
+        """
+        return self.status == "sent" or (self.status == "queued" and self.durable)
 
     @property
     def skipped(self) -> bool:
