@@ -15,6 +15,7 @@ from .providers import Provider
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
 
+    from .cookies import ManagedCookies
     from .tracking import Tracker
 
 __all__ = ["Attribution", "Discount", "Partner", "PartnerData", "get_attribution"]
@@ -119,6 +120,7 @@ class Attribution:
         "_partner_raw",
         "captured",
         "click_id",
+        "managed_cookies",
         "provider",
         "source",
         "tracker",
@@ -135,15 +137,20 @@ class Attribution:
         captured: bool = False,
         verified: bool = False,
         tracker: Tracker | None = None,
+        managed_cookies: ManagedCookies | None = None,
     ) -> None:
         self.provider = provider
         self.click_id = click_id
         self.source = source
         #: True when this request landed with the click id in its URL and the cookie was set.
         self.captured = captured
-        #: True when a signed companion cookie vouches for the click id (see verified attribution).
+        #: True when the server itself saw this click id arrive in a landing URL: on the landing,
+        #: or later when the signed companion cookie agrees with the click cookie and is within
+        #: its max age. Always False without ``signing_secrets`` on the middleware.
         self.verified = verified
         self.tracker = tracker
+        #: The cookies the middleware manages here, for :func:`clear_attribution`.
+        self.managed_cookies = managed_cookies
         self._partner_raw = partner_raw
         self._partner: PartnerData | Literal[False] | None = False
 

@@ -8,12 +8,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.requests import cookie_parser
 
-__all__ = ["CookiePolicy", "cookie_domain_for", "parse_cookies", "valid_click_id"]
+__all__ = [
+    "CookiePolicy",
+    "ManagedCookies",
+    "cookie_domain_for",
+    "host_of",
+    "parse_cookies",
+    "valid_click_id",
+]
 
 logger = logging.getLogger("asgi_attribution")
 
@@ -50,6 +58,20 @@ def parse_cookies(header: str) -> dict[str, str]:
         'abc'
     """
     return cookie_parser(header)
+
+
+def host_of(scope: Mapping[str, Any]) -> str:
+    """The request's ``Host`` header (or the server name), as the cookie domain is derived from it.
+
+    Example:
+        >>> host_of({"headers": [(b"host", b"www.example.com")]})
+        'www.example.com'
+    """
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return str(value.decode("latin-1"))
+    server = scope.get("server")
+    return str(server[0]) if server else ""
 
 
 def cookie_domain_for(host: str) -> str | None:
@@ -128,3 +150,23 @@ class CookiePolicy:
         if domain:
             parts.append(f"Domain={domain}")
         return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedCookies:
+    """The cookies the middleware reads and writes, and the policy it writes them with.
+
+    Used to delete them all with the same ``Path`` and ``Domain`` (a cookie set with a domain
+    is only deleted by a Set-Cookie naming the same domain).
+
+    Example:
+        >>> ManagedCookies(CookiePolicy(domain=None), ("dub_id",)).deletions("localhost")
+        ['dub_id=""; Max-Age=0; Path=/']
+    """
+
+    policy: CookiePolicy
+    names: tuple[str, ...]
+
+    def deletions(self, host: str) -> list[str]:
+        """One deleting ``Set-Cookie`` value per managed cookie."""
+        return [self.policy.deletion(name, host=host) for name in self.names]

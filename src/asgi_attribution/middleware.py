@@ -8,23 +8,37 @@ tracker. It never fails a request: bad input is treated as absent.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Literal
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .attribution import STATE_KEY, Attribution, current_attribution
-from .cookies import NINETY_DAYS, CookiePolicy, parse_cookies, valid_click_id
+from .cookies import (
+    NINETY_DAYS,
+    CookiePolicy,
+    ManagedCookies,
+    host_of,
+    parse_cookies,
+    valid_click_id,
+)
 from .providers import Provider, get_provider
+from .signing import ClickSigner
 from .tracking import Tracker
 
-__all__ = ["AttributionMiddleware"]
+__all__ = ["AttributionMiddleware", "ConsentCheck"]
 
 logger = logging.getLogger("asgi_attribution")
 
 AttributionModel = Literal["last-click", "first-click"]
+ConsentCheck = Callable[[HTTPConnection], "bool | Awaitable[bool]"]
+"""``consent(connection) -> bool`` (or an awaitable bool): may this visitor's click be kept?"""
 
 
 class AttributionMiddleware:
@@ -37,10 +51,26 @@ class AttributionMiddleware:
     cookie attributes ``cookie_max_age``, ``cookie_path``, ``cookie_domain`` (``"auto"``),
     ``cookie_samesite``, ``cookie_secure`` (``None``: on https) and ``cookie_httponly``.
 
+    Verified attribution: with ``signing_secrets`` (one secret or a list; the first signs, all
+    verify), a landing also sets an HttpOnly cookie ``<cookie name>_sig`` signing the click id
+    and its capture time, and ``Attribution.verified`` is True when it agrees with the click
+    cookie and is at most ``verified_max_age`` seconds old (default: ``cookie_max_age``).
+
+    Consent: with ``consent`` (a callable taking the request, returning a bool or an awaitable
+    bool) or ``honor_gpc=True`` (a ``Sec-GPC: 1`` request header), nothing is captured and no
+    cookie is set unless the visitor consented: the request looks organic. A consent callable
+    that raises counts as "no consent" (logged), never as a failed request.
+
     Example:
         >>> from starlette.applications import Starlette
         >>> app = Starlette()
-        >>> app.add_middleware(AttributionMiddleware, tracker=Tracker("dub"))
+        >>> app.add_middleware(
+        ...     AttributionMiddleware,
+        ...     tracker=Tracker("dub"),
+        ...     signing_secrets=["new-long-random-secret", "previous-secret"],
+        ...     consent=lambda request: request.cookies.get("consent") == "yes",
+        ...     honor_gpc=True,
+        ... )
     """
 
     def __init__(
@@ -57,6 +87,10 @@ class AttributionMiddleware:
         cookie_samesite: Literal["lax", "strict", "none"] = "lax",
         cookie_secure: bool | None = None,
         cookie_httponly: bool = False,
+        signing_secrets: str | Sequence[str] | None = None,
+        verified_max_age: int | None = None,
+        consent: ConsentCheck | None = None,
+        honor_gpc: bool = False,
     ) -> None:
         if attribution_model not in ("last-click", "first-click"):
             raise ValueError(
@@ -76,8 +110,33 @@ class AttributionMiddleware:
             secure=cookie_secure,
             httponly=cookie_httponly,
         )
-        # Byte needles, computed once, let most requests skip parsing entirely.
         p = self.provider
+        # The companion is HttpOnly: page scripts (the provider's included) never need it.
+        self.signed_cookie_name = p.cookie_name + "_sig"
+        self.signed_cookie = replace(self.cookie, httponly=True)
+        self.signer = (
+            None
+            if signing_secrets is None
+            else ClickSigner(
+                signing_secrets,
+                max_age=cookie_max_age if verified_max_age is None else verified_max_age,
+                salt=f"asgi-attribution.click.{p.name}",
+            )
+        )
+        self.consent = consent
+        self.honor_gpc = honor_gpc
+        self._gated = consent is not None or honor_gpc
+
+        managed = [*p.cookie_names]
+        if p.partner_cookie:
+            managed.append(p.partner_cookie)
+        if self.signer is not None:
+            managed.append(self.signed_cookie_name)
+        self.managed_cookies = ManagedCookies(self.cookie, tuple(managed))
+        # What our Set-Cookie headers start with: if the app set one of these, it decided.
+        self._ours = (p.cookie_name + "=", self.signed_cookie_name + "=")
+
+        # Byte needles, computed once, let most requests skip parsing entirely.
         self._cookie_needles = tuple(name.encode() + b"=" for name in p.cookie_names)
         if p.partner_cookie:
             self._cookie_needles += (p.partner_cookie.encode() + b"=",)
@@ -94,10 +153,21 @@ class AttributionMiddleware:
             return
 
         try:
-            attribution, set_cookie = self._attribute(scope)
+            attribution, set_cookies = self._attribute(scope)
+            # Consent is asked only when there is something to keep: organic traffic pays nothing.
+            if (
+                self._gated
+                and (
+                    set_cookies is not None
+                    or attribution.click_id is not None
+                    or attribution._partner_raw is not None
+                )
+                and not await self._consented(scope)
+            ):
+                attribution, set_cookies = self._organic(), None
         except Exception:  # never fail a request because of what a visitor sent
             logger.exception("attribution failed; handling the request without it")
-            attribution, set_cookie = Attribution(self.provider, tracker=self.tracker), None
+            attribution, set_cookies = self._organic(), None
 
         # A copy of the state: servers may hand every request the same dict.
         state = scope.get("state")
@@ -105,15 +175,36 @@ class AttributionMiddleware:
         state[STATE_KEY] = attribution
         scope = {**scope, "state": state}
 
-        if set_cookie is not None:
-            send = _CookieSender(send, set_cookie, self.provider.cookie_name + "=")
+        if set_cookies is not None:
+            send = _CookieSender(send, set_cookies, self._ours)
         token = current_attribution.set(attribution)
         try:
             await self.app(scope, receive, send)
         finally:
             current_attribution.reset(token)
 
-    def _attribute(self, scope: Scope) -> tuple[Attribution, str | None]:
+    def _organic(self) -> Attribution:
+        return Attribution(
+            self.provider, tracker=self.tracker, managed_cookies=self.managed_cookies
+        )
+
+    async def _consented(self, scope: Scope) -> bool:
+        if self.honor_gpc and any(
+            name == b"sec-gpc" and value.strip() == b"1" for name, value in scope["headers"]
+        ):
+            return False
+        if self.consent is None:
+            return True
+        try:
+            answer = self.consent(HTTPConnection(scope))
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return bool(answer)
+        except Exception:
+            logger.exception("consent callable failed; treating the visitor as not consenting")
+            return False
+
+    def _attribute(self, scope: Scope) -> tuple[Attribution, tuple[str, ...] | None]:
         provider = self.provider
         cookie_header = None
         for name, value in scope["headers"]:
@@ -122,6 +213,7 @@ class AttributionMiddleware:
                 cookie_header = value if cookie_header is None else cookie_header + b"; " + value
 
         cookie_click = partner_raw = None
+        cookies: dict[str, str] = {}
         if cookie_header is not None:
             cookies = parse_cookies(cookie_header.decode("latin-1"))
             for name in provider.cookie_names:
@@ -137,32 +229,60 @@ class AttributionMiddleware:
         if self.capture_landing and scope["type"] == "http" and self._query_needle in query:
             query_click = self._landing_click(query)
 
+        signer = self.signer
         if query_click is not None and not (self.first_click and cookie_click is not None):
             # Always (re)set, as the providers' scripts do: a landing refreshes the expiry.
-            set_cookie = self.cookie.header(
-                provider.cookie_name,
-                query_click,
-                host=_host(scope),
-                https=scope.get("scheme") in ("https", "wss"),
+            host = host_of(scope)
+            https = scope.get("scheme") in ("https", "wss")
+            set_cookies: tuple[str, ...] = (
+                self.cookie.header(provider.cookie_name, query_click, host=host, https=https),
             )
+            if signer is not None:
+                # The server saw this click arrive in the URL: vouch for it, and say when.
+                set_cookies += (
+                    self.signed_cookie.header(
+                        self.signed_cookie_name, signer.sign(query_click), host=host, https=https
+                    ),
+                )
             attribution = Attribution(
                 provider,
                 click_id=query_click,
                 source="query",
                 partner_raw=partner_raw,
                 captured=True,
+                verified=signer is not None,
                 tracker=self.tracker,
+                managed_cookies=self.managed_cookies,
             )
-            return attribution, set_cookie
+            return attribution, set_cookies
 
+        # Also on a first-click landing that keeps the older cookie: the companion keeps saying
+        # what it said about that click, and the new, unused click is not signed.
+        verified = False
+        if signer is not None and cookie_click is not None:
+            verified = signer.verify(self._signed_token(scope, cookies), cookie_click)
         attribution = Attribution(
             provider,
             click_id=cookie_click,
             source="cookie" if cookie_click else None,
             partner_raw=partner_raw,
+            verified=verified,
             tracker=self.tracker,
+            managed_cookies=self.managed_cookies,
         )
         return attribution, None
+
+    def _signed_token(self, scope: Scope, cookies: dict[str, str]) -> str | None:
+        token = cookies.get(self.signed_cookie_name)
+        if token is None:
+            # The click cookie's header may not have carried it (HTTP/2 splits cookies).
+            needle = self.signed_cookie_name.encode() + b"="
+            for name, value in scope["headers"]:
+                if name == b"cookie" and needle in value:
+                    token = parse_cookies(value.decode("latin-1")).get(self.signed_cookie_name)
+                    if token is not None:
+                        break
+        return token
 
     def _landing_click(self, query: bytes) -> str | None:
         params = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="replace")
@@ -197,27 +317,23 @@ class AttributionMiddleware:
 
 
 class _CookieSender:
-    """Appends our Set-Cookie to the app's real response start, unless the app set it itself."""
+    """Appends our Set-Cookie headers to the app's response start, unless the app set ours.
 
-    __slots__ = ("cookie", "prefix", "send")
+    If the app wrote the click cookie or its companion itself (for example clearing them after
+    a lead), its decision stands and none of ours are added, so the two never disagree.
+    """
 
-    def __init__(self, send: Send, cookie: str, prefix: str) -> None:
+    __slots__ = ("cookies", "prefixes", "send")
+
+    def __init__(self, send: Send, cookies: tuple[str, ...], prefixes: tuple[str, ...]) -> None:
         self.send = send
-        self.cookie = cookie
-        self.prefix = prefix
+        self.cookies = cookies
+        self.prefixes = prefixes
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = MutableHeaders(scope=message)
-            # The app's own cookie (e.g. clearing the click after a lead) takes precedence.
-            if not any(v.startswith(self.prefix) for v in headers.getlist("set-cookie")):
-                headers.append("set-cookie", self.cookie)
+            if not any(v.startswith(self.prefixes) for v in headers.getlist("set-cookie")):
+                for cookie in self.cookies:
+                    headers.append("set-cookie", cookie)
         await self.send(message)
-
-
-def _host(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return str(value.decode("latin-1"))
-    server = scope.get("server")
-    return str(server[0]) if server else ""
