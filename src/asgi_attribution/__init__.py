@@ -11,6 +11,7 @@ Example:
 """
 
 from .attribution import Attribution, Discount, Partner, PartnerData, get_attribution
+from .clearing import clear_attribution
 from .cookies import CookiePolicy, valid_click_id
 from .events import (
     AttributionError,
@@ -58,6 +59,7 @@ __all__ = [
     "Tracker",
     "Transport",
     "__version__",
+    "clear_attribution",
     "get_attribution",
     "get_provider",
     "track_customer",
