@@ -1,9 +1,12 @@
-"""Acme: a small FastAPI site that credits signups to the Dub link that brought the visitor.
+"""Acme: a small FastAPI site that credits signups to the Dub (or PIMMS) link that brought them.
 
-Run it:    uvicorn examples.app:app --reload
+Run it:    uvicorn examples.app:app --reload        (DUB_API_KEY=... to send leads for real)
 Try it:    open http://127.0.0.1:8000/?dub_id=cm3demo123 then sign up.
 
-The two lines that matter are marked (1) and (2); everything else is an ordinary site.
+The two lines that matter are marked (1) and (2); everything else is an ordinary site: a landing
+page, a pricing page, a signup form validated on the server, and a welcome page that shows (for
+the demo only) which click the signup was credited to. When a Dub partner referred the visitor,
+every page shows the partner's banner from the ``dub_partner_data`` cookie.
 """
 
 from __future__ import annotations
@@ -19,15 +22,25 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from asgi_attribution import AttributionMiddleware, Tracker, get_attribution, track_lead
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+STATUS_TEXT = {
+    "queued": "queued for delivery",
+    "sent": "sent",
+    "skipped": "not sent",
+}
 
 
 def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> FastAPI:
-    """Build the site. ``tracker`` defaults to Dub with ``DUB_API_KEY`` from the environment."""
+    """Build the site.
+
+    ``tracker`` defaults to a ``Tracker`` for ``middleware_options["provider"]`` (Dub unless
+    given), with its API key from ``DUB_API_KEY`` / ``PIMMS_API_KEY``. Other keyword options go
+    to ``AttributionMiddleware`` (for example ``attribution_model="first-click"``).
+    """
+    if tracker is None:
+        tracker = Tracker(middleware_options.get("provider") or "dub")
     app = FastAPI(title="Acme")
     # (1) Read the click cookie on every request; set it from ?dub_id= on a landing.
-    app.add_middleware(
-        AttributionMiddleware, tracker=tracker or Tracker("dub"), **middleware_options
-    )
+    app.add_middleware(AttributionMiddleware, tracker=tracker, **middleware_options)
     users: dict[str, dict[str, Any]] = {}
     ids = itertools.count(1)
 
@@ -36,7 +49,11 @@ def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> Fas
         return page(
             request,
             "Ship faster with Acme",
-            "<p>Acme turns your backlog into releases. Teams of every size trust it.</p>"
+            '<p class="lead">Acme turns your backlog into releases. '
+            "Plan, build and ship in one place: teams of every size trust it.</p>"
+            '<ul class="features"><li><b>Plan</b> in minutes, not meetings.</li>'
+            "<li><b>Ship</b> with one click, roll back with another.</li>"
+            "<li><b>Learn</b> what your users actually do.</li></ul>"
             '<p><a class="button" href="/pricing">See pricing</a></p>',
         )
 
@@ -45,8 +62,10 @@ def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> Fas
         return page(
             request,
             "Pricing",
-            "<ul><li><b>Starter</b>: free for 3 seats</li>"
-            "<li><b>Team</b>: $12 per seat per month</li></ul>"
+            '<div class="plans">'
+            '<div class="plan"><h2>Starter</h2><p class="price">Free</p><p>Up to 3 seats.</p></div>'
+            '<div class="plan"><h2>Team</h2><p class="price">$12</p>'
+            "<p>Per seat per month.</p></div></div>"
             '<p><a class="button" href="/signup">Start free</a></p>',
         )
 
@@ -65,7 +84,7 @@ def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> Fas
         if len(email) > 100 or not EMAIL.match(email):
             errors.append("Please enter a valid email address.")
         if errors:
-            body = "".join(f'<p class="error">{html.escape(e)}</p>' for e in errors)
+            body = "".join(f'<p class="error" role="alert">{html.escape(e)}</p>' for e in errors)
             return HTMLResponse(
                 page(request, "Create your account", body + signup_form_html(name, email)),
                 status_code=422,
@@ -91,14 +110,18 @@ def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> Fas
         user = users.get(user_id)
         if user is None:
             return HTMLResponse(page(request, "Not found", "<p>No such account.</p>"), 404)
+        status = STATUS_TEXT.get(user["status"], user["status"])
         credit = (
             f'credited to click <code id="credited">{html.escape(user["click_id"])}</code> '
-            f"(lead {html.escape(user['status'])})"
+            f"(lead {html.escape(status)})"
             if user["click_id"]
             else '<span id="credited">not credited to any click (organic visit)</span>'
         )
-        body = f"<p>Thanks, {html.escape(user['name'])}! Your signup was {credit}.</p>"
-        body += '<p class="note">Shown for the demo only; a real site would not show this.</p>'
+        body = f"<p>Thanks, {html.escape(user['name'])}! Your account is ready.</p>"
+        body += (
+            '<p class="note">Shown for the demo only; a real site would not show this: '
+            f"your signup was {credit}.</p>"
+        )
         return HTMLResponse(page(request, "Welcome aboard", body))
 
     return app
@@ -106,10 +129,11 @@ def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> Fas
 
 def signup_form_html(name: str = "", email: str = "") -> str:
     return (
-        '<form method="post" action="/signup">'
-        f'<label>Name <input name="name" value="{html.escape(name)}" required></label>'
-        f'<label>Email <input name="email" type="email" value="{html.escape(email)}" required>'
-        "</label>"
+        '<form method="post" action="/signup" class="card">'
+        f'<label>Name <input name="name" value="{html.escape(name)}" autocomplete="name" '
+        "required></label>"
+        f'<label>Email <input name="email" type="email" value="{html.escape(email)}" '
+        'autocomplete="email" required></label>'
         '<button type="submit">Create account</button></form>'
     )
 
@@ -124,7 +148,7 @@ def banner(request: Request) -> str:
     if discount is not None and discount.amount:
         if discount.type == "percentage":
             offer = f": {discount.amount:g}% off"
-        else:
+        else:  # Dub's flat discounts are in cents
             offer = f": ${discount.amount / 100:.2f} off"
     return f'<div class="banner">{html.escape(partner.name)} referred you{html.escape(offer)}</div>'
 
@@ -134,18 +158,28 @@ def page(request: Request, title: str, body: str) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · Acme</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
- body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto;
-        padding: 0 1rem; color: #1f2933; }}
- nav a {{ margin-right: 1rem; }}
+ body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 44rem; margin: 0 auto;
+        padding: 0 1rem 2rem; color: #1f2933; }}
+ nav {{ display: flex; gap: 1.5rem; align-items: baseline; padding: 1rem 0;
+       border-bottom: 1px solid #e5e7eb; margin-bottom: 1.5rem; }}
+ nav a {{ color: #374151; text-decoration: none; }}
+ nav a.brand {{ font-weight: 700; font-size: 1.2rem; color: #2563eb; margin-right: auto; }}
  .banner {{ background: #fff4d6; border: 1px solid #f0c36d; padding: .5rem 1rem;
            border-radius: 6px; margin-bottom: 1rem; }}
- .button, button {{ background: #2563eb; color: white; padding: .5rem 1rem; border: 0;
-                   border-radius: 6px; text-decoration: none; cursor: pointer; }}
- label {{ display: block; margin: .5rem 0; }} input {{ display: block; padding: .4rem;
-        width: 100%; max-width: 20rem; }}
+ .lead {{ font-size: 1.15rem; }}
+ .button, button {{ display: inline-block; background: #2563eb; color: white; font: inherit;
+                   padding: .5rem 1.2rem; border: 0; border-radius: 6px;
+                   text-decoration: none; cursor: pointer; }}
+ .plans {{ display: flex; gap: 1rem; flex-wrap: wrap; }}
+ .plan, .card {{ border: 1px solid #e5e7eb; border-radius: 8px; padding: 1rem 1.5rem; }}
+ .plan {{ flex: 1; min-width: 12rem; }} .plan h2 {{ margin: 0; font-size: 1.1rem; }}
+ .price {{ font-size: 1.8rem; font-weight: 700; margin: .25rem 0; }}
+ label {{ display: block; margin: .5rem 0 1rem; }}
+ input {{ display: block; padding: .4rem; width: 100%; max-width: 20rem; font: inherit; }}
  .error {{ color: #b91c1c; }} .note {{ color: #6b7280; font-size: .9rem; }}
 </style></head>
-<body><nav><a href="/">Acme</a><a href="/pricing">Pricing</a><a href="/signup">Sign up</a></nav>
+<body><nav><a class="brand" href="/">Acme</a><a href="/pricing">Pricing</a>
+<a href="/signup">Sign up</a></nav>
 {banner(request)}<h1>{html.escape(title)}</h1>
 {body}
 </body></html>"""
