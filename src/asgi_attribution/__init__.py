@@ -26,7 +26,8 @@ from .events import (
 from .middleware import AttributionMiddleware
 from .providers import DUB, PIMMS, Provider, ProviderRequest, get_provider
 from .tracking import Tracker, track_customer, track_lead, track_sale, tracks_lead
-from .transports.base import Delivery, TrackResult, Transport
+from .transports.background import BackgroundTransport, QueueFullError
+from .transports.base import Delivery, DeliveryStats, TrackResult, Transport
 from .transports.http import HTTPTransport, RetryPolicy
 from .transports.memory import MemoryTransport
 
@@ -38,10 +39,12 @@ __all__ = [
     "Attribution",
     "AttributionError",
     "AttributionMiddleware",
+    "BackgroundTransport",
     "CookiePolicy",
     "CustomerEvent",
     "Delivery",
     "DeliveryError",
+    "DeliveryStats",
     "Discount",
     "Event",
     "HTTPTransport",
@@ -53,6 +56,7 @@ __all__ = [
     "PartnerData",
     "Provider",
     "ProviderRequest",
+    "QueueFullError",
     "RetryPolicy",
     "SaleEvent",
     "TrackResult",

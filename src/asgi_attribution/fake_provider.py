@@ -430,7 +430,9 @@ class FakeProvider:
         if body is None:
             return  # client went away while sending
         method: str = scope["method"]
-        path: str = scope["path"]
+        # The raw path keeps an escaped '/' inside a customer id as one segment, as Dub does.
+        raw_path = scope.get("raw_path")
+        path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
         headers = _headers(scope)
 
         if path.startswith("/_fake/"):

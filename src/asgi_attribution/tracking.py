@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from .attribution import Attribution, current_attribution, get_attribution
-from .events import Event, InvalidEventError, MissingClickIdError, validate_event
+from .events import DeliveryError, Event, InvalidEventError, MissingClickIdError, validate_event
 from .providers import Provider, get_provider
-from .transports.base import Delivery, TrackResult, Transport
+from .transports.background import BackgroundTransport, DropCallback, ErrorCallback
+from .transports.base import Delivery, DeliveryStats, TrackResult, Transport
 from .transports.http import HTTPTransport, RetryPolicy
 from .transports.memory import active_captures
 
@@ -47,9 +48,16 @@ class Tracker:
     """Knows the provider and how events reach it; one per app.
 
     ``provider`` is ``"dub"``, ``"pimms"`` or a :class:`Provider`. ``api_key`` defaults to
-    ``DUB_API_KEY`` / ``PIMMS_API_KEY`` and is never shown. ``transport`` replaces the default
-    HTTP delivery (for example :class:`MemoryTransport` in tests). With
-    ``require_click_id=True`` a lead without a click id raises instead of being skipped.
+    ``DUB_API_KEY`` / ``PIMMS_API_KEY`` and is never shown. By default events are queued and
+    delivered in the background over HTTP with retries (see :class:`BackgroundTransport` for
+    ``queue_size``, ``workers``, ``queue_full_timeout``, ``shutdown_timeout``, ``on_error``
+    and ``on_drop``; :class:`RetryPolicy` for ``retry``); ``concurrency`` bounds simultaneous
+    HTTP requests (the keep-alive pool) and ``timeout`` is per HTTP attempt;
+    ``background=False`` sends inline and returns the provider's answer. ``transport`` replaces
+    all of that (for example :class:`MemoryTransport` in tests). With ``require_click_id=True``
+    a lead without a click id raises instead of being skipped. ``verified_metadata_key`` adds
+    the request's ``Attribution.verified`` flag to the metadata of events tracked from a request.
+    ``tracker.stats`` counts queued, sent, retried, failed and dropped events.
 
     Example:
         >>> tracker = Tracker("dub", api_key="dub_xxx")
@@ -66,20 +74,50 @@ class Tracker:
         api_key: str | None = None,
         base_url: str | None = None,
         transport: Transport | None = None,
+        background: bool = True,
         require_click_id: bool = False,
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        queue_size: int = 10_000,
+        concurrency: int = 10,
+        workers: int = 50,
+        queue_full_timeout: float = 1.0,
+        shutdown_timeout: float = 20.0,
+        on_error: ErrorCallback | None = None,
+        on_drop: DropCallback | None = None,
+        verified_metadata_key: str | None = None,
     ) -> None:
         self.provider = get_provider(provider)
         key = api_key if api_key is not None else os.environ.get(self.provider.api_key_env)
         self._api_key = SecretStr(key) if key else None
         self.base_url = base_url or self.provider.base_url
         if transport is None:
+            self.stats = DeliveryStats()
             transport = HTTPTransport(
-                self._api_key, base_url=self.base_url, timeout=timeout, retry=retry
+                self._api_key,
+                base_url=self.base_url,
+                timeout=timeout,
+                retry=retry,
+                max_connections=concurrency,
+                stats=self.stats,
             )
+            if background:
+                transport = BackgroundTransport(
+                    transport,
+                    queue_size=queue_size,
+                    workers=workers,
+                    queue_full_timeout=queue_full_timeout,
+                    shutdown_timeout=shutdown_timeout,
+                    on_error=on_error,
+                    on_drop=on_drop,
+                    stats=self.stats,
+                )
+        else:
+            own = getattr(transport, "stats", None)
+            self.stats = own if isinstance(own, DeliveryStats) else DeliveryStats()
         self.transport = transport
         self.require_click_id = require_click_id
+        self.verified_metadata_key = verified_metadata_key
         self._started = False
 
     def __repr__(self) -> str:
@@ -96,7 +134,8 @@ class Tracker:
         if self._started:
             return
         self._started = True
-        if self._api_key is None and isinstance(self.transport, HTTPTransport):
+        http = getattr(self.transport, "inner", self.transport)
+        if isinstance(http, HTTPTransport) and http.api_key is None and self._api_key is None:
             logger.warning(
                 "no %s API key: set %s or pass api_key=; events will fail to deliver",
                 self.provider.name,
@@ -105,7 +144,7 @@ class Tracker:
         await self.transport.start()
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until every event accepted so far is delivered or reported."""
+        """Wait until every event accepted so far is delivered or reported (or ``timeout``)."""
         await self.transport.flush(timeout)
 
     async def aclose(self) -> None:
@@ -138,7 +177,19 @@ class Tracker:
             return await active_captures[-1].send(delivery)
         if not self._started:
             await self.start()
-        return await self.transport.send(delivery)
+        transport = self.transport
+        if transport.counts_outcomes:
+            return await transport.send(delivery)
+        try:
+            result = await transport.send(delivery)
+        except DeliveryError:
+            self.stats.failed += 1
+            raise
+        if result.status == "sent":
+            self.stats.sent += 1
+        elif result.status == "queued":
+            self.stats.queued += 1
+        return result
 
     async def track_lead(
         self,
@@ -287,6 +338,15 @@ def _tracker_of(attribution: Attribution) -> Tracker:
     return attribution.tracker
 
 
+def _with_verified(
+    tracker: Tracker, attribution: Attribution, metadata: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    key = tracker.verified_metadata_key
+    if key is None:
+        return metadata
+    return {**(metadata or {}), key: attribution.verified}
+
+
 async def track_lead(
     request: HTTPConnection | None,
     event_name: str,
@@ -310,7 +370,8 @@ async def track_lead(
         ...                      customer_email="ada@example.com")
     """
     attribution = _attribution_of(request)
-    return await _tracker_of(attribution).track_lead(
+    tracker = _tracker_of(attribution)
+    return await tracker.track_lead(
         click_id=attribution.click_id,
         event_name=event_name,
         customer_external_id=customer_external_id,
@@ -319,7 +380,7 @@ async def track_lead(
         customer_avatar=customer_avatar,
         event_quantity=event_quantity,
         mode=mode,
-        metadata=metadata,
+        metadata=_with_verified(tracker, attribution, metadata),
         external_id=external_id,
         customer_id=customer_id,
     )
@@ -350,7 +411,8 @@ async def track_sale(
         ...                      invoice_id="in_123")
     """
     attribution = _attribution_of(request)
-    return await _tracker_of(attribution).track_sale(
+    tracker = _tracker_of(attribution)
+    return await tracker.track_sale(
         customer_external_id=customer_external_id,
         amount=amount,
         currency=currency,
@@ -358,7 +420,7 @@ async def track_sale(
         payment_processor=payment_processor,
         invoice_id=invoice_id,
         lead_event_name=lead_event_name,
-        metadata=metadata,
+        metadata=_with_verified(tracker, attribution, metadata),
         click_id=attribution.click_id,
         customer_name=customer_name,
         customer_email=customer_email,

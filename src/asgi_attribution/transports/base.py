@@ -13,10 +13,11 @@ from typing import Any, Literal
 from ..events import Event
 from ..providers import Provider, ProviderRequest
 
-__all__ = ["Delivery", "TrackResult", "Transport"]
+__all__ = ["Delivery", "DeliveryStats", "TrackResult", "Transport"]
 
 
-@dataclass(frozen=True, slots=True)
+# eq=False: deliveries are compared and hashed by identity (the event holds dicts).
+@dataclass(frozen=True, slots=True, eq=False)
 class Delivery:
     """One event on its way to one provider (no credentials: those belong to the transport).
 
@@ -74,6 +75,38 @@ class TrackResult:
         return self.event.event_id if self.event is not None else None
 
 
+@dataclass
+class DeliveryStats:
+    """Counters a user can read or export: ``tracker.stats``.
+
+    ``queued``: accepted into the background queue; ``sent``: the provider answered 2xx;
+    ``retried``: attempts after the first; ``failed``: final failures; ``dropped``: given up
+    without a delivery attempt finishing (queue full, shutdown timeout).
+
+    Example:
+        >>> stats = DeliveryStats()
+        >>> stats.sent += 1
+        >>> stats.as_dict()["sent"]
+        1
+    """
+
+    queued: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for metrics or logs)."""
+        return {
+            "queued": self.queued,
+            "sent": self.sent,
+            "retried": self.retried,
+            "failed": self.failed,
+            "dropped": self.dropped,
+        }
+
+
 class Transport(abc.ABC):
     """Delivers events. Subclass it and implement :meth:`send`.
 
@@ -83,6 +116,10 @@ class Transport(abc.ABC):
         ...         print(delivery.request().json)
         ...         return TrackResult("sent", delivery.event)
     """
+
+    #: True for transports that count sent/failed in their own ``stats`` (the tracker counts
+    #: for the others).
+    counts_outcomes = False
 
     @abc.abstractmethod
     async def send(self, delivery: Delivery) -> TrackResult:

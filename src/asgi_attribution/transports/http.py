@@ -20,7 +20,7 @@ import httpx
 from pydantic import SecretStr
 
 from ..events import DeliveryError
-from .base import Delivery, TrackResult, Transport
+from .base import Delivery, DeliveryStats, TrackResult, Transport
 
 __all__ = ["HTTPTransport", "RetryPolicy", "parse_retry_after"]
 
@@ -120,6 +120,7 @@ class HTTPTransport(Transport):
         retry: RetryPolicy | None = None,
         max_connections: int = 20,
         client: httpx.AsyncClient | None = None,
+        stats: DeliveryStats | None = None,
     ) -> None:
         self.api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self.base_url = base_url.rstrip("/") if base_url else None
@@ -128,8 +129,8 @@ class HTTPTransport(Transport):
         self.max_connections = max_connections
         self._client = client
         self._owns_client = client is None
-        #: Attempts after the first, over the transport's lifetime (read by the tracker's stats).
-        self.retries = 0
+        #: Counts ``retried``: attempts after the first (shared with the tracker's stats).
+        self.stats = stats if stats is not None else DeliveryStats()
 
     def __repr__(self) -> str:
         return f"HTTPTransport(base_url={self.base_url!r}, api_key={self.api_key!r})"
@@ -138,7 +139,8 @@ class HTTPTransport(Transport):
         if self._client is None:
             # Created on first use, inside the running loop, never at import or fork.
             self._client = httpx.AsyncClient(
-                timeout=self.timeout,
+                # No pool timeout: callers (the background workers) bound how many wait.
+                timeout=httpx.Timeout(self.timeout, pool=None),
                 limits=httpx.Limits(
                     max_connections=self.max_connections,
                     max_keepalive_connections=self.max_connections,
@@ -215,13 +217,14 @@ class HTTPTransport(Transport):
                 error.message += f" (gave up after {attempt} attempts in {elapsed:.1f}s)"
                 error.args = (f"event {event_id} not delivered: {error.code}: {error.message}",)
                 raise error
-            self.retries += 1
+            self.stats.retried += 1
             logger.info(
                 "event %s: attempt %d failed (%s), retrying in %.2fs",
                 event_id,
                 attempt,
                 error.code if error.status_code is None else error.status_code,
                 wait,
+                extra={"event_id": event_id, "attempt": attempt, "retry_in": wait},
             )
             await asyncio.sleep(wait)
 

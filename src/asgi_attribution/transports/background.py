@@ -1,0 +1,244 @@
+"""Background delivery: the handler enqueues and returns; workers deliver with bounded concurrency.
+
+Guarantees, in plain words:
+- ``send`` returns as soon as the event is in the in-memory queue (``status="queued"``).
+- A full queue waits up to ``queue_full_timeout`` for room, then drops the event with a warning
+  and ``on_drop`` (or raises :class:`QueueFullError` with ``when_full="raise"``). Never silently.
+- Every final failure (a 4xx, or retries exhausted) is logged with the event id and passed to
+  ``on_error``.
+- ``aclose`` stops taking new work into the queue (later events are sent inline), delivers what is
+  queued within ``shutdown_timeout``, and reports every event it could not deliver.
+- Events with ``mode="wait"`` are sent inline, so the handler gets the provider's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from ..events import DeliveryError, LeadEvent
+from .base import Delivery, DeliveryStats, TrackResult, Transport
+
+__all__ = ["BackgroundTransport", "QueueFullError"]
+
+logger = logging.getLogger("asgi_attribution")
+
+ErrorCallback = Callable[[Delivery, Exception], "Awaitable[None] | None"]
+DropCallback = Callable[[Delivery, str], "Awaitable[None] | None"]
+
+
+class QueueFullError(DeliveryError):
+    """The background queue stayed full for ``queue_full_timeout`` (with ``when_full="raise"``).
+
+    Example:
+        >>> QueueFullError("evt_1", "queue_full", "10000 events waiting").retryable
+        True
+    """
+
+    def __init__(self, event_id: str, code: str, message: str) -> None:
+        super().__init__(event_id, code, message, retryable=True)
+
+
+async def _call(callback: Callable[..., object] | None, *args: object) -> None:
+    if callback is None:
+        return
+    try:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:  # a user's callback must not stop delivery
+        logger.exception("delivery callback %r failed", callback)
+
+
+class BackgroundTransport(Transport):
+    """Queue events in memory and deliver them through ``inner`` from worker tasks.
+
+    Options: ``queue_size`` (bound of the queue), ``workers`` (events delivered at once,
+    including those waiting to retry; the HTTP transport's pool bounds connections), ``when_full``
+    (``"drop"`` after waiting ``queue_full_timeout`` seconds, or ``"raise"``), ``shutdown_timeout``
+    (seconds ``aclose`` spends delivering what is queued), ``on_error(delivery, exc)`` and
+    ``on_drop(delivery, reason)`` (sync or async callables).
+
+    Example:
+        >>> transport = BackgroundTransport(HTTPTransport(api_key="dub_xxx"), workers=20,
+        ...                                 on_error=lambda d, exc: print(d.event.event_id, exc))
+    """
+
+    counts_outcomes = True
+
+    def __init__(
+        self,
+        inner: Transport,
+        *,
+        queue_size: int = 10_000,
+        workers: int = 50,
+        when_full: Literal["drop", "raise"] = "drop",
+        queue_full_timeout: float = 1.0,
+        shutdown_timeout: float = 20.0,
+        on_error: ErrorCallback | None = None,
+        on_drop: DropCallback | None = None,
+        stats: DeliveryStats | None = None,
+    ) -> None:
+        if queue_size < 1 or workers < 1:
+            raise ValueError(
+                f"queue_size and workers must be at least 1, got {queue_size} and {workers}"
+            )
+        if when_full not in ("drop", "raise"):
+            raise ValueError(f"when_full must be 'drop' or 'raise', got {when_full!r}")
+        self.inner = inner
+        self.queue_size = queue_size
+        self.workers = workers
+        self.when_full = when_full
+        self.queue_full_timeout = queue_full_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.on_error = on_error
+        self.on_drop = on_drop
+        self.stats = stats if stats is not None else DeliveryStats()
+        # Created in start(), inside the running loop: nothing at import or fork time.
+        self._queue: asyncio.Queue[Delivery] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._inflight: set[Delivery] = set()
+        self._closing = False
+
+    @property
+    def pending(self) -> int:
+        """Events queued or being delivered right now."""
+        queued = self._queue.qsize() if self._queue is not None else 0
+        return queued + len(self._inflight)
+
+    async def start(self) -> None:
+        """Start the workers in the running loop (again after ``aclose``)."""
+        loop = asyncio.get_running_loop()
+        if self._queue is not None and self._loop is loop and not self._closing:
+            return
+        leftover = self._take_leftovers(loop)
+        self._loop = loop
+        self._closing = False
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        for delivery in leftover:
+            self._queue.put_nowait(delivery)
+        await self.inner.start()
+        self._workers = [
+            loop.create_task(self._work(), name=f"asgi-attribution-worker-{i}")
+            for i in range(self.workers)
+        ]
+
+    def _take_leftovers(self, loop: asyncio.AbstractEventLoop) -> list[Delivery]:
+        # Used from a new event loop without a clean shutdown (e.g. one loop per test): carry
+        # the old queue's events over instead of stranding them in a dead loop.
+        if self._queue is None or self._loop is loop:
+            return []
+        leftover = list(self._inflight)
+        while not self._queue.empty():
+            leftover.append(self._queue.get_nowait())
+        self._inflight.clear()
+        if leftover:
+            logger.warning("event loop changed: moving %d pending events over", len(leftover))
+        return leftover
+
+    async def send(self, delivery: Delivery) -> TrackResult:
+        """Enqueue ``delivery`` and return at once; ``mode="wait"`` events are sent inline."""
+        event = delivery.event
+        if (isinstance(event, LeadEvent) and event.mode == "wait") or self._closing:
+            return await self._send_inline(delivery)
+        if self._queue is None or self._loop is not asyncio.get_running_loop():
+            await self.start()
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            try:
+                await asyncio.wait_for(self._queue.put(delivery), self.queue_full_timeout)
+            except asyncio.TimeoutError:
+                return await self._full(delivery)
+        self.stats.queued += 1
+        return TrackResult("queued", event)
+
+    async def _full(self, delivery: Delivery) -> TrackResult:
+        event_id = delivery.event.event_id
+        reason = f"queue full ({self.queue_size} events) for {self.queue_full_timeout:g}s"
+        if self.when_full == "raise":
+            raise QueueFullError(event_id, "queue_full", reason)
+        # Dropping keeps the signup working; the loss is loud (warning, counter, callback).
+        self.stats.dropped += 1
+        logger.warning("event %s dropped: %s", event_id, reason)
+        await _call(self.on_drop, delivery, reason)
+        return TrackResult("skipped", delivery.event, reason="dropped: " + reason)
+
+    async def _send_inline(self, delivery: Delivery) -> TrackResult:
+        try:
+            result = await self.inner.send(delivery)
+        except Exception:
+            self.stats.failed += 1
+            raise
+        self.stats.sent += 1
+        return result
+
+    async def _work(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while True:
+            delivery = await queue.get()
+            self._inflight.add(delivery)
+            try:
+                await self.inner.send(delivery)
+            except asyncio.CancelledError:
+                raise  # reported by aclose
+            except Exception as exc:  # every failure is reported; the worker carries on
+                self.stats.failed += 1
+                logger.error("event %s failed: %s", delivery.event.event_id, exc)
+                await _call(self.on_error, delivery, exc)
+            else:
+                self.stats.sent += 1
+            finally:
+                self._inflight.discard(delivery)
+                queue.task_done()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the queue is empty and nothing is in flight (or ``timeout`` passes)."""
+        if self._queue is None or self._loop is not asyncio.get_running_loop():
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning(
+                "flush timed out after %gs with %d events pending", timeout, self.pending
+            )
+
+    async def aclose(self) -> None:
+        """Stop queueing, deliver what is queued within ``shutdown_timeout``, report the rest."""
+        if self._queue is None or self._loop is not asyncio.get_running_loop():
+            await self.inner.aclose()
+            return
+        self._closing = True
+        queue = self._queue
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(queue.join(), self.shutdown_timeout)
+        undelivered = list(self._inflight)
+        while not queue.empty():
+            undelivered.append(queue.get_nowait())
+            queue.task_done()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        self._inflight.clear()
+        self._queue = None
+        if undelivered:
+            reason = f"not delivered within shutdown_timeout={self.shutdown_timeout:g}s"
+            logger.error(
+                "%d events %s: %s",
+                len(undelivered),
+                reason,
+                ", ".join(d.event.event_id for d in undelivered),
+            )
+            for delivery in undelivered:
+                self.stats.dropped += 1
+                await _call(self.on_drop, delivery, reason)
+        await self.inner.aclose()
+        self._closing = False
