@@ -1,0 +1,43 @@
+"""The README's demo command runs the whole journey with no account and no network."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DUB_API_KEY": "", "NO_PROXY": "*"}
+    return subprocess.run(
+        [sys.executable, "-m", "asgi_attribution", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_demo_prints_each_step_and_the_json_for_dub() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Set-Cookie: dub_id=cm3demo7Qx2Lp9; Max-Age=7776000; Path=/; Domain=.acme.example" in out
+    assert "POST https://api.dub.co/track/lead" in out
+    body = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert body["clickId"] == "cm3demo7Qx2Lp9"
+    assert body["eventName"] == "Sign up"
+    assert body["customerEmail"] == "ada@example.com"
+
+
+def test_demo_with_a_wrong_app_gives_a_one_line_error() -> None:
+    result = run("demo", "--app", "no_such_module:app")
+    assert result.returncode != 0
+    assert "cannot import 'no_such_module'" in result.stderr
+    assert "Traceback" not in result.stderr
