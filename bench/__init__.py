@@ -1,0 +1,1 @@
+"""Benchmarks of asgi-attribution against the alternatives (run: ``python -m bench.run``)."""

@@ -1,0 +1,333 @@
+"""Run every benchmark, print the Markdown table, write bench/results/ (and the README table).
+
+    python -m bench.run            # everything, about 3-4 minutes on 2 cores
+    python -m bench.run --quick    # fewer rounds, for a smoke test (numbers are rougher)
+    python -m bench.run --readme   # also replace the table between the README's bench markers
+
+Installs what it needs when missing: the ``bench`` extra into this interpreter's environment, and
+``wrk`` with apt-get when running as root (otherwise an asyncio client loop stands in for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+COMMAND = "bash bench/run.sh"
+
+NEEDED = ["asgi_attribution", "starlette", "uvicorn", "asgi_correlation_id", "starlette_context"]
+NEEDED += ["dub", "pyinstrument", "httpx"]
+
+
+def ensure_dependencies() -> None:
+    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"installing the bench extra (missing: {', '.join(missing)})", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "-e", f"{ROOT}[bench]"], check=True
+        )
+    if shutil.which("wrk") is None and shutil.which("apt-get") and os.geteuid() == 0:
+        print("installing wrk with apt-get", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+        except subprocess.CalledProcessError:
+            print("wrk could not be installed; using the asyncio client loop", flush=True)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def _verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**MISS**"
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for every target of issue 7."""
+    from . import apps
+
+    out = []
+    inproc = r["middleware_inproc"]["cases"]
+    cookie, landing = inproc["dub_id among 10 cookies"], inproc["landing ?dub_id= (sets cookie)"]
+    ours_c, corr_c = cookie[apps.OURS]["overhead_us"], cookie["asgi-correlation-id"]["overhead_us"]
+    bare_c = cookie[apps.BARE]["us_per_request"]
+    out.append(
+        (
+            "In-process, cookie request: our overhead <= 1/5 of asgi-correlation-id's",
+            f"{ours_c:.2f} us vs {corr_c:.2f} us ({ours_c / corr_c:.2f}x; limit 0.20x)",
+            _verdict(ours_c <= corr_c / 5),
+        )
+    )
+    out.append(
+        (
+            "In-process, cookie request: our overhead <= 10% of the bare app's request",
+            f"{ours_c:.2f} us on {bare_c:.2f} us = {100 * ours_c / bare_c:.0f}%",
+            _verdict(ours_c <= 0.10 * bare_c),
+        )
+    )
+    ours_l, corr_l = (
+        landing[apps.OURS]["overhead_us"],
+        landing["asgi-correlation-id"]["overhead_us"],
+    )
+    bare_l = landing[apps.BARE]["us_per_request"]
+    out.append(
+        (
+            "In-process, landing (sets cookie): at most twice those limits (<= 2/5 of "
+            "asgi-correlation-id's, <= 20% of bare)",
+            f"{ours_l:.2f} us = {ours_l / corr_l:.2f}x asgi-correlation-id's, "
+            f"{100 * ours_l / bare_l:.0f}% of bare",
+            _verdict(ours_l <= 2 * corr_l / 5 and ours_l <= 0.20 * bare_l),
+        )
+    )
+    server = r["middleware_server"]["cases"]["dub_id among 10 cookies"][apps.OURS]
+    out.append(
+        (
+            "Real server (uvicorn + load generator), cookie request: overhead < 3% of bare",
+            f"{server['overhead_us']:.1f} us = {server['overhead_pct']:.1f}% "
+            f"of {server['bare_request_server_us']:.0f} us",
+            _verdict(server["overhead_pct"] < 3),
+        )
+    )
+    lat = r["tracking"]["latency"]["variants"]
+    bg, sdk = lat["ours, background (default)"]["median_us"], lat["dub SDK track.lead_async"]
+    out.append(
+        (
+            "Background track_lead >= 50x faster than the SDK's lead_async (median)",
+            f"{bg:.0f} us vs {sdk['median_us']:.0f} us = {sdk['median_us'] / bg:.0f}x",
+            _verdict(sdk["median_us"] / bg >= 50),
+        )
+    )
+    tp = r["tracking"]["throughput"]
+    ours_rate = tp["ours, background"]["events_per_s"]
+    seq = tp["dub SDK, sequential"]["events_per_s"]
+    out.append(
+        (
+            "Delivery throughput >= 3x the SDK called sequentially",
+            f"{ours_rate} vs {seq} events/s = {ours_rate / seq:.1f}x",
+            _verdict(ours_rate / seq >= 3),
+        )
+    )
+    return out
+
+
+def _fmt_us(x: float) -> str:
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    from . import apps
+
+    m = r["machine"]
+    lines = [
+        f"Measured {m['date']} at commit {m['commit']} on {m['cores']} cores ({m['cpu']}), "
+        f"{m['python']}; load average at start {m['load_avg_at_start']}. "
+        "Ratios compare runs interleaved in the same process; medians over rounds.",
+        "",
+        "### Targets (issue 7)",
+        "",
+        "| Target | Measured | |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(r)]
+
+    inproc = r["middleware_inproc"]
+    cases = list(apps.CASES)
+    lines += [
+        "",
+        f"### 1a. Middleware overhead in-process (direct ASGI calls; {inproc['rounds']} rounds "
+        f"x {inproc['iterations']} requests)",
+        "",
+        "Extra microseconds per request over the bare Starlette app (and % of its time).",
+        "",
+        "| Middleware | " + " | ".join(cases) + " |",
+        "|---|" + "---:|" * len(cases),
+    ]
+    for v in apps.VARIANTS:
+        cells = []
+        for c in cases:
+            row = inproc["cases"][c][v]
+            if v == apps.BARE:
+                cells.append(f"{_fmt_us(row['us_per_request'])} us per request")
+            else:
+                cells.append(
+                    f"+{_fmt_us(row['overhead_us'])} us ({row['overhead_pct_of_bare']:.0f}%)"
+                )
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+
+    srv = r["middleware_server"]
+    lines += [
+        "",
+        f"### 1b. Middleware overhead over a real server (uvicorn, {srv['load_generator']}, "
+        f"{srv['rounds']} rounds x {srv['seconds_per_round']} s)",
+        "",
+        "Server CPU per request of the bare app, and each middleware's extra (median app-call CPU "
+        "time minus the bare app's, requests interleaved in one run).",
+        "",
+        "| Middleware | Case | Extra per request | % of the bare request |",
+        "|---|---|---:|---:|",
+    ]
+    for c, rows in srv["cases"].items():
+        for v, row in rows.items():
+            if v == apps.BARE:
+                lines.append(f"| {v} | {c} | {row['bare_request_server_us']:.0f} us (total) | |")
+            else:
+                lo, hi = row["overhead_pct_iqr"]
+                lines.append(
+                    f"| {v} | {c} | +{_fmt_us(row['overhead_us'])} us | "
+                    f"{row['overhead_pct']:.1f}% (IQR {lo:.1f} to {hi:.1f}) |"
+                )
+
+    lat = r["tracking"]["latency"]
+    sdk_med = lat["variants"]["dub SDK track.lead_async"]["median_us"]
+    lines += [
+        "",
+        f"### 2. Handler-visible latency of tracking one lead (fake Dub API in its own process; "
+        f"{lat['rounds']} rounds x {lat['calls_per_round']} calls)",
+        "",
+        "| Call | Median | p90 | p99 | SDK median / this |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in lat["variants"].items():
+        lines.append(
+            f"| {name} | {row['median_us']:.0f} us | {row['p90_us']:.0f} us | "
+            f"{row['p99_us']:.0f} us | {sdk_med / row['median_us']:.1f}x |"
+        )
+
+    tp = r["tracking"]["throughput"]
+    seq = tp["dub SDK, sequential"]["events_per_s"]
+    lines += [
+        "",
+        "### 3. Delivery throughput to the fake Dub API on loopback",
+        "",
+        "| Sender | Leads | Events/s | vs SDK sequential | Client CPU/event | Provider CPU/event |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in tp.items():
+        label = name
+        if "workers" in row:
+            label += f" ({row['workers']} workers)"
+        lines.append(
+            f"| {label} | {row['leads']:,} | {row['events_per_s']:,} | "
+            f"{row['events_per_s'] / seq:.1f}x | {row['client_cpu_us_per_event']:,} us | "
+            f"{row['provider_cpu_us_per_event']:,} us |"
+        )
+
+    mem = r["memory"]
+    app = mem["app_after_requests"]
+    lines += [
+        "",
+        "### 4. Memory",
+        "",
+        "| Measure | Value |",
+        "|---|---:|",
+        f"| Bytes per queued event, {mem['queued_events']:,} queued (tracemalloc) | "
+        f"{mem['queued_tracemalloc']['bytes_per_event']:,} B |",
+        f"| Bytes per queued event, {mem['queued_events']:,} queued (RSS delta) | "
+        f"{mem['queued_rss']['bytes_per_event']:,} B |",
+        f"| App RSS after {app['requests']:,} tracked requests (start -> end) | "
+        f"{app['rss_start_mib']} -> {app['rss_end_mib']} MiB |",
+        f"| RSS growth from request 10,000 to {app['requests']:,} | "
+        f"{app['growth_after_first_10k_mib']} MiB |",
+    ]
+    ob = r["outbox"]
+    lines += ["", "### 5. Durable outbox", "", ob["note"]]
+    lines += ["", f"Total run time: {r['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(r: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {t} | {v} | {ok} |" for t, v, ok in targets(r))
+    m = r["machine"]
+    return (
+        f"{START}\n"
+        "## Benchmarks\n\n"
+        f"`{COMMAND}` runs them all (under 5 minutes on 2 cores) and writes "
+        "[bench/results/](bench/results/results.md); [bench/README.md](bench/README.md) explains "
+        f"the table. Latest run ({m['date']}, {m['cores']} cores, {m['python']}):\n\n"
+        "| Target | Measured | |\n|---|---|---|\n"
+        f"{rows}\n{END}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
+    parser.add_argument("--readme", action="store_true", help="update the README's table")
+    parser.add_argument("--no-install", action="store_true", help="don't install anything")
+    args = parser.parse_args(argv)
+    if not args.no_install:
+        ensure_dependencies()
+    sys.path.insert(0, str(ROOT))
+    from . import common, memory, middleware_inproc, middleware_server, outbox, tracking
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": common.machine(), "quick": args.quick}
+    steps = [
+        (
+            "middleware_inproc",
+            lambda: middleware_inproc.run(
+                **({"rounds": 3, "iterations": 500} if args.quick else {})
+            ),
+        ),
+        (
+            "middleware_server",
+            lambda: middleware_server.run(**({"rounds": 2, "seconds": 1} if args.quick else {})),
+        ),
+        (
+            "tracking",
+            lambda: tracking.run(
+                **(
+                    {"rounds": 2, "calls": 50, "leads": 1000, "sdk_leads": 300}
+                    if args.quick
+                    else {}
+                )
+            ),
+        ),
+        ("memory", lambda: memory.run(**({"n": 20_000} if args.quick else {}))),
+        ("outbox", outbox.run),
+    ]
+    for name, step in steps:
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        results[name] = step()
+        print(f"   {time.perf_counter() - t0:.0f} s", flush=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+
+    table = markdown(results)
+    print()
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "results.md").write_text("## Benchmark results\n\n" + table)
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / "machine.json").write_text(json.dumps(results["machine"], indent=1) + "\n")
+    if args.readme:
+        text = README.read_text()
+        if START in text and END in text:
+            head, rest = text.split(START, 1)
+            tail = rest.split(END, 1)[1]
+            README.write_text(head + readme_block(results) + tail)
+        else:
+            print("README has no bench markers; not updated", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
