@@ -1,4 +1,4 @@
-"""Fixtures for the browser journeys: one headless Chromium per session, real servers per test.
+"""Fixtures for the browser journeys: one headless Chromium per module, real servers per test.
 
 The browser is Debian's ``chromium`` driven by Playwright for Python (``executable_path``; no
 browser is ever downloaded). Without Chromium or Playwright the journeys skip with the reason,
@@ -59,9 +59,14 @@ def chromium_path() -> str | None:
     return found if found and os.access(found, os.X_OK) else None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the whole session; each test opens its own context in it."""
+    """One headless Chromium per test module; each test opens its own context in it.
+
+    Module scope, not session: while Playwright's sync API is running it holds an asyncio loop
+    in the main thread, and the suite's async tests (anyio) cannot start theirs until it stops.
+    All journeys live in one module, so this is still one browser for all of them.
+    """
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
