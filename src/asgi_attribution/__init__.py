@@ -30,6 +30,9 @@ from .transports.background import BackgroundTransport, QueueFullError
 from .transports.base import Delivery, DeliveryStats, TrackResult, Transport
 from .transports.http import HTTPTransport, RetryPolicy
 from .transports.memory import MemoryTransport
+from .transports.outbox import OutboxError, OutboxRow, OutboxStatus, OutboxStore, OutboxTransport
+from .transports.outbox_redis import RedisOutbox
+from .transports.outbox_sqlite import SQLiteOutbox
 
 __version__ = "0.1.0"
 
@@ -52,12 +55,19 @@ __all__ = [
     "LeadEvent",
     "MemoryTransport",
     "MissingClickIdError",
+    "OutboxError",
+    "OutboxRow",
+    "OutboxStatus",
+    "OutboxStore",
+    "OutboxTransport",
     "Partner",
     "PartnerData",
     "Provider",
     "ProviderRequest",
     "QueueFullError",
+    "RedisOutbox",
     "RetryPolicy",
+    "SQLiteOutbox",
     "SaleEvent",
     "TrackResult",
     "Tracker",

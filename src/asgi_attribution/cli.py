@@ -11,7 +11,7 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand: ``demo`` or ``fake-provider``. Returns the exit code.
+    """Run a subcommand: ``demo``, ``fake-provider`` or ``outbox``. Returns the exit code.
 
     Example:
         >>> main(["demo"])  # doctest: +SKIP
@@ -30,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve a fault-injecting local Dub/PIMMS API (see --help of the subcommand)",
         add_help=False,
     )
+    commands.add_parser(
+        "outbox",
+        help="inspect and operate a durable outbox: status, list, retry, purge, deliver",
+        add_help=False,
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         if rest:
@@ -37,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         return asyncio.run(run_demo(args.app))
+    if args.command == "outbox":
+        from .outbox_cli import main as outbox_main
+
+        return outbox_main(rest)
     from .fake_provider import main as fake_provider_main
 
     return fake_provider_main(rest)

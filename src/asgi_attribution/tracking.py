@@ -24,6 +24,7 @@ from .transports.background import BackgroundTransport, DropCallback, ErrorCallb
 from .transports.base import Delivery, DeliveryStats, TrackResult, Transport
 from .transports.http import HTTPTransport, RetryPolicy
 from .transports.memory import active_captures
+from .transports.outbox import OutboxStore, OutboxTransport
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
@@ -58,6 +59,10 @@ class Tracker:
     a lead without a click id raises instead of being skipped. ``verified_metadata_key`` adds
     the request's ``Attribution.verified`` flag to the metadata of events tracked from a request.
     ``tracker.stats`` counts queued, sent, retried, failed and dropped events.
+    ``outbox`` (a SQLite file path, a ``redis://`` URL or an :class:`OutboxStore`) makes delivery
+    durable: each event is stored before ``track_*`` returns and delivered from the store (see
+    :class:`OutboxTransport`); ``deliver=False`` only appends, for app instances whose events a
+    separate ``asgi-attribution outbox deliver --follow`` worker delivers.
 
     Example:
         >>> tracker = Tracker("dub", api_key="dub_xxx")
@@ -86,12 +91,31 @@ class Tracker:
         on_error: ErrorCallback | None = None,
         on_drop: DropCallback | None = None,
         verified_metadata_key: str | None = None,
+        outbox: str | os.PathLike[str] | OutboxStore | None = None,
+        deliver: bool = True,
     ) -> None:
         self.provider = get_provider(provider)
         key = api_key if api_key is not None else os.environ.get(self.provider.api_key_env)
         self._api_key = SecretStr(key) if key else None
         self.base_url = base_url or self.provider.base_url
-        if transport is None:
+        if transport is None and outbox is not None:
+            # Durable: stored before track_* returns, delivered from the store (or, with
+            # deliver=False, by a separate `asgi-attribution outbox deliver --follow`).
+            self.stats = DeliveryStats()
+            transport = OutboxTransport(
+                outbox,
+                deliver=deliver,
+                api_key=self._api_key,
+                base_url=self.base_url,
+                timeout=timeout,
+                retry=retry,
+                concurrency=concurrency,
+                shutdown_timeout=shutdown_timeout,
+                on_error=on_error,
+                stats=self.stats,
+                providers=[self.provider],
+            )
+        elif transport is None:
             self.stats = DeliveryStats()
             transport = HTTPTransport(
                 self._api_key,

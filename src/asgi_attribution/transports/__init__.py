@@ -4,6 +4,9 @@ from .background import BackgroundTransport, QueueFullError
 from .base import Delivery, DeliveryStats, TrackResult, Transport
 from .http import HTTPTransport, RetryPolicy
 from .memory import MemoryTransport
+from .outbox import OutboxError, OutboxRow, OutboxStatus, OutboxStore, OutboxTransport
+from .outbox_redis import RedisOutbox
+from .outbox_sqlite import SQLiteOutbox
 
 __all__ = [
     "BackgroundTransport",
@@ -11,8 +14,15 @@ __all__ = [
     "DeliveryStats",
     "HTTPTransport",
     "MemoryTransport",
+    "OutboxError",
+    "OutboxRow",
+    "OutboxStatus",
+    "OutboxStore",
+    "OutboxTransport",
     "QueueFullError",
+    "RedisOutbox",
     "RetryPolicy",
+    "SQLiteOutbox",
     "TrackResult",
     "Transport",
 ]
