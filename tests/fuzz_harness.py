@@ -128,8 +128,9 @@ async def own_click(request: Request) -> Response:
     # The app clears the click itself: the middleware must add none of its cookies.
     _observe(request)
     response = PlainTextResponse("own")
-    response.delete_cookie("dub_id")
-    response.delete_cookie("pimms_id")
+    # Written by hand: delete_cookie() stamps the current time, which would differ between runs.
+    response.headers.append("set-cookie", 'dub_id=""; Max-Age=0; Path=/')
+    response.headers.append("set-cookie", 'pimms_id=""; Max-Age=0; Path=/')
     return response
 
 
@@ -500,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.argv[0],
                 f"-max_total_time={int(args.seconds)}",
                 "-max_len=65536",
+                f"-artifact_prefix={out}/",
                 f"-dict={tokens}",
                 str(corpus),
             ],

@@ -471,3 +471,76 @@ async def test_clearing_a_hand_built_attribution_does_nothing() -> None:
     )
     result = TrackResult("sent")
     assert clear_attribution(request, Response(), result) is False
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+CANARY = "dub_LEAKCANARY_7f3a9c2e51b84d06"
+
+
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def exception_texts(exc: BaseException | None) -> list[str]:
+    import traceback
+
+    texts: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts += [str(exc), repr(exc), repr(exc.args), repr(vars(exc))]
+        texts += traceback.format_exception(type(exc), exc, exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    return texts
+
+
+async def test_the_api_key_never_appears_in_logs_errors_or_reprs(caplog: Any) -> None:
+    from asgi_attribution import DeliveryError, HTTPTransport, RetryPolicy
+    from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
+
+    caplog.set_level(logging.DEBUG)
+    for name in ("asgi_attribution", "httpx", "httpcore", "uvicorn", "uvicorn.error"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    quick = RetryPolicy(max_elapsed=0.3, initial_backoff=0.01, max_backoff=0.02)
+    texts: list[str] = []
+    outcomes: list[str] = []
+
+    async def lead(base_url: str, provider: str = "dub") -> None:
+        transport = HTTPTransport(CANARY, base_url=base_url, retry=quick)
+        tracker = Tracker(provider, api_key=CANARY, transport=transport)
+        default = Tracker(provider, api_key=CANARY, base_url=base_url, retry=quick)
+        texts.extend([repr(tracker), repr(transport), repr(default), str(transport.api_key)])
+        texts.extend([repr(vars(tracker)), repr(vars(transport)), repr(vars(default))])
+        async with tracker:
+            try:
+                result = await tracker.track_lead(
+                    click_id="clk1", event_name="Sign up", customer_external_id="u1"
+                )
+                outcomes.append(result.status)
+                texts.append(repr(result))
+            except DeliveryError as exc:
+                outcomes.append(f"error {exc.status_code}")
+                texts.extend(exception_texts(exc))
+
+    with serve_in_thread(FakeProvider("dub", api_key="the-right-key")) as url:
+        await lead(url)  # 401: wrong key
+    with serve_in_thread(FakeProvider("pimms", api_key=CANARY)) as url:
+        await lead(url)  # 422: Dub's body sent to PIMMS
+    with serve_in_thread(FakeProvider("dub", faults=Faults(error_rate=1.0))) as url:
+        await lead(url)  # 503 until the retry budget is spent
+    await lead(closed_port_url())  # connection refused
+    with serve_in_thread(FakeProvider("dub", api_key=CANARY)) as url:
+        await lead(url)  # 200
+
+    assert outcomes == ["error 401", "error 422", "error 503", "error None", "sent"]
+    texts.append(caplog.text)
+    texts.extend(r.getMessage() + repr(r.args) + repr(r.__dict__) for r in caplog.records)
+    assert any("retrying" in r.getMessage() for r in caplog.records)  # logs were captured
+    leaks = [t for t in texts if CANARY in t or CANARY[4:20] in t]
+    assert leaks == [], "the API key leaked"
