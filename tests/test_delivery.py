@@ -470,3 +470,18 @@ def test_background_options_are_validated() -> None:
         BackgroundTransport(MemoryTransport(), when_full="block")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
+
+
+async def test_an_event_waiting_to_retry_does_not_hold_a_worker(
+    provider: FakeProvider, url: str
+) -> None:
+    provider.faults = Faults(fail_first=1)  # the first event's first attempt gets a 503
+    policy = RetryPolicy(initial_backoff=0.5, max_backoff=0.5)
+    tracker = Tracker("dub", api_key=KEY, base_url=url, concurrency=1, retry=policy)
+    async with tracker:
+        await tracker.track_lead(click_id="c", event_name="Sign up", customer_external_id="first")
+        await tracker.track_lead(click_id="c", event_name="Sign up", customer_external_id="second")
+        await tracker.flush()
+    # With one worker, the second event went out while the first waited for its retry.
+    assert [lead["customerExternalId"] for lead in provider.leads()] == ["second", "first"]
+    assert tracker.stats.retried == 1 and tracker.stats.sent == 2

@@ -102,7 +102,7 @@ class DeliveryError(AttributionError):
 
     ``status_code`` is the HTTP status (None for a network failure), ``code`` and ``message`` come
     from the provider's ``{"error": {"code", "message"}}`` body; ``retryable`` says whether trying
-    again could help.
+    again could help, and ``retry_after`` is the server's ``Retry-After`` in seconds, if any.
 
     Example:
         >>> err = DeliveryError("evt_1", "bad_request", "eventName: required", status_code=400)
@@ -118,14 +118,25 @@ class DeliveryError(AttributionError):
         *,
         status_code: int | None = None,
         retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         self.event_id = event_id
         self.code = code
         self.message = message
         self.status_code = status_code
         self.retryable = retryable
-        status = f"HTTP {status_code} " if status_code is not None else ""
-        super().__init__(f"event {event_id} not delivered: {status}{code}: {message}")
+        self.retry_after = retry_after
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        status = f"HTTP {self.status_code} " if self.status_code is not None else ""
+        return f"event {self.event_id} not delivered: {status}{self.code}: {self.message}"
+
+    def gave_up(self, attempts: int, elapsed: float) -> DeliveryError:
+        """This error, noting that retrying stopped after ``attempts`` in ``elapsed`` seconds."""
+        self.message += f" (gave up after {attempts} attempts in {elapsed:.1f}s)"
+        self.args = (self._text(),)
+        return self
 
 
 def new_event_id() -> str:

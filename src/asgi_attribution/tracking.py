@@ -51,9 +51,9 @@ class Tracker:
     ``provider`` is ``"dub"``, ``"pimms"`` or a :class:`Provider`. ``api_key`` defaults to
     ``DUB_API_KEY`` / ``PIMMS_API_KEY`` and is never shown. By default events are queued and
     delivered in the background over HTTP with retries (see :class:`BackgroundTransport` for
-    ``queue_size``, ``workers``, ``queue_full_timeout``, ``shutdown_timeout``, ``on_error``
-    and ``on_drop``; :class:`RetryPolicy` for ``retry``); ``concurrency`` bounds simultaneous
-    HTTP requests (the keep-alive pool) and ``timeout`` is per HTTP attempt;
+    ``queue_size``, ``queue_full_timeout``, ``shutdown_timeout``, ``on_error`` and ``on_drop``;
+    :class:`RetryPolicy` for ``retry``); ``concurrency`` bounds simultaneous HTTP requests
+    (workers and keep-alive connections) and ``timeout`` is per HTTP attempt;
     ``background=False`` sends inline and returns the provider's answer. ``transport`` replaces
     all of that (for example :class:`MemoryTransport` in tests). With ``require_click_id=True``
     a lead without a click id raises instead of being skipped. ``verified_metadata_key`` adds
@@ -85,7 +85,6 @@ class Tracker:
         retry: RetryPolicy | None = None,
         queue_size: int = 10_000,
         concurrency: int = 10,
-        workers: int = 50,
         queue_full_timeout: float = 1.0,
         shutdown_timeout: float = 20.0,
         on_error: ErrorCallback | None = None,
@@ -129,7 +128,7 @@ class Tracker:
                 transport = BackgroundTransport(
                     transport,
                     queue_size=queue_size,
-                    workers=workers,
+                    workers=concurrency,
                     queue_full_timeout=queue_full_timeout,
                     shutdown_timeout=shutdown_timeout,
                     on_error=on_error,

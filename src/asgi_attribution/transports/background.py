@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from ..events import DeliveryError, LeadEvent
 from .base import Delivery, DeliveryStats, TrackResult, Transport
+from .http import HTTPTransport, log_retry
 
 __all__ = ["BackgroundTransport", "QueueFullError"]
 
@@ -57,8 +59,8 @@ async def _call(callback: Callable[..., object] | None, *args: object) -> None:
 class BackgroundTransport(Transport):
     """Queue events in memory and deliver them through ``inner`` from worker tasks.
 
-    Options: ``queue_size`` (bound of the queue), ``workers`` (events delivered at once,
-    including those waiting to retry; the HTTP transport's pool bounds connections), ``when_full``
+    Options: ``queue_size`` (bound of the queue), ``workers`` (deliveries at once; over HTTP an
+    event waiting to retry does not hold a worker), ``when_full``
     (``"drop"`` after waiting ``queue_full_timeout`` seconds, or ``"raise"``), ``shutdown_timeout``
     (seconds ``aclose`` spends delivering what is queued), ``on_error(delivery, exc)`` and
     ``on_drop(delivery, reason)`` (sync or async callables).
@@ -75,7 +77,7 @@ class BackgroundTransport(Transport):
         inner: Transport,
         *,
         queue_size: int = 10_000,
-        workers: int = 50,
+        workers: int = 10,
         when_full: Literal["drop", "raise"] = "drop",
         queue_full_timeout: float = 1.0,
         shutdown_timeout: float = 20.0,
@@ -98,18 +100,22 @@ class BackgroundTransport(Transport):
         self.on_error = on_error
         self.on_drop = on_drop
         self.stats = stats if stats is not None else DeliveryStats()
+        # Over HTTP the workers make one attempt at a time and schedule retries themselves, so an
+        # event waiting out its backoff holds no worker; other transports retry on their own.
+        self._attempting = inner if isinstance(inner, HTTPTransport) else None
         # Created in start(), inside the running loop: nothing at import or fork time.
-        self._queue: asyncio.Queue[Delivery] | None = None
+        self._queue: asyncio.Queue[_Job] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._inflight: set[Delivery] = set()
+        self._inflight: set[_Job] = set()
+        self._waiting: dict[asyncio.Task[None], _Job] = {}
         self._closing = False
 
     @property
     def pending(self) -> int:
-        """Events queued or being delivered right now."""
+        """Events queued, being delivered, or waiting to retry right now."""
         queued = self._queue.qsize() if self._queue is not None else 0
-        return queued + len(self._inflight)
+        return queued + len(self._inflight) + len(self._waiting)
 
     async def start(self) -> None:
         """Start the workers in the running loop (again after ``aclose``)."""
@@ -120,23 +126,24 @@ class BackgroundTransport(Transport):
         self._loop = loop
         self._closing = False
         self._queue = asyncio.Queue(maxsize=self.queue_size)
-        for delivery in leftover:
-            self._queue.put_nowait(delivery)
+        for job in leftover:
+            self._queue.put_nowait(job)
         await self.inner.start()
         self._workers = [
             loop.create_task(self._work(), name=f"asgi-attribution-worker-{i}")
             for i in range(self.workers)
         ]
 
-    def _take_leftovers(self, loop: asyncio.AbstractEventLoop) -> list[Delivery]:
+    def _take_leftovers(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
         # Used from a new event loop without a clean shutdown (e.g. one loop per test): carry
         # the old queue's events over instead of stranding them in a dead loop.
         if self._queue is None or self._loop is loop:
             return []
-        leftover = list(self._inflight)
+        leftover = [*self._inflight, *self._waiting.values()]
         while not self._queue.empty():
             leftover.append(self._queue.get_nowait())
         self._inflight.clear()
+        self._waiting.clear()
         if leftover:
             logger.warning("event loop changed: moving %d pending events over", len(leftover))
         return leftover
@@ -149,11 +156,12 @@ class BackgroundTransport(Transport):
         if self._queue is None or self._loop is not asyncio.get_running_loop():
             await self.start()
         assert self._queue is not None
+        job = _Job(delivery)
         try:
-            self._queue.put_nowait(delivery)
+            self._queue.put_nowait(job)
         except asyncio.QueueFull:
             try:
-                await asyncio.wait_for(self._queue.put(delivery), self.queue_full_timeout)
+                await asyncio.wait_for(self._queue.put(job), self.queue_full_timeout)
             except asyncio.TimeoutError:
                 return await self._full(delivery)
         self.stats.queued += 1
@@ -183,24 +191,60 @@ class BackgroundTransport(Transport):
         queue = self._queue
         assert queue is not None
         while True:
-            delivery = await queue.get()
-            self._inflight.add(delivery)
+            job = await queue.get()
+            self._inflight.add(job)
+            retrying = False
             try:
-                await self.inner.send(delivery)
-            except asyncio.CancelledError:
-                raise  # reported by aclose
-            except Exception as exc:  # every failure is reported; the worker carries on
-                self.stats.failed += 1
-                logger.error("event %s failed: %s", delivery.event.event_id, exc)
-                await _call(self.on_error, delivery, exc)
-            else:
-                self.stats.sent += 1
+                retrying = await self._deliver(job, queue)
             finally:
-                self._inflight.discard(delivery)
-                queue.task_done()
+                self._inflight.discard(job)
+                # A job waiting to retry stays unfinished, so flush() and aclose() wait for it.
+                if not retrying:
+                    queue.task_done()
+
+    async def _deliver(self, job: _Job, queue: asyncio.Queue[_Job]) -> bool:
+        """Try ``job`` once (or through the inner transport's own retries).
+
+        Returns True when a retry was scheduled.
+        """
+        delivery, attempting = job.delivery, self._attempting
+        try:
+            if attempting is None:
+                await self.inner.send(delivery)
+            else:
+                job.attempts += 1
+                await attempting.attempt(delivery)
+        except asyncio.CancelledError:
+            raise  # reported by aclose
+        except Exception as exc:  # every failure is reported; the worker carries on
+            if attempting is not None and isinstance(exc, DeliveryError) and exc.retryable:
+                elapsed = time.monotonic() - job.started
+                wait = attempting.retry.next_wait(job.attempts, elapsed, exc.retry_after)
+                if wait is not None:
+                    self.stats.retried += 1
+                    log_retry(exc, job.attempts, wait)
+                    task = asyncio.get_running_loop().create_task(self._requeue(job, wait, queue))
+                    self._waiting[task] = job
+                    task.add_done_callback(self._forget)
+                    return True
+                exc.gave_up(job.attempts, elapsed)
+            self.stats.failed += 1
+            logger.error("event %s failed: %s", delivery.event.event_id, exc)
+            await _call(self.on_error, delivery, exc)
+        else:
+            self.stats.sent += 1
+        return False
+
+    async def _requeue(self, job: _Job, wait: float, queue: asyncio.Queue[_Job]) -> None:
+        await asyncio.sleep(wait)
+        await queue.put(job)
+        queue.task_done()  # for the attempt that scheduled this retry
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._waiting.pop(task, None)
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until the queue is empty and nothing is in flight (or ``timeout`` passes)."""
+        """Wait until nothing is queued, in flight or waiting to retry (or ``timeout`` passes)."""
         if self._queue is None or self._loop is not asyncio.get_running_loop():
             return
         try:
@@ -219,15 +263,16 @@ class BackgroundTransport(Transport):
         queue = self._queue
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(queue.join(), self.shutdown_timeout)
-        undelivered = list(self._inflight)
+        undelivered = [job.delivery for job in (*self._inflight, *self._waiting.values())]
         while not queue.empty():
-            undelivered.append(queue.get_nowait())
-            queue.task_done()
-        for task in self._workers:
+            undelivered.append(queue.get_nowait().delivery)
+        tasks = [*self._workers, *self._waiting]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers = []
         self._inflight.clear()
+        self._waiting.clear()
         self._queue = None
         if undelivered:
             reason = f"not delivered within shutdown_timeout={self.shutdown_timeout:g}s"
@@ -242,3 +287,14 @@ class BackgroundTransport(Transport):
                 await _call(self.on_drop, delivery, reason)
         await self.inner.aclose()
         self._closing = False
+
+
+class _Job:
+    """A queued delivery and its retry state (compared by identity)."""
+
+    __slots__ = ("attempts", "delivery", "started")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.attempts = 0
+        self.started = time.monotonic()

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from ..events import DeliveryError
 from .base import Delivery, DeliveryStats, TrackResult, Transport
 
-__all__ = ["HTTPTransport", "RetryPolicy", "parse_retry_after"]
+__all__ = ["HTTPTransport", "RetryPolicy", "log_retry", "parse_retry_after"]
 
 logger = logging.getLogger("asgi_attribution")
 
@@ -58,9 +58,37 @@ class RetryPolicy:
                 raise ValueError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
 
     def backoff(self, retry: int) -> float:
-        """Full-jitter delay before retry number ``retry`` (1-based)."""
+        """Jittered delay before retry number ``retry`` (1-based): half to all of the cap."""
         cap = min(self.max_backoff, self.initial_backoff * 2 ** min(retry - 1, 30))
         return random.uniform(cap / 2, cap)
+
+    def next_wait(self, attempts: int, elapsed: float, retry_after: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` when the budget is spent.
+
+        ``retry_after`` (the server's hint) is a minimum, clamped to ``max_retry_after``.
+
+        Example:
+            >>> RetryPolicy(max_attempts=3).next_wait(3, elapsed=1.0, retry_after=None) is None
+            True
+        """
+        wait = self.backoff(attempts)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after))
+        if attempts >= self.max_attempts or elapsed + wait > self.max_elapsed:
+            return None
+        return wait
+
+
+def log_retry(error: DeliveryError, attempt: int, wait: float) -> None:
+    """Log one retry with structured fields (``event_id``, ``attempt``, ``retry_in``)."""
+    logger.info(
+        "event %s: attempt %d failed (%s), retrying in %.2fs",
+        error.event_id,
+        attempt,
+        error.code if error.status_code is None else error.status_code,
+        wait,
+        extra={"event_id": error.event_id, "attempt": attempt, "retry_in": wait},
+    )
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -128,6 +156,10 @@ class HTTPTransport(Transport):
         self.retry = retry or RetryPolicy()
         self.max_connections = max_connections
         self._client = client
+        # Bounds requests in flight to the pool size, so callers waiting for a slot queue here
+        # (cheap) rather than inside httpcore's pool (costly bookkeeping per waiter), and events
+        # sleeping between retries hold no slot at all.
+        self._slots: asyncio.Semaphore | None = None
         self._owns_client = client is None
         #: Counts ``retried``: attempts after the first (shared with the tracker's stats).
         self.stats = stats if stats is not None else DeliveryStats()
@@ -158,9 +190,33 @@ class HTTPTransport(Transport):
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
+            self._slots = None
 
     async def send(self, delivery: Delivery) -> TrackResult:
         """Deliver one event, retrying within the policy; raise :class:`DeliveryError` if not."""
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await self.attempt(delivery)
+            except DeliveryError as error:
+                if not error.retryable:
+                    raise
+                elapsed = time.monotonic() - started
+                wait = self.retry.next_wait(attempts, elapsed, error.retry_after)
+                if wait is None:
+                    raise error.gave_up(attempts, elapsed) from None
+                self.stats.retried += 1
+                log_retry(error, attempts, wait)
+                await asyncio.sleep(wait)
+
+    async def attempt(self, delivery: Delivery) -> TrackResult:
+        """Make one attempt; a failure raises :class:`DeliveryError` with ``retry_after``.
+
+        The background and outbox transports call this and schedule retries themselves, so an
+        event waiting to retry holds no worker.
+        """
         event_id = delivery.event.event_id
         request = delivery.request()
         api_key = self.api_key
@@ -169,9 +225,7 @@ class HTTPTransport(Transport):
             key = os.environ.get(env)
             if not key:
                 raise DeliveryError(
-                    event_id,
-                    "missing_api_key",
-                    f"no API key: pass api_key= or set {env}",
+                    event_id, "missing_api_key", f"no API key: pass api_key= or set {env}"
                 )
             api_key = self.api_key = SecretStr(key)
         url = (self.base_url or delivery.provider.base_url.rstrip("/")) + request.path
@@ -181,52 +235,23 @@ class HTTPTransport(Transport):
             **delivery.provider.extra_headers,
         }
         client = self._get_client()
-        policy = self.retry
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            try:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_connections)
+        try:
+            async with self._slots:
                 response = await client.request(
                     request.method, url, json=request.json, headers=headers
                 )
-            except httpx.TransportError as exc:
-                # A timeout after sending is ambiguous; the retry reuses the idempotency key.
-                error = DeliveryError(
-                    event_id, type(exc).__name__, str(exc) or "network error", retryable=True
-                )
-            else:
-                if response.is_success:
-                    return TrackResult(
-                        "sent",
-                        delivery.event,
-                        status_code=response.status_code,
-                        response=_json(response),
-                    )
-                error = _error_from(event_id, response)
-                if not error.retryable:
-                    raise error
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-
-            wait = policy.backoff(attempt)
-            if retry_after is not None:
-                wait = max(wait, min(retry_after, policy.max_retry_after))
-            elapsed = time.monotonic() - started
-            if attempt >= policy.max_attempts or elapsed + wait > policy.max_elapsed:
-                error.message += f" (gave up after {attempt} attempts in {elapsed:.1f}s)"
-                error.args = (f"event {event_id} not delivered: {error.code}: {error.message}",)
-                raise error
-            self.stats.retried += 1
-            logger.info(
-                "event %s: attempt %d failed (%s), retrying in %.2fs",
-                event_id,
-                attempt,
-                error.code if error.status_code is None else error.status_code,
-                wait,
-                extra={"event_id": event_id, "attempt": attempt, "retry_in": wait},
+        except httpx.TransportError as exc:
+            # A timeout after sending is ambiguous; the retry reuses the idempotency key.
+            raise DeliveryError(
+                event_id, type(exc).__name__, str(exc) or "network error", retryable=True
+            ) from None
+        if response.is_success:
+            return TrackResult(
+                "sent", delivery.event, status_code=response.status_code, response=_json(response)
             )
-            await asyncio.sleep(wait)
+        raise _error_from(event_id, response)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -244,4 +269,7 @@ def _error_from(event_id: str, response: httpx.Response) -> DeliveryError:
         code = str(body["error"].get("code", code))[:100]
         message = str(body["error"].get("message", message))[:500]
     retryable = status in RETRYABLE_STATUS or status >= 500
-    return DeliveryError(event_id, code, message, status_code=status, retryable=retryable)
+    retry_after = parse_retry_after(response.headers.get("retry-after")) if retryable else None
+    return DeliveryError(
+        event_id, code, message, status_code=status, retryable=retryable, retry_after=retry_after
+    )
