@@ -537,6 +537,9 @@ class OutboxTransport(Transport):
                 extra={"event_id": row.event_id, "attempt": row.attempts, "retry_in": wait},
             )
             await self._store_call(self.store.retry_later, row, now + wait, error)
+            if wait < self.poll_interval and self._loop is not None and self._wake is not None:
+                # Due before the next poll: look again then, not a whole poll interval later.
+                self._loop.call_later(wait, self._wake.set)
             return
         if retryable:
             error += f" (gave up after {row.attempts} attempts in {elapsed:.1f}s)"
