@@ -67,8 +67,9 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 # Our cookies, exactly as the middleware may write them.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ATTRS = (
-    r"; Max-Age=\d+; Path=/[!#-:<-~]*(?:; Domain=\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)?"
+    rf"; Max-Age=\d+; Path=/[!#-:<-~]*(?:; Domain=\.?{_LABEL}(?:\.{_LABEL})+)?"
     r"; SameSite=(?:Lax|Strict|None)(?:; Secure)?(?:; HttpOnly)?"
 )
 CLICK = r"[A-Za-z0-9_-]{1,64}"

@@ -544,3 +544,26 @@ async def test_the_api_key_never_appears_in_logs_errors_or_reprs(caplog: Any) ->
     assert any("retrying" in r.getMessage() for r in caplog.records)  # logs were captured
     leaks = [t for t in texts if CANARY in t or CANARY[4:20] in t]
     assert leaks == [], "the API key leaked"
+
+
+# -- regressions from the fuzzer --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "www..ex.:co\\",  # atheris: became "Domain=..ex", which browsers refuse
+        "a..b.example.com",
+        "-a.example.com",
+        "a-.example.com",
+        "example.com:abc",
+        "example.com:",
+        "example.com..",
+        "exa_mple.com",
+        "a" * 64 + ".example.com",
+    ],
+)
+async def test_malformed_host_gets_a_host_only_cookie(host: str) -> None:
+    async with client_for(app_with()) as client:
+        response = await client.get("/?dub_id=clk1", headers={"host": host})
+    assert set_cookies(response) == ["dub_id=clk1; Max-Age=7776000; Path=/; SameSite=Lax"]

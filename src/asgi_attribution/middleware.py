@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Literal
@@ -23,9 +24,9 @@ from .attribution import STATE_KEY, Attribution, current_attribution
 from .cookies import (
     NINETY_DAYS,
     CookiePolicy,
+    CookieReader,
     ManagedCookies,
     host_of,
-    parse_cookies,
     valid_click_id,
 )
 from .providers import Provider, get_provider
@@ -136,10 +137,14 @@ class AttributionMiddleware:
         # What our Set-Cookie headers start with: if the app set one of these, it decided.
         self._ours = (p.cookie_name + "=", self.signed_cookie_name + "=")
 
+        self._reader = CookieReader(managed)
+        self._where = {name: f"cookie {name}" for name in p.cookie_names}
+        self._query_where = f"query {p.query_param}"
         # Byte needles, computed once, let most requests skip parsing entirely.
-        self._cookie_needles = tuple(name.encode() + b"=" for name in p.cookie_names)
+        needles = [name.encode() + b"=" for name in p.cookie_names]
         if p.partner_cookie:
-            self._cookie_needles += (p.partner_cookie.encode() + b"=",)
+            needles.append(p.partner_cookie.encode() + b"=")
+        self._cookie_needle = re.compile(b"|".join(map(re.escape, needles))).search
         self._query_needle = p.query_param.encode() + b"="
         self._no_track = p.no_track_param
 
@@ -208,17 +213,17 @@ class AttributionMiddleware:
         provider = self.provider
         cookie_header = None
         for name, value in scope["headers"]:
-            if name == b"cookie" and any(n in value for n in self._cookie_needles):
+            if name == b"cookie" and self._cookie_needle(value):
                 # HTTP/2 may split cookies over several headers.
                 cookie_header = value if cookie_header is None else cookie_header + b"; " + value
 
         cookie_click = partner_raw = None
         cookies: dict[str, str] = {}
         if cookie_header is not None:
-            cookies = parse_cookies(cookie_header.decode("latin-1"))
+            cookies = self._reader.read(cookie_header)
             for name in provider.cookie_names:
                 if name in cookies:
-                    cookie_click = valid_click_id(cookies[name], where=f"cookie {name}")
+                    cookie_click = valid_click_id(cookies[name], where=self._where[name])
                     if cookie_click:
                         break
             if provider.partner_cookie:
@@ -279,13 +284,19 @@ class AttributionMiddleware:
             needle = self.signed_cookie_name.encode() + b"="
             for name, value in scope["headers"]:
                 if name == b"cookie" and needle in value:
-                    token = parse_cookies(value.decode("latin-1")).get(self.signed_cookie_name)
+                    token = self._reader.read(value).get(self.signed_cookie_name)
                     if token is not None:
                         break
         return token
 
     def _landing_click(self, query: bytes) -> str | None:
-        params = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="replace")
+        if b"%" in query or b"+" in query:
+            params = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="replace")
+        else:
+            # Nothing to unquote: split as parse_qsl would, without its per-pair work.
+            params = [
+                pair.decode("latin-1").partition("=")[::2] for pair in query.split(b"&") if pair
+            ]
         click = None
         for key, value in params:
             if self._no_track and key == self._no_track:
@@ -293,7 +304,7 @@ class AttributionMiddleware:
             # The first occurrence wins, as in the providers' scripts (URLSearchParams.get).
             if key == self.provider.query_param and click is None:
                 click = value
-        return valid_click_id(click, where=f"query {self.provider.query_param}")
+        return valid_click_id(click, where=self._query_where)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         tracker = self.tracker
