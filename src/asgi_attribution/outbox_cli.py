@@ -281,7 +281,7 @@ async def _deliver(args: argparse.Namespace, store: OutboxStore) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         # A worker stops cleanly: in-flight claims are given back, nothing is lost.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
     await transport.start()
     try:
@@ -304,7 +304,7 @@ async def _deliver(args: argparse.Namespace, store: OutboxStore) -> int:
     finally:
         await transport.aclose()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
     stats = transport.stats
     left = transport.left_in_store

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,7 @@ from ..events import AttributionError, DeliveryError, Event, validate_event
 from ..providers import DUB, PIMMS, Provider, get_provider
 from .background import ErrorCallback, _call
 from .base import Delivery, DeliveryStats, TrackResult, Transport
-from .http import RETRYABLE_STATUS, HTTPTransport, RetryPolicy, parse_retry_after
+from .http import HTTPTransport, RetryPolicy, log_retry
 
 __all__ = [
     "OutboxError",
@@ -275,73 +274,13 @@ class _Batcher:
             self._task = None
 
 
-_GAVE_UP = re.compile(r" \(gave up after \d+ attempts in [0-9.]+s\)$")
-
-
-class _OneAttemptHTTP(HTTPTransport):
-    """An HTTP transport that makes one attempt per call: the outbox schedules the retries.
-
-    A retryable failure carries the server's ``Retry-After`` (in seconds) as ``retry_after``.
-    """
-
-    def __init__(
-        self,
-        api_key: str | SecretStr | None,
-        *,
-        base_url: str | None,
-        timeout: float,
-        max_connections: int,
-        stats: DeliveryStats,
-    ) -> None:
-        super().__init__(
-            api_key,
-            base_url=base_url,
-            timeout=timeout,
-            retry=RetryPolicy(max_attempts=1),
-            max_connections=max_connections,
-            stats=stats,
-        )
-        self._retry_after: dict[str, float] = {}
-
-    def _get_client(self) -> Any:
-        fresh = self._client is None
-        client = super()._get_client()
-        if fresh:
-            # The parent reads Retry-After only to sleep on it; a response hook keeps it for us.
-            hooks = client.event_hooks
-            hooks["response"] = [*hooks["response"], self._note_retry_after]
-            client.event_hooks = hooks
-        return client
-
-    async def _note_retry_after(self, response: Any) -> None:
-        key = response.request.headers.get("idempotency-key")
-        if key and (response.status_code in RETRYABLE_STATUS or response.status_code >= 500):
-            value = parse_retry_after(response.headers.get("retry-after"))
-            if value is not None:
-                self._retry_after[key] = value
-
-    async def send(self, delivery: Delivery) -> TrackResult:
-        event_id = delivery.event.event_id
-        try:
-            return await super().send(delivery)
-        except DeliveryError as exc:
-            exc.retry_after = self._retry_after.get(event_id)  # type: ignore[attr-defined]
-            # "gave up after 1 attempts" is true of this call, not of the event: drop it.
-            exc.message = _GAVE_UP.sub("", exc.message)
-            status = f"HTTP {exc.status_code} " if exc.status_code is not None else ""
-            exc.args = (f"event {event_id} not delivered: {status}{exc.code}: {exc.message}",)
-            raise
-        finally:
-            self._retry_after.pop(event_id, None)
-
-
 class OutboxTransport(Transport):
     """Write every event to a durable outbox, and deliver from it in worker tasks.
 
     ``store`` is an :class:`OutboxStore`, a SQLite file path, or a ``redis://`` URL. By default
     events go over HTTP (``api_key``, ``base_url``, ``timeout`` as for :class:`HTTPTransport`),
-    one attempt per claim; ``inner`` replaces that (a transport that raises
-    :class:`DeliveryError`, optionally with a ``retry_after`` attribute in seconds).
+    one attempt per claim (:meth:`HTTPTransport.attempt`); ``inner`` replaces that (a transport
+    whose ``send`` raises :class:`DeliveryError` on failure).
 
     Options: ``deliver=False`` makes an append-only instance (web workers that leave delivery to
     ``asgi-attribution outbox deliver --follow``); ``concurrency`` deliveries at once;
@@ -384,18 +323,19 @@ class OutboxTransport(Transport):
             )
         self.store = open_store(store)
         self.stats = stats if stats is not None else DeliveryStats()
+        self.retry = retry or RetryPolicy()
         if inner is None and deliver:
-            inner = _OneAttemptHTTP(
+            inner = HTTPTransport(
                 api_key,
                 base_url=base_url,
                 timeout=timeout,
+                retry=self.retry,
                 max_connections=concurrency,
                 stats=self.stats,
             )
         #: The transport each claimed event goes through (None for an append-only instance).
         self.inner = inner if deliver else None
         self.deliver = deliver
-        self.retry = retry or RetryPolicy()
         self.concurrency = concurrency
         self.lease = lease
         self.poll_interval = poll_interval
@@ -409,6 +349,7 @@ class OutboxTransport(Transport):
         self._runner: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._tasks: dict[asyncio.Task[None], OutboxRow] = {}
+        self._stopping = False
 
     def __repr__(self) -> str:
         return f"OutboxTransport({self.store.description!r}, deliver={self.deliver})"
@@ -433,6 +374,7 @@ class OutboxTransport(Transport):
         if self.inner is not None:
             await self.inner.start()
             self._wake = asyncio.Event()
+            self._stopping = False
             self._runner = loop.create_task(self._run(), name="asgi-attribution-outbox")
 
     async def send(self, delivery: Delivery) -> TrackResult:
@@ -461,17 +403,18 @@ class OutboxTransport(Transport):
     async def _run(self) -> None:
         wake = self._wake
         assert wake is not None and self._loop is not None
-        while True:
+        while not self._stopping:
             wake.clear()
             free = self.concurrency - len(self._tasks)
             rows: list[OutboxRow] = []
             if free > 0:
                 try:
                     rows = await self.store.claim(free, self.lease)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:  # a locked or unreachable store: try again later
                     logger.warning("outbox %s: claim failed: %s", self.store.description, exc)
+                if self._stopping:  # shutdown began during the claim: give the rows back
+                    await self._store_call(self.store.release, rows)
+                    return
                 for row in rows:
                     task = self._loop.create_task(self._deliver(row))
                     self._tasks[task] = row
@@ -499,7 +442,11 @@ class OutboxTransport(Transport):
             logger.error("event %s is a dead letter: cannot restore it: %s", row.event_id, exc)
             return
         try:
-            await self.inner.send(delivery)
+            if isinstance(self.inner, HTTPTransport):
+                # One attempt per claim: the store, not a sleeping task, holds the retry.
+                await self.inner.attempt(delivery)
+            else:
+                await self.inner.send(delivery)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -509,43 +456,28 @@ class OutboxTransport(Transport):
             await self._store_call(self.store.delivered, row)
 
     async def _failed(self, row: OutboxRow, delivery: Delivery, exc: Exception) -> None:
-        if isinstance(exc, DeliveryError):
-            retryable, error = exc.retryable, str(exc)
-        else:
+        if not isinstance(exc, DeliveryError):
             # Our own validation errors are final; anything else may be a passing fault.
             retryable = not isinstance(exc, AttributionError)
-            error = f"{type(exc).__name__}: {exc}"
-        now = time.time()
-        policy = self.retry
-        wait = policy.backoff(row.attempts)
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(retry_after, (int, float)):
-            wait = max(wait, min(float(retry_after), policy.max_retry_after))
-        elapsed = now - (row.first_attempt_at or now)
-        if (
-            retryable
-            and row.attempts < policy.max_attempts
-            and elapsed + wait <= policy.max_elapsed
-        ):
-            self.stats.retried += 1
-            logger.info(
-                "event %s: attempt %d failed (%s), retrying in %.2fs",
-                row.event_id,
-                row.attempts,
-                error,
-                wait,
-                extra={"event_id": row.event_id, "attempt": row.attempts, "retry_in": wait},
+            exc = DeliveryError(
+                row.event_id, type(exc).__name__, str(exc) or "error", retryable=retryable
             )
-            await self._store_call(self.store.retry_later, row, now + wait, error)
+        now = time.time()
+        elapsed = now - (row.first_attempt_at or now)
+        wait = self.retry.next_wait(row.attempts, elapsed, exc.retry_after)
+        if exc.retryable and wait is not None:
+            self.stats.retried += 1
+            log_retry(exc, row.attempts, wait)
+            await self._store_call(self.store.retry_later, row, now + wait, str(exc))
             if wait < self.poll_interval and self._loop is not None and self._wake is not None:
                 # Due before the next poll: look again then, not a whole poll interval later.
                 self._loop.call_later(wait, self._wake.set)
             return
-        if retryable:
-            error += f" (gave up after {row.attempts} attempts in {elapsed:.1f}s)"
+        if exc.retryable:
+            exc.gave_up(row.attempts, elapsed)
         self.stats.failed += 1
-        logger.error("event %s is a dead letter: %s", row.event_id, error)
-        await self._store_call(self.store.dead, row, error)
+        logger.error("event %s is a dead letter: %s", row.event_id, exc)
+        await self._store_call(self.store.dead, row, str(exc))
         await _call(self.on_error, delivery, exc)
 
     async def _store_call(self, method: Any, *args: Any) -> None:
@@ -623,7 +555,14 @@ class OutboxTransport(Transport):
     async def _stop_delivering(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
-            runner.cancel()
+            # Not a plain cancel: a claim cancelled mid-way still commits in the store, and its
+            # rows would wait for their lease to expire. The runner stops between claims.
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
+            _, pending = await asyncio.wait([runner], timeout=60)
+            for task in pending:
+                task.cancel()
             await asyncio.gather(runner, return_exceptions=True)
         tasks = dict(self._tasks)
         for task in tasks:
