@@ -135,7 +135,8 @@ class SQLiteOutbox(OutboxStore):
     def _connect(self) -> None:
         path = self.path
         if not self.create and not path.is_file():
-            raise OutboxError(f"no outbox at {path}: file not found")
+            reason = "a directory, not a file" if path.is_dir() else "file not found"
+            raise OutboxError(f"no outbox at {path}: {reason}")
         try:
             if self.create:
                 conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None)
