@@ -567,3 +567,16 @@ async def test_malformed_host_gets_a_host_only_cookie(host: str) -> None:
     async with client_for(app_with()) as client:
         response = await client.get("/?dub_id=clk1", headers={"host": host})
     assert set_cookies(response) == ["dub_id=clk1; Max-Age=7776000; Path=/; SameSite=Lax"]
+
+
+@pytest.mark.parametrize(
+    ("host", "domain"),
+    [("www.ex", ".www.ex"), ("www.example.com", ".example.com"), ("shop.ex", ".shop.ex")],
+)
+async def test_www_is_kept_when_removing_it_leaves_a_single_label(host: str, domain: str) -> None:
+    # The fuzzer found "www.ex" -> "Domain=.ex", which browsers refuse: the click would be lost.
+    async with client_for(app_with()) as client:
+        response = await client.get("/?dub_id=clk1", headers={"host": host})
+    assert set_cookies(response) == [
+        f"dub_id=clk1; Max-Age=7776000; Path=/; Domain={domain}; SameSite=Lax"
+    ]

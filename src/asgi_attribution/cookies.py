@@ -117,7 +117,8 @@ def host_of(scope: Mapping[str, Any]) -> str:
 def cookie_domain_for(host: str) -> str | None:
     """The domain Dub's script would use: ``.`` + host without ``www.``; none for local hosts.
 
-    Returns ``None`` for localhost, IP addresses, single-label and malformed hosts.
+    Returns ``None`` for localhost, IP addresses, single-label and malformed hosts, and keeps
+    ``www.`` when removing it would leave a single label.
 
     Example:
         >>> cookie_domain_for("www.example.com:8000"), cookie_domain_for("127.0.0.1:8000")
@@ -139,7 +140,9 @@ def cookie_domain_for(host: str) -> str | None:
         return None
     except ValueError:
         pass
-    return "." + name.removeprefix("www.")
+    base = name.removeprefix("www.")
+    # "www.example" must not become Domain=.example: browsers refuse a single-label domain.
+    return "." + (base if "." in base else name)
 
 
 @functools.lru_cache(maxsize=256)
