@@ -580,3 +580,28 @@ async def test_www_is_kept_when_removing_it_leaves_a_single_label(host: str, dom
     assert set_cookies(response) == [
         f"dub_id=clk1; Max-Age=7776000; Path=/; Domain={domain}; SameSite=Lax"
     ]
+
+
+async def test_the_api_key_never_reaches_the_outbox(tmp_path: Any, caplog: Any) -> None:
+    from asgi_attribution import RetryPolicy
+    from asgi_attribution.transports.outbox import OutboxTransport
+
+    caplog.set_level(logging.DEBUG)
+    outbox = OutboxTransport(
+        tmp_path / "events.db",
+        api_key=CANARY,
+        base_url=closed_port_url(),  # nothing answers: the event stays in the store
+        retry=RetryPolicy(max_elapsed=0.2, initial_backoff=0.01, max_backoff=0.02),
+        poll_interval=0.01,
+        shutdown_timeout=0.2,
+    )
+    tracker = Tracker("dub", api_key=CANARY, transport=outbox)
+    async with tracker:
+        result = await tracker.track_lead(
+            click_id="clk1", event_name="Sign up", customer_external_id="u1"
+        )
+    assert result.accepted  # durable: it really is in the store
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert b"clk1" in stored  # the store was read (the event is there)
+    assert CANARY.encode() not in stored
+    assert CANARY not in caplog.text and CANARY not in repr(outbox) + repr(vars(outbox))
