@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
@@ -23,6 +24,8 @@ __all__ = ["Attribution", "Discount", "Partner", "PartnerData", "get_attribution
 logger = logging.getLogger("asgi_attribution")
 
 STATE_KEY = "attribution"
+# Reads a raw Cookie header into (click id, raw partner cookie); supplied by the middleware.
+CookieRead = Callable[[bytes], "tuple[str | None, str | None]"]
 # The attribution of the request being handled, so decorators and background helpers can find
 # it without a Request argument. Set and reset by the middleware around each request.
 current_attribution: ContextVar[Attribution | None] = ContextVar(
@@ -107,7 +110,8 @@ class Attribution:
     """The click behind one request, as seen by :class:`AttributionMiddleware`.
 
     ``click_id`` is ``None`` for an organic visit. ``source`` is ``"cookie"`` or ``"query"`` (a
-    landing). ``partner_data`` parses Dub's partner cookie on first access only.
+    landing). The cookies are read on first access of ``click_id`` (most requests never ask),
+    and ``partner_data`` parses Dub's partner cookie on first access only.
 
     Example:
         >>> a = Attribution(DUB, click_id="abc", source="cookie")
@@ -116,13 +120,15 @@ class Attribution:
     """
 
     __slots__ = (
+        "_click",
+        "_cookies",
         "_partner",
-        "_partner_raw",
+        "_partner_raw_value",
+        "_read",
+        "_source",
         "captured",
-        "click_id",
         "managed_cookies",
         "provider",
-        "source",
         "tracker",
         "verified",
     )
@@ -140,8 +146,8 @@ class Attribution:
         managed_cookies: ManagedCookies | None = None,
     ) -> None:
         self.provider = provider
-        self.click_id = click_id
-        self.source = source
+        self._click = click_id
+        self._source = source
         #: True when this request landed with the click id in its URL and the cookie was set.
         self.captured = captured
         #: True when the server itself saw this click id arrive in a landing URL: on the landing,
@@ -151,8 +157,61 @@ class Attribution:
         self.tracker = tracker
         #: The cookies the middleware manages here, for :func:`clear_attribution`.
         self.managed_cookies = managed_cookies
-        self._partner_raw = partner_raw
+        self._partner_raw_value = partner_raw
         self._partner: PartnerData | Literal[False] | None = False
+        self._cookies: bytes | None = None
+        self._read: CookieRead | None = None
+
+    @classmethod
+    def _deferred(
+        cls,
+        provider: Provider,
+        tracker: Tracker | None,
+        managed_cookies: ManagedCookies | None,
+        cookies: bytes | None = None,
+        read: CookieRead | None = None,
+    ) -> Attribution:
+        """An attribution whose ``Cookie`` header is read on first use (the middleware's path).
+
+        Built without keyword parsing: this runs on every request.
+        """
+        self = cls.__new__(cls)
+        self.provider = provider
+        self.tracker = tracker
+        self.managed_cookies = managed_cookies
+        self.captured = self.verified = False
+        self._click = self._source = self._partner_raw_value = None
+        self._partner = False
+        self._cookies = cookies
+        self._read = read
+        return self
+
+    def _resolve(self) -> None:
+        cookies, read = self._cookies, self._read
+        assert cookies is not None and read is not None
+        self._click, self._partner_raw_value = read(cookies)
+        self._source = "cookie" if self._click is not None else None
+        self._cookies = self._read = None
+
+    @property
+    def click_id(self) -> str | None:
+        """The click id, or ``None`` for an organic visit."""
+        if self._cookies is not None:
+            self._resolve()
+        return self._click
+
+    @property
+    def source(self) -> Literal["cookie", "query"] | None:
+        """Where the click id came from: ``"cookie"``, ``"query"`` (a landing) or ``None``."""
+        if self._cookies is not None:
+            self._resolve()
+        return self._source
+
+    @property
+    def _partner_raw(self) -> str | None:
+        if self._cookies is not None:
+            self._resolve()
+        return self._partner_raw_value
 
     @property
     def is_attributed(self) -> bool:

@@ -138,6 +138,9 @@ class AttributionMiddleware:
         self._ours = (p.cookie_name + "=", self.signed_cookie_name + "=")
 
         self._reader = CookieReader(managed)
+        # Without signing or consent nothing needs the cookies before the app asks: read them
+        # lazily, so requests that never track (most of them) don't pay for parsing.
+        self._lazy = self.signer is None and not self._gated
         self._where = {name: f"cookie {name}" for name in p.cookie_names}
         self._query_where = f"query {p.query_param}"
         # Byte needles, computed once, let most requests skip parsing entirely.
@@ -174,11 +177,12 @@ class AttributionMiddleware:
             logger.exception("attribution failed; handling the request without it")
             attribution, set_cookies = self._organic(), None
 
-        # A copy of the state: servers may hand every request the same dict.
+        # A copy of the state: servers may hand every request the same dict. The scope itself
+        # is this request's own, as Starlette's middlewares also assume when they write to it.
         state = scope.get("state")
         state = dict(state) if state else {}
         state[STATE_KEY] = attribution
-        scope = {**scope, "state": state}
+        scope["state"] = state
 
         if set_cookies is not None:
             send = _CookieSender(send, set_cookies, self._ours)
@@ -189,9 +193,7 @@ class AttributionMiddleware:
             current_attribution.reset(token)
 
     def _organic(self) -> Attribution:
-        return Attribution(
-            self.provider, tracker=self.tracker, managed_cookies=self.managed_cookies
-        )
+        return Attribution._deferred(self.provider, self.tracker, self.managed_cookies)
 
     async def _consented(self, scope: Scope) -> bool:
         if self.honor_gpc and any(
@@ -213,26 +215,28 @@ class AttributionMiddleware:
         provider = self.provider
         cookie_header = None
         for name, value in scope["headers"]:
-            if name == b"cookie" and self._cookie_needle(value):
+            if name == b"cookie":
                 # HTTP/2 may split cookies over several headers.
                 cookie_header = value if cookie_header is None else cookie_header + b"; " + value
+        if cookie_header is not None and not self._cookie_needle(cookie_header):
+            cookie_header = None
+
+        query = scope.get("query_string", b"")
+        landing = self.capture_landing and self._query_needle in query and scope["type"] == "http"
+        if self._lazy and not landing:
+            if cookie_header is None:
+                return self._organic(), None
+            return Attribution._deferred(
+                provider, self.tracker, self.managed_cookies, cookie_header, self._read_cookies
+            ), None
 
         cookie_click = partner_raw = None
         cookies: dict[str, str] = {}
         if cookie_header is not None:
             cookies = self._reader.read(cookie_header)
-            for name in provider.cookie_names:
-                if name in cookies:
-                    cookie_click = valid_click_id(cookies[name], where=self._where[name])
-                    if cookie_click:
-                        break
-            if provider.partner_cookie:
-                partner_raw = cookies.get(provider.partner_cookie)
+            cookie_click, partner_raw = self._pick(cookies)
 
-        query_click = None
-        query = scope.get("query_string", b"")
-        if self.capture_landing and scope["type"] == "http" and self._query_needle in query:
-            query_click = self._landing_click(query)
+        query_click = self._landing_click(query) if landing else None
 
         signer = self.signer
         if query_click is not None and not (self.first_click and cookie_click is not None):
@@ -276,6 +280,20 @@ class AttributionMiddleware:
             managed_cookies=self.managed_cookies,
         )
         return attribution, None
+
+    def _pick(self, cookies: dict[str, str]) -> tuple[str | None, str | None]:
+        """The first valid click cookie (current name, then legacy ones) and the partner cookie."""
+        click = None
+        for name in self.provider.cookie_names:
+            if name in cookies:
+                click = valid_click_id(cookies[name], where=self._where[name])
+                if click:
+                    break
+        partner = self.provider.partner_cookie
+        return click, cookies.get(partner) if partner else None
+
+    def _read_cookies(self, header: bytes) -> tuple[str | None, str | None]:
+        return self._pick(self._reader.read(header))
 
     def _signed_token(self, scope: Scope, cookies: dict[str, str]) -> str | None:
         token = cookies.get(self.signed_cookie_name)
