@@ -244,9 +244,11 @@ class _Progress:
         if not self.enabled or (not force and now - self._last < 0.1):
             return
         self._last = now
-        self.total = max(self.total, done + dead + left)
+        # Progress is what left the store; counting done + left would count twice an event that
+        # was delivered but not yet marked so. New appends meanwhile grow the total.
+        self.total = max(self.total, left)
         width = 30
-        filled = int(width * (done + dead) / self.total)
+        filled = int(width * (self.total - left) / self.total)
         bar = "#" * filled + "." * (width - filled)
         self.stream.write(f"\r[{bar}] {done} delivered, {dead} dead, {left} left ")
         self.stream.flush()
