@@ -497,6 +497,11 @@ def exception_texts(exc: BaseException | None) -> list[str]:
         seen.add(id(exc))
         texts += [str(exc), repr(exc), repr(exc.args), repr(vars(exc))]
         texts += traceback.format_exception(type(exc), exc, exc.__traceback__)
+        # Error reporters such as Sentry capture every frame's local variables.
+        frame = exc.__traceback__
+        while frame is not None:
+            texts += [repr(frame.tb_frame.f_locals)]
+            frame = frame.tb_next
         exc = exc.__cause__ or exc.__context__
     return texts
 

@@ -211,6 +211,18 @@ class HTTPTransport(Transport):
                 log_retry(error, attempts, wait)
                 await asyncio.sleep(wait)
 
+    def _key(self, delivery: Delivery) -> SecretStr:
+        if self.api_key is None:
+            env = delivery.provider.api_key_env
+            if not os.environ.get(env):
+                raise DeliveryError(
+                    delivery.event.event_id,
+                    "missing_api_key",
+                    f"no API key: pass api_key= or set {env}",
+                )
+            self.api_key = SecretStr(os.environ[env])
+        return self.api_key
+
     async def attempt(self, delivery: Delivery) -> TrackResult:
         """Make one attempt; a failure raises :class:`DeliveryError` with ``retry_after``.
 
@@ -219,21 +231,16 @@ class HTTPTransport(Transport):
         """
         event_id = delivery.event.event_id
         request = delivery.request()
-        api_key = self.api_key
-        if api_key is None:
-            env = delivery.provider.api_key_env
-            key = os.environ.get(env)
-            if not key:
-                raise DeliveryError(
-                    event_id, "missing_api_key", f"no API key: pass api_key= or set {env}"
-                )
-            api_key = self.api_key = SecretStr(key)
         url = (self.base_url or delivery.provider.base_url.rstrip("/")) + request.path
-        headers = {
-            "Authorization": "Bearer " + api_key.get_secret_value(),
-            "Idempotency-Key": event_id,
-            **delivery.provider.extra_headers,
-        }
+        # httpx.Headers masks Authorization in its repr, and no local holds the raw key, so
+        # error reporters that capture frame locals (Sentry does) never see it.
+        headers = httpx.Headers(
+            {
+                "Authorization": "Bearer " + self._key(delivery).get_secret_value(),
+                "Idempotency-Key": event_id,
+                **delivery.provider.extra_headers,
+            }
+        )
         client = self._get_client()
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_connections)
