@@ -145,16 +145,6 @@ def cookie_domain_for(host: str) -> str | None:
     return "." + (base if "." in base else name)
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_domain(host: str) -> str | None:
-    return cookie_domain_for(host)
-
-
-def _auto_domain(host: str) -> str | None:
-    # A site sees few hosts: cache them, but never a hostile giant (a real one is <= 253 + port).
-    return _cached_domain(host) if len(host) <= 260 else cookie_domain_for(host)
-
-
 @dataclass(frozen=True, slots=True)
 class CookiePolicy:
     """The attributes of the click cookie the middleware sets. Defaults match Dub's script.
@@ -188,18 +178,11 @@ class CookiePolicy:
         """Build the ``Set-Cookie`` value; ``value`` must already be validated.
 
         Written by hand rather than with ``http.cookies``: the value is a validated token, and
-        this is on the landing request's hot path.
+        this is on the landing request's hot path (the attributes are cached per host).
         """
-        parts = [f"{name}={value}", f"Max-Age={self.max_age}", f"Path={self.path}"]
-        domain = _auto_domain(host) if self.domain == "auto" else self.domain
-        if domain:
-            parts.append(f"Domain={domain}")
-        parts.append(f"SameSite={self.samesite.capitalize()}")
-        if self.secure or (self.secure is None and https) or self.samesite == "none":
-            parts.append("Secure")
-        if self.httponly:
-            parts.append("HttpOnly")
-        return "; ".join(parts)
+        if len(host) > 260:  # never cache a hostile giant (a real host is <= 253 + port)
+            return f"{name}={value}{_attributes(self, host, https)}"
+        return f"{name}={value}{_cached_attributes(self, host, https)}"
 
     def deletion(self, name: str, *, host: str) -> str:
         """A ``Set-Cookie`` value that deletes cookie ``name`` with the same path and domain."""
@@ -208,6 +191,23 @@ class CookiePolicy:
         if domain:
             parts.append(f"Domain={domain}")
         return "; ".join(parts)
+
+
+def _attributes(policy: CookiePolicy, host: str, https: bool) -> str:
+    parts = [f"; Max-Age={policy.max_age}; Path={policy.path}"]
+    domain = cookie_domain_for(host) if policy.domain == "auto" else policy.domain
+    if domain:
+        parts.append(f"; Domain={domain}")
+    parts.append(f"; SameSite={policy.samesite.capitalize()}")
+    if policy.secure or (policy.secure is None and https) or policy.samesite == "none":
+        parts.append("; Secure")
+    if policy.httponly:
+        parts.append("; HttpOnly")
+    return "".join(parts)
+
+
+# A site sees few hosts; the attributes of its cookie depend only on the host and the scheme.
+_cached_attributes = functools.lru_cache(maxsize=256)(_attributes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,16 +253,10 @@ class AttributionMiddleware:
                         self.signed_cookie_name, signer.sign(query_click), host=host, https=https
                     ),
                 )
-            attribution = Attribution(
-                provider,
-                click_id=query_click,
-                source="query",
-                partner_raw=partner_raw,
-                captured=True,
-                verified=signer is not None,
-                tracker=self.tracker,
-                managed_cookies=self.managed_cookies,
-            )
+            attribution = self._organic()
+            attribution._click, attribution._source = query_click, "query"
+            attribution._partner_raw_value = partner_raw
+            attribution.captured, attribution.verified = True, signer is not None
             return attribution, set_cookies
 
         # Also on a first-click landing that keeps the older cookie: the companion keeps saying
