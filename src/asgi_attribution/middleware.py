@@ -218,17 +218,16 @@ class AttributionMiddleware:
             if name == b"cookie":
                 # HTTP/2 may split cookies over several headers.
                 cookie_header = value if cookie_header is None else cookie_header + b"; " + value
-        if cookie_header is not None and not self._cookie_needle(cookie_header):
-            cookie_header = None
 
         query = scope.get("query_string", b"")
         landing = self.capture_landing and self._query_needle in query and scope["type"] == "http"
         if self._lazy and not landing:
-            if cookie_header is None:
-                return self._organic(), None
+            # Even the check for our cookie's name waits until the app asks.
             return Attribution._deferred(
                 provider, self.tracker, self.managed_cookies, cookie_header, self._read_cookies
             ), None
+        if cookie_header is not None and not self._cookie_needle(cookie_header):
+            cookie_header = None
 
         cookie_click = partner_raw = None
         cookies: dict[str, str] = {}
@@ -287,6 +286,8 @@ class AttributionMiddleware:
         return click, cookies.get(partner) if partner else None
 
     def _read_cookies(self, header: bytes) -> tuple[str | None, str | None]:
+        if not self._cookie_needle(header):
+            return None, None
         return self._pick(self._reader.read(header))
 
     def _signed_token(self, scope: Scope, cookies: dict[str, str]) -> str | None:
