@@ -485,3 +485,86 @@ async def test_an_event_waiting_to_retry_does_not_hold_a_worker(
     # With one worker, the second event went out while the first waited for its retry.
     assert [lead["customerExternalId"] for lead in provider.leads()] == ["second", "first"]
     assert tracker.stats.retried == 1 and tracker.stats.sent == 2
+
+
+class SlowMemory(MemoryTransport):
+    """Records deliveries after a short await, so some are in flight at any moment."""
+
+    async def send(self, delivery: Delivery) -> TrackResult:
+        await asyncio.sleep(0.01)
+        return await super().send(delivery)
+
+
+async def test_events_tracked_while_the_tracker_drains_are_not_lost() -> None:
+    memory = SlowMemory()
+    dropped: list[Delivery] = []
+    one_worker = BackgroundTransport(memory, workers=1, on_drop=lambda d, r: dropped.append(d))
+    tracker = Tracker("dub", transport=one_worker)
+    lead = {"click_id": "c", "event_name": "e", "customer_external_id": "u"}
+    await tracker.start()
+    for _ in range(5):
+        await tracker.track_lead(**lead)
+    closing = asyncio.create_task(tracker.aclose())
+    await asyncio.sleep(0)  # the drain has begun
+    # The drain takes ~50 ms (5 x 10 ms, one worker); these two take ~20 ms.
+    late = [await tracker.track_lead(**lead) for _ in range(2)]
+    assert not closing.done()
+    await closing
+    assert {r.status for r in late} == {"sent"}  # sent inline during the drain
+    assert len(memory.events) == 7 and dropped == []
+
+
+def test_events_survive_event_loops_that_end_without_a_shutdown() -> None:
+    memory = SlowMemory()
+    tracker = Tracker("dub", transport=BackgroundTransport(memory))
+
+    async def job(i: int) -> None:
+        await tracker.track_lead(click_id="c", event_name="e", customer_external_id=f"u{i}")
+
+    for i in range(3):
+        asyncio.run(job(i))  # each loop ends at once, its worker cancelled mid-delivery
+
+    async def shutdown() -> None:
+        await tracker.flush()
+        await tracker.aclose()
+
+    asyncio.run(shutdown())
+    assert sorted(e.customer_external_id for e in memory.events) == ["u0", "u1", "u2"]  # type: ignore[union-attr]
+
+
+async def test_shutdown_gives_an_event_waiting_to_retry_a_last_attempt(
+    provider: FakeProvider, url: str
+) -> None:
+    provider.faults = Faults(fail_first=1)
+    long_backoff = RetryPolicy(initial_backoff=60, max_backoff=60, max_elapsed=600)
+    tracker = Tracker("dub", api_key=KEY, base_url=url, retry=long_backoff, shutdown_timeout=5)
+    async with tracker:
+        await tracker.track_lead(click_id="c", event_name="e", customer_external_id="u1")
+        while tracker.stats.retried == 0:  # the first attempt failed; a 30-60 s wait begins
+            await asyncio.sleep(0.01)
+    assert [lead["customerExternalId"] for lead in provider.leads()] == ["u1"]
+    assert tracker.stats.dropped == 0
+
+
+async def test_each_provider_gets_its_own_key_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DUB_API_KEY", "dub_env_key")
+    monkeypatch.setenv("PIMMS_API_KEY", "pimms_env_key")
+    from asgi_attribution import DUB, PIMMS, LeadEvent
+
+    dub, pimms = (
+        FakeProvider("dub", api_key="dub_env_key"),
+        FakeProvider("pimms", api_key="pimms_env_key"),
+    )
+    lead = LeadEvent(click_id="c", event_name="e", customer_external_id="u")
+    with serve_in_thread(dub) as dub_url, serve_in_thread(pimms) as pimms_url:
+        # One transport with no key of its own, as an outbox worker with mixed rows has.
+        transport = HTTPTransport(retry=FAST)
+        for provider, base in ((DUB, dub_url), (PIMMS, pimms_url), (DUB, dub_url)):
+            transport.base_url = base
+            result = await transport.send(Delivery(lead, provider))
+            assert result.status == "sent"
+        await transport.aclose()
+    assert [r.status for r in dub.requests] == [200, 200]  # after PIMMS, Dub's key again
+    assert [r.status for r in pimms.requests] == [200]

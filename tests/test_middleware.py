@@ -412,3 +412,52 @@ async def test_get_attribution_without_middleware_is_a_clear_error() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         with pytest.raises(RuntimeError, match="add AttributionMiddleware"):
             await client.get("/")
+
+
+async def test_landing_works_when_the_app_sends_no_headers_key() -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200})  # "headers" is optional
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = AttributionMiddleware(bare, Tracker("dub", transport=MemoryTransport()))
+    async with client_for(app) as client:
+        response = await client.get("/?dub_id=clk1")
+    assert response.text == "ok"
+    assert response.headers["set-cookie"].startswith("dub_id=clk1;")
+
+
+async def test_outer_middleware_sees_what_the_endpoint_puts_on_request_state() -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.routing import Route
+
+    seen: list[Any] = []
+
+    async def endpoint(request: Request) -> Response:
+        request.state.user = "ada"
+        return JSONResponse({"click_id": get_attribution(request).click_id})
+
+    async def outer(request: Request, call_next: Any) -> Response:
+        request.state.before = True
+        response = await call_next(request)
+        seen.append(getattr(request.state, "user", None))
+        return response  # type: ignore[no-any-return]
+
+    app = Starlette(
+        routes=[Route("/", endpoint)],
+        middleware=[
+            Middleware(BaseHTTPMiddleware, dispatch=outer),
+            Middleware(AttributionMiddleware, tracker=Tracker("dub", transport=MemoryTransport())),
+        ],
+    )
+    async with client_for(app) as client:
+        response = await client.get("/", headers={"cookie": "dub_id=c1"})
+    assert response.json() == {"click_id": "c1"}
+    assert seen == ["ada"]

@@ -222,6 +222,8 @@ async def test_track_sale_includes_the_click_for_direct_sale_tracking() -> None:
     }
     assert "clickId" not in transport.requests[1].json
     assert transport.requests[1].json["currency"] == "eur"
+    # Without an invoice id, the event id is the one Dub deduplicates a repeated delivery by.
+    assert transport.requests[1].json["invoiceId"] == transport.events[1].event_id
 
 
 async def test_track_customer_patches_dub_and_posts_legacy_for_pimms() -> None:

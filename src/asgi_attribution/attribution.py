@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
@@ -245,6 +245,54 @@ class Attribution:
         )
 
 
+class RequestState(MutableMapping[str, Any]):
+    """``scope["state"]`` as the app sees it: the server's dict, plus this request's attribution.
+
+    Servers and test tools may hand every request the same state dict, so the attribution must
+    not be written into it; and a copy would hide the app's own writes (``request.state.user =
+    ...``) from outer middleware. This view keeps the attribution per request and passes every
+    other key through to the shared dict.
+
+    Example:
+        >>> shared = {"db": "pool"}
+        >>> state = RequestState(shared, "attribution of this request")
+        >>> state["user"] = "ada"
+        >>> shared, state[STATE_KEY]
+        ({'db': 'pool', 'user': 'ada'}, 'attribution of this request')
+    """
+
+    __slots__ = ("_attribution", "_shared")
+
+    def __init__(self, shared: MutableMapping[str, Any], attribution: Any) -> None:
+        self._shared = shared
+        self._attribution = attribution
+
+    def __getitem__(self, key: str) -> Any:
+        return self._attribution if key == STATE_KEY else self._shared[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == STATE_KEY:
+            self._attribution = value
+        else:
+            self._shared[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key == STATE_KEY:
+            raise KeyError(key)  # the middleware's, for the whole request
+        del self._shared[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield STATE_KEY
+        yield from (key for key in self._shared if key != STATE_KEY)
+
+    def __len__(self) -> int:
+        return len(self._shared) + (STATE_KEY not in self._shared)
+
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of the state as this request sees it."""
+        return dict(self)
+
+
 def get_attribution(request: HTTPConnection | dict[str, Any]) -> Attribution:
     """The :class:`Attribution` the middleware attached to ``request`` (or an ASGI scope).
 
@@ -258,7 +306,7 @@ def get_attribution(request: HTTPConnection | dict[str, Any]) -> Attribution:
     """
     scope = request if isinstance(request, dict) else request.scope
     state = scope.get("state")
-    attribution = state.get(STATE_KEY) if isinstance(state, dict) else None
+    attribution = state.get(STATE_KEY) if isinstance(state, Mapping) else None
     if not isinstance(attribution, Attribution):
         raise RuntimeError(
             "no attribution on this request: add AttributionMiddleware to the app "

@@ -189,6 +189,9 @@ class LeadEvent(_EventBase):
 class SaleEvent(_EventBase):
     """A sale by a customer; ``amount`` is an integer in the currency's smallest unit (cents).
 
+    Without ``invoice_id`` the event id is sent as the provider's ``invoiceId``, which is what
+    the providers deduplicate sales by.
+
     Example:
         >>> SaleEvent(customer_external_id="u_1", amount=4900).currency
         'usd'

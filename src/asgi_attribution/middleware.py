@@ -20,7 +20,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .attribution import STATE_KEY, Attribution, current_attribution
+from .attribution import STATE_KEY, Attribution, RequestState, current_attribution
 from .cookies import (
     NINETY_DAYS,
     CookiePolicy,
@@ -177,12 +177,12 @@ class AttributionMiddleware:
             logger.exception("attribution failed; handling the request without it")
             attribution, set_cookies = self._organic(), None
 
-        # A copy of the state: servers may hand every request the same dict. The scope itself
-        # is this request's own, as Starlette's middlewares also assume when they write to it.
+        # Never written into the server's state dict, which may be shared between requests;
+        # the scope itself is this request's own (Starlette's middlewares write to it too).
         state = scope.get("state")
-        state = dict(state) if state else {}
-        state[STATE_KEY] = attribution
-        scope["state"] = state
+        scope["state"] = (
+            {STATE_KEY: attribution} if state is None else RequestState(state, attribution)
+        )
 
         if set_cookies is not None:
             send = _CookieSender(send, set_cookies, self._ours)
@@ -356,6 +356,7 @@ class _CookieSender:
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            message.setdefault("headers", [])  # optional in ASGI
             headers = MutableHeaders(scope=message)
             if not any(v.startswith(self.prefixes) for v in headers.getlist("set-cookie")):
                 for cookie in self.cookies:

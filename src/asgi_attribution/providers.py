@@ -97,7 +97,11 @@ class Provider:
                 )
             return ProviderRequest("POST", "/track/lead", self._body(event))
         if isinstance(event, SaleEvent):
-            return ProviderRequest("POST", "/track/sale", self._body(event))
+            body = self._body(event)
+            # Sales are deduplicated by invoice id only: without one, a repeated delivery of
+            # the same event (after an ambiguous timeout) would be a second commission.
+            body.setdefault("invoiceId", event.event_id)
+            return ProviderRequest("POST", "/track/sale", body)
         return self._render_customer(event)
 
     def _body(self, event: LeadEvent | SaleEvent) -> dict[str, Any]:

@@ -142,6 +142,7 @@ class Tracker:
         self.require_click_id = require_click_id
         self.verified_metadata_key = verified_metadata_key
         self._started = False
+        self._closing = False
 
     def __repr__(self) -> str:
         key = "'**********'" if self._api_key else "None"
@@ -172,10 +173,15 @@ class Tracker:
 
     async def aclose(self) -> None:
         """Deliver what is pending, then release connections. The tracker can start again."""
-        if not self._started:
+        if not self._started or self._closing:
             return
-        self._started = False
-        await self.transport.aclose()
+        # Still "started" while draining: events tracked meanwhile (shutdown handlers, jobs)
+        # must reach the closing transport, which sends them inline, not a fresh one.
+        self._closing = True
+        try:
+            await self.transport.aclose()
+        finally:
+            self._started = self._closing = False
 
     async def __aenter__(self) -> Tracker:
         await self.start()

@@ -109,6 +109,9 @@ class BackgroundTransport(Transport):
         self._workers: list[asyncio.Task[None]] = []
         self._inflight: set[_Job] = set()
         self._waiting: dict[asyncio.Task[None], _Job] = {}
+        # Jobs whose worker or retry timer was cancelled because their event loop ended
+        # (asyncio.run per job, one loop per test): the next start() takes them over.
+        self._orphans: list[_Job] = []
         self._closing = False
 
     @property
@@ -120,8 +123,8 @@ class BackgroundTransport(Transport):
     async def start(self) -> None:
         """Start the workers in the running loop (again after ``aclose``)."""
         loop = asyncio.get_running_loop()
-        if self._queue is not None and self._loop is loop and not self._closing:
-            return
+        if self._queue is not None and self._loop is loop:
+            return  # running, or closing (then sends go inline until aclose has finished)
         leftover = self._take_leftovers(loop)
         self._loop = loop
         self._closing = False
@@ -139,7 +142,8 @@ class BackgroundTransport(Transport):
         # the old queue's events over instead of stranding them in a dead loop.
         if self._queue is None or self._loop is loop:
             return []
-        leftover = [*self._inflight, *self._waiting.values()]
+        leftover = [*self._orphans, *self._inflight, *self._waiting.values()]
+        self._orphans.clear()
         while not self._queue.empty():
             leftover.append(self._queue.get_nowait())
         self._inflight.clear()
@@ -196,6 +200,10 @@ class BackgroundTransport(Transport):
             retrying = False
             try:
                 retrying = await self._deliver(job, queue)
+            except asyncio.CancelledError:
+                if not self._closing:  # the loop is ending, not us: keep the job
+                    self._orphans.append(job)
+                raise
             finally:
                 self._inflight.discard(job)
                 # A job waiting to retry stays unfinished, so flush() and aclose() wait for it.
@@ -236,7 +244,12 @@ class BackgroundTransport(Transport):
         return False
 
     async def _requeue(self, job: _Job, wait: float, queue: asyncio.Queue[_Job]) -> None:
-        await asyncio.sleep(wait)
+        try:
+            await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            if not self._closing:  # the loop is ending, not us: keep the job
+                self._orphans.append(job)
+            raise
         await queue.put(job)
         queue.task_done()  # for the attempt that scheduled this retry
 
@@ -245,22 +258,38 @@ class BackgroundTransport(Transport):
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until nothing is queued, in flight or waiting to retry (or ``timeout`` passes)."""
-        if self._queue is None or self._loop is not asyncio.get_running_loop():
+        queue = await self._adopt()
+        if queue is None:
             return
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(queue.join(), timeout)
         except asyncio.TimeoutError:
             logger.warning(
                 "flush timed out after %gs with %d events pending", timeout, self.pending
             )
 
+    async def _adopt(self) -> asyncio.Queue[_Job] | None:
+        """The queue in this loop, if any, after taking over an ended loop's events."""
+        if self._queue is not None and self._loop is not asyncio.get_running_loop():
+            await self.start()
+        return self._queue
+
     async def aclose(self) -> None:
         """Stop queueing, deliver what is queued within ``shutdown_timeout``, report the rest."""
-        if self._queue is None or self._loop is not asyncio.get_running_loop():
+        queue = await self._adopt()
+        if queue is None:
             await self.inner.aclose()
             return
         self._closing = True
-        queue = self._queue
+        # Events waiting out a backoff get one last attempt now rather than be dropped later.
+        for task, job in list(self._waiting.items()):
+            try:
+                queue.put_nowait(job)
+            except asyncio.QueueFull:
+                continue
+            task.cancel()
+            del self._waiting[task]
+            queue.task_done()  # for the attempt that scheduled the cancelled retry
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(queue.join(), self.shutdown_timeout)
         undelivered = [job.delivery for job in (*self._inflight, *self._waiting.values())]

@@ -26,7 +26,8 @@ __all__ = ["HTTPTransport", "RetryPolicy", "log_retry", "parse_retry_after"]
 
 logger = logging.getLogger("asgi_attribution")
 
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
+# Retryable below 500; every 5xx is retryable too.
+RETRYABLE_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "asgi-attribution/0.1 (+https://pypi.org/project/asgi-attribution/)"
 
 
@@ -187,10 +188,11 @@ class HTTPTransport(Transport):
 
     async def aclose(self) -> None:
         """Close the shared client (if this transport created it)."""
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
-            self._slots = None
+        client = self._client
+        if client is not None and self._owns_client:
+            # Detach first: a send during the close gets a fresh client, not a closed one.
+            self._client = self._slots = None
+            await client.aclose()
 
     async def send(self, delivery: Delivery) -> TrackResult:
         """Deliver one event, retrying within the policy; raise :class:`DeliveryError` if not."""
@@ -212,16 +214,18 @@ class HTTPTransport(Transport):
                 await asyncio.sleep(wait)
 
     def _key(self, delivery: Delivery) -> SecretStr:
-        if self.api_key is None:
-            env = delivery.provider.api_key_env
-            if not os.environ.get(env):
-                raise DeliveryError(
-                    delivery.event.event_id,
-                    "missing_api_key",
-                    f"no API key: pass api_key= or set {env}",
-                )
-            self.api_key = SecretStr(os.environ[env])
-        return self.api_key
+        if self.api_key is not None:
+            return self.api_key
+        # Looked up per event, never cached: one transport (e.g. an outbox worker) may carry
+        # events of several providers, and each must get its own provider's key.
+        env = delivery.provider.api_key_env
+        if not os.environ.get(env):
+            raise DeliveryError(
+                delivery.event.event_id,
+                "missing_api_key",
+                f"no API key: pass api_key= or set {env}",
+            )
+        return SecretStr(os.environ[env])
 
     async def attempt(self, delivery: Delivery) -> TrackResult:
         """Make one attempt; a failure raises :class:`DeliveryError` with ``retry_after``.

@@ -113,10 +113,13 @@ class SQLiteOutbox(OutboxStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also after a failed COMMIT (disk full, I/O error): a connection left inside a
+            # transaction would refuse every later write.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
 
     async def open(self) -> None:
