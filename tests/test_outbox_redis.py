@@ -253,3 +253,39 @@ def test_missing_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(OutboxError, match=r"pip install 'asgi-attribution\[redis\]'"):
         outbox_redis._require_redis()
+
+
+def test_an_append_only_tracker_works_across_event_loops(redis_url: str, prefix: str) -> None:
+    """A job runner calling asyncio.run per job with one module-level tracker.
+
+    Run in its own process: the first loops' connections die with them, unclosed, which is
+    that user's pattern, and their ResourceWarnings must not leak into other tests.
+    """
+    script = f"""
+import asyncio
+from asgi_attribution import Tracker
+from asgi_attribution.transports import RedisOutbox
+
+tracker = Tracker("dub", outbox=RedisOutbox({redis_url!r}, prefix={prefix!r}), deliver=False)
+
+async def job(i):
+    result = await tracker.track_lead(
+        click_id="c", event_name="Sign up", customer_external_id=f"u{{i}}"
+    )
+    return result.accepted
+
+async def status():
+    store = RedisOutbox({redis_url!r}, prefix={prefix!r})
+    await store.open()
+    try:
+        return (await store.status()).counts["pending"]
+    finally:
+        await store.close()
+
+print([asyncio.run(job(i)) for i in range(3)], asyncio.run(status()))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True, True, True] 3"

@@ -233,6 +233,15 @@ def open_store(outbox: str | os.PathLike[str] | OutboxStore) -> OutboxStore:
     return SQLiteOutbox(text)
 
 
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done() or future.get_loop().is_closed():
+        return  # its caller is gone with its event loop; the row itself was still written
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class _Batcher:
     """Group concurrent appends into one write (one commit, one pipeline round trip).
 
@@ -249,7 +258,8 @@ class _Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._waiting.append((row, future))
-        if self._task is None or self._task.done():
+        # A task of an event loop that ended without finishing would never run again.
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._drain())
         await future
 
@@ -260,12 +270,10 @@ class _Batcher:
                 await self._write([row for row, _ in batch])
             except Exception as exc:
                 for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                    _settle(future, exc)
             else:
                 for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                    _settle(future, None)
 
     async def wait(self) -> None:
         """Let the write in progress finish (before closing the store)."""

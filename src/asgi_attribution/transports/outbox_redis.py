@@ -15,6 +15,7 @@ places nor in none. Needs ``pip install 'asgi-attribution[redis]'`` (redis-py 5 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -95,6 +96,7 @@ class RedisOutbox(OutboxStore):
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._redis: Any = None
         self._promote: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._cursor = "0-0"
         self._batcher = _Batcher(self._append_many)
 
@@ -103,8 +105,12 @@ class RedisOutbox(OutboxStore):
 
     async def open(self) -> None:
         """Connect, check the server answers, and create the consumer group if needed."""
-        if self._redis is not None:
+        loop = asyncio.get_running_loop()
+        if self._redis is not None and self._loop is loop:
             return
+        # A client of an event loop that ended cannot be used (or closed) from this one.
+        self._redis = self._promote = None
+        self._loop = loop
         aioredis = _require_redis()
         from redis.exceptions import RedisError, ResponseError
 
