@@ -373,3 +373,25 @@ def test_processes_appending_at_once_lose_and_duplicate_nothing(tmp_path: Path) 
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+async def test_stopping_lets_an_attempt_on_the_wire_finish_instead_of_sending_it_twice(
+    provider: FakeProvider, url: str, tmp_path: Path
+) -> None:
+    provider.faults = Faults(slow_rate=1.0, slow_seconds=0.5)  # recorded on arrival, then slow
+    store = SQLiteOutbox(tmp_path / "events.db")
+    tracker = Tracker(
+        "dub", api_key=KEY, base_url=url, outbox=store, retry=FAST, shutdown_timeout=0
+    )
+    await tracker.start()
+    await tracker.track_lead(**LEAD, customer_external_id="u1")
+    while not provider.requests:  # the attempt reached the provider
+        await asyncio.sleep(0.01)
+    await tracker.aclose()  # e.g. SIGTERM on a deploy, while the answer is still coming
+    await store.open()
+    try:
+        status = await store.status()
+    finally:
+        await store.close()
+    # Recorded as delivered: a next worker will not send it again.
+    assert status.counts["delivered"] == 1 and status.counts["pending"] == 0

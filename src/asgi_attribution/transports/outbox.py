@@ -573,6 +573,12 @@ class OutboxTransport(Transport):
                 task.cancel()
             await asyncio.gather(runner, return_exceptions=True)
         tasks = dict(self._tasks)
+        if tasks:
+            # Attempts already on the wire finish and record their outcome (each is one HTTP
+            # attempt, bounded by its timeout): cancelled mid-flight, the next worker would
+            # send them again.
+            grace = float(getattr(self.inner, "timeout", 10.0)) + 1.0
+            await asyncio.wait(tasks, timeout=grace)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
