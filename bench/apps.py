@@ -86,6 +86,22 @@ def _ours() -> list[Middleware]:
     return [Middleware(AttributionMiddleware, tracker=tracker)]
 
 
+class ReadsClick:
+    """Inside ours: reads the click id as a tracking endpoint would (our cookie read is lazy)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["state"]["attribution"].click_id  # noqa: B018 - the read is the point
+        await self.app(scope, receive, send)
+
+
+def _ours_reading() -> list[Middleware]:
+    return [*_ours(), Middleware(ReadsClick)]
+
+
 def _session() -> list[Middleware]:
     from starlette.middleware.sessions import SessionMiddleware
 
@@ -109,6 +125,7 @@ VARIANTS: dict[str, Callable[[], list[Middleware]]] = {
     "bare app": list,
     "pass-through (floor)": lambda: [Middleware(PassThrough)],
     "asgi-attribution": _ours,
+    "asgi-attribution + app reads click_id": _ours_reading,
     "SessionMiddleware": _session,
     "asgi-correlation-id": _correlation,
     "starlette-context (raw)": _context,
