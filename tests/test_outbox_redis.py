@@ -289,3 +289,28 @@ print([asyncio.run(job(i)) for i in range(3)], asyncio.run(status()))
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[True, True, True] 3"
+
+
+async def test_a_worker_that_lost_its_claim_does_not_record_an_outcome(
+    redis_url: str, prefix: str
+) -> None:
+    slow = RedisOutbox(redis_url, prefix=prefix, consumer="slow")
+    other = RedisOutbox(redis_url, prefix=prefix, consumer="other")
+    await slow.open()
+    await other.open()
+    try:
+        appender = Tracker("dub", outbox=slow, deliver=False)
+        await appender.track_lead(**LEAD, customer_external_id="u1")
+        [mine] = await slow.claim(10, lease=60)
+        await asyncio.sleep(0.05)
+        [theirs] = await other.claim(10, lease=0.01)  # "slow" stalled past its lease
+        assert theirs.event_id == mine.event_id
+        await slow.retry_later(mine, time.time() + 60, "late outcome")  # must not count
+        status = await other.status()
+        assert (status.counts["inflight"], status.counts["pending"]) == (1, 0)
+        await other.delivered(theirs)
+        status = await other.status()
+        assert status.counts == {"pending": 0, "inflight": 0, "delivered": 1, "dead": 0}
+    finally:
+        await slow.close()
+        await other.close()

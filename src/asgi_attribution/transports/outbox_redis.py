@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -29,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 from .outbox import OutboxError, OutboxRow, OutboxStatus, OutboxStore, _Batcher, _restart_budget
 
 __all__ = ["RedisOutbox"]
+
+logger = logging.getLogger("asgi_attribution")
 
 # Move up to ARGV[2] retries due by ARGV[1] from the sorted set KEYS[1] onto the stream KEYS[2].
 _PROMOTE = """
@@ -224,6 +227,16 @@ class RedisOutbox(OutboxStore):
         return rows
 
     async def _finish(self, row: OutboxRow, *extra: tuple[str, tuple[Any, ...]]) -> None:
+        # A worker that stalled past its lease may have lost the entry to another consumer
+        # (XAUTOCLAIM): then the other one decides, and this outcome is not recorded, as the
+        # SQLite store's lease owner check does. (Between this check and the write there is a
+        # window of one round trip, not of a whole stall.)
+        owned = await self._client.xpending_range(
+            self.stream, self.group, row.handle, row.handle, 1, consumername=self.consumer
+        )
+        if not owned:
+            logger.info("event %s: claim taken over by another worker; not recorded", row.event_id)
+            return
         async with self._client.pipeline(transaction=True) as pipe:
             for command, args in extra:
                 getattr(pipe, command)(*args)
