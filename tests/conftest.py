@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,11 +18,36 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from asgi_attribution import AttributionMiddleware, MemoryTransport, Tracker, get_attribution
+from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+KEY = "dub_test_key"
+
+
+# The fault-injecting Dub API under uvicorn on 127.0.0.1, one per test module; each test gets it
+# with no faults and nothing recorded.
+@pytest.fixture(scope="module")
+def fake() -> Iterator[tuple[FakeProvider, str]]:
+    provider = FakeProvider("dub", api_key=KEY)
+    with serve_in_thread(provider) as url:
+        yield provider, url
+
+
+@pytest.fixture
+def provider(fake: tuple[FakeProvider, str]) -> FakeProvider:
+    fake[0].faults = Faults()
+    fake[0].reset()
+    return fake[0]
+
+
+@pytest.fixture
+def url(fake: tuple[FakeProvider, str]) -> str:
+    return fake[1]
 
 
 async def whoami(request: Request) -> Response:
@@ -80,6 +107,73 @@ async def client_for(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client
+
+
+async def raw_get(
+    app: Any, headers: list[tuple[bytes, bytes]], query: bytes = b"", **scope: Any
+) -> tuple[int, bytes]:
+    """A GET to ``/`` as a raw ASGI call (bytes a client library would refuse to send).
+
+    Yields to the loop on every receive and send, so concurrent calls interleave. ``scope``
+    overrides or adds scope keys (``state``, ``scheme``, ...). Returns status and body.
+    """
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        messages.append(message)
+
+    await app(
+        {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": query,
+            "headers": headers,
+            "server": ("testserver", 80),
+            "client": ("127.0.0.1", 1234),
+            **scope,
+        },
+        receive,
+        send,
+    )
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return int(messages[0]["status"]), body
+
+
+async def websocket_sent(app: Any, headers: list[tuple[bytes, bytes]], query: bytes = b"") -> Any:
+    """Open a WebSocket to ``/ws`` with a raw ASGI call; the JSON of the first message sent."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "websocket.connect"})
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if message["type"] == "websocket.close":
+            await inbox.put({"type": "websocket.disconnect", "code": 1000})
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": query,
+        "headers": headers,
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1),
+        "subprotocols": [],
+    }
+    await app(scope, inbox.get, send)
+    return json.loads(next(m for m in messages if m["type"] == "websocket.send")["text"])
 
 
 AppFactory = Callable[..., Starlette]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,29 +33,9 @@ from asgi_attribution import (
 from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 from asgi_attribution.transports.http import parse_retry_after
 
-from .conftest import client_for
+from .conftest import KEY, client_for
 
 pytestmark = pytest.mark.anyio
-KEY = "dub_test_key"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider("dub", api_key=KEY)
-    with serve_in_thread(provider) as url:
-        yield provider, url
-
-
-@pytest.fixture
-def provider(fake: tuple[FakeProvider, str]) -> FakeProvider:
-    fake[0].faults = Faults()
-    fake[0].reset()
-    return fake[0]
-
-
-@pytest.fixture
-def url(fake: tuple[FakeProvider, str]) -> str:
-    return fake[1]
 
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_retry_after=0.5, max_elapsed=30)

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from asgi_attribution import AttributionMiddleware, MemoryTransport, Tracker, get_attribution
 
-from .conftest import client_for, make_app
+from .conftest import client_for, make_app, raw_get, websocket_sent
 
 pytestmark = pytest.mark.anyio
 
@@ -181,35 +181,14 @@ async def test_malformed_cookie_value_is_ignored(value: str) -> None:
 
 
 async def test_non_utf8_bytes_never_fail_a_request() -> None:
-    async def raw_request(app: Any, headers: list[tuple[bytes, bytes]], query: bytes) -> int:
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/",
-            "raw_path": b"/",
-            "query_string": query,
-            "headers": headers,
-            "server": ("testserver", 80),
-            "client": ("127.0.0.1", 1234),
-        }
-        await app(scope, receive, send)
-        return int(sent[0]["status"])
-
     app = make_app()
-    assert await raw_request(app, [(b"cookie", b"dub_id=\xff\xfe\x00")], b"") == 200
-    assert await raw_request(app, [(b"host", b"\xff\xfe")], b"dub_id=\xff\xfe") == 200
-    assert await raw_request(app, [(b"cookie", b"\x80dub_id=a")], b"dub_id=%ff%fe") == 200
+    for headers, query in [
+        ([(b"cookie", b"dub_id=\xff\xfe\x00")], b""),
+        ([(b"host", b"\xff\xfe")], b"dub_id=\xff\xfe"),
+        ([(b"cookie", b"\x80dub_id=a")], b"dub_id=%ff%fe"),
+    ]:
+        status, _ = await raw_get(app, headers, query)
+        assert status == 200
 
 
 async def test_pimms_reads_its_cookie_then_the_legacy_dclid() -> None:
@@ -282,35 +261,9 @@ async def test_concurrent_requests_never_share_attribution() -> None:
     app = make_app()
 
     async def one(i: int) -> tuple[int, Any]:
-        result: dict[str, Any] = {}
-        body = bytearray()
-
-        async def receive() -> dict[str, Any]:
-            await asyncio.sleep(0)
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            await asyncio.sleep(0)
-            if message["type"] == "http.response.body":
-                body.extend(message.get("body", b""))
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/",
-            "raw_path": b"/",
-            "query_string": b"",
-            "headers": [(b"cookie", f"dub_id=click{i}".encode())] if i % 3 else [],
-            "server": ("testserver", 80),
-            "client": ("127.0.0.1", 1234),
-            "state": shared_state,
-        }
-        await app(scope, receive, send)
-        result = json.loads(body)
-        return i, result["click_id"]
+        headers = [(b"cookie", f"dub_id=click{i}".encode())] if i % 3 else []
+        _, body = await raw_get(app, headers, state=shared_state)
+        return i, json.loads(body)["click_id"]
 
     results = await asyncio.gather(*(one(i) for i in range(200)))
     for i, click_id in results:
@@ -319,31 +272,10 @@ async def test_concurrent_requests_never_share_attribution() -> None:
 
 
 async def test_websocket_requests_are_attributed() -> None:
-    app = make_app()
-    messages: list[dict[str, Any]] = []
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    await inbox.put({"type": "websocket.connect"})
-
-    async def send(message: dict[str, Any]) -> None:
-        messages.append(message)
-        if message["type"] == "websocket.close":
-            await inbox.put({"type": "websocket.disconnect", "code": 1000})
-
-    scope = {
-        "type": "websocket",
-        "asgi": {"version": "3.0"},
-        "scheme": "ws",
-        "path": "/ws",
-        "raw_path": b"/ws",
-        "query_string": b"dub_id=ignored",
-        "headers": [(b"cookie", b"dub_id=wsclick")],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1),
-        "subprotocols": [],
-    }
-    await app(scope, inbox.get, send)
-    payload = next(m for m in messages if m["type"] == "websocket.send")
-    assert json.loads(payload["text"]) == {"click_id": "wsclick"}
+    sent = await websocket_sent(
+        make_app(), [(b"cookie", b"dub_id=wsclick")], query=b"dub_id=ignored"
+    )
+    assert sent == {"click_id": "wsclick"}
 
 
 class RecordingTransport(MemoryTransport):

@@ -8,36 +8,17 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from asgi_attribution import Tracker
 from asgi_attribution.cli import main
-from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
+from asgi_attribution.testing import FakeProvider, Faults
 
-KEY = "dub_test_key"
+from .conftest import KEY
+
 FAST = ["--initial-backoff", "0.01", "--max-backoff", "0.02", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider("dub", api_key=KEY)
-    with serve_in_thread(provider) as url:
-        yield provider, url
-
-
-@pytest.fixture
-def provider(fake: tuple[FakeProvider, str]) -> FakeProvider:
-    fake[0].faults = Faults()
-    fake[0].reset()
-    return fake[0]
-
-
-@pytest.fixture
-def url(fake: tuple[FakeProvider, str]) -> str:
-    return fake[1]
 
 
 def append(path: Path, n: int) -> list[str]:

@@ -24,10 +24,11 @@ import pytest
 
 from asgi_attribution import OutboxError, RedisOutbox, RetryPolicy, Tracker
 from asgi_attribution.outbox_cli import main as outbox_main
-from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
+from asgi_attribution.testing import FakeProvider, Faults
+
+from .conftest import KEY
 
 pytestmark = pytest.mark.anyio
-KEY = "dub_test_key"
 WORKER = Path(__file__).with_name("outbox_worker_app.py")
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_retry_after=2, max_elapsed=30)
 LEAD = {"click_id": "clk", "event_name": "Sign up"}
@@ -85,25 +86,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def prefix() -> str:
     return f"test:{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider("dub", api_key=KEY)
-    with serve_in_thread(provider) as url:
-        yield provider, url
-
-
-@pytest.fixture
-def provider(fake: tuple[FakeProvider, str]) -> FakeProvider:
-    fake[0].faults = Faults()
-    fake[0].reset()
-    return fake[0]
-
-
-@pytest.fixture
-def url(fake: tuple[FakeProvider, str]) -> str:
-    return fake[1]
 
 
 def sync_redis(redis_url: str) -> Any:

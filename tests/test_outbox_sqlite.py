@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +29,14 @@ from asgi_attribution import (
     SQLiteOutbox,
     Tracker,
 )
-from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
+from asgi_attribution.testing import FakeProvider, Faults
+
+from .conftest import KEY
 
 pytestmark = pytest.mark.anyio
-KEY = "dub_test_key"
 WORKER = Path(__file__).with_name("outbox_worker_app.py")
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_retry_after=2, max_elapsed=30)
 LEAD = {"click_id": "clk", "event_name": "Sign up"}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider("dub", api_key=KEY)
-    with serve_in_thread(provider) as url:
-        yield provider, url
-
-
-@pytest.fixture
-def provider(fake: tuple[FakeProvider, str]) -> FakeProvider:
-    fake[0].faults = Faults()
-    fake[0].reset()
-    return fake[0]
-
-
-@pytest.fixture
-def url(fake: tuple[FakeProvider, str]) -> str:
-    return fake[1]
 
 
 def rows(path: Path) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from asgi_attribution import (
 )
 from asgi_attribution.signing import ClickSigner
 
-from .conftest import client_for
+from .conftest import client_for, raw_get, websocket_sent
 
 pytestmark = pytest.mark.anyio
 
@@ -193,29 +193,8 @@ async def test_split_cookie_headers_still_verify() -> None:
     # HTTP/2 clients may send each cookie in its own header.
     app = app_with(signing_secrets=NEW)
     headers = [(b"cookie", b"dub_id=clk1"), (b"cookie", f"dub_id_sig={token('clk1')}".encode())]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "2",
-        "method": "GET",
-        "scheme": "https",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": headers,
-        "server": ("testserver", 443),
-        "client": ("127.0.0.1", 1234),
-    }
-    await app(scope, receive, send)
-    assert b'"verified":true' in sent[1]["body"]
+    _, body = await raw_get(app, headers, http_version="2", scheme="https")
+    assert b'"verified":true' in body
 
 
 async def test_first_click_keeps_the_old_click_and_what_its_companion_said() -> None:
@@ -350,33 +329,9 @@ async def test_global_privacy_control(honor_gpc: bool, gpc: str, captured: bool)
 
 
 async def test_websocket_without_consent_has_no_click() -> None:
-    import asyncio
-
     app = app_with(consent=lambda c: False)
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    await inbox.put({"type": "websocket.connect"})
-    messages: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        messages.append(message)
-        if message["type"] == "websocket.close":
-            await inbox.put({"type": "websocket.disconnect", "code": 1000})
-
-    scope = {
-        "type": "websocket",
-        "asgi": {"version": "3.0"},
-        "scheme": "ws",
-        "path": "/ws",
-        "raw_path": b"/ws",
-        "query_string": b"",
-        "headers": [(b"cookie", b"dub_id=wsclick")],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1),
-        "subprotocols": [],
-    }
-    await app(scope, inbox.get, send)
-    sent = next(m for m in messages if m["type"] == "websocket.send")
-    assert sent["text"] == '{"click_id":null,"verified":false}'
+    sent = await websocket_sent(app, [(b"cookie", b"dub_id=wsclick")])
+    assert sent == {"click_id": None, "verified": False}
 
 
 # -- clearing after acceptance ---------------------------------------------------------------
