@@ -21,7 +21,6 @@ __all__ = [
     "ManagedCookies",
     "cookie_domain_for",
     "host_of",
-    "parse_cookies",
     "valid_click_id",
 ]
 
@@ -53,22 +52,12 @@ def valid_click_id(value: str | None, *, where: str = "value") -> str | None:
     return None
 
 
-def parse_cookies(header: str) -> dict[str, str]:
-    """Parse a ``Cookie`` header the way Starlette does (lenient, never raises).
-
-    Example:
-        >>> parse_cookies("a=1; dub_id=abc")["dub_id"]
-        'abc'
-    """
-    return cookie_parser(header)
-
-
 # What str.strip() removes from a latin-1 string, as Starlette's parser strips keys and values.
 _WS = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0"
 
 
 class CookieReader:
-    """Reads a few named cookies from a raw ``Cookie`` header, as :func:`parse_cookies` would.
+    """Reads a few named cookies from a raw ``Cookie`` header, as Starlette's parser would.
 
     One compiled regex over the bytes instead of parsing every cookie of the header, on the
     hot path of every attributed request. Same results as Starlette's parser for those names:

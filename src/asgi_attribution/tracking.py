@@ -11,10 +11,11 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from .attribution import Attribution, current_attribution, get_attribution
@@ -25,9 +26,6 @@ from .transports.base import Delivery, DeliveryStats, TrackResult, Transport
 from .transports.http import HTTPTransport, RetryPolicy
 from .transports.memory import active_captures
 from .transports.outbox import OutboxStore, OutboxTransport
-
-if TYPE_CHECKING:
-    from starlette.requests import HTTPConnection
 
 __all__ = ["Tracker", "track_customer", "track_lead", "track_sale", "tracks_lead"]
 
@@ -547,7 +545,8 @@ def tracks_lead(
                 bound = signature.bind_partial(*args, **kwargs)
                 fields = _customer_fields(customer(result, dict(bound.arguments)))
                 if fields is not None:
-                    request = next((a for a in bound.arguments.values() if _is_connection(a)), None)
+                    arguments = bound.arguments.values()
+                    request = next((a for a in arguments if isinstance(a, HTTPConnection)), None)
                     await track_lead(request, event_name, **fields, **options)
             except Exception:
                 logger.exception("lead %r after %s not tracked", event_name, handler.__name__)
@@ -556,9 +555,3 @@ def tracks_lead(
         return cast(F, wrapper)
 
     return decorate
-
-
-def _is_connection(value: Any) -> bool:
-    from starlette.requests import HTTPConnection
-
-    return isinstance(value, HTTPConnection)

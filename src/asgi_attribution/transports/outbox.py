@@ -362,11 +362,6 @@ class OutboxTransport(Transport):
     def __repr__(self) -> str:
         return f"OutboxTransport({self.store.description!r}, deliver={self.deliver})"
 
-    @property
-    def in_flight(self) -> int:
-        """Events this process is delivering right now."""
-        return len(self._tasks)
-
     async def start(self) -> None:
         """Open the store and, unless append-only, start the delivery loop; idempotent."""
         loop = asyncio.get_running_loop()
