@@ -1,8 +1,8 @@
 """Property-based tests: hostile requests through the middleware never change the app's answer.
 
 Each example runs a real Starlette app with and without the middleware (raw ASGI calls) and
-checks the properties listed in :mod:`tests.fuzz_harness`. Examples are bounded for CI; the
-long run is ``python -m tests.fuzz_harness --seconds 600``.
+checks the properties listed in :mod:`tests.support.fuzz_harness`. Examples are bounded for CI; the
+long run is ``python -m tests.support.fuzz_harness --seconds 600``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_attribution.signing import ClickSigner
-
-from . import fuzz_harness
-from .fuzz_harness import CONFIGS, PATHS, SECRETS, Case
+from tests.support import fuzz_harness
+from tests.support.fuzz_harness import CONFIGS, PATHS, SECRETS, Case
 
 FUZZ = settings(
     max_examples=250,

@@ -14,8 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from asgi_attribution import AttributionMiddleware, MemoryTransport, Tracker, get_attribution
-
-from .conftest import client_for, make_app, raw_get, websocket_sent
+from tests.support.asgi import client_for, make_app, raw_get, websocket_sent
 
 pytestmark = pytest.mark.anyio
 

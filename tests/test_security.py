@@ -26,8 +26,7 @@ from asgi_attribution import (
     track_lead,
 )
 from asgi_attribution.signing import ClickSigner
-
-from .conftest import client_for, raw_get, websocket_sent
+from tests.support.asgi import client_for, raw_get, websocket_sent
 
 pytestmark = pytest.mark.anyio
 

@@ -30,8 +30,7 @@ from asgi_attribution import (
     tracks_lead,
 )
 from asgi_attribution.testing import CapturedEvents, capture_events
-
-from .conftest import client_for
+from tests.support.asgi import client_for
 
 pytestmark = pytest.mark.anyio
 

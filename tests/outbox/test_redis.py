@@ -25,11 +25,10 @@ import pytest
 from asgi_attribution import OutboxError, RedisOutbox, RetryPolicy, Tracker
 from asgi_attribution.outbox_cli import main as outbox_main
 from asgi_attribution.testing import FakeProvider, Faults
-
-from .conftest import KEY
+from tests.support.asgi import KEY
 
 pytestmark = pytest.mark.anyio
-WORKER = Path(__file__).with_name("outbox_worker_app.py")
+WORKER = Path(__file__).parents[1] / "support" / "outbox_worker_app.py"
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_retry_after=2, max_elapsed=30)
 LEAD = {"click_id": "clk", "event_name": "Sign up"}
 

@@ -15,8 +15,7 @@ import pytest
 from asgi_attribution import Tracker
 from asgi_attribution.cli import main
 from asgi_attribution.testing import FakeProvider, Faults
-
-from .conftest import KEY
+from tests.support.asgi import KEY
 
 FAST = ["--initial-backoff", "0.01", "--max-backoff", "0.02", "--no-progress"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -48,7 +48,7 @@ def test_two_uvicorn_workers_deliver_everything_and_drain_on_shutdown() -> None:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "tests.multiworker_app:app",
+                "tests.support.multiworker_app:app",
                 "--workers",
                 "2",
                 "--port",

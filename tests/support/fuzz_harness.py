@@ -13,8 +13,8 @@ twice, with and without the middleware, as raw ASGI calls. The properties checke
 
 CI runs it through hypothesis (``tests/test_fuzz.py``). The long run, from the repository root::
 
-    .venv/bin/python -m tests.fuzz_harness --seconds 600            # built-in mutational fuzzer
-    .venv/bin/python -m tests.fuzz_harness --seconds 600 --atheris  # coverage-guided (atheris)
+    .venv/bin/python -m tests.support.fuzz_harness --seconds 600             # mutational
+    .venv/bin/python -m tests.support.fuzz_harness --seconds 600 --atheris   # coverage-guided
 
 A failing input is written to ``$TMPDIR/asgi-attribution-fuzz/`` (``--out``); reproduce it
 with ``--replay FILE``.
@@ -458,8 +458,10 @@ def builtin_loop(seconds: float, seed: int, out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m tests.fuzz_harness --seconds N [--atheris] [--replay FILE]``."""
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz_harness", description=__doc__)
+    """Command line: ``python -m tests.support.fuzz_harness --seconds N [--atheris]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.fuzz_harness", description=__doc__
+    )
     parser.add_argument("--seconds", type=float, default=600.0, help="how long to run")
     parser.add_argument("--seed", type=int, default=None, help="seed of the built-in fuzzer")
     parser.add_argument("--atheris", action="store_true", help="use atheris (pip install atheris)")

@@ -32,8 +32,7 @@ from asgi_attribution import (
 )
 from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 from asgi_attribution.transports.http import parse_retry_after
-
-from .conftest import KEY, client_for
+from tests.support.asgi import KEY, client_for
 
 pytestmark = pytest.mark.anyio
 
