@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
+from .._exceptions import QueueFullError
 from ..events import DeliveryError, LeadEvent
 from .base import Delivery, DeliveryStats, TrackResult, Transport
 from .http import HTTPTransport, log_retry
@@ -31,18 +32,6 @@ logger = logging.getLogger("asgi_attribution")
 
 ErrorCallback = Callable[[Delivery, Exception], "Awaitable[None] | None"]
 DropCallback = Callable[[Delivery, str], "Awaitable[None] | None"]
-
-
-class QueueFullError(DeliveryError):
-    """The background queue stayed full for ``queue_full_timeout`` (with ``when_full="raise"``).
-
-    Example:
-        >>> QueueFullError("evt_1", "queue_full", "10000 events waiting").retryable
-        True
-    """
-
-    def __init__(self, event_id: str, code: str, message: str) -> None:
-        super().__init__(event_id, code, message, retryable=True)
 
 
 async def _call(callback: Callable[..., object] | None, *args: object) -> None:

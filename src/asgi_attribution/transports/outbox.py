@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from .._exceptions import OutboxError
 from ..events import AttributionError, DeliveryError, Event, validate_event
 from ..providers import DUB, PIMMS, Provider, get_provider
 from .background import ErrorCallback, _call
@@ -49,17 +50,6 @@ logger = logging.getLogger("asgi_attribution")
 
 State = Literal["pending", "inflight", "delivered", "dead"]
 STATES: tuple[State, ...] = ("pending", "inflight", "delivered", "dead")
-
-
-class OutboxError(AttributionError):
-    """The outbox store cannot be used: a wrong path, a corrupt file, an unreachable server.
-
-    The message is one line, fit for a log or a terminal.
-
-    Example:
-        >>> str(OutboxError("no outbox at /tmp/missing.db"))
-        'no outbox at /tmp/missing.db'
-    """
 
 
 @dataclass(frozen=True, slots=True)
