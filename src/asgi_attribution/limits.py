@@ -82,7 +82,7 @@ def json_js_length(value: Any) -> int:
 
     Example:
         >>> json_js_length({"a": [1, 2]})
-        13
+        11
     """
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
