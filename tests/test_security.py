@@ -413,19 +413,18 @@ async def test_clearing_for_pimms_deletes_the_legacy_cookie_too() -> None:
     assert [c.split(";")[0] for c in set_cookies(response)] == ['pimms_id=""', 'dclid=""']
 
 
-async def test_clearing_a_hand_built_attribution_does_nothing() -> None:
+async def test_clearing_without_the_middleware_keeps_the_cookies_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from asgi_attribution import DUB
-    from asgi_attribution.attribution import STATE_KEY
 
     request = Request(
-        {
-            "type": "http",
-            "headers": [],
-            "state": {STATE_KEY: Attribution(DUB, click_id="c")},
-        }
+        {"type": "http", "headers": [], "asgi_attribution": Attribution(DUB, click_id="c")}
     )
-    result = TrackResult("sent")
-    assert clear_attribution(request, Response(), result) is False
+    response = Response()
+    assert clear_attribution(request, response, TrackResult("sent")) is False
+    assert "set-cookie" not in response.headers
+    assert "add AttributionMiddleware" in caplog.text
 
 
 # -- secrets -----------------------------------------------------------------------------------

@@ -13,26 +13,35 @@ Example:
 from .attribution import Attribution, Discount, Partner, PartnerData, get_attribution
 from .clearing import clear_attribution
 from .cookies import CookiePolicy, valid_click_id
-from .events import (
+from ._exceptions import (
     AttributionError,
-    CustomerEvent,
     DeliveryError,
-    Event,
     InvalidEventError,
-    LeadEvent,
     MissingClickIdError,
-    SaleEvent,
+    OutboxError,
+    QueueFullError,
 )
+from .events import CustomerEvent, Event, LeadEvent, SaleEvent
 from .middleware import AttributionMiddleware
 from .providers import DUB, PIMMS, Provider, ProviderRequest, get_provider
-from .tracking import Tracker, track_customer, track_lead, track_sale, tracks_lead
-from .transports.background import BackgroundTransport, QueueFullError
-from .transports.base import Delivery, DeliveryStats, TrackResult, Transport
-from .transports.http import HTTPTransport, RetryPolicy
-from .transports.memory import MemoryTransport
-from .transports.outbox import OutboxError, OutboxRow, OutboxStatus, OutboxStore, OutboxTransport
-from .transports.outbox_redis import RedisOutbox
-from .transports.outbox_sqlite import SQLiteOutbox
+from .tracker import Tracker
+from .tracking import track_customer, track_lead, track_sale, tracks_lead
+from .transports import (
+    BackgroundTransport,
+    Delivery,
+    DeliveryStats,
+    HTTPTransport,
+    MemoryTransport,
+    OutboxRow,
+    OutboxStatus,
+    OutboxStore,
+    OutboxTransport,
+    RedisOutbox,
+    RetryPolicy,
+    SQLiteOutbox,
+    TrackResult,
+    Transport,
+)
 
 __version__ = "0.1.0"
 

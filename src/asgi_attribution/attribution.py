@@ -4,33 +4,30 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import HTTPConnection
 
+from ._context import MIDDLEWARE_HINT, SCOPE_KEY
 from .providers import Provider
 
-if TYPE_CHECKING:
-    from starlette.requests import HTTPConnection
-
-    from .cookies import ManagedCookies
-    from .tracking import Tracker
-
-__all__ = ["Attribution", "Discount", "Partner", "PartnerData", "get_attribution"]
+__all__ = [
+    "Attribution",
+    "Discount",
+    "Partner",
+    "PartnerData",
+    "attribution_in",
+    "get_attribution",
+    "parse_partner_data",
+]
 
 logger = logging.getLogger("asgi_attribution")
 
-STATE_KEY = "attribution"
-# Reads a raw Cookie header into (click id, raw partner cookie); supplied by the middleware.
+#: Reads a raw ``Cookie`` header into (click id, raw partner cookie); the middleware supplies it.
 CookieRead = Callable[[bytes], "tuple[str | None, str | None]"]
-# The attribution of the request being handled, so decorators and background helpers can find
-# it without a Request argument. Set and reset by the middleware around each request.
-current_attribution: ContextVar[Attribution | None] = ContextVar(
-    "asgi_attribution_current", default=None
-)
 
 
 class Partner(BaseModel):
@@ -107,11 +104,15 @@ def parse_partner_data(raw: str) -> PartnerData | None:
 
 
 class Attribution:
-    """The click behind one request, as seen by :class:`AttributionMiddleware`.
+    """The click behind one request, as seen by :class:`AttributionMiddleware`: plain data.
 
     ``click_id`` is ``None`` for an organic visit. ``source`` is ``"cookie"`` or ``"query"`` (a
-    landing). The cookies are read on first access of ``click_id`` (most requests never ask),
-    and ``partner_data`` parses Dub's partner cookie on first access only.
+    landing). ``captured`` is True when this request landed with the click id in its URL and the
+    cookie was set. ``verified`` is True when the server itself saw this click id arrive in a
+    landing URL (on the landing, or later through the signed companion cookie, within its max
+    age); always False without ``signing_secrets`` on the middleware. The cookies are read on
+    first access of ``click_id`` (most requests never ask), and ``partner_data`` parses Dub's
+    partner cookie on first access only.
 
     Example:
         >>> a = Attribution(DUB, click_id="abc", source="cookie")
@@ -123,13 +124,11 @@ class Attribution:
         "_click",
         "_cookies",
         "_partner",
-        "_partner_raw_value",
+        "_partner_raw",
         "_read",
         "_source",
         "captured",
-        "managed_cookies",
         "provider",
-        "tracker",
         "verified",
     )
 
@@ -142,54 +141,44 @@ class Attribution:
         partner_raw: str | None = None,
         captured: bool = False,
         verified: bool = False,
-        tracker: Tracker | None = None,
-        managed_cookies: ManagedCookies | None = None,
     ) -> None:
         self.provider = provider
         self._click = click_id
         self._source = source
-        #: True when this request landed with the click id in its URL and the cookie was set.
         self.captured = captured
-        #: True when the server itself saw this click id arrive in a landing URL: on the landing,
-        #: or later when the signed companion cookie agrees with the click cookie and is within
-        #: its max age. Always False without ``signing_secrets`` on the middleware.
         self.verified = verified
-        self.tracker = tracker
-        #: The cookies the middleware manages here, for :func:`clear_attribution`.
-        self.managed_cookies = managed_cookies
-        self._partner_raw_value = partner_raw
+        self._partner_raw = partner_raw
         self._partner: PartnerData | Literal[False] | None = False
         self._cookies: bytes | None = None
         self._read: CookieRead | None = None
 
     @classmethod
-    def _deferred(
-        cls,
-        provider: Provider,
-        tracker: Tracker | None,
-        managed_cookies: ManagedCookies | None,
-        cookies: bytes | None = None,
-        read: CookieRead | None = None,
+    def from_cookie_header(
+        cls, provider: Provider, header: bytes | None = None, read: CookieRead | None = None
     ) -> Attribution:
-        """An attribution whose ``Cookie`` header is read on first use (the middleware's path).
+        """An attribution whose ``Cookie`` ``header`` is read by ``read`` on first use.
 
-        Built without keyword parsing: this runs on every request.
+        The middleware's path for every request that is not a landing; without a header it is
+        an organic visit. Built without keyword parsing: this runs on every request.
+
+        Example:
+            >>> a = Attribution.from_cookie_header(DUB, b"dub_id=c1", lambda h: ("c1", None))
+            >>> a.click_id, a.source
+            ('c1', 'cookie')
         """
         self = cls.__new__(cls)
         self.provider = provider
-        self.tracker = tracker
-        self.managed_cookies = managed_cookies
         self.captured = self.verified = False
-        self._click = self._source = self._partner_raw_value = None
+        self._click = self._source = self._partner_raw = None
         self._partner = False
-        self._cookies = cookies
+        self._cookies = header if read is not None else None
         self._read = read
         return self
 
     def _resolve(self) -> None:
         cookies, read = self._cookies, self._read
         assert cookies is not None and read is not None
-        self._click, self._partner_raw_value = read(cookies)
+        self._click, self._partner_raw = read(cookies)
         self._source = "cookie" if self._click is not None else None
         self._cookies = self._read = None
 
@@ -208,10 +197,11 @@ class Attribution:
         return self._source
 
     @property
-    def _partner_raw(self) -> str | None:
+    def partner_raw(self) -> str | None:
+        """The raw partner cookie (``dub_partner_data``) as the browser sent it, if any."""
         if self._cookies is not None:
             self._resolve()
-        return self._partner_raw_value
+        return self._partner_raw
 
     @property
     def is_attributed(self) -> bool:
@@ -222,7 +212,7 @@ class Attribution:
     def partner_data(self) -> PartnerData | None:
         """Dub's ``dub_partner_data`` cookie, parsed and decoded on first access."""
         if self._partner is False:
-            raw = self._partner_raw
+            raw = self.partner_raw
             self._partner = parse_partner_data(raw) if raw else None
         return self._partner
 
@@ -245,71 +235,31 @@ class Attribution:
         )
 
 
-class RequestState(MutableMapping[str, Any]):
-    """``scope["state"]`` as the app sees it: the server's dict, plus this request's attribution.
+def get_attribution(request: HTTPConnection) -> Attribution:
+    """The :class:`Attribution` the middleware attached to ``request`` (HTTP or WebSocket).
 
-    Servers and test tools may hand every request the same state dict, so the attribution must
-    not be written into it; and a copy would hide the app's own writes (``request.state.user =
-    ...``) from outer middleware. This view keeps the attribution per request and passes every
-    other key through to the shared dict.
-
-    Example:
-        >>> shared = {"db": "pool"}
-        >>> state = RequestState(shared, "attribution of this request")
-        >>> state["user"] = "ada"
-        >>> shared, state[STATE_KEY]
-        ({'db': 'pool', 'user': 'ada'}, 'attribution of this request')
-    """
-
-    __slots__ = ("_attribution", "_shared")
-
-    def __init__(self, shared: MutableMapping[str, Any], attribution: Any) -> None:
-        self._shared = shared
-        self._attribution = attribution
-
-    def __getitem__(self, key: str) -> Any:
-        return self._attribution if key == STATE_KEY else self._shared[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key == STATE_KEY:
-            self._attribution = value
-        else:
-            self._shared[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        if key == STATE_KEY:
-            raise KeyError(key)  # the middleware's, for the whole request
-        del self._shared[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield STATE_KEY
-        yield from (key for key in self._shared if key != STATE_KEY)
-
-    def __len__(self) -> int:
-        return len(self._shared) + (STATE_KEY not in self._shared)
-
-    def copy(self) -> dict[str, Any]:
-        """A plain dict of the state as this request sees it."""
-        return dict(self)
-
-
-def get_attribution(request: HTTPConnection | dict[str, Any]) -> Attribution:
-    """The :class:`Attribution` the middleware attached to ``request`` (or an ASGI scope).
-
+    Works as a FastAPI dependency: ``attribution: Attribution = Depends(get_attribution)``.
     Raises ``RuntimeError`` when :class:`AttributionMiddleware` is not installed, because that
     is a setup mistake to fix, not a visitor to ignore.
 
     Example:
-        >>> async def signup(request):
-        ...     attribution = get_attribution(request)
-        ...     return attribution.click_id
+        >>> from starlette.requests import Request
+        >>> get_attribution(Request({"type": "http"}))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        RuntimeError: no attribution on this request: add AttributionMiddleware to the app ...
     """
-    scope = request if isinstance(request, dict) else request.scope
-    state = scope.get("state")
-    attribution = state.get(STATE_KEY) if isinstance(state, Mapping) else None
+    return attribution_in(request.scope)
+
+
+def attribution_in(scope: Mapping[str, Any]) -> Attribution:
+    """The :class:`Attribution` in an ASGI ``scope``; ``RuntimeError`` naming the fix if none.
+
+    Example:
+        >>> attribution_in({"asgi_attribution": Attribution(DUB, click_id="c1")}).click_id
+        'c1'
+    """
+    attribution = scope.get(SCOPE_KEY)
     if not isinstance(attribution, Attribution):
-        raise RuntimeError(
-            "no attribution on this request: add AttributionMiddleware to the app "
-            "(app.add_middleware(AttributionMiddleware, tracker=tracker))"
-        )
+        raise RuntimeError("no attribution on this request: " + MIDDLEWARE_HINT)
     return attribution

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .attribution import get_attribution
-from .cookies import host_of
+from ._context import COOKIES_KEY, MIDDLEWARE_HINT
+from .cookies import ManagedCookies, host_of
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
@@ -41,8 +41,10 @@ def clear_attribution(request: HTTPConnection, response: Response, result: Track
     if not result.accepted:
         logger.debug("click cookies kept: event %s is not accepted yet", result.event_id)
         return False
-    managed = get_attribution(request).managed_cookies
-    if managed is None:  # an Attribution built by hand, not by the middleware
+    managed = request.scope.get(COOKIES_KEY)
+    if not isinstance(managed, ManagedCookies):
+        # Not worth failing a signup over: the cookies stay, and the log says how to fix it.
+        logger.warning("click cookies kept: no middleware on this request; %s", MIDDLEWARE_HINT)
         return False
     host = host_of(request.scope)
     for header in managed.deletions(host):

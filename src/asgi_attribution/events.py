@@ -6,11 +6,11 @@ provider's JSON only at the edge (see :mod:`asgi_attribution.providers`).
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,34 +22,62 @@ from pydantic import (
 
 from ._exceptions import AttributionError, DeliveryError, InvalidEventError, MissingClickIdError
 
-__all__ = [
-    "AttributionError",
-    "CustomerEvent",
-    "DeliveryError",
-    "Event",
-    "InvalidEventError",
-    "LeadEvent",
-    "MissingClickIdError",
-    "SaleEvent",
-    "validate_event",
-]
-
-# Dub's own email pattern from its OpenAPI spec, so we refuse exactly what Dub would refuse.
-EMAIL_PATTERN = (
-    r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]"
-    r"@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
+# TEMPORARY (refactor in progress): old import sites of the errors; removed once they moved.
+_ERRORS = (AttributionError, DeliveryError, MissingClickIdError)
+from .limits import (
+    CLICK_ID_PATTERN,
+    DUB_PAYMENT_PROCESSORS,
+    EMAIL_MAX_LENGTH,
+    EMAIL_PATTERN,
+    EVENT_NAME_MAX_LENGTH,
+    EVENT_QUANTITY_RANGE,
+    EXTERNAL_ID_MAX_LENGTH,
+    INVOICE_ID_MAX_LENGTH,
+    MAX_SAFE_INTEGER,
+    METADATA_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    PIMMS_PAYMENT_PROCESSORS,
+    js_length,
+    json_js_length,
 )
-METADATA_MAX_CHARS = 10_000
-PaymentProcessor = Literal[
-    "stripe", "shopify", "polar", "paddle", "apple", "revenuecat", "dub", "custom"
-]
+
+__all__ = ["CustomerEvent", "Event", "LeadEvent", "SaleEvent", "new_event_id", "validate_event"]
+
 Mode = Literal["async", "wait", "deferred"]
-EventName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-Name = Annotated[str, StringConstraints(max_length=100)]
-Email = Annotated[str, StringConstraints(max_length=100, pattern=EMAIL_PATTERN)]
-# Click ids are the provider's own short ids; anything else never came from a provider.
-ClickId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
+#: Every processor some provider accepts; each provider refuses (or maps) the ones it lacks.
+PAYMENT_PROCESSORS = tuple(dict.fromkeys((*DUB_PAYMENT_PROCESSORS, *PIMMS_PAYMENT_PROCESSORS)))
+
+
+def _at_most(limit: int) -> AfterValidator:
+    """A string limit as the providers count it: JavaScript's ``length`` (UTF-16 units)."""
+
+    def check(value: str) -> str:
+        length = js_length(value)
+        if length > limit:
+            raise ValueError(f"must be at most {limit} characters (got {length})")
+        return value
+
+    return AfterValidator(check)
+
+
+def _one_of(choices: tuple[str, ...]) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    return AfterValidator(check)
+
+
+EventName = Annotated[str, StringConstraints(min_length=1), _at_most(EVENT_NAME_MAX_LENGTH)]
+ExternalId = Annotated[str, StringConstraints(min_length=1), _at_most(EXTERNAL_ID_MAX_LENGTH)]
+Name = Annotated[str, _at_most(NAME_MAX_LENGTH)]
+Email = Annotated[str, StringConstraints(pattern=EMAIL_PATTERN), _at_most(EMAIL_MAX_LENGTH)]
+InvoiceId = Annotated[str, StringConstraints(min_length=1), _at_most(INVOICE_ID_MAX_LENGTH)]
+# A lead's click id may be "" (Dub's deferred flow); a sale's, when given, may not.
+LeadClickId = Annotated[str, StringConstraints(pattern=CLICK_ID_PATTERN.replace("{1,", "{0,"))]
+SaleClickId = Annotated[str, StringConstraints(pattern=CLICK_ID_PATTERN)]
+PaymentProcessor = Annotated[str, _one_of(PAYMENT_PROCESSORS)]
 
 
 def new_event_id() -> str:
@@ -69,13 +97,10 @@ class _EventBase(BaseModel):
     def _metadata_fits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
-        try:
-            size = len(json.dumps(value, separators=(",", ":")))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"must be JSON-serialisable ({exc})") from None
-        if size > METADATA_MAX_CHARS:
+        size = json_js_length(value)  # as Dub measures: JSON.stringify(metadata).length
+        if size > METADATA_MAX_LENGTH:
             raise ValueError(
-                f"must be at most {METADATA_MAX_CHARS:,} characters as JSON (got {size:,})"
+                f"must be at most {METADATA_MAX_LENGTH:,} characters as JSON (got {size:,})"
             )
         return value
 
@@ -89,13 +114,15 @@ class LeadEvent(_EventBase):
     """
 
     kind: Literal["lead"] = "lead"
-    click_id: ClickId
+    click_id: LeadClickId
     event_name: EventName
     customer_external_id: ExternalId
     customer_name: Name | None = None
     customer_email: Email | None = None
     customer_avatar: str | None = None
-    event_quantity: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
+    event_quantity: (
+        Annotated[StrictInt, Field(ge=EVENT_QUANTITY_RANGE[0], le=EVENT_QUANTITY_RANGE[1])] | None
+    ) = None
     mode: Mode | None = None
 
 
@@ -112,13 +139,13 @@ class SaleEvent(_EventBase):
 
     kind: Literal["sale"] = "sale"
     customer_external_id: ExternalId
-    amount: Annotated[StrictInt, Field(ge=0, le=9_007_199_254_740_991)]
+    amount: Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INTEGER)]
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$", to_lower=True)] = "usd"
     event_name: EventName = "Purchase"
     payment_processor: PaymentProcessor = "custom"
-    invoice_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    invoice_id: InvoiceId | None = None
     lead_event_name: EventName | None = None
-    click_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    click_id: SaleClickId | None = None
     customer_name: Name | None = None
     customer_email: Email | None = None
     customer_avatar: str | None = None
@@ -150,7 +177,7 @@ _MODELS: dict[str, type[LeadEvent] | type[SaleEvent] | type[CustomerEvent]] = {
 def _reason(error: Any) -> str:
     msg = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "string_pattern_mismatch" and error["loc"][-1:] in (("customer_email",),):
-        return "must be an email address of at most 100 characters"
+        return f"must be an email address of at most {EMAIL_MAX_LENGTH} characters"
     if error["type"] == "string_pattern_mismatch" and "click_id" in error["loc"]:
         return "must be 1-64 letters, digits, '_' or '-'"
     if isinstance(error.get("input"), str) and error["type"].startswith("string_too"):

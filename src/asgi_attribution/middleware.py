@@ -1,7 +1,7 @@
 """``AttributionMiddleware``: a pure ASGI middleware that finds the click behind each request.
 
 Per request it reads the provider's click cookie (or, on a landing, the click id in the URL),
-attaches an :class:`Attribution` to a per-request copy of ``scope["state"]``, and on a landing
+puts an :class:`Attribution` under its own scope key (as Starlette's sessions do), and on a landing
 appends the first-party cookie to the app's own response. On lifespan it starts and drains the
 tracker. It never fails a request: bad input is treated as absent.
 """
@@ -20,7 +20,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .attribution import STATE_KEY, Attribution, RequestState, current_attribution
+from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
+from .attribution import Attribution
 from .cookies import (
     NINETY_DAYS,
     CookiePolicy,
@@ -31,7 +32,7 @@ from .cookies import (
 )
 from .providers import Provider, get_provider
 from .signing import ClickSigner
-from .tracking import Tracker
+from .tracker import Tracker
 
 __all__ = ["AttributionMiddleware", "ConsentCheck"]
 
@@ -168,7 +169,7 @@ class AttributionMiddleware:
                 and (
                     set_cookies is not None
                     or attribution.click_id is not None
-                    or attribution._partner_raw is not None
+                    or attribution.partner_raw is not None
                 )
                 and not await self._consented(scope)
             ):
@@ -177,23 +178,22 @@ class AttributionMiddleware:
             logger.exception("attribution failed; handling the request without it")
             attribution, set_cookies = self._organic(), None
 
-        # Never written into the server's state dict, which may be shared between requests;
-        # the scope itself is this request's own (Starlette's middlewares write to it too).
-        state = scope.get("state")
-        scope["state"] = (
-            {STATE_KEY: attribution} if state is None else RequestState(state, attribution)
-        )
+        # The scope is this request's own (never scope["state"], which a server may share
+        # between requests); the services sit beside the data, not inside it.
+        scope[SCOPE_KEY] = attribution
+        scope[TRACKER_KEY] = self.tracker
+        scope[COOKIES_KEY] = self.managed_cookies
 
         if set_cookies is not None:
             send = _CookieSender(send, set_cookies, self._ours)
-        token = current_attribution.set(attribution)
+        token = current_scope.set(scope)
         try:
             await self.app(scope, receive, send)
         finally:
-            current_attribution.reset(token)
+            current_scope.reset(token)
 
     def _organic(self) -> Attribution:
-        return Attribution._deferred(self.provider, self.tracker, self.managed_cookies)
+        return Attribution.from_cookie_header(self.provider)
 
     async def _consented(self, scope: Scope) -> bool:
         if self.honor_gpc and any(
@@ -223,9 +223,7 @@ class AttributionMiddleware:
         landing = self.capture_landing and self._query_needle in query and scope["type"] == "http"
         if self._lazy and not landing:
             # Even the check for our cookie's name waits until the app asks.
-            return Attribution._deferred(
-                provider, self.tracker, self.managed_cookies, cookie_header, self._read_cookies
-            ), None
+            return Attribution.from_cookie_header(provider, cookie_header, self._read_cookies), None
         if cookie_header is not None and not self._cookie_needle(cookie_header):
             cookie_header = None
 
@@ -252,10 +250,14 @@ class AttributionMiddleware:
                         self.signed_cookie_name, signer.sign(query_click), host=host, https=https
                     ),
                 )
-            attribution = self._organic()
-            attribution._click, attribution._source = query_click, "query"
-            attribution._partner_raw_value = partner_raw
-            attribution.captured, attribution.verified = True, signer is not None
+            attribution = Attribution(
+                provider,
+                click_id=query_click,
+                source="query",
+                partner_raw=partner_raw,
+                captured=True,
+                verified=signer is not None,
+            )
             return attribution, set_cookies
 
         # Also on a first-click landing that keeps the older cookie: the companion keeps saying
@@ -269,8 +271,6 @@ class AttributionMiddleware:
             source="cookie" if cookie_click else None,
             partner_raw=partner_raw,
             verified=verified,
-            tracker=self.tracker,
-            managed_cookies=self.managed_cookies,
         )
         return attribution, None
 

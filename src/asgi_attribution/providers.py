@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-from .events import CustomerEvent, Event, InvalidEventError, LeadEvent, SaleEvent
+from ._exceptions import InvalidEventError
+from .events import CustomerEvent, Event, LeadEvent, SaleEvent
+from .limits import DUB_PAYMENT_PROCESSORS, PIMMS_PAYMENT_PROCESSORS
 
 __all__ = ["DUB", "PIMMS", "Provider", "ProviderRequest", "get_provider"]
 
@@ -70,6 +72,9 @@ class Provider:
     partner_cookie: str | None = None
     customer_key: str = "customerExternalId"
     modes: tuple[str, ...] = ("async", "wait", "deferred")
+    payment_processors: tuple[str, ...] = DUB_PAYMENT_PROCESSORS
+    #: Processors this provider records under another name (PIMMS: ``apple`` -> ``custom``).
+    payment_processor_aliases: dict[str, str] = field(default_factory=dict)
     # Dub updates customers with PATCH /customers/ext_{id}; the legacy endpoint takes a body.
     legacy_customer_endpoint: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
@@ -97,7 +102,13 @@ class Provider:
                 )
             return ProviderRequest("POST", "/track/lead", self._body(event))
         if isinstance(event, SaleEvent):
+            processor = event.payment_processor
+            processor = self.payment_processor_aliases.get(processor, processor)
+            if processor not in self.payment_processors:
+                allowed = ", ".join(self.payment_processors)
+                raise InvalidEventError("sale", [("payment_processor", f"{self.name}: {allowed}")])
             body = self._body(event)
+            body["paymentProcessor"] = processor
             # Sales are deduplicated by invoice id only: without one, a repeated delivery of
             # the same event (after an ambiguous timeout) would be a second commission.
             body.setdefault("invoiceId", event.event_id)
@@ -160,6 +171,8 @@ PIMMS = Provider(
     api_key_env="PIMMS_API_KEY",
     customer_key="externalId",
     modes=("async", "wait"),
+    payment_processors=PIMMS_PAYMENT_PROCESSORS,
+    payment_processor_aliases={"apple": "custom", "revenuecat": "custom", "dub": "custom"},
     legacy_customer_endpoint=True,
 )
 """PIMMS (pimms.io): cookie ``pimms_id`` (then legacy ``dclid``), JSON key ``externalId``."""

@@ -1,0 +1,336 @@
+"""The :class:`Tracker`: one per app, it knows the provider and how events reach it.
+
+It validates each event once, then hands it to its transport stack (built here from the
+options, or given), or to an active override (:mod:`asgi_attribution.overrides`, used by
+``capture_events`` in tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pydantic import SecretStr
+from typing_extensions import Unpack
+
+from ._args import CustomerFields, LeadFields, SaleFields
+from ._exceptions import DeliveryError, InvalidEventError, MissingClickIdError
+from .events import Event, validate_event
+from .overrides import transport_overrides
+from .providers import Provider, get_provider
+from .transports import (
+    BackgroundTransport,
+    Delivery,
+    DeliveryStats,
+    HTTPTransport,
+    OutboxStore,
+    OutboxTransport,
+    RetryPolicy,
+    TrackResult,
+    Transport,
+)
+from .transports.background import DropCallback, ErrorCallback
+
+__all__ = ["Tracker"]
+
+logger = logging.getLogger("asgi_attribution")
+
+# The names a customer's external id goes by (current first), per event kind's own field.
+_EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
+# Which options each delivery uses; one given to a delivery that ignores it is a TypeError.
+_QUEUE_OPTIONS = ("queue_size", "queue_full_timeout", "on_drop")
+_DELIVERY_OPTIONS = (
+    "api_key",
+    "base_url",
+    "outbox",
+    "deliver",
+    "background",
+    "timeout",
+    "retry",
+    "concurrency",
+    "shutdown_timeout",
+    "on_error",
+    *_QUEUE_OPTIONS,
+)
+
+
+def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
+    """Move the customer's external id from any of its names to ``target``; they must agree."""
+    given = {name: fields.pop(name) for name in _EXTERNAL_ID_NAMES if fields.get(name) is not None}
+    if len(set(given.values())) > 1:
+        names = " and ".join(given)
+        raise InvalidEventError(kind, [(names, "give the customer's external id once")])
+    fields[target] = next(iter(given.values()), None)
+
+
+def _refuse(head: str, given: dict[str, Any], ignored: tuple[str, ...], why: str) -> None:
+    """``TypeError`` for an option that the chosen delivery would silently ignore."""
+    for name in ignored:
+        if name in given:
+            raise TypeError(f"{head} ignores {name}=: {why}")
+
+
+def _check(name: str, value: Any, minimum: float, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"Tracker({name}=...) must be {what} >= {minimum:g}, got {value!r}")
+
+
+class Tracker:
+    """Knows the provider and how events reach it; one per app.
+
+    ``provider`` is ``"dub"``, ``"pimms"`` or a :class:`Provider`. ``api_key`` defaults to
+    ``DUB_API_KEY`` / ``PIMMS_API_KEY`` and is never shown. Delivery, by the options given:
+
+    - default: queued in memory and delivered in the background over HTTP with retries
+      (:class:`BackgroundTransport`: ``queue_size``, ``queue_full_timeout``, ``on_drop``);
+    - ``outbox=`` (a SQLite file path, a ``redis://`` URL or an :class:`OutboxStore`): stored
+      durably before ``track_*`` returns and delivered from the store (:class:`OutboxTransport`);
+      ``deliver=False`` only appends, for instances whose events a separate
+      ``asgi-attribution outbox deliver --follow`` worker delivers;
+    - ``background=False``: sent inline, returning the provider's answer;
+    - ``transport=``: your own transport (for example :class:`MemoryTransport`), as is.
+
+    Shared by the built deliveries: ``timeout`` (seconds per HTTP attempt, default 10),
+    ``retry`` (:class:`RetryPolicy`), ``concurrency`` (requests at once, default 10),
+    ``shutdown_timeout`` (seconds the drain may take, default 20) and ``on_error(delivery,
+    exc)`` for final failures. An option the chosen delivery would ignore raises ``TypeError``
+    naming both. With ``require_click_id=True`` a lead without a click id raises instead of
+    being skipped; ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to
+    the metadata of events tracked from a request. ``tracker.stats`` counts what happened.
+
+    Example:
+        >>> tracker = Tracker("dub", api_key="dub_xxx")
+        >>> Tracker("dub", transport=MemoryTransport(), retry=RetryPolicy())
+        Traceback (most recent call last):
+        ...
+        TypeError: Tracker(transport=...) ignores retry=: configure the transport
+    """
+
+    def __init__(
+        self,
+        provider: str | Provider = "dub",
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: Transport | None = None,
+        outbox: str | os.PathLike[str] | OutboxStore | None = None,
+        deliver: bool | None = None,
+        background: bool | None = None,
+        require_click_id: bool = False,
+        verified_metadata_key: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        concurrency: int | None = None,
+        queue_size: int | None = None,
+        queue_full_timeout: float | None = None,
+        shutdown_timeout: float | None = None,
+        on_error: ErrorCallback | None = None,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        given = {k: v for k, v in locals().items() if k in _DELIVERY_OPTIONS and v is not None}
+        self.provider = get_provider(provider)
+        key = api_key if api_key is not None else os.environ.get(self.provider.api_key_env)
+        self._api_key = SecretStr(key) if key else None
+        self.base_url = base_url or self.provider.base_url
+        self.require_click_id = require_click_id
+        self.verified_metadata_key = verified_metadata_key
+        self._http: HTTPTransport | None = None
+        self._started = False
+        self._closing = False
+        if transport is not None:
+            _refuse("Tracker(transport=...)", given, _DELIVERY_OPTIONS, "configure the transport")
+            own = getattr(transport, "stats", None)
+            self.stats = own if isinstance(own, DeliveryStats) else DeliveryStats()
+            self.transport = transport
+            return
+        if deliver is not None and outbox is None:
+            raise TypeError("Tracker(deliver=...) needs outbox=: only an outbox can append only")
+        ignored: tuple[str, ...]
+        if outbox is not None:
+            ignored = (*_QUEUE_OPTIONS, "background") if background is False else _QUEUE_OPTIONS
+            _refuse("Tracker(outbox=...)", given, ignored, "events wait in the outbox")
+        elif background is False:
+            ignored = (*_QUEUE_OPTIONS, "on_error", "shutdown_timeout")
+            _refuse("Tracker(background=False)", given, ignored, "events are sent inline")
+        for name, minimum, integer in (
+            ("timeout", 0.001, False),
+            ("concurrency", 1, True),
+            ("queue_size", 1, True),
+            ("queue_full_timeout", 0, False),
+            ("shutdown_timeout", 0, False),
+        ):
+            if name in given:
+                _check(name, given[name], minimum, integer=integer)
+        for name in ("on_error", "on_drop"):
+            if name in given and not callable(given[name]):
+                raise TypeError(f"Tracker({name}=...) must be callable, got {given[name]!r}")
+        self.stats = DeliveryStats()
+        self._http = HTTPTransport(
+            self._api_key,
+            base_url=self.base_url,
+            timeout=10.0 if timeout is None else timeout,
+            retry=retry,
+            concurrency=concurrency,
+            stats=self.stats,
+        )
+        stack: Transport = self._http
+        drain = 20.0 if shutdown_timeout is None else shutdown_timeout
+        if outbox is not None:
+            stack = OutboxTransport(
+                outbox,
+                self._http,
+                deliver=True if deliver is None else deliver,
+                concurrency=concurrency,
+                shutdown_timeout=drain,
+                on_error=on_error,
+                stats=self.stats,
+                providers=[self.provider],
+            )
+        elif background is not False:
+            stack = BackgroundTransport(
+                self._http,
+                queue_size=10_000 if queue_size is None else queue_size,
+                concurrency=concurrency,
+                queue_full_timeout=1.0 if queue_full_timeout is None else queue_full_timeout,
+                shutdown_timeout=drain,
+                on_error=on_error,
+                on_drop=on_drop,
+                stats=self.stats,
+            )
+        self.transport = stack
+
+    def __repr__(self) -> str:
+        key = "'**********'" if self._api_key else "None"
+        return (
+            f"Tracker(provider={self.provider.name!r}, base_url={self.base_url!r}, "
+            f"api_key={key}, transport={type(self.transport).__name__})"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start delivery (the middleware calls this at lifespan startup); idempotent."""
+        if self._started:
+            return
+        self._started = True
+        if self._http is not None and self._api_key is None:
+            logger.warning(
+                "no %s API key: set %s or pass api_key=; events will fail to deliver",
+                self.provider.name,
+                self.provider.api_key_env,
+            )
+        await self.transport.start()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event accepted so far is delivered or reported (or ``timeout``)."""
+        await self.transport.flush(timeout)
+
+    async def aclose(self) -> None:
+        """Deliver what is pending, then release connections. The tracker can start again."""
+        if not self._started or self._closing:
+            return
+        # Still "started" while draining: events tracked meanwhile (shutdown handlers, jobs)
+        # must reach the closing transport, which sends them inline, not a fresh one.
+        self._closing = True
+        try:
+            await self.transport.aclose()
+        finally:
+            self._started = self._closing = False
+
+    async def __aenter__(self) -> Tracker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- tracking ----------------------------------------------------------------------------
+
+    async def send(self, event: Event) -> TrackResult:
+        """Hand a validated event to the transport (or to an active override).
+
+        Example:
+            >>> async def resend(tracker):
+            ...     event = LeadEvent(click_id="c1", event_name="Sign up", customer_external_id="u")
+            ...     return await tracker.send(event)
+        """
+        delivery = Delivery(event, self.provider)
+        override = transport_overrides.current
+        if override is not None:
+            return await override.send(delivery)
+        if not self._started:
+            await self.start()
+        transport = self.transport
+        if transport.counts_outcomes:
+            return await transport.send(delivery)
+        try:
+            result = await transport.send(delivery)
+        except DeliveryError:
+            self.stats.failed += 1
+            raise
+        if result.status == "sent":
+            self.stats.sent += 1
+        elif result.status == "queued":
+            self.stats.queued += 1
+        return result
+
+    def _event(self, kind: str, fields: dict[str, Any], id_field: str, **more: Any) -> Event:
+        _external_id(kind, fields, id_field)
+        return validate_event(kind, **fields, **more)
+
+    async def track_lead(
+        self, *, click_id: str | None, event_name: str, **fields: Unpack[LeadFields]
+    ) -> TrackResult:
+        """Track a lead (a signup) for ``click_id``.
+
+        ``click_id=None`` (an organic visit) is skipped, after validation, unless the tracker
+        has ``require_click_id=True``. ``click_id=""`` is sent as is (Dub's deferred flow).
+        ``external_id`` and ``customer_id`` are accepted legacy names of
+        ``customer_external_id``.
+
+        Example:
+            >>> async def on_signup(tracker, user):
+            ...     await tracker.track_lead(click_id=user.click_id, event_name="Sign up",
+            ...                              customer_external_id=str(user.id))
+        """
+        event = self._event(
+            "lead",
+            dict(fields),
+            "customer_external_id",
+            click_id="" if click_id is None else click_id,
+            event_name=event_name,
+        )
+        self.provider.render(event)  # provider-specific limits, before anything is queued
+        if click_id is None:
+            if self.require_click_id:
+                raise MissingClickIdError("lead")
+            logger.debug("lead %r skipped: no click id (organic visit)", event_name)
+            return TrackResult("skipped", event, reason="no click id (organic visit)")
+        return await self.send(event)
+
+    async def track_sale(
+        self, *, click_id: str | None = None, **fields: Unpack[SaleFields]
+    ) -> TrackResult:
+        """Track a sale; ``amount`` is an integer in cents. ``click_id`` enables direct sales.
+
+        Example:
+            >>> async def on_paid(tracker, invoice):
+            ...     await tracker.track_sale(customer_external_id=invoice.user_id,
+            ...                              amount=invoice.cents, invoice_id=invoice.id)
+        """
+        event = self._event("sale", dict(fields), "customer_external_id", click_id=click_id)
+        return await self.send(event)
+
+    async def track_customer(self, **fields: Unpack[CustomerFields]) -> TrackResult:
+        """Update a customer's name, email or avatar by their external id.
+
+        Example:
+            >>> async def on_profile_change(tracker, user):
+            ...     await tracker.track_customer(customer_id=str(user.id), customer_name=user.name)
+        """
+        event = self._event("customer", dict(fields), "customer_id")
+        return await self.send(event)
+
