@@ -30,6 +30,7 @@ from .cookies import (
     host_of,
     valid_click_id,
 )
+from .lifespan import run_lifespan
 from .providers import Provider, get_provider
 from .signing import ClickSigner
 from .tracker import Tracker
@@ -320,24 +321,7 @@ class AttributionMiddleware:
         return valid_click_id(click, where=self._query_where)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tracker = self.tracker
-
-        async def receive_and_start() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await tracker.start()
-            return message
-
-        async def drain_then_send(message: Message) -> None:
-            # Drain after the app's own shutdown handlers, which may still track events.
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                try:
-                    await tracker.aclose()
-                except Exception:
-                    logger.exception("tracker did not close cleanly")
-            await send(message)
-
-        await self.app(scope, receive_and_start, drain_then_send)
+        await run_lifespan(self.app, self.tracker, scope, receive, send)
 
 
 class _CookieSender:

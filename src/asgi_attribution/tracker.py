@@ -7,9 +7,11 @@ options, or given), or to an active override (:mod:`asgi_attribution.overrides`,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from typing_extensions import Unpack
@@ -121,6 +123,7 @@ class Tracker:
         background: bool | None = None,
         require_click_id: bool = False,
         verified_metadata_key: str | None = None,
+        inline_timeout: float = 10.0,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         concurrency: int | None = None,
@@ -135,11 +138,20 @@ class Tracker:
         key = api_key if api_key is not None else os.environ.get(self.provider.api_key_env)
         self._api_key = SecretStr(key) if key else None
         self.base_url = base_url or self.provider.base_url
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"Tracker(base_url=...) must be an http:// or https:// URL with a host, "
+                f"got {self.base_url!r}"
+            )
+        _check("inline_timeout", inline_timeout, 0.001)
+        self.inline_timeout = float(inline_timeout)
         self.require_click_id = require_click_id
         self.verified_metadata_key = verified_metadata_key
         self._http: HTTPTransport | None = None
         self._started = False
         self._closing = False
+        self._warned_unowned = False
         if transport is not None:
             _refuse("Tracker(transport=...)", given, _DELIVERY_OPTIONS, "configure the transport")
             own = getattr(transport, "stats", None)
@@ -261,7 +273,15 @@ class Tracker:
         override = transport_overrides.current
         if override is not None:
             return await override.send(delivery)
+        if self.transport is self._http:  # background=False
+            return await self._send_inline(delivery)
         if not self._started:
+            if isinstance(self.transport, BackgroundTransport) and self._http is not None:
+                # Nobody owns a background queue here (no lifespan, no `async with`): a queue
+                # would die with this event loop, so the event goes out before we return.
+                self._warn_unowned("each event is sent inline, before track_* returns")
+                return await self._send_inline(delivery)
+            self._warn_unowned("it was started on first use")
             await self.start()
         transport = self.transport
         if transport.counts_outcomes:
@@ -275,6 +295,37 @@ class Tracker:
             self.stats.sent += 1
         elif result.status == "queued":
             self.stats.queued += 1
+        return result
+
+    def _warn_unowned(self, what: str) -> None:
+        if not self._warned_unowned:
+            self._warned_unowned = True
+            logger.warning(
+                "the %s tracker is not started (no lifespan, no `async with tracker`): %s. "
+                "Start it with the app's lifespan, `async with tracker:`, or "
+                "`await tracker.start()` ... `await tracker.aclose()`",
+                self.provider.name,
+                what,
+            )
+
+    async def _send_inline(self, delivery: Delivery) -> TrackResult:
+        """Deliver now, retrying within ``inline_timeout`` seconds in all; raise if not."""
+        assert self._http is not None
+        event_id = delivery.event.event_id
+        try:
+            result = await asyncio.wait_for(self._http.send(delivery), self.inline_timeout)
+        except asyncio.TimeoutError:
+            self.stats.failed += 1
+            raise DeliveryError(
+                event_id,
+                "inline_timeout",
+                f"not delivered within inline_timeout={self.inline_timeout:g}s",
+                retryable=True,
+            ) from None
+        except DeliveryError:
+            self.stats.failed += 1
+            raise
+        self.stats.sent += 1
         return result
 
     def _event(self, kind: str, fields: dict[str, Any], id_field: str, **more: Any) -> Event:
@@ -333,4 +384,3 @@ class Tracker:
         """
         event = self._event("customer", dict(fields), "customer_id")
         return await self.send(event)
-
