@@ -1,4 +1,8 @@
-"""The pytest plugin (entry point ``pytest11``): the ``attribution_events`` fixture."""
+"""The pytest plugin (entry point ``pytest11``): the ``attribution_events`` fixture.
+
+It imports only the capture, so every pytest run of a project that installs this package pays
+for neither the fake provider nor uvicorn.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .testing import CapturedEvents, capture_events
+from .testing.capture import CapturedEvents, capture_events
+
+__all__ = ["attribution_events"]
 
 
 @pytest.fixture

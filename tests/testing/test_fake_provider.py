@@ -12,13 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from asgi_attribution.fake_provider import (
-    ConnectionDropped,
-    FakeProvider,
-    Faults,
-    main,
-    serve_in_thread,
-)
+from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
+from asgi_attribution.testing.fake_provider import ConnectionDropped
 
 AUTH = {"Authorization": "Bearer test-key"}
 LEAD: dict[str, Any] = {
@@ -517,10 +512,3 @@ def test_control_endpoints_over_a_socket() -> None:
     # Shut down: nothing listens there any more.
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base_url}/_fake/events")
-
-
-def test_cli_rejects_bad_fault_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["--error-rate", "2"])
-    assert exc.value.code == 2
-    assert "error_rate" in capsys.readouterr().err

@@ -1,8 +1,8 @@
-"""Test helpers: capture every tracked event instead of delivering it, and a local provider.
+"""Capture every tracked event instead of delivering it.
 
-In a test of your app, wrap the requests in :func:`capture_events` (or use the pytest fixture
-``attribution_events``, registered automatically): any :class:`Tracker` in the process records
-its events there, so the app's code is untouched and no HTTP is mocked.
+Built on the named hook :data:`asgi_attribution.overrides.transport_overrides`: while a capture
+is open, every :class:`~asgi_attribution.Tracker` in the process hands its events to it, so the
+app's code is untouched and no HTTP is mocked.
 """
 
 from __future__ import annotations
@@ -10,29 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .events import CustomerEvent, Event, LeadEvent, SaleEvent
-from .fake_provider import FakeProvider, Faults, Received, serve_in_thread
-from .transports.memory import MemoryTransport, active_captures
+from ..events import CustomerEvent, Event, LeadEvent, SaleEvent
+from ..overrides import transport_overrides
+from ..transports.memory import MemoryTransport
 
-__all__ = [
-    "CapturedEvents",
-    "FakeProvider",
-    "Faults",
-    "MemoryTransport",
-    "Received",
-    "capture_events",
-    "serve_in_thread",
-]
+__all__ = ["CapturedEvents", "capture_events"]
 
 
 class CapturedEvents(MemoryTransport):
     """The events captured by :func:`capture_events`; indexable and iterable like a list.
 
     Example:
+        >>> from asgi_attribution.testing import CapturedEvents
         >>> with capture_events() as events:
         ...     pass  # drive your app here
-        >>> len(events), events.leads
-        (0, [])
+        >>> isinstance(events, CapturedEvents), len(events), events.leads
+        (True, 0, [])
     """
 
     def __len__(self) -> int:
@@ -46,17 +39,32 @@ class CapturedEvents(MemoryTransport):
 
     @property
     def leads(self) -> list[LeadEvent]:
-        """The captured lead events."""
+        """The captured lead events.
+
+        Example:
+            >>> CapturedEvents().leads
+            []
+        """
         return [e for e in self.events if isinstance(e, LeadEvent)]
 
     @property
     def sales(self) -> list[SaleEvent]:
-        """The captured sale events."""
+        """The captured sale events.
+
+        Example:
+            >>> CapturedEvents().sales
+            []
+        """
         return [e for e in self.events if isinstance(e, SaleEvent)]
 
     @property
     def customers(self) -> list[CustomerEvent]:
-        """The captured customer updates."""
+        """The captured customer updates.
+
+        Example:
+            >>> CapturedEvents().customers
+            []
+        """
         return [e for e in self.events if isinstance(e, CustomerEvent)]
 
 
@@ -67,15 +75,13 @@ def capture_events() -> Iterator[CapturedEvents]:
     Captures nest; the innermost one receives the events.
 
     Example:
+        >>> from asgi_attribution.overrides import transport_overrides
         >>> with capture_events() as events:
-        ...     ...  # e.g. POST /signup through httpx.ASGITransport
-        Ellipsis
+        ...     transport_overrides.current is events  # e.g. POST /signup via ASGITransport
+        True
         >>> [e.event_name for e in events.leads]
         []
     """
     captured = CapturedEvents()
-    active_captures.append(captured)
-    try:
+    with transport_overrides.use(captured):
         yield captured
-    finally:
-        active_captures.remove(captured)

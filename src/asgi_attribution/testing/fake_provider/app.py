@@ -1,127 +1,31 @@
-"""A local, fault-injecting stand-in for Dub's and PIMMS' tracking APIs.
-
-`FakeProvider` is an ASGI app that validates request bodies the way the real API does, records what
-it accepted, and can be told to fail: 503s, 429s with a ``Retry-After`` header, slow answers and
-dropped connections. Point a staging deployment at it, or run it under uvicorn in tests:
-
-    provider = FakeProvider("dub", faults=Faults(error_rate=0.2, seed=1))
-    with serve_in_thread(provider) as base_url:
-        httpx.post(f"{base_url}/track/lead", json={...}, headers={"Authorization": "Bearer k"})
-    assert provider.leads()[0]["eventName"] == "Sign up"
-
-Another process can read and steer it through ``GET /_fake/events``, ``PUT /_fake/faults`` and
-``POST /_fake/reset``; these control endpoints are never faulted.
-
-From a shell: ``python -m asgi_attribution.fake_provider --provider pimms --error-rate 0.1``.
-"""
+"""The fake provider's ASGI app: routes, recording, deduplication and the control endpoints."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import email.utils
 import hmac
 import itertools
 import json
-import logging
-import math
-import random
-import re
-import socket
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, get_args
 
 import anyio
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from .bodies import BodyError, Kind, ProviderName, validate_body, validation_message
+from .faults import (
+    FaultKind,
+    FaultPlan,
+    Faults,
+    drop_connection,
+    parse_faults,
+    send_rate_limited,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from .wire import error_body, lifespan, read_body, request_headers, send_json
 
-__all__ = [
-    "ConnectionDropped",
-    "FakeProvider",
-    "Faults",
-    "Received",
-    "main",
-    "serve_in_thread",
-]
-
-ProviderName = Literal["dub", "pimms"]
-RetryAfterForm = Literal["seconds", "http-date", "unix-ms"]
-
-_logger = logging.getLogger(__name__)
-
-# Both providers' specs carry this pattern for customer emails (it needs Python's `re`: lookaheads).
-_EMAIL_RE = re.compile(
-    r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
-)
-_METADATA_MAX_CHARS = 10_000
-_RATE_FIELDS = ("error_rate", "rate_limit_rate", "drop_rate", "slow_rate")
-
-
-# --------------------------------------------------------------------------------------------------
-# Public data types
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Which failures the fake injects; the defaults inject none.
-
-    Each tracking request gets at most one fault. ``fail_first`` is applied first and is
-    deterministic; after it, one random draw per request picks error, rate limit, drop, slow or
-    nothing, with the given probabilities (so their sum must not exceed 1).
-
-    - ``error_rate``: answer 503 with Dub's error body; nothing is recorded.
-    - ``rate_limit_rate``: answer 429 with a ``Retry-After`` header in the form ``retry_after``
-      (``"unix-ms"`` is what Dub sends; ``None`` omits the header), pointing
-      ``retry_after_seconds`` ahead.
-    - ``slow_rate``: record the event, then wait ``slow_seconds`` before answering, so a client
-      timeout leaves it unsure whether the event was delivered (it was).
-    - ``drop_rate``: cut the connection mid-response; the client sees a transport error and
-      nothing is recorded.
-    - ``fail_first``: answer 503 to the first N tracking requests.
-    - ``seed``: seed for the random draws, so a run can be replayed.
-
-    Example:
-        >>> Faults(rate_limit_rate=0.5, retry_after="seconds", seed=7).retry_after
-        'seconds'
-    """
-
-    error_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    retry_after: RetryAfterForm | None = "unix-ms"
-    retry_after_seconds: float = 1.0
-    slow_rate: float = 0.0
-    slow_seconds: float = 2.0
-    drop_rate: float = 0.0
-    fail_first: int = 0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in _RATE_FIELDS:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}: must be between 0 and 1, got {value!r}")
-        total = sum(getattr(self, name) for name in _RATE_FIELDS)
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"{', '.join(_RATE_FIELDS)}: must add up to at most 1, got {total}")
-        if self.retry_after is not None and self.retry_after not in get_args(RetryAfterForm):
-            raise ValueError(f"retry_after: must be one of {get_args(RetryAfterForm)} or None")
-        for name in ("retry_after_seconds", "slow_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0")
-        if self.fail_first < 0:
-            raise ValueError("fail_first: must be >= 0")
+__all__ = ["FakeProvider", "Received"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +36,7 @@ class Received:
     have lower-case names, ``idempotency_key`` comes from the ``Idempotency-Key`` header.
 
     Example:
+        >>> from asgi_attribution.testing import Received
         >>> r = Received("POST", "/track/lead", {"eventName": "Sign up"}, {}, None, 200)
         >>> r.status
         200
@@ -145,163 +50,6 @@ class Received:
     status: int
 
 
-class ConnectionDropped(Exception):
-    """Raised by `FakeProvider` to cut a connection for the ``drop_rate`` fault.
-
-    Under a server such as uvicorn this turns into a closed socket (uvicorn's traceback for it is
-    filtered out). Called in-process through ``httpx.ASGITransport`` it reaches the caller as is.
-
-    Example:
-        >>> isinstance(ConnectionDropped("drop_rate fault"), Exception)
-        True
-    """
-
-
-# --------------------------------------------------------------------------------------------------
-# Request bodies, validated like the real APIs
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_email(value: str) -> str:
-    if not _EMAIL_RE.match(value):
-        raise ValueError("not a valid email address")
-    return value
-
-
-def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    # Dub measures JSON.stringify(metadata).length: compact JSON, counted in UTF-16 code units.
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode("utf-16-le")) // 2 > _METADATA_MAX_CHARS:
-        raise ValueError(f"must be at most {_METADATA_MAX_CHARS} characters as JSON")
-    return value
-
-
-_Email = Annotated[str, Field(max_length=100), AfterValidator(_check_email)]
-_Name = Annotated[str, Field(max_length=100)]
-_ExternalId = Annotated[str, Field(min_length=1, max_length=100)]
-_EventName = Annotated[str, Field(min_length=1, max_length=255)]
-_Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
-_Quantity = Annotated[int, Field(ge=1, le=100)]
-_PaymentProcessor = Literal[
-    "stripe", "shopify", "polar", "paddle", "apple", "revenuecat", "dub", "custom"
-]
-
-
-class _Body(BaseModel):
-    # strict: JSON "100" is not an amount, as in the providers' zod schemas.
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class _CustomerFields(_Body):
-    customerName: _Name | None = None
-    customerEmail: _Email | None = None
-    customerAvatar: str | None = None
-    metadata: _Metadata | None = None
-
-
-class _DubLead(_CustomerFields):
-    clickId: str
-    eventName: _EventName
-    customerExternalId: _ExternalId
-    mode: Literal["async", "wait", "deferred"] = "async"
-    eventQuantity: _Quantity | None = None
-
-
-class _PimmsLead(_CustomerFields):
-    clickId: str
-    eventName: _EventName
-    externalId: _ExternalId
-    mode: Literal["async", "wait"] = "async"
-    eventQuantity: _Quantity | None = None
-
-
-class _SaleFields(_CustomerFields):
-    amount: Annotated[int, Field(ge=0, le=9007199254740991)]
-    currency: str = "usd"
-    eventName: Annotated[str, Field(max_length=255)] = "Purchase"
-    paymentProcessor: _PaymentProcessor = "custom"
-    invoiceId: str | None = None
-    leadEventName: str | None = None
-    clickId: str | None = None
-
-
-class _DubSale(_SaleFields):
-    customerExternalId: _ExternalId
-
-
-class _PimmsSale(_SaleFields):
-    externalId: _ExternalId
-
-
-class _LegacyCustomer(_Body):
-    customerId: _ExternalId
-    customerName: _Name | None = None
-    customerEmail: _Email | None = None
-    customerAvatar: str | None = None
-
-
-class _CustomerUpdate(_Body):
-    email: _Email | None = None
-    name: str | None = None
-    avatar: str | None = None
-    externalId: str | None = None
-    stripeCustomerId: str | None = None
-    country: str | None = None
-
-
-_Kind = Literal["lead", "sale", "customer", "legacy_customer"]
-_MODELS: dict[tuple[ProviderName, _Kind], type[_Body]] = {
-    ("dub", "lead"): _DubLead,
-    ("dub", "sale"): _DubSale,
-    ("dub", "customer"): _CustomerUpdate,
-    ("dub", "legacy_customer"): _LegacyCustomer,
-    ("pimms", "lead"): _PimmsLead,
-    ("pimms", "sale"): _PimmsSale,
-}
-
-
-def _error_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "body"
-        # Our own validators' messages come as "Value error, <reason>"; keep just the reason.
-        parts.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
-# --------------------------------------------------------------------------------------------------
-# Dropping connections quietly
-# --------------------------------------------------------------------------------------------------
-
-
-class _DropLogFilter(logging.Filter):
-    """Hides uvicorn's "Exception in ASGI application" record for deliberate drops only."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, ConnectionDropped)
-
-
-def _quiet_server_logs() -> None:
-    # Installed at the first drop, not at import or construction, so uvicorn's own logging set-up
-    # has already run; the filter matches our exception type only, so real errors still show.
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _DropLogFilter) for f in logger.filters):
-        logger.addFilter(_DropLogFilter())
-
-
-# --------------------------------------------------------------------------------------------------
-# The app
-# --------------------------------------------------------------------------------------------------
-
-
-_Fault = Literal["error", "rate_limit", "drop", "slow"]
-
-
 class FakeProvider:
     """ASGI app speaking Dub's (or PIMMS') tracking API, with recording and fault injection.
 
@@ -312,7 +60,11 @@ class FakeProvider:
     Leads are deduplicated per (customer external id, event name) and sales per ``invoiceId``:
     a duplicate answers 200 but is not recorded in ``accepted`` again.
 
+    Another process can read and steer it through ``GET /_fake/events``, ``GET``/``PUT
+    /_fake/faults`` and ``POST /_fake/reset``; these control endpoints are never faulted.
+
     Example:
+        >>> from asgi_attribution.testing import FakeProvider, Faults
         >>> provider = FakeProvider("pimms", api_key="test", faults=Faults(fail_first=1))
         >>> provider.accepted, provider.leads()
         ([], [])
@@ -348,24 +100,24 @@ class FakeProvider:
         """The faults in force. Assigning new ones restarts ``fail_first`` and the seeded draws.
 
         Example:
+            >>> from asgi_attribution.testing import FakeProvider, Faults
             >>> provider = FakeProvider()
             >>> provider.faults = Faults(error_rate=1.0)
             >>> provider.faults.error_rate
             1.0
         """
-        return self._faults
+        return self._plan.faults
 
     @faults.setter
     def faults(self, faults: Faults) -> None:
         with self._lock:
-            self._faults = faults
-            self._rng = random.Random(faults.seed)
-            self._tracking_requests = 0
+            self._plan = FaultPlan(faults)
 
     def leads(self) -> list[dict[str, Any]]:
         """Bodies of the accepted (unique) lead events, oldest first.
 
         Example:
+            >>> from asgi_attribution.testing import FakeProvider
             >>> FakeProvider().leads()
             []
         """
@@ -375,6 +127,7 @@ class FakeProvider:
         """Bodies of the accepted (unique) sale events, oldest first.
 
         Example:
+            >>> from asgi_attribution.testing import FakeProvider
             >>> FakeProvider().sales()
             []
         """
@@ -386,6 +139,7 @@ class FakeProvider:
         A key seen more than once means the client retried, and the provider's dedup absorbed it.
 
         Example:
+            >>> from asgi_attribution.testing import FakeProvider
             >>> FakeProvider().count_by_idempotency_key()
             {}
         """
@@ -401,6 +155,7 @@ class FakeProvider:
         """Forget recorded requests and dedup state; restart ``fail_first`` and the seeded draws.
 
         Example:
+            >>> from asgi_attribution.testing import FakeProvider
             >>> provider = FakeProvider()
             >>> provider.reset()
             >>> provider.requests
@@ -412,7 +167,7 @@ class FakeProvider:
             self._seen.clear()
             self._customer_ids.clear()
             self._customer_counter = itertools.count(1)
-        self.faults = self._faults
+            self._plan = FaultPlan(self._plan.faults)
 
     def _accepted_bodies(self, path: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -422,48 +177,48 @@ class FakeProvider:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return  # no websockets here; the server closes the connection
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return  # client went away while sending
         method: str = scope["method"]
         # The raw path keeps an escaped '/' inside a customer id as one segment, as Dub does.
         raw_path = scope.get("raw_path")
         path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
-        headers = _headers(scope)
+        headers = request_headers(scope)
 
         if path.startswith("/_fake/"):
             status, payload = self._control(method, path, body)
-            await _send_json(send, status, payload)
+            await send_json(send, status, payload)
             return
 
         kind = self._route(method, path)
         if kind is None:
-            await _send_json(send, 404, _error("not_found", f"{method} {path} not found"))
+            await send_json(send, 404, error_body("not_found", f"{method} {path} not found"))
             return
 
         fault, faults = self._draw_fault()
         if fault == "error":
             message = "The provider is temporarily unavailable (injected fault)."
-            await _send_json(send, 503, _error("internal_server_error", message))
+            await send_json(send, 503, error_body("internal_server_error", message))
             return
         if fault == "rate_limit":
-            await _rate_limited(send, faults)
+            await send_rate_limited(send, faults)
             return
         if fault == "drop":
-            await _drop(send)
+            await drop_connection(send)
             return
 
         status, payload = self._handle(kind, method, path, body, headers)
         if fault == "slow":
             # Recorded already: a client that times out now cannot know the event landed.
             await anyio.sleep(faults.slow_seconds)
-        await _send_json(send, status, payload)
+        await send_json(send, status, payload)
 
-    def _route(self, method: str, path: str) -> _Kind | None:
+    def _route(self, method: str, path: str) -> Kind | None:
         if method == "POST" and path == "/track/lead":
             return "lead"
         if method == "POST" and path == "/track/sale":
@@ -476,32 +231,16 @@ class FakeProvider:
                 return "customer"
         return None
 
-    def _draw_fault(self) -> tuple[_Fault | None, Faults]:
+    def _draw_fault(self) -> tuple[FaultKind | None, Faults]:
         """Pick this request's fault, with the settings it was drawn from."""
         with self._lock:
-            faults = self._faults
-            self._tracking_requests += 1
-            if self._tracking_requests <= faults.fail_first:
-                return "error", faults
-            # One draw per request: at most one fault, and a seed replays the same sequence.
-            draw = self._rng.random()
-        bound = 0.0
-        choices: tuple[tuple[_Fault, float], ...] = (
-            ("error", faults.error_rate),
-            ("rate_limit", faults.rate_limit_rate),
-            ("drop", faults.drop_rate),
-            ("slow", faults.slow_rate),
-        )
-        for fault, rate in choices:
-            bound += rate
-            if draw < bound:
-                return fault, faults
-        return None, faults
+            plan = self._plan
+            return plan.draw(), plan.faults
 
     # -- tracking -----------------------------------------------------------------------------
 
     def _handle(
-        self, kind: _Kind, method: str, path: str, raw: bytes, headers: dict[str, str]
+        self, kind: Kind, method: str, path: str, raw: bytes, headers: dict[str, str]
     ) -> tuple[int, dict[str, Any]]:
         try:
             parsed: Any = json.loads(raw)
@@ -525,30 +264,25 @@ class FakeProvider:
             return 200, payload
 
     def _check(
-        self, kind: _Kind, path: str, parsed: Any, headers: dict[str, str]
+        self, kind: Kind, path: str, parsed: Any, headers: dict[str, str]
     ) -> tuple[int, dict[str, Any], tuple[str, ...] | None]:
         """Auth, then validation: (status, error body or validated fields, dedup key)."""
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
-            return 401, _error("unauthorized", "Missing Authorization: Bearer <api key>."), None
+            return 401, error_body("unauthorized", "Missing Authorization: Bearer <api key>."), None
         if self.api_key is not None and not hmac.compare_digest(
             credential.encode(), self.api_key.encode()
         ):
-            return 401, _error("unauthorized", "Invalid API key."), None
+            return 401, error_body("unauthorized", "Invalid API key."), None
         if parsed is _INVALID:
-            return 400, _error("bad_request", "Request body is not valid JSON."), None
+            return 400, error_body("bad_request", "Request body is not valid JSON."), None
         if kind == "customer" and path == "/customers/ext_":
-            return 422, _error("unprocessable_entity", "id: empty external id after ext_"), None
-
-        model = _MODELS[(self.provider, kind)]
-        data = parsed
-        if not self.strict and isinstance(parsed, dict):
-            data = {k: v for k, v in parsed.items() if k in model.model_fields}
+            return 422, error_body("unprocessable_entity", "id: empty external id after ext_"), None
         try:
-            fields = model.model_validate(data).model_dump()
-        except ValidationError as exc:
-            return 422, _error("unprocessable_entity", _error_message(exc)), None
+            fields = validate_body(self.provider, kind, parsed, strict=self.strict)
+        except BodyError as exc:
+            return 422, error_body("unprocessable_entity", str(exc)), None
 
         if kind == "lead":
             external_id = fields.get("customerExternalId") or fields["externalId"]
@@ -566,7 +300,7 @@ class FakeProvider:
             self._customer_ids[external_id] = f"cus_fake{next(self._customer_counter):012d}"
         return self._customer_ids[external_id]
 
-    def _respond(self, kind: _Kind, path: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _respond(self, kind: Kind, path: str, fields: dict[str, Any]) -> dict[str, Any]:
         """A success body shaped like the provider's, built from the validated fields."""
         if kind == "legacy_customer":
             return fields
@@ -601,28 +335,27 @@ class FakeProvider:
                 requests = [_public(r) for r in self.requests]
             return 200, {"accepted": accepted, "requests": requests}
         if method == "GET" and path == "/_fake/faults":
-            return 200, dataclasses.asdict(self._faults)
+            return 200, dataclasses.asdict(self.faults)
         if method == "PUT" and path == "/_fake/faults":
             try:
                 data = json.loads(raw or b"{}")
             except ValueError:
-                return 400, _error("bad_request", "Request body is not valid JSON.")
+                return 400, error_body("bad_request", "Request body is not valid JSON.")
             if not isinstance(data, dict):
-                return 422, _error(
-                    "unprocessable_entity", "body: must be an object of Faults fields"
-                )
+                message = "body: must be an object of Faults fields"
+                return 422, error_body("unprocessable_entity", message)
             try:
-                faults = _parse_faults(data)
+                faults = parse_faults(data)
             except ValidationError as exc:
-                return 422, _error("unprocessable_entity", _error_message(exc))
+                return 422, error_body("unprocessable_entity", validation_message(exc))
             except ValueError as exc:
-                return 422, _error("unprocessable_entity", str(exc))
+                return 422, error_body("unprocessable_entity", str(exc))
             self.faults = faults
             return 200, dataclasses.asdict(faults)
         if method == "POST" and path == "/_fake/reset":
             self.reset()
             return 200, {"ok": True}
-        return 404, _error("not_found", f"{method} {path} not found")
+        return 404, error_body("not_found", f"{method} {path} not found")
 
 
 class _Invalid:
@@ -632,213 +365,9 @@ class _Invalid:
 _INVALID = _Invalid()
 
 
-def _parse_faults(data: dict[str, Any]) -> Faults:
-    known = {f.name for f in dataclasses.fields(Faults)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: not a Faults field (known: {', '.join(sorted(known))})")
-    faults: Faults = TypeAdapter(Faults).validate_python(data)
-    return faults
-
-
 def _public(received: Received) -> dict[str, Any]:
     item = dataclasses.asdict(received)
     # The control endpoint is unauthenticated; don't hand out the caller's API key.
     if "authorization" in item["headers"]:
         item["headers"]["authorization"] = "Bearer ***"
     return item
-
-
-async def _rate_limited(send: Send, faults: Faults) -> None:
-    headers: list[tuple[str, str]] = []
-    if faults.retry_after is not None:
-        headers.append(("retry-after", _retry_after(faults.retry_after, faults)))
-    payload = _error("rate_limit_exceeded", "Too many requests (injected fault).")
-    await _send_json(send, 429, payload, headers)
-
-
-def _retry_after(form: RetryAfterForm, faults: Faults) -> str:
-    at = time.time() + faults.retry_after_seconds
-    if form == "seconds":
-        return str(math.ceil(faults.retry_after_seconds))  # delta-seconds is an integer
-    if form == "http-date":
-        return email.utils.formatdate(math.ceil(at), usegmt=True)
-    return str(int(at * 1000))  # Dub: Unix timestamp in milliseconds
-
-
-# --------------------------------------------------------------------------------------------------
-# ASGI plumbing
-# --------------------------------------------------------------------------------------------------
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
-
-
-async def _send_json(
-    send: Send, status: int, payload: Any, headers: list[tuple[str, str]] | None = None
-) -> None:
-    body = json.dumps(payload).encode()
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers or []]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _drop(send: Send) -> None:
-    """Promise a body, send a piece of it, then fail: the server closes the socket mid-body.
-
-    An ASGI app cannot close a socket itself. A server closes it when the app raises after the
-    response started (before that, it would answer 500 instead), so the client's read of the
-    declared Content-Length fails with a transport error (httpx.RemoteProtocolError).
-    """
-    _quiet_server_logs()
-    _logger.debug("dropping connection (injected fault)")
-    start = {
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"64")],
-    }
-    await send(start)
-    await send({"type": "http.response.body", "body": b'{"', "more_body": True})
-    raise ConnectionDropped("connection dropped (injected drop_rate fault)")
-
-
-# --------------------------------------------------------------------------------------------------
-# Running it
-# --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run an ASGI app under a real uvicorn server in a background thread; yield its base URL.
-
-    ``port=0`` picks a free port. Exiting the block stops the server and joins the thread.
-    Uvicorn's logging config is left alone (its records propagate to the root logger).
-
-    Example:
-        >>> with serve_in_thread(FakeProvider()) as base_url:  # doctest: +SKIP
-        ...     httpx.get(f"{base_url}/_fake/events").json()
-        {'accepted': [], 'requests': []}
-    """
-    import uvicorn  # lazily: uvicorn is a test/extra dependency
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Binding here, not in uvicorn, tells us the real port before the server starts.
-    sock.bind((host, port))
-    bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        log_level=None,
-        access_log=False,
-        lifespan="auto",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="serve_in_thread", daemon=True
-    )
-    try:
-        thread.start()
-        deadline = time.monotonic() + 10.0
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start; see its log records")
-            time.sleep(0.005)
-        url_host = f"[{host}]" if family == socket.AF_INET6 else host
-        yield f"http://{url_host}:{bound_port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10.0)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5.0)
-        sock.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: run the fake provider in the foreground under uvicorn.
-
-    Example:
-        >>> main(["--provider", "pimms", "--port", "8787", "--error-rate", "0.1"])  # doctest: +SKIP
-    """
-    parser = argparse.ArgumentParser(
-        prog="asgi-attribution fake-provider",
-        description="Run a local Dub/PIMMS tracking API that can inject faults.",
-    )
-    parser.add_argument("--provider", choices=get_args(ProviderName), default="dub")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8787)
-    parser.add_argument("--api-key", default=None, help="require exactly this Bearer token")
-    parser.add_argument("--lenient", action="store_true", help="ignore unknown body keys")
-    parser.add_argument("--error-rate", type=float, default=0.0, help="share of 503 answers")
-    parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of 429s")
-    parser.add_argument(
-        "--retry-after",
-        choices=[*get_args(RetryAfterForm), "none"],
-        default="unix-ms",
-        help="Retry-After form on 429 (Dub sends unix-ms)",
-    )
-    parser.add_argument("--retry-after-seconds", type=float, default=1.0)
-    parser.add_argument("--slow-rate", type=float, default=0.0, help="share of slow answers")
-    parser.add_argument("--slow-seconds", type=float, default=2.0)
-    parser.add_argument("--drop-rate", type=float, default=0.0, help="share of cut connections")
-    parser.add_argument("--fail-first", type=int, default=0, help="503 the first N requests")
-    parser.add_argument("--seed", type=int, default=None)
-    args = parser.parse_args(argv)
-
-    try:
-        faults = Faults(
-            error_rate=args.error_rate,
-            rate_limit_rate=args.rate_limit_rate,
-            retry_after=None if args.retry_after == "none" else args.retry_after,
-            retry_after_seconds=args.retry_after_seconds,
-            slow_rate=args.slow_rate,
-            slow_seconds=args.slow_seconds,
-            drop_rate=args.drop_rate,
-            fail_first=args.fail_first,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    app = FakeProvider(args.provider, faults=faults, api_key=args.api_key, strict=not args.lenient)
-
-    import uvicorn  # lazily: uvicorn is a test/extra dependency
-
-    uvicorn.run(app, host=args.host, port=args.port)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""The request bodies the fake accepts, validated as the providers' zod schemas do.
+
+Every limit comes from :mod:`asgi_attribution.limits`, measured the way the provider measures it
+(JavaScript lengths), so what the fake refuses is what our own event models refuse.
+
+Example:
+    >>> validate_body("dub", "lead", {"clickId": "c", "eventName": "Sign up"})
+    Traceback (most recent call last):
+    ...
+    asgi_attribution.testing.fake_provider.bodies.BodyError: customerExternalId: Field required
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from ...limits import (
+    DUB_PAYMENT_PROCESSORS,
+    EMAIL_MAX_LENGTH,
+    EMAIL_PATTERN,
+    EVENT_NAME_MAX_LENGTH,
+    EVENT_QUANTITY_RANGE,
+    EXTERNAL_ID_MAX_LENGTH,
+    MAX_SAFE_INTEGER,
+    METADATA_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    PIMMS_PAYMENT_PROCESSORS,
+    json_js_length,
+)
+
+__all__ = ["BodyError", "Kind", "ProviderName", "validate_body"]
+
+ProviderName = Literal["dub", "pimms"]
+#: What a tracking route receives: ``legacy_customer`` is Dub's ``POST /track/customer``.
+Kind = Literal["lead", "sale", "customer", "legacy_customer"]
+
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+
+class BodyError(ValueError):
+    """A body the provider would refuse with 422; the message names each bad field.
+
+    Example:
+        >>> str(BodyError("amount: Input should be greater than or equal to 0"))
+        'amount: Input should be greater than or equal to 0'
+    """
+
+
+def _check_email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError("not a valid email address")
+    return value
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if json_js_length(value) > METADATA_MAX_LENGTH:
+        raise ValueError(f"must be at most {METADATA_MAX_LENGTH} characters as JSON")
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+_MIN_QUANTITY, _MAX_QUANTITY = EVENT_QUANTITY_RANGE
+_Email = Annotated[str, Field(max_length=EMAIL_MAX_LENGTH), AfterValidator(_check_email)]
+_Name = Annotated[str, Field(max_length=NAME_MAX_LENGTH)]
+_ExternalId = Annotated[str, Field(min_length=1, max_length=EXTERNAL_ID_MAX_LENGTH)]
+_EventName = Annotated[str, Field(min_length=1, max_length=EVENT_NAME_MAX_LENGTH)]
+_Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
+_Quantity = Annotated[int, Field(ge=_MIN_QUANTITY, le=_MAX_QUANTITY)]
+_Amount = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
+
+class _Body(BaseModel):
+    # strict: JSON "100" is not an amount, as in the providers' zod schemas.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _CustomerFields(_Body):
+    customerName: _Name | None = None
+    customerEmail: _Email | None = None
+    customerAvatar: str | None = None
+    metadata: _Metadata | None = None
+
+
+class _DubLead(_CustomerFields):
+    clickId: str
+    eventName: _EventName
+    customerExternalId: _ExternalId
+    mode: Literal["async", "wait", "deferred"] = "async"
+    eventQuantity: _Quantity | None = None
+
+
+class _PimmsLead(_CustomerFields):
+    clickId: str
+    eventName: _EventName
+    externalId: _ExternalId
+    mode: Literal["async", "wait"] = "async"
+    eventQuantity: _Quantity | None = None
+
+
+class _SaleFields(_CustomerFields):
+    amount: _Amount
+    currency: str = "usd"
+    eventName: Annotated[str, Field(max_length=EVENT_NAME_MAX_LENGTH)] = "Purchase"
+    invoiceId: str | None = None
+    leadEventName: str | None = None
+    clickId: str | None = None
+
+
+class _DubSale(_SaleFields):
+    customerExternalId: _ExternalId
+    paymentProcessor: Annotated[str, AfterValidator(_one_of(DUB_PAYMENT_PROCESSORS))] = "custom"
+
+
+class _PimmsSale(_SaleFields):
+    externalId: _ExternalId
+    paymentProcessor: Annotated[str, AfterValidator(_one_of(PIMMS_PAYMENT_PROCESSORS))] = "custom"
+
+
+class _LegacyCustomer(_Body):
+    customerId: _ExternalId
+    customerName: _Name | None = None
+    customerEmail: _Email | None = None
+    customerAvatar: str | None = None
+
+
+class _CustomerUpdate(_Body):
+    email: _Email | None = None
+    name: str | None = None
+    avatar: str | None = None
+    externalId: str | None = None
+    stripeCustomerId: str | None = None
+    country: str | None = None
+
+
+_MODELS: dict[tuple[ProviderName, Kind], type[_Body]] = {
+    ("dub", "lead"): _DubLead,
+    ("dub", "sale"): _DubSale,
+    ("dub", "customer"): _CustomerUpdate,
+    ("dub", "legacy_customer"): _LegacyCustomer,
+    ("pimms", "lead"): _PimmsLead,
+    ("pimms", "sale"): _PimmsSale,
+}
+
+
+def validate_body(
+    provider: ProviderName, kind: Kind, data: Any, *, strict: bool = True
+) -> dict[str, Any]:
+    """The validated fields of a ``kind`` body for ``provider``, defaults filled in.
+
+    With ``strict=False`` unknown keys are dropped instead of refused. Raises
+    :class:`BodyError` naming each bad field.
+
+    Example:
+        >>> body = {"clickId": "c", "eventName": "Sign up", "externalId": "u1", "x": 1}
+        >>> validate_body("pimms", "lead", body, strict=False)["mode"]
+        'async'
+    """
+    model = _MODELS[(provider, kind)]
+    if not strict and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in model.model_fields}
+    try:
+        return model.model_validate(data).model_dump()
+    except ValidationError as exc:
+        raise BodyError(validation_message(exc)) from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line naming each bad field and why, as the fake's 422 bodies say it.
+
+    Example:
+        >>> from pydantic import TypeAdapter, ValidationError
+        >>> try:
+        ...     TypeAdapter(int).validate_python("x")
+        ... except ValidationError as exc:
+        ...     validation_message(exc)
+        'body: Input should be a valid integer, unable to parse string as an integer'
+    """
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        # Our own validators' messages come as "Value error, <reason>"; keep just the reason.
+        parts.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
