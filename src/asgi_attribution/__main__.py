@@ -1,7 +1,7 @@
-"""``python -m asgi_attribution``: see :mod:`asgi_attribution.cli`."""
+"""``python -m asgi_attribution``: the ``asgi-attribution`` command (see :mod:`._cli`)."""
 
 import sys
 
-from .cli import main
+from ._cli import main
 
 sys.exit(main())

@@ -1,4 +1,5 @@
-"""The README's demo command runs the whole journey with no account and no network."""
+"""The README's demo command runs the whole journey with no account and no network: on the
+package's own demo site, or on another app with ``--app``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,11 +27,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_prints_each_step_and_the_json_for_dub() -> None:
-    result = run("demo")
+@pytest.mark.parametrize("app", [[], ["--app", "examples.app:create_app"]])
+def test_demo_prints_each_step_and_the_json_for_dub(app: list[str]) -> None:
+    result = run("demo", *app)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Set-Cookie: dub_id=cm3demo7Qx2Lp9; Max-Age=7776000; Path=/; Domain=.acme.example" in out
+    assert "credited to cm3demo7Qx2Lp9" in out
     assert "POST https://api.dub.co/track/lead" in out
     body = json.loads(out[out.index("{") : out.rindex("}") + 1])
     assert body["clickId"] == "cm3demo7Qx2Lp9"
@@ -41,3 +46,9 @@ def test_demo_with_a_wrong_app_gives_a_one_line_error() -> None:
     assert result.returncode != 0
     assert "cannot import 'no_such_module'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_with_stray_arguments_is_a_usage_error() -> None:
+    result = run("demo", "--frobnicate")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --frobnicate" in result.stderr

@@ -1,5 +1,5 @@
 """``asgi-attribution outbox ...``: status, list --dead, retry, purge, deliver; exit codes and
-one-line errors. Mostly in-process through ``cli.main``; once through a real subprocess."""
+one-line errors. Mostly in-process through ``_cli.main``; once through a real subprocess."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from asgi_attribution import Tracker
-from asgi_attribution.cli import main
+from asgi_attribution._cli import main
 from asgi_attribution.testing import FakeProvider, Faults
 from tests.support.asgi import KEY
 

@@ -1,10 +1,14 @@
-"""The ``asgi-attribution`` command (also ``python -m asgi_attribution``)."""
+"""The ``asgi-attribution`` command (also ``python -m asgi_attribution``).
+
+Subcommands: ``demo`` (the click -> landing -> signup journey, in-process), ``fake-provider``
+(a fault-injecting local Dub/PIMMS API) and ``outbox`` (inspect and operate a durable outbox).
+Each loads only what it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -14,16 +18,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand: ``demo``, ``fake-provider`` or ``outbox``. Returns the exit code.
 
     Example:
-        >>> main(["demo"])  # doctest: +SKIP
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     main(["demo"])
         0
+        >>> "POST https://api.dub.co/track/lead" in out.getvalue()
+        True
     """
-    parser = argparse.ArgumentParser(prog="asgi-attribution", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="asgi-attribution",
+        description="Credit signups to link clicks for Dub/PIMMS: demo, fake provider, outbox.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the click -> landing -> signup journey locally")
     demo.add_argument(
         "--app",
-        default="examples.app:create_app",
-        help="module:attribute of an app factory or ASGI app (default: %(default)s)",
+        default=None,
+        help="module:attribute of an app factory (taking tracker=) or an ASGI app to walk "
+        "through instead of the built-in demo site",
     )
     commands.add_parser(
         "fake-provider",
@@ -43,13 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_demo(args.app))
     if args.command == "outbox":
-        from .outbox_cli import main as outbox_main
+        from .outbox import main as outbox_main
 
         return outbox_main(rest)
     from .fake_provider import main as fake_provider_main
 
     return fake_provider_main(rest)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

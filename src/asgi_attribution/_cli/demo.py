@@ -1,7 +1,8 @@
 """The demo journey: click -> landing with ?dub_id= -> cookie -> signup -> the lead for Dub.
 
-Runs the example app in-process with a local sink in place of Dub (no account, no network) and
-prints each step and the exact JSON that would be sent.
+Runs the package's own demo site (:mod:`.demo_site`, or another app with ``--app``) in-process,
+captures the events in place of Dub (no account, no network) and prints each step and the exact
+JSON that would be sent.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any, TextIO
 
 import httpx
 
-from .testing import capture_events
-from .tracking import Tracker
+from .. import Tracker
+from ..testing.capture import capture_events
+from . import demo_site
 
 __all__ = ["load_app", "run_demo"]
 
@@ -26,10 +28,12 @@ SITE = "https://www.acme.example"
 def load_app(target: str) -> Any:
     """Import ``module:attribute`` (a factory taking ``tracker=``, or an ASGI app).
 
-    The current directory is searched first, so the repository's ``examples.app`` is found.
+    The current directory is searched first, so ``examples.app:create_app`` is found from the
+    repository's root.
 
     Example:
-        >>> app = load_app("examples.app:create_app")  # doctest: +SKIP
+        >>> load_app("asgi_attribution._cli.demo_site:create_app").__name__
+        'create_app'
     """
     module_name, _, attribute = target.partition(":")
     sys.path.insert(0, str(Path.cwd()))
@@ -37,8 +41,8 @@ def load_app(target: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SystemExit(
-            f"cannot import {module_name!r} ({exc}); run from the repository root "
-            "or pass --app module:attribute"
+            f"cannot import {module_name!r} ({exc}); check --app module:attribute "
+            "(the current directory is searched first)"
         ) from None
     finally:
         sys.path.pop(0)
@@ -48,14 +52,21 @@ def load_app(target: str) -> Any:
         raise SystemExit(f"{module_name!r} has no attribute {attribute!r}") from None
 
 
-async def run_demo(target: str = "examples.app:create_app", out: TextIO = sys.stdout) -> int:
+async def run_demo(target: str | None = None, out: TextIO = sys.stdout) -> int:
     """Walk a visitor from a Dub link to a tracked signup and print what happens.
 
+    ``target`` is ``module:attribute`` of another app; by default the built-in demo site.
+    Returns the exit code: 0 when the signup was credited to the click.
+
     Example:
-        >>> import asyncio
-        >>> asyncio.run(run_demo())  # doctest: +SKIP
+        >>> import asyncio, io
+        >>> out = io.StringIO()
+        >>> asyncio.run(run_demo(out=out))
+        0
+        >>> print(out.getvalue().splitlines()[1])
+           GET /?dub_id=cm3demo7Qx2Lp9 -> 200
     """
-    factory = load_app(target)
+    factory = demo_site.create_app if target is None else load_app(target)
     app = factory(tracker=Tracker("dub", api_key="dub_demo_key")) if callable(factory) else factory
 
     def say(text: str = "") -> None:

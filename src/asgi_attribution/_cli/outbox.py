@@ -27,8 +27,14 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from .transports.http import RetryPolicy
-from .transports.outbox import OutboxError, OutboxStore, OutboxTransport
+from ..transports import (
+    OutboxError,
+    OutboxStore,
+    OutboxTransport,
+    RedisOutbox,
+    RetryPolicy,
+    SQLiteOutbox,
+)
 
 __all__ = ["main", "parse_duration"]
 
@@ -137,11 +143,7 @@ def _store(args: argparse.Namespace) -> OutboxStore:
     if (path is None) == (url is None):
         raise _UsageError("give exactly one of --path FILE or --redis-url URL")
     if url is not None:
-        from .transports.outbox_redis import RedisOutbox
-
         return RedisOutbox(url, prefix=args.redis_prefix)
-    from .transports.outbox_sqlite import SQLiteOutbox
-
     # create=False: a typo in the path is an error, not a fresh empty outbox.
     return SQLiteOutbox(path, create=False)
 
@@ -154,8 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``outbox <command>``; returns the exit code (0 ok, 1 failures, 2 usage/bad store).
 
     Example:
-        >>> main(["status", "--path", "events.db"])  # doctest: +SKIP
-        pending 0  inflight 0  delivered 12  dead 0  oldest pending -
+        >>> import asyncio, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "events.db")
+        >>> async def append_one():
+        ...     async with Tracker("dub", outbox=path, deliver=False) as tracker:
+        ...         await tracker.track_lead(
+        ...             click_id="clk", event_name="Sign up", customer_external_id="u1"
+        ...         )
+        >>> asyncio.run(append_one())
+        >>> main(["status", "--path", path])  # doctest: +ELLIPSIS
+        pending 1  inflight 0  delivered 0  dead 0  oldest pending ...s
         0
     """
     parser = _build_parser()
