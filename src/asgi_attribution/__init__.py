@@ -10,9 +10,6 @@ Example:
     ...     await track_lead(request, "Sign up", customer_external_id="user_42")
 """
 
-from .attribution import Attribution, Discount, Partner, PartnerData, get_attribution
-from .clearing import clear_attribution
-from .cookies import CookiePolicy, valid_click_id
 from ._exceptions import (
     AttributionError,
     DeliveryError,
@@ -21,6 +18,9 @@ from ._exceptions import (
     OutboxError,
     QueueFullError,
 )
+from .attribution import Attribution, Discount, Partner, PartnerData, get_attribution
+from .clearing import clear_attribution
+from .cookies import CookiePolicy, valid_click_id
 from .events import CustomerEvent, Event, LeadEvent, SaleEvent
 from .middleware import AttributionMiddleware
 from .providers import DUB, PIMMS, Provider, ProviderRequest, get_provider

@@ -60,12 +60,14 @@ class CookieReader:
     """Reads a few named cookies from a raw ``Cookie`` header, as Starlette's parser would.
 
     One compiled regex over the bytes instead of parsing every cookie of the header, on the
-    hot path of every attributed request. Same results as Starlette's parser for those names:
-    split on ``;``, keys and values stripped, quoted values unquoted, the last one wins.
+    hot path of every attributed request. Same results as Starlette's parser for those names
+    (split on ``;``, keys and values stripped, quoted values unquoted), except that the FIRST of
+    duplicate cookies wins, as in the providers' scripts (browsers send the most specific path,
+    then the oldest, first).
 
     Example:
-        >>> CookieReader(["dub_id"]).read(b"a=1; xdub_id=no; dub_id=old; dub_id = new ")
-        {'dub_id': 'new'}
+        >>> CookieReader(["dub_id"]).read(b"a=1; xdub_id=no; dub_id=first; dub_id = later ")
+        {'dub_id': 'first'}
     """
 
     __slots__ = ("_findall",)
@@ -82,10 +84,13 @@ class CookieReader:
         """The named cookies present in ``header``, decoded as Latin-1."""
         found: dict[str, str] = {}
         for name, raw in self._findall(b";" + header):
+            key = name.decode("latin-1")
+            if key in found:
+                continue
             value = raw.decode("latin-1").strip()
             if value.startswith('"'):  # rare: let Starlette's parser unquote it
                 value = cookie_parser("x=" + value)["x"]
-            found[name.decode("latin-1")] = value
+            found[key] = value
         return found
 
 

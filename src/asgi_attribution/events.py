@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -21,9 +22,6 @@ from pydantic import (
 )
 
 from ._exceptions import AttributionError, DeliveryError, InvalidEventError, MissingClickIdError
-
-# TEMPORARY (refactor in progress): old import sites of the errors; removed once they moved.
-_ERRORS = (AttributionError, DeliveryError, MissingClickIdError)
 from .limits import (
     CLICK_ID_PATTERN,
     DUB_PAYMENT_PROCESSORS,
@@ -41,7 +39,18 @@ from .limits import (
     json_js_length,
 )
 
-__all__ = ["CustomerEvent", "Event", "LeadEvent", "SaleEvent", "new_event_id", "validate_event"]
+# TEMPORARY (refactor in progress): old import sites of the errors; removed once they moved.
+_ERRORS = (AttributionError, DeliveryError, MissingClickIdError)
+
+__all__ = [
+    "VISITOR_FIELDS",
+    "CustomerEvent",
+    "Event",
+    "LeadEvent",
+    "SaleEvent",
+    "new_event_id",
+    "validate_event",
+]
 
 Mode = Literal["async", "wait", "deferred"]
 #: Every processor some provider accepts; each provider refuses (or maps) the ones it lacks.
@@ -69,14 +78,30 @@ def _one_of(choices: tuple[str, ...]) -> AfterValidator:
     return AfterValidator(check)
 
 
-EventName = Annotated[str, StringConstraints(min_length=1), _at_most(EVENT_NAME_MAX_LENGTH)]
-ExternalId = Annotated[str, StringConstraints(min_length=1), _at_most(EXTERNAL_ID_MAX_LENGTH)]
+def _http_url(value: str) -> str:
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+# The providers trim these before their min(1) check: "  " is refused, " u1" is "u1".
+_TRIMMED = StringConstraints(strip_whitespace=True, min_length=1)
+EventName = Annotated[str, _TRIMMED, _at_most(EVENT_NAME_MAX_LENGTH)]
+ExternalId = Annotated[str, _TRIMMED, _at_most(EXTERNAL_ID_MAX_LENGTH)]
+AvatarUrl = Annotated[str, AfterValidator(_http_url)]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
 Name = Annotated[str, _at_most(NAME_MAX_LENGTH)]
 Email = Annotated[str, StringConstraints(pattern=EMAIL_PATTERN), _at_most(EMAIL_MAX_LENGTH)]
 InvoiceId = Annotated[str, StringConstraints(min_length=1), _at_most(INVOICE_ID_MAX_LENGTH)]
 # A lead's click id may be "" (Dub's deferred flow); a sale's, when given, may not.
-LeadClickId = Annotated[str, StringConstraints(pattern=CLICK_ID_PATTERN.replace("{1,", "{0,"))]
-SaleClickId = Annotated[str, StringConstraints(pattern=CLICK_ID_PATTERN)]
+LeadClickId = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=CLICK_ID_PATTERN.replace("{1,", "{0,"))
+]
+SaleClickId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=CLICK_ID_PATTERN)]
+#: Fields a visitor typed (a signup form): when they break a limit the event is still sent
+#: without them, so a long name never costs the partner their lead.
+VISITOR_FIELDS = frozenset({"customer_name", "customer_email", "customer_avatar"})
 PaymentProcessor = Annotated[str, _one_of(PAYMENT_PROCESSORS)]
 
 
@@ -119,7 +144,7 @@ class LeadEvent(_EventBase):
     customer_external_id: ExternalId
     customer_name: Name | None = None
     customer_email: Email | None = None
-    customer_avatar: str | None = None
+    customer_avatar: AvatarUrl | None = None
     event_quantity: (
         Annotated[StrictInt, Field(ge=EVENT_QUANTITY_RANGE[0], le=EVENT_QUANTITY_RANGE[1])] | None
     ) = None
@@ -148,11 +173,14 @@ class SaleEvent(_EventBase):
     click_id: SaleClickId | None = None
     customer_name: Name | None = None
     customer_email: Email | None = None
-    customer_avatar: str | None = None
+    customer_avatar: AvatarUrl | None = None
 
 
 class CustomerEvent(_EventBase):
-    """An update of a customer's details (name, email, avatar) by their external id.
+    """An update of a customer's details by their external id.
+
+    ``country`` is ISO 3166-1 alpha-2; ``stripe_customer_id`` links recurring Stripe sales (both
+    Dub only).
 
     Example:
         >>> CustomerEvent(customer_id="u_1", customer_name="Ada").customer_name
@@ -163,7 +191,11 @@ class CustomerEvent(_EventBase):
     customer_id: ExternalId
     customer_name: Name | None = None
     customer_email: Email | None = None
-    customer_avatar: str | None = None
+    customer_avatar: AvatarUrl | None = None
+    stripe_customer_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = (
+        None
+    )
+    country: Country | None = None
 
 
 Event = LeadEvent | SaleEvent | CustomerEvent

@@ -281,8 +281,9 @@ class AttributionMiddleware:
         for name in self.provider.cookie_names:
             if name in cookies:
                 click = valid_click_id(cookies[name], where=self._where[name])
-                if click:
+                if click and self.provider.accepts_click_id(click):
                     break
+                click = None
         partner = self.provider.partner_cookie
         return click, cookies.get(partner) if partner else None
 
@@ -318,7 +319,9 @@ class AttributionMiddleware:
             # The first occurrence wins, as in the providers' scripts (URLSearchParams.get).
             if key == self.provider.query_param and click is None:
                 click = value
-        return valid_click_id(click, where=self._query_where)
+        click = valid_click_id(click, where=self._query_where)
+        # A placeholder (PIMMS' `?pimms_id=1`) never overwrites a real click.
+        return click if click is None or self.provider.accepts_click_id(click) else None
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await run_lifespan(self.app, self.tracker, scope, receive, send)

@@ -14,7 +14,7 @@ from ._exceptions import InvalidEventError
 from .events import CustomerEvent, Event, LeadEvent, SaleEvent
 from .limits import DUB_PAYMENT_PROCESSORS, PIMMS_PAYMENT_PROCESSORS
 
-__all__ = ["DUB", "PIMMS", "Provider", "ProviderRequest", "get_provider"]
+__all__ = ["DUB", "PIMMS", "Outcome", "Provider", "ProviderRequest", "get_provider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,10 @@ _COMMON_KEYS = {
 }
 
 
+#: What the provider did with an event, as far as its answer says.
+Outcome = Literal["recorded", "duplicate", "not_recorded", "deferred", "unknown"]
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     """A link-attribution provider's cookies, query parameters, API and JSON dialect.
@@ -75,8 +79,27 @@ class Provider:
     payment_processors: tuple[str, ...] = DUB_PAYMENT_PROCESSORS
     #: Processors this provider records under another name (PIMMS: ``apple`` -> ``custom``).
     payment_processor_aliases: dict[str, str] = field(default_factory=dict)
-    # Dub updates customers with PATCH /customers/ext_{id}; the legacy endpoint takes a body.
+    # Both update customers with PATCH /customers/ext_{id}. POST /track/customer, which takes
+    # a body, was removed from Dub in December 2024 (PIMMS kept the removal); opt-in only.
     legacy_customer_endpoint: bool = False
+    #: Customer-update fields this provider takes (JSON key by event field).
+    customer_update_keys: tuple[tuple[str, str], ...] = (
+        ("customer_name", "name"),
+        ("customer_email", "email"),
+        ("customer_avatar", "avatar"),
+        ("stripe_customer_id", "stripeCustomerId"),
+        ("country", "country"),
+    )
+    #: Whether a sale can carry a click id and customer fields (Dub's direct sale tracking).
+    direct_sales: bool = True
+    #: Whether a lead may have an empty click id (Dub's deferred flow).
+    empty_click_id: bool = True
+    #: Values the provider's own links use as placeholders, never real clicks (PIMMS: ``1``).
+    placeholder_click_ids: frozenset[str] = frozenset()
+    #: Whether a lead's answer says if it was recorded (Dub: ``"link": null`` for a duplicate).
+    lead_answer_tells: bool = True
+    #: Why a sale answered with nulls was not recorded, when it is not ``amount <= 0``.
+    sale_not_recorded_reason: str = "no_customer"
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -100,6 +123,10 @@ class Provider:
                 raise InvalidEventError(
                     "lead", [("mode", f"{self.name} supports {', '.join(self.modes)}")]
                 )
+            if not event.click_id and not self.empty_click_id:
+                raise InvalidEventError(
+                    "lead", [("click_id", f"{self.name} refuses an empty click id")]
+                )
             return ProviderRequest("POST", "/track/lead", self._body(event))
         if isinstance(event, SaleEvent):
             processor = event.payment_processor
@@ -109,6 +136,9 @@ class Provider:
                 raise InvalidEventError("sale", [("payment_processor", f"{self.name}: {allowed}")])
             body = self._body(event)
             body["paymentProcessor"] = processor
+            if not self.direct_sales:  # the provider would drop these: never send them
+                for key in ("clickId", "customerName", "customerEmail", "customerAvatar"):
+                    body.pop(key, None)
             # Sales are deduplicated by invoice id only: without one, a repeated delivery of
             # the same event (after an ambiguous timeout) would be a second commission.
             body.setdefault("invoiceId", event.event_id)
@@ -129,25 +159,67 @@ class Provider:
     def _render_customer(self, event: CustomerEvent) -> ProviderRequest:
         if self.legacy_customer_endpoint:
             body = {"customerId": event.customer_id}
-            for name, key in (
-                ("customer_name", "customerName"),
-                ("customer_email", "customerEmail"),
-                ("customer_avatar", "customerAvatar"),
-            ):
+            for name, key in _LEGACY_CUSTOMER_KEYS:
                 if (value := getattr(event, name)) is not None:
                     body[key] = value
             return ProviderRequest("POST", "/track/customer", body)
         patch: dict[str, Any] = {}
-        for name, key in (
-            ("customer_name", "name"),
-            ("customer_email", "email"),
-            ("customer_avatar", "avatar"),
-        ):
+        for name, key in self.customer_update_keys:
             if (value := getattr(event, name)) is not None:
                 patch[key] = value
+        for name in ("stripe_customer_id", "country"):
+            if getattr(event, name) is not None and name not in dict(self.customer_update_keys):
+                raise InvalidEventError("customer", [(name, f"{self.name} does not take it")])
         # The external id is user data: escape it so it stays one path segment.
         path = "/customers/ext_" + quote(event.customer_id, safe="")
         return ProviderRequest("PATCH", path, patch)
+
+    def outcome(self, event: Event, answer: Any) -> tuple[Outcome, str | None]:
+        """What a 2xx ``answer`` (the parsed JSON body) says the provider did with ``event``.
+
+        Read from the providers' code: they answer 200 for events they did not record.
+
+        Example:
+            >>> lead = LeadEvent(click_id="c1", event_name="Sign up", customer_external_id="u")
+            >>> DUB.outcome(lead, {"click": {"id": "c1"}, "link": None, "customer": {}})
+            ('duplicate', 'duplicate_lead')
+            >>> DUB.outcome(SaleEvent(customer_external_id="u", amount=100),
+            ...             {"customer": None, "sale": None})
+            ('not_recorded', 'no_customer')
+        """
+        if not isinstance(answer, dict):
+            return "unknown", "not_json"
+        if isinstance(event, LeadEvent):
+            if event.mode == "deferred":
+                return "deferred", None
+            if not self.lead_answer_tells:
+                return "unknown", None
+            # Dub writes the (customer, event name) key first and answers link: null after.
+            if "link" in answer and answer["link"] is None:
+                return "duplicate", "duplicate_lead"
+            return "recorded", None
+        if isinstance(event, SaleEvent):
+            if answer.get("sale", False) is None:
+                reason = "amount_zero" if event.amount <= 0 else self.sale_not_recorded_reason
+                return "not_recorded", reason
+            return "recorded", None
+        return "recorded", None
+
+    def accepts_click_id(self, value: str) -> bool:
+        """False for the provider's own link placeholders (PIMMS' ``?pimms_id=1``).
+
+        Example:
+            >>> PIMMS.accepts_click_id("1"), DUB.accepts_click_id("1")
+            (False, True)
+        """
+        return value not in self.placeholder_click_ids
+
+
+_LEGACY_CUSTOMER_KEYS = (
+    ("customer_name", "customerName"),
+    ("customer_email", "customerEmail"),
+    ("customer_avatar", "customerAvatar"),
+)
 
 
 DUB = Provider(
@@ -173,7 +245,16 @@ PIMMS = Provider(
     modes=("async", "wait"),
     payment_processors=PIMMS_PAYMENT_PROCESSORS,
     payment_processor_aliases={"apple": "custom", "revenuecat": "custom", "dub": "custom"},
-    legacy_customer_endpoint=True,
+    customer_update_keys=(
+        ("customer_name", "name"),
+        ("customer_email", "email"),
+        ("customer_avatar", "avatar"),
+    ),
+    direct_sales=False,
+    empty_click_id=False,
+    placeholder_click_ids=frozenset({"1"}),
+    lead_answer_tells=False,
+    sale_not_recorded_reason="no_customer_or_duplicate_invoice",
 )
 """PIMMS (pimms.io): cookie ``pimms_id`` (then legacy ``dclid``), JSON key ``externalId``."""
 
