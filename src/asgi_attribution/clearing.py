@@ -46,7 +46,7 @@ def clear_attribution(request: HTTPConnection, response: Response, result: Track
         # Not worth failing a signup over: the cookies stay, and the log says how to fix it.
         logger.warning("click cookies kept: no middleware on this request; %s", MIDDLEWARE_HINT)
         return False
-    host = host_of(request.scope)
+    host = host_of(request.scope, forwarded=managed.forwarded_host)
     for header in managed.deletions(host):
         response.headers.append("set-cookie", header)
     return True

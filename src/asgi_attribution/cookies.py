@@ -32,6 +32,9 @@ _CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 NINETY_DAYS = 90 * 24 * 60 * 60
+# Names that never face a browser on the internet: a Domain there means a proxy forwarded its
+# own upstream host, and browsers would drop the cookie. Host-only then.
+_INTERNAL = (".localhost", ".internal", ".local", ".lan", ".localdomain", ".home.arpa")
 
 
 def valid_click_id(value: str | None, *, where: str = "value") -> str | None:
@@ -94,18 +97,58 @@ class CookieReader:
         return found
 
 
-def host_of(scope: Mapping[str, Any]) -> str:
+def host_of(scope: Mapping[str, Any], *, forwarded: bool = False) -> str:
     """The request's ``Host`` header (or the server name), as the cookie domain is derived from it.
+
+    With ``forwarded=True`` (a trusted proxy in front), the first hop of ``Forwarded: host=`` or
+    ``X-Forwarded-Host`` wins over ``Host``.
 
     Example:
         >>> host_of({"headers": [(b"host", b"www.example.com")]})
         'www.example.com'
+        >>> host_of({"headers": [(b"host", b"app.internal"), (b"x-forwarded-host", b"acme.com")]},
+        ...         forwarded=True)
+        'acme.com'
     """
+    if forwarded:
+        host = _forwarded(scope, "host", b"x-forwarded-host")
+        if host:
+            return host
     for name, value in scope["headers"]:
         if name == b"host":
             return str(value.decode("latin-1"))
     server = scope.get("server")
     return str(server[0]) if server else ""
+
+
+def is_https(scope: Mapping[str, Any], *, forwarded: bool = False) -> bool:
+    """Whether the visitor's connection is https (with ``forwarded``: as the proxy says).
+
+    Example:
+        >>> is_https({"scheme": "http", "headers": [(b"x-forwarded-proto", b"https")]},
+        ...          forwarded=True)
+        True
+    """
+    if forwarded:
+        proto = _forwarded(scope, "proto", b"x-forwarded-proto")
+        if proto:
+            return proto.lower() in ("https", "wss")
+    return scope.get("scheme") in ("https", "wss")
+
+
+def _forwarded(scope: Mapping[str, Any], key: str, legacy: bytes) -> str | None:
+    """The first hop's ``key`` from ``Forwarded`` (RFC 7239), else from the ``X-Forwarded-*``."""
+    standard = legacy_value = None
+    for name, value in scope["headers"]:
+        if name == b"forwarded" and standard is None:
+            first = value.decode("latin-1").split(",")[0]
+            for pair in first.split(";"):
+                k, _, v = pair.strip().partition("=")
+                if k.lower() == key:
+                    standard = v.strip().strip('"')
+        elif name == legacy and legacy_value is None:
+            legacy_value = value.decode("latin-1").split(",")[0].strip()
+    return standard or legacy_value or None
 
 
 def cookie_domain_for(host: str) -> str | None:
@@ -127,7 +170,7 @@ def cookie_domain_for(host: str) -> str | None:
     # One trailing dot is a fully qualified name; labels are checked one by one, so ".."
     # or "-a" never reach a Domain attribute a browser would refuse.
     name = name.removesuffix(".").lower()
-    if not _HOSTNAME.fullmatch(name) or "." not in name or name.endswith(".localhost"):
+    if not _HOSTNAME.fullmatch(name) or "." not in name or name.endswith(_INTERNAL):
         return None
     try:
         ipaddress.ip_address(name)
@@ -190,6 +233,14 @@ class CookiePolicy:
 def _attributes(policy: CookiePolicy, host: str, https: bool) -> str:
     parts = [f"; Max-Age={policy.max_age}; Path={policy.path}"]
     domain = cookie_domain_for(host) if policy.domain == "auto" else policy.domain
+    if policy.domain == "auto" and domain is None and host.partition(":")[0] not in _LOCAL:
+        # Cached per host: said once for each.
+        logger.warning(
+            "click cookie for host %r is host-only (an internal or unusual name). Behind a "
+            "proxy, forward the public host (nginx: proxy_set_header Host $host) or use "
+            "AttributionMiddleware(forwarded_host=True)",
+            host[:100],
+        )
     if domain:
         parts.append(f"; Domain={domain}")
     parts.append(f"; SameSite={policy.samesite.capitalize()}")
@@ -199,6 +250,8 @@ def _attributes(policy: CookiePolicy, host: str, https: bool) -> str:
         parts.append("; HttpOnly")
     return "".join(parts)
 
+
+_LOCAL = ("localhost", "127.0.0.1", "[::1]", "testserver", "")
 
 # A site sees few hosts; the attributes of its cookie depend only on the host and the scheme.
 _cached_attributes = functools.lru_cache(maxsize=256)(_attributes)
@@ -218,6 +271,8 @@ class ManagedCookies:
 
     policy: CookiePolicy
     names: tuple[str, ...]
+    #: Whether the host comes from the proxy's ``Forwarded`` / ``X-Forwarded-Host``.
+    forwarded_host: bool = False
 
     def deletions(self, host: str) -> list[str]:
         """One deleting ``Set-Cookie`` value per managed cookie."""

@@ -28,6 +28,7 @@ from .cookies import (
     CookieReader,
     ManagedCookies,
     host_of,
+    is_https,
     valid_click_id,
 )
 from .lifespan import run_lifespan
@@ -58,6 +59,10 @@ class AttributionMiddleware:
     verify), a landing also sets an HttpOnly cookie ``<cookie name>_sig`` signing the click id
     and its capture time, and ``Attribution.verified`` is True when it agrees with the click
     cookie and is at most ``verified_max_age`` seconds old (default: ``cookie_max_age``).
+
+    Behind a proxy: with ``forwarded_host=True`` the cookie's host and scheme come from the
+    first hop of ``Forwarded`` or ``X-Forwarded-Host`` / ``X-Forwarded-Proto`` (only behind a
+    proxy that sets them: a visitor could send them too).
 
     Consent: with ``consent`` (a callable taking the request, returning a bool or an awaitable
     bool) or ``honor_gpc=True`` (a ``Sec-GPC: 1`` request header), nothing is captured and no
@@ -94,6 +99,7 @@ class AttributionMiddleware:
         verified_max_age: int | None = None,
         consent: ConsentCheck | None = None,
         honor_gpc: bool = False,
+        forwarded_host: bool = False,
     ) -> None:
         if attribution_model not in ("last-click", "first-click"):
             raise ValueError(
@@ -135,7 +141,8 @@ class AttributionMiddleware:
             managed.append(p.partner_cookie)
         if self.signer is not None:
             managed.append(self.signed_cookie_name)
-        self.managed_cookies = ManagedCookies(self.cookie, tuple(managed))
+        self.forwarded_host = forwarded_host
+        self.managed_cookies = ManagedCookies(self.cookie, tuple(managed), forwarded_host)
         # What our Set-Cookie headers start with: if the app set one of these, it decided.
         self._ours = (p.cookie_name + "=", self.signed_cookie_name + "=")
 
@@ -239,8 +246,8 @@ class AttributionMiddleware:
         signer = self.signer
         if query_click is not None and not (self.first_click and cookie_click is not None):
             # Always (re)set, as the providers' scripts do: a landing refreshes the expiry.
-            host = host_of(scope)
-            https = scope.get("scheme") in ("https", "wss")
+            host = host_of(scope, forwarded=self.forwarded_host)
+            https = is_https(scope, forwarded=self.forwarded_host)
             set_cookies: tuple[str, ...] = (
                 self.cookie.header(provider.cookie_name, query_click, host=host, https=https),
             )
