@@ -27,7 +27,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("app", [[], ["--app", "examples.app:create_app"]])
+@pytest.mark.parametrize(
+    "app", [[], ["--app", "examples.app:create_app"], ["--app", "examples.app:app"]]
+)
 def test_demo_prints_each_step_and_the_json_for_dub(app: list[str]) -> None:
     result = run("demo", *app)
     assert result.returncode == 0, result.stderr

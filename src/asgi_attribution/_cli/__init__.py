@@ -20,10 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
         >>> import contextlib, io
         >>> with contextlib.redirect_stdout(io.StringIO()) as out:
-        ...     main(["demo"])
-        0
-        >>> "POST https://api.dub.co/track/lead" in out.getvalue()
-        True
+        ...     code = main(["demo"])
+        >>> code, "POST https://api.dub.co/track/lead" in out.getvalue()
+        (0, True)
     """
     parser = argparse.ArgumentParser(
         prog="asgi-attribution",

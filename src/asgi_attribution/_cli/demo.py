@@ -8,6 +8,7 @@ JSON that would be sent.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -52,11 +53,20 @@ def load_app(target: str) -> Any:
         raise SystemExit(f"{module_name!r} has no attribute {attribute!r}") from None
 
 
-async def run_demo(target: str | None = None, out: TextIO = sys.stdout) -> int:
+def _is_factory(target: Any) -> bool:
+    # An ASGI app is callable too; a factory is told apart by its tracker= parameter.
+    try:
+        return "tracker" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def run_demo(target: str | None = None, out: TextIO | None = None) -> int:
     """Walk a visitor from a Dub link to a tracked signup and print what happens.
 
     ``target`` is ``module:attribute`` of another app; by default the built-in demo site.
-    Returns the exit code: 0 when the signup was credited to the click.
+    ``out`` defaults to the standard output at the time of the call. Returns the exit code: 0
+    when the signup was credited to the click.
 
     Example:
         >>> import asyncio, io
@@ -67,10 +77,14 @@ async def run_demo(target: str | None = None, out: TextIO = sys.stdout) -> int:
            GET /?dub_id=cm3demo7Qx2Lp9 -> 200
     """
     factory = demo_site.create_app if target is None else load_app(target)
-    app = factory(tracker=Tracker("dub", api_key="dub_demo_key")) if callable(factory) else factory
+    app = (
+        factory(tracker=Tracker("dub", api_key="dub_demo_key")) if _is_factory(factory) else factory
+    )
+
+    stream = sys.stdout if out is None else out
 
     def say(text: str = "") -> None:
-        print(text, file=out)
+        print(text, file=stream)
 
     with capture_events() as sink:
         transport = httpx.ASGITransport(app=app)
