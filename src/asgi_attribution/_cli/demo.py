@@ -76,7 +76,7 @@ async def run_demo(target: str | None = None, out: TextIO | None = None) -> int:
         >>> print(out.getvalue().splitlines()[1])
            GET /?dub_id=cm3demo7Qx2Lp9 -> 200
     """
-    factory = demo_site.create_app if target is None else load_app(target)
+    factory: Any = demo_site.create_app if target is None else load_app(target)
     app = (
         factory(tracker=Tracker("dub", api_key="dub_demo_key")) if _is_factory(factory) else factory
     )
