@@ -220,6 +220,9 @@ async def test_pimms_dialect() -> None:
         dub_shaped = await client.post("/track/lead", json={**LEAD, "eventName": "Other"})
         deferred = await client.post("/track/lead", json={**pimms_lead, "mode": "deferred"})
         customers = await client.patch("/customers/ext_user_1", json={"name": "Ada"})
+        dub_customer = await client.patch("/customers/ext_user_1", json={"country": "FR"})
+        legacy = await client.post("/track/customer", json={"customerId": "user_1"})
+        no_click = await client.post("/track/lead", json={**pimms_lead, "clickId": ""})
 
     assert (lead.status_code, sale.status_code) == (200, 200)
     assert lead.json()["customer"]["externalId"] == "user_1"
@@ -227,7 +230,12 @@ async def test_pimms_dialect() -> None:
     assert "customerExternalId:" in dub_shaped.json()["error"]["message"]
     assert deferred.status_code == 422
     assert deferred.json()["error"]["message"].startswith("mode:")
-    assert customers.status_code == 404  # PIMMS has no customers endpoint
+    assert customers.status_code == 200
+    assert customers.json()["externalId"] == "user_1"
+    assert dub_customer.status_code == 422  # Dub's stripeCustomerId/country are Dub's only
+    assert legacy.status_code == 404  # PIMMS has no POST /track/customer
+    assert no_click.status_code == 422  # PIMMS refuses an empty click id
+    assert no_click.json()["error"]["message"].startswith("clickId:")
     assert provider.leads() == [pimms_lead]
     assert provider.sales() == [pimms_sale]
 

@@ -53,7 +53,7 @@ class Received:
 class FakeProvider:
     """ASGI app speaking Dub's (or PIMMS') tracking API, with recording and fault injection.
 
-    Routes: ``POST /track/lead``, ``POST /track/sale``; for Dub also ``PATCH /customers/{id}`` and
+    Routes: ``POST /track/lead``, ``POST /track/sale``, ``PATCH /customers/{id}``; for Dub also
     the legacy ``POST /track/customer``. Requests need ``Authorization: Bearer <token>`` (exactly
     ``api_key`` if given). Bodies are checked like the real API: bad JSON is 400, a bad field is
     422 naming it, and with ``strict`` unknown keys are 422 too (``externalId`` sent to Dub).
@@ -223,12 +223,11 @@ class FakeProvider:
             return "lead"
         if method == "POST" and path == "/track/sale":
             return "sale"
-        if self.provider == "dub":
-            if method == "POST" and path == "/track/customer":
-                return "legacy_customer"
-            customer_id = path.removeprefix("/customers/")
-            if method == "PATCH" and customer_id != path and customer_id and "/" not in customer_id:
-                return "customer"
+        if self.provider == "dub" and method == "POST" and path == "/track/customer":
+            return "legacy_customer"
+        customer_id = path.removeprefix("/customers/")
+        if method == "PATCH" and customer_id != path and customer_id and "/" not in customer_id:
+            return "customer"
         return None
 
     def _draw_fault(self) -> tuple[FaultKind | None, Faults]:

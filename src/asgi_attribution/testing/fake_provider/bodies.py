@@ -1,7 +1,9 @@
 """The request bodies the fake accepts, validated as the providers' zod schemas do.
 
 Every limit comes from :mod:`asgi_attribution.limits`, measured the way the provider measures it
-(JavaScript lengths), so what the fake refuses is what our own event models refuse.
+(JavaScript lengths), and each provider's vocabulary (lead modes, payment processors, whether an
+empty click id is allowed) from its :class:`~asgi_attribution.Provider`, so what the fake refuses
+is what our own event models and dialects refuse.
 
 Example:
     >>> validate_body("dub", "lead", {"clickId": "c", "eventName": "Sign up"})
@@ -19,7 +21,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ...limits import (
-    DUB_PAYMENT_PROCESSORS,
     EMAIL_MAX_LENGTH,
     EMAIL_PATTERN,
     EVENT_NAME_MAX_LENGTH,
@@ -28,9 +29,9 @@ from ...limits import (
     MAX_SAFE_INTEGER,
     METADATA_MAX_LENGTH,
     NAME_MAX_LENGTH,
-    PIMMS_PAYMENT_PROCESSORS,
     json_js_length,
 )
+from ...providers import DUB, PIMMS
 
 __all__ = ["BodyError", "Kind", "ProviderName", "validate_body"]
 
@@ -94,18 +95,18 @@ class _CustomerFields(_Body):
 
 
 class _DubLead(_CustomerFields):
-    clickId: str
+    clickId: Annotated[str, Field(min_length=0 if DUB.empty_click_id else 1)]
     eventName: _EventName
     customerExternalId: _ExternalId
-    mode: Literal["async", "wait", "deferred"] = "async"
+    mode: Annotated[str, AfterValidator(_one_of(DUB.modes))] = "async"
     eventQuantity: _Quantity | None = None
 
 
 class _PimmsLead(_CustomerFields):
-    clickId: str
+    clickId: Annotated[str, Field(min_length=0 if PIMMS.empty_click_id else 1)]
     eventName: _EventName
     externalId: _ExternalId
-    mode: Literal["async", "wait"] = "async"
+    mode: Annotated[str, AfterValidator(_one_of(PIMMS.modes))] = "async"
     eventQuantity: _Quantity | None = None
 
 
@@ -120,12 +121,12 @@ class _SaleFields(_CustomerFields):
 
 class _DubSale(_SaleFields):
     customerExternalId: _ExternalId
-    paymentProcessor: Annotated[str, AfterValidator(_one_of(DUB_PAYMENT_PROCESSORS))] = "custom"
+    paymentProcessor: Annotated[str, AfterValidator(_one_of(DUB.payment_processors))] = "custom"
 
 
 class _PimmsSale(_SaleFields):
     externalId: _ExternalId
-    paymentProcessor: Annotated[str, AfterValidator(_one_of(PIMMS_PAYMENT_PROCESSORS))] = "custom"
+    paymentProcessor: Annotated[str, AfterValidator(_one_of(PIMMS.payment_processors))] = "custom"
 
 
 class _LegacyCustomer(_Body):
@@ -135,11 +136,14 @@ class _LegacyCustomer(_Body):
     customerAvatar: str | None = None
 
 
-class _CustomerUpdate(_Body):
+class _PimmsCustomerUpdate(_Body):
     email: _Email | None = None
     name: str | None = None
     avatar: str | None = None
     externalId: str | None = None
+
+
+class _DubCustomerUpdate(_PimmsCustomerUpdate):
     stripeCustomerId: str | None = None
     country: str | None = None
 
@@ -147,10 +151,11 @@ class _CustomerUpdate(_Body):
 _MODELS: dict[tuple[ProviderName, Kind], type[_Body]] = {
     ("dub", "lead"): _DubLead,
     ("dub", "sale"): _DubSale,
-    ("dub", "customer"): _CustomerUpdate,
+    ("dub", "customer"): _DubCustomerUpdate,
     ("dub", "legacy_customer"): _LegacyCustomer,
     ("pimms", "lead"): _PimmsLead,
     ("pimms", "sale"): _PimmsSale,
+    ("pimms", "customer"): _PimmsCustomerUpdate,
 }
 
 
