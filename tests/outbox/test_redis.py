@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from asgi_attribution import OutboxError, RedisOutbox, RetryPolicy, Tracker
-from asgi_attribution.outbox_cli import main as outbox_main
+from asgi_attribution._cli.outbox import main as outbox_main
 from asgi_attribution.testing import FakeProvider, Faults
 from tests.support.asgi import KEY
 
@@ -228,12 +228,10 @@ async def test_an_unreachable_server_is_a_clear_error() -> None:
     assert "s3cret" not in str(caught.value)  # the password never reaches a message
 
 
-def test_missing_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from asgi_attribution.transports import outbox_redis
-
+async def test_missing_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(OutboxError, match=r"pip install 'asgi-attribution\[redis\]'"):
-        outbox_redis._require_redis()
+        await RedisOutbox("redis://127.0.0.1:6379/0").open()
 
 
 def test_an_append_only_tracker_works_across_event_loops(redis_url: str, prefix: str) -> None:

@@ -31,7 +31,7 @@ from asgi_attribution import (
     track_lead,
 )
 from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
-from asgi_attribution.transports.http import parse_retry_after
+from asgi_attribution.transports.retry import parse_retry_after
 from tests.support.asgi import KEY, client_for
 
 pytestmark = pytest.mark.anyio
@@ -365,7 +365,7 @@ async def test_full_queue_waits_then_drops_loudly(caplog: Any) -> None:
     transport = BackgroundTransport(
         upstream,
         queue_size=1,
-        workers=1,
+        concurrency=1,
         queue_full_timeout=0.05,
         on_drop=lambda d, reason: dropped.append(d.event.event_id),
     )
@@ -387,7 +387,7 @@ async def test_full_queue_waits_then_drops_loudly(caplog: Any) -> None:
 async def test_full_queue_can_raise_instead() -> None:
     upstream = GatedTransport([])
     transport = BackgroundTransport(
-        upstream, queue_size=1, workers=1, queue_full_timeout=0.01, when_full="raise"
+        upstream, queue_size=1, concurrency=1, queue_full_timeout=0.01, when_full="raise"
     )
     async with Tracker("dub", transport=transport) as tracker:
         lead = {"click_id": "c", "event_name": "e", "customer_external_id": "u"}
@@ -437,7 +437,7 @@ def test_no_tasks_or_clients_are_created_at_construction() -> None:
     tracker = Tracker("dub", api_key=KEY)
     transport = tracker.transport
     assert isinstance(transport, BackgroundTransport)
-    assert transport._queue is None and transport._workers == []
+    assert transport._loop is None and transport._workers == []
     assert isinstance(transport.inner, HTTPTransport) and transport.inner._client is None
 
 
@@ -468,15 +468,15 @@ async def test_an_event_waiting_to_retry_does_not_hold_a_worker(
 class SlowMemory(MemoryTransport):
     """Records deliveries after a short await, so some are in flight at any moment."""
 
-    async def send(self, delivery: Delivery) -> TrackResult:
+    async def attempt(self, delivery: Delivery) -> TrackResult:
         await asyncio.sleep(0.01)
-        return await super().send(delivery)
+        return await super().attempt(delivery)
 
 
 async def test_events_tracked_while_the_tracker_drains_are_not_lost() -> None:
     memory = SlowMemory()
     dropped: list[Delivery] = []
-    one_worker = BackgroundTransport(memory, workers=1, on_drop=lambda d, r: dropped.append(d))
+    one_worker = BackgroundTransport(memory, concurrency=1, on_drop=lambda d, r: dropped.append(d))
     tracker = Tracker("dub", transport=one_worker)
     lead = {"click_id": "c", "event_name": "e", "customer_external_id": "u"}
     await tracker.start()

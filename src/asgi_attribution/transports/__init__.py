@@ -1,12 +1,17 @@
-"""Transports: how events leave the process (memory, HTTP, background queue, outbox)."""
+"""Transports: how events leave the process (memory, HTTP, background queue, outbox).
 
-from .background import BackgroundTransport, QueueFullError
+A transport makes one attempt per call of :meth:`Transport.attempt`; :mod:`.retry` holds the
+one retry step that :meth:`Transport.send`, :class:`BackgroundTransport` and
+:class:`OutboxTransport` use to schedule the next one.
+"""
+
+from .._exceptions import OutboxError, QueueFullError
+from .background import BackgroundTransport
 from .base import Delivery, DeliveryStats, TrackResult, Transport
-from .http import HTTPTransport, RetryPolicy
+from .http import HTTPTransport
 from .memory import MemoryTransport
-from .outbox import OutboxError, OutboxRow, OutboxStatus, OutboxStore, OutboxTransport
-from .outbox_redis import RedisOutbox
-from .outbox_sqlite import SQLiteOutbox
+from .outbox import OutboxRow, OutboxStatus, OutboxStore, OutboxTransport, RedisOutbox, SQLiteOutbox
+from .retry import RetryPolicy
 
 __all__ = [
     "BackgroundTransport",

@@ -1,19 +1,25 @@
-"""The transport interface: how a validated event leaves the process.
+"""The transport contract: how a validated event leaves the process.
 
-Kept as small as httpx's transport: ``send`` one delivery, ``aclose`` at the end. ``start`` and
-``flush`` exist for transports that hold a queue; the defaults do nothing.
+As small as httpx's transport: :meth:`Transport.attempt` makes exactly one try at one delivery,
+and :meth:`Transport.aclose` releases what the transport holds. Retrying is not the
+transport's business: :meth:`Transport.send` (inline) and the background and outbox layers
+schedule attempts with the transport's own ``retry`` policy, through the one retry step of
+:mod:`.retry`.
 """
 
 from __future__ import annotations
 
-import abc
+import asyncio
+import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from .._exceptions import DeliveryError
 from ..events import Event
 from ..providers import Provider, ProviderRequest
+from .retry import RetryPolicy, next_retry
 
-__all__ = ["Delivery", "DeliveryStats", "TrackResult", "Transport"]
+__all__ = ["ONE_ATTEMPT", "Delivery", "DeliveryStats", "TrackResult", "Transport"]
 
 
 # eq=False: deliveries are compared and hashed by identity (the event holds dicts).
@@ -79,9 +85,10 @@ class TrackResult:
 class DeliveryStats:
     """Counters a user can read or export: ``tracker.stats``.
 
-    ``queued``: accepted into the background queue; ``sent``: the provider answered 2xx;
-    ``retried``: attempts after the first; ``failed``: final failures; ``dropped``: given up
-    without a delivery attempt finishing (queue full, shutdown timeout).
+    ``queued``: accepted into the background queue or the outbox; ``sent``: the provider
+    answered 2xx; ``retried``: attempts after the first; ``failed``: final failures;
+    ``dropped``: given up without a delivery attempt finishing (queue full, shutdown timeout).
+    An event once queued is counted once more at its end, as sent, failed or dropped.
 
     Example:
         >>> stats = DeliveryStats()
@@ -107,29 +114,102 @@ class DeliveryStats:
         }
 
 
-class Transport(abc.ABC):
-    """Delivers events. Subclass it and implement :meth:`send`.
+#: The retry policy of a class that implements only the old ``send``: it retries on its own,
+#: so its ``send`` counts as one attempt and the layers never repeat it.
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+
+
+class Transport:
+    """Delivers events. Subclass it and implement :meth:`attempt`: one try, no retries.
+
+    ``attempt`` returns a :class:`TrackResult` or raises :class:`DeliveryError` (with
+    ``retryable`` and ``retry_after``). The transport's ``retry`` policy and ``timeout`` (the
+    bound of one attempt) are read by whatever schedules its attempts: :meth:`send` inline,
+    :class:`BackgroundTransport` and :class:`OutboxTransport` in the background.
+
+    A subclass written for the old contract, implementing only :meth:`send`, still works: its
+    ``send`` is taken as one attempt, never repeated by the layers (``retry`` allows one).
 
     Example:
+        >>> import asyncio
         >>> class PrintTransport(Transport):
-        ...     async def send(self, delivery):
-        ...         print(delivery.request().json)
+        ...     async def attempt(self, delivery):
+        ...         print(delivery.request().json["eventName"])
         ...         return TrackResult("sent", delivery.event)
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> asyncio.run(PrintTransport().send(Delivery(lead, DUB))).status
+        Sign up
+        'sent'
     """
 
     #: True for transports that count sent/failed in their own ``stats`` (the tracker counts
     #: for the others).
-    counts_outcomes = False
+    counts_outcomes: ClassVar[bool] = False
+    #: When :meth:`send` and the background layers try a failed attempt again.
+    retry: RetryPolicy = RetryPolicy()
+    #: Seconds one attempt may take (the outbox's shutdown grace for attempts on the wire).
+    timeout: float = 10.0
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = cls.attempt is Transport.attempt and cls.send is not Transport.send
+        if legacy and "retry" not in cls.__dict__:
+            cls.retry = ONE_ATTEMPT
+
+    _stats: DeliveryStats | None = None
+
+    @property
+    def stats(self) -> DeliveryStats:
+        """This transport's counters: ``retried``, and the outcomes if it ``counts_outcomes``.
+
+        Created on first use unless a transport is given one (shared with the tracker's).
+        """
+        if self._stats is None:
+            self._stats = DeliveryStats()
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: DeliveryStats) -> None:
+        self._stats = stats
+
+    async def attempt(self, delivery: Delivery) -> TrackResult:
+        """Make exactly one try; raise :class:`DeliveryError` (``retryable``, ``retry_after``).
+
+        Subclasses implement this. (For a class of the old contract, it is its ``send``.)
+        """
+        if type(self).send is Transport.send:
+            raise TypeError(f"{type(self).__name__} must implement attempt()")
+        return await self.send(delivery)
+
     async def send(self, delivery: Delivery) -> TrackResult:
-        """Deliver (or enqueue) one event; raise :class:`DeliveryError` on a final failure."""
+        """Deliver one event inline: attempts, retried within ``retry``, then the answer.
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+        Raises the last :class:`DeliveryError` when the error is final or the budget is spent.
+        The background and outbox layers override this to queue or store the event instead.
+        """
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await self.attempt(delivery)
+            except DeliveryError as error:
+                wait = next_retry(
+                    error,
+                    self.retry,
+                    attempts=attempts,
+                    elapsed=time.monotonic() - started,
+                    stats=self.stats,
+                )
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+
+    async def start(self) -> None:
         """Prepare to deliver (called at lifespan startup or first use); idempotent."""
 
-    async def flush(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook
+    async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything accepted so far has been delivered or reported."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Deliver what is pending within the transport's limits, then release resources."""

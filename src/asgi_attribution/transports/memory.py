@@ -1,14 +1,15 @@
-"""In-memory delivery for tests and demos, and the process-wide capture used by
-:func:`asgi_attribution.testing.capture_events`."""
+"""In-memory delivery for tests and demos: every event recorded, nothing sent."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from ..events import Event
 from ..providers import ProviderRequest
-from .base import Delivery, TrackResult, Transport
+from .base import Delivery, DeliveryStats, TrackResult, Transport
+from .retry import RetryPolicy
 
 __all__ = ["MemoryTransport"]
 
@@ -17,18 +18,34 @@ class MemoryTransport(Transport):
     """Records every event instead of sending it; optionally answers through ``handler``.
 
     ``handler`` (like httpx's ``MockTransport``) receives each :class:`Delivery` and returns the
-    provider's answer, or raises :class:`DeliveryError` to simulate a refusal.
+    provider's answer (or an awaitable of it), or raises :class:`DeliveryError` to simulate a
+    refusal; a refused attempt is not recorded. ``retry`` is the policy the layers use to retry
+    a retryable refusal.
 
     Example:
-        >>> transport = MemoryTransport()
-        >>> tracker = Tracker("dub", transport=transport)  # doctest: +SKIP
-        >>> transport.events  # every event tracked, in order
-        []
+        >>> import asyncio
+        >>> transport = MemoryTransport(handler=lambda delivery: {"ok": True})
+        >>> tracker = Tracker("dub", transport=transport)
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> asyncio.run(tracker.send(lead)).response
+        {'ok': True}
+        >>> [event.event_name for event in transport.events]
+        ['Sign up']
     """
 
-    def __init__(self, handler: Callable[[Delivery], Any] | None = None) -> None:
+    def __init__(
+        self,
+        handler: Callable[[Delivery], Any] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        stats: DeliveryStats | None = None,
+    ) -> None:
         self.handler = handler
         self.deliveries: list[Delivery] = []
+        if retry is not None:
+            self.retry = retry
+        if stats is not None:
+            self.stats = stats
 
     @property
     def events(self) -> list[Event]:
@@ -44,14 +61,11 @@ class MemoryTransport(Transport):
         """Forget everything recorded."""
         self.deliveries.clear()
 
-    async def send(self, delivery: Delivery) -> TrackResult:
-        """Render (to catch dialect errors as a real transport would), then record."""
+    async def attempt(self, delivery: Delivery) -> TrackResult:
+        """Render (to catch dialect errors as a real transport would), answer, record."""
         delivery.request()
         response = self.handler(delivery) if self.handler is not None else None
+        if inspect.isawaitable(response):
+            response = await response
         self.deliveries.append(delivery)
         return TrackResult("sent", delivery.event, status_code=200, response=response)
-
-
-# Active captures, innermost last. A plain list, not a ContextVar: a capture must see events
-# tracked from any task or thread of the process, like Django's mail.outbox.
-active_captures: list[MemoryTransport] = []

@@ -3,294 +3,68 @@
 Guarantees, in plain words:
 - ``send`` returns only after the event is written to the store (``TrackResult.durable`` is
   True), so a crash, a deploy or an OOM kill after that point cannot lose it.
-- Workers claim due events with a lease, make one HTTP attempt per claim, and then mark the event
-  delivered, schedule its next attempt (same backoff and ``Retry-After`` rules as
-  :class:`RetryPolicy`), or, after a final failure, keep it as a dead letter with its last error.
+- Workers claim due events with a lease, make one attempt per claim (``inner.attempt``), and
+  then mark the event delivered, schedule its next attempt (the one retry step, with
+  ``inner.retry``), or, after a final failure, keep it as a dead letter with its last error.
 - A process that dies mid-delivery leaves its claims behind; once their lease expires any worker
   claims them again. Delivery is therefore at-least-once, and every attempt of an event carries
   the same ``Idempotency-Key``.
 - ``flush``/``aclose`` deliver what they can within a timeout; what is left stays in the store
   (reported, not lost) for the next worker.
-
-The store is pluggable (:class:`OutboxStore`): :class:`SQLiteOutbox` for one machine,
-:class:`RedisOutbox` across machines.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import SecretStr
 
-from .._exceptions import OutboxError
-from ..events import AttributionError, DeliveryError, Event, validate_event
-from ..providers import DUB, PIMMS, Provider, get_provider
-from .background import ErrorCallback, _call
-from .base import Delivery, DeliveryStats, TrackResult, Transport
-from .http import HTTPTransport, RetryPolicy, log_retry
+from ..._exceptions import AttributionError, DeliveryError
+from ...providers import DUB, PIMMS, Provider, get_provider
+from ..background import ErrorCallback, notify
+from ..base import Delivery, DeliveryStats, TrackResult, Transport
+from ..http import HTTPTransport
+from ..retry import RetryPolicy, next_retry
+from .store import OutboxRow, OutboxStore, open_store
 
-__all__ = [
-    "OutboxError",
-    "OutboxRow",
-    "OutboxStatus",
-    "OutboxStore",
-    "OutboxTransport",
-    "open_store",
-]
+__all__ = ["OutboxTransport"]
 
 logger = logging.getLogger("asgi_attribution")
-
-State = Literal["pending", "inflight", "delivered", "dead"]
-STATES: tuple[State, ...] = ("pending", "inflight", "delivered", "dead")
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One event as the outbox stores it: plain JSON-able data, never a pickle or an API key.
-
-    ``event`` is the event's ``model_dump(mode="json")`` without its ``kind``; ``handle`` is the
-    store's own reference (a row id, a stream entry id).
-
-    Example:
-        >>> from asgi_attribution import DUB, LeadEvent
-        >>> row = OutboxRow.from_delivery(Delivery(
-        ...     LeadEvent(click_id="c1", event_name="Sign up", customer_external_id="u1"), DUB))
-        >>> row.kind, row.provider, row.state, row.event["click_id"]
-        ('lead', 'dub', 'pending', 'c1')
-    """
-
-    event_id: str
-    provider: str
-    kind: str
-    event: dict[str, Any]
-    state: State = "pending"
-    attempts: int = 0
-    next_attempt_at: float = 0.0
-    last_error: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    first_attempt_at: float | None = None
-    handle: str = field(default="", compare=False)
-
-    @classmethod
-    def from_delivery(cls, delivery: Delivery, *, now: float | None = None) -> OutboxRow:
-        """The row for a new event, due at once."""
-        now = time.time() if now is None else now
-        data = delivery.event.model_dump(mode="json")
-        kind = str(data.pop("kind"))
-        return cls(
-            event_id=delivery.event.event_id,
-            provider=delivery.provider.name,
-            kind=kind,
-            event=data,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-
-    def to_event(self) -> Event:
-        """Rebuild and re-validate the event (raises :class:`InvalidEventError` if it no longer
-        passes validation)."""
-        return validate_event(self.kind, **self.event)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStatus:
-    """Counts by state and the age of the oldest undelivered event, in seconds.
-
-    Example:
-        >>> status = OutboxStatus({"pending": 2, "inflight": 1, "delivered": 5, "dead": 0}, 3.5)
-        >>> status.unfinished
-        3
-    """
-
-    counts: dict[str, int]
-    oldest_pending_age: float | None = None
-
-    @property
-    def unfinished(self) -> int:
-        """Events still to deliver: pending (including scheduled retries) or in flight."""
-        return self.counts.get("pending", 0) + self.counts.get("inflight", 0)
-
-
-class OutboxStore(abc.ABC):
-    """Where an outbox keeps its events. Implement it to add a backend.
-
-    A store must be safe to share between processes: :meth:`claim` hands a row to one claimant
-    until the lease expires, and the ``delivered``/``retry_later``/``dead`` calls of a claimant
-    whose lease was taken over may be ignored. All methods are coroutines; nothing may block the
-    event loop.
-
-    Example:
-        >>> store = SQLiteOutbox("events.db")  # doctest: +SKIP
-        >>> async def report():
-        ...     async with store:
-        ...         return (await store.status()).counts
-    """
-
-    #: A short description for messages (a path, a URL without password).
-    description = "outbox"
-
-    async def __aenter__(self) -> OutboxStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect (and create the schema if allowed); idempotent. Raise :class:`OutboxError`."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Release connections and threads; idempotent."""
-
-    @abc.abstractmethod
-    async def append(self, row: OutboxRow) -> None:
-        """Store a new pending row durably before returning."""
-
-    @abc.abstractmethod
-    async def claim(self, limit: int, lease: float) -> list[OutboxRow]:
-        """Take up to ``limit`` due rows for ``lease`` seconds; ``attempts`` counts this one."""
-
-    @abc.abstractmethod
-    async def delivered(self, row: OutboxRow) -> None:
-        """Mark a claimed row delivered."""
-
-    @abc.abstractmethod
-    async def retry_later(self, row: OutboxRow, at: float, error: str) -> None:
-        """Give a claimed row back, due again at ``at`` (Unix time), with its last error."""
-
-    @abc.abstractmethod
-    async def dead(self, row: OutboxRow, error: str) -> None:
-        """Keep a claimed row as a dead letter with its last error."""
-
-    @abc.abstractmethod
-    async def release(self, rows: Sequence[OutboxRow]) -> None:
-        """Give claimed rows back at once, as if not attempted (used at shutdown)."""
-
-    @abc.abstractmethod
-    async def unfinished(self) -> int:
-        """How many rows are pending or in flight."""
-
-    @abc.abstractmethod
-    async def status(self) -> OutboxStatus:
-        """Counts by state and the oldest undelivered event's age."""
-
-    @abc.abstractmethod
-    async def list_dead(self, limit: int = 100) -> list[OutboxRow]:
-        """Dead letters, oldest first."""
-
-    @abc.abstractmethod
-    async def retry_dead(self, event_ids: Sequence[str] | None = None) -> int:
-        """Put dead letters (all, or those with ``event_ids``) back to pending with a fresh
-        budget; return how many."""
-
-    @abc.abstractmethod
-    async def purge_delivered(self, older_than: float) -> int:
-        """Delete delivered rows last updated more than ``older_than`` seconds ago."""
-
-
-def open_store(outbox: str | os.PathLike[str] | OutboxStore) -> OutboxStore:
-    """A store from an option value: a store as is, a ``redis://`` URL, or a SQLite file path.
-
-    Nothing is opened here (no file, no connection) until the store's ``open``.
-
-    Example:
-        >>> type(open_store("events.db")).__name__
-        'SQLiteOutbox'
-        >>> type(open_store("redis://127.0.0.1:6379/0")).__name__
-        'RedisOutbox'
-    """
-    if isinstance(outbox, OutboxStore):
-        return outbox
-    text = os.fspath(outbox)
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        from .outbox_redis import RedisOutbox
-
-        return RedisOutbox(text)
-    from .outbox_sqlite import SQLiteOutbox
-
-    return SQLiteOutbox(text)
-
-
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done() or future.get_loop().is_closed():
-        return  # its caller is gone with its event loop; the row itself was still written
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-class _Batcher:
-    """Group concurrent appends into one write (one commit, one pipeline round trip).
-
-    Each caller returns once the write holding its row succeeded; the rows that arrive while a
-    write runs share the next one, so bursts cost one commit instead of one each.
-    """
-
-    def __init__(self, write: Callable[[list[OutboxRow]], Awaitable[None]]) -> None:
-        self._write = write
-        self._waiting: list[tuple[OutboxRow, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def add(self, row: OutboxRow) -> None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append((row, future))
-        # A task of an event loop that ended without finishing would never run again.
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._drain())
-        await future
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                await self._write([row for row, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    _settle(future, exc)
-            else:
-                for _, future in batch:
-                    _settle(future, None)
-
-    async def wait(self) -> None:
-        """Let the write in progress finish (before closing the store)."""
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
 
 class OutboxTransport(Transport):
     """Write every event to a durable outbox, and deliver from it in worker tasks.
 
-    ``store`` is an :class:`OutboxStore`, a SQLite file path, or a ``redis://`` URL. By default
-    events go over HTTP (``api_key``, ``base_url``, ``timeout`` as for :class:`HTTPTransport`),
-    one attempt per claim (:meth:`HTTPTransport.attempt`); ``inner`` replaces that (a transport
-    whose ``send`` raises :class:`DeliveryError` on failure).
+    ``store`` is an :class:`OutboxStore`, a SQLite file path, or a ``redis://`` URL. Each claimed
+    event gets one attempt through ``inner`` (any :class:`Transport`); its ``retry`` policy
+    decides when an event is tried again and when it becomes a dead letter. Without ``inner``,
+    an :class:`HTTPTransport` is built from ``api_key``, ``base_url``, ``timeout`` and ``retry``.
 
     Options: ``deliver=False`` makes an append-only instance (web workers that leave delivery to
-    ``asgi-attribution outbox deliver --follow``); ``concurrency`` deliveries at once;
-    ``retry`` (:class:`RetryPolicy`) decides when an event is retried and when it becomes a dead
-    letter; ``lease`` seconds a claim is held before another worker may take it over (must exceed
-    one attempt, ``timeout``); ``poll_interval`` seconds between looks for due events when idle;
+    ``asgi-attribution outbox deliver --follow``); ``concurrency`` attempts at once; ``lease``
+    seconds a claim is held before another worker may take it over (must exceed one attempt,
+    ``inner.timeout``); ``poll_interval`` seconds between looks for due events when idle;
     ``shutdown_timeout`` seconds ``aclose`` spends delivering; ``on_error(delivery, exc)`` is
     called for each dead letter.
 
     Example:
-        >>> transport = OutboxTransport("events.db", api_key="dub_xxx", concurrency=10)
-        >>> tracker = Tracker("dub", transport=transport)  # doctest: +SKIP
+        >>> import asyncio, os, tempfile
+        >>> memory = MemoryTransport()
+        >>> path = os.path.join(tempfile.mkdtemp(), "events.db")
+        >>> transport = OutboxTransport(path, memory, concurrency=10, poll_interval=0.05)
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> async def signup():
+        ...     result = await transport.send(Delivery(lead, DUB))  # stored before it returns
+        ...     await transport.aclose()  # delivers within shutdown_timeout
+        ...     return result.durable
+        >>> asyncio.run(signup()), len(memory.events), transport.stats.sent
+        (True, 1, 1)
     """
 
     counts_outcomes = True
@@ -303,9 +77,9 @@ class OutboxTransport(Transport):
         deliver: bool = True,
         api_key: str | SecretStr | None = None,
         base_url: str | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         retry: RetryPolicy | None = None,
-        concurrency: int = 10,
+        concurrency: int | None = None,
         lease: float = 60.0,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 20.0,
@@ -313,26 +87,38 @@ class OutboxTransport(Transport):
         stats: DeliveryStats | None = None,
         providers: Iterable[Provider] = (),
     ) -> None:
+        concurrency = 10 if concurrency is None else concurrency
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         if lease <= 0 or poll_interval <= 0:
             raise ValueError(
                 f"lease and poll_interval must be > 0, got {lease} and {poll_interval}"
             )
+        http_options = {"api_key": api_key, "base_url": base_url, "timeout": timeout}
+        given = [
+            name for name, value in {**http_options, "retry": retry}.items() if value is not None
+        ]
+        if inner is not None and given:
+            raise TypeError(
+                f"OutboxTransport: {', '.join(given)} build the HTTP transport used when no"
+                " inner is given; set them on inner instead"
+            )
         self.store = open_store(store)
-        self.stats = stats if stats is not None else DeliveryStats()
-        self.retry = retry or RetryPolicy()
+        if stats is not None:
+            self.stats = stats
         if inner is None and deliver:
             inner = HTTPTransport(
                 api_key,
                 base_url=base_url,
-                timeout=timeout,
-                retry=self.retry,
-                max_connections=concurrency,
+                timeout=10.0 if timeout is None else timeout,
+                retry=retry,
+                concurrency=concurrency,
                 stats=self.stats,
             )
         #: The transport each claimed event goes through (None for an append-only instance).
         self.inner = inner if deliver else None
+        if self.inner is not None:
+            self.retry, self.timeout = self.inner.retry, self.inner.timeout
         self.deliver = deliver
         self.concurrency = concurrency
         self.lease = lease
@@ -435,11 +221,8 @@ class OutboxTransport(Transport):
             logger.error("event %s is a dead letter: cannot restore it: %s", row.event_id, exc)
             return
         try:
-            if isinstance(self.inner, HTTPTransport):
-                # One attempt per claim: the store, not a sleeping task, holds the retry.
-                await self.inner.attempt(delivery)
-            else:
-                await self.inner.send(delivery)
+            # One attempt per claim: the store, not a sleeping task, holds the retry.
+            await self.inner.attempt(delivery)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -449,6 +232,7 @@ class OutboxTransport(Transport):
             await self._store_call(self.store.delivered, row)
 
     async def _failed(self, row: OutboxRow, delivery: Delivery, exc: Exception) -> None:
+        assert self.inner is not None
         if not isinstance(exc, DeliveryError):
             # Our own validation errors are final; anything else may be a passing fault.
             retryable = not isinstance(exc, AttributionError)
@@ -457,21 +241,19 @@ class OutboxTransport(Transport):
             )
         now = time.time()
         elapsed = now - (row.first_attempt_at or now)
-        wait = self.retry.next_wait(row.attempts, elapsed, exc.retry_after)
-        if exc.retryable and wait is not None:
-            self.stats.retried += 1
-            log_retry(exc, row.attempts, wait)
+        wait = next_retry(
+            exc, self.inner.retry, attempts=row.attempts, elapsed=elapsed, stats=self.stats
+        )
+        if wait is not None:
             await self._store_call(self.store.retry_later, row, now + wait, str(exc))
             if wait < self.poll_interval and self._loop is not None and self._wake is not None:
                 # Due before the next poll: look again then, not a whole poll interval later.
                 self._loop.call_later(wait, self._wake.set)
             return
-        if exc.retryable:
-            exc.gave_up(row.attempts, elapsed)
         self.stats.failed += 1
         logger.error("event %s is a dead letter: %s", row.event_id, exc)
         await self._store_call(self.store.dead, row, str(exc))
-        await _call(self.on_error, delivery, exc)
+        await notify(self.on_error, delivery, exc)
 
     async def _store_call(self, method: Any, *args: Any) -> None:
         try:
@@ -562,7 +344,7 @@ class OutboxTransport(Transport):
             # Attempts already on the wire finish and record their outcome (each is one HTTP
             # attempt, bounded by its timeout): cancelled mid-flight, the next worker would
             # send them again.
-            grace = float(getattr(self.inner, "timeout", 10.0)) + 1.0
+            grace = (self.inner.timeout if self.inner is not None else self.timeout) + 1.0
             await asyncio.wait(tasks, timeout=grace)
         for task in tasks:
             task.cancel()
@@ -571,15 +353,3 @@ class OutboxTransport(Transport):
         unfinished = [row for task, row in tasks.items() if task.cancelled()]
         if unfinished:
             await self._store_call(self.store.release, unfinished)
-
-
-def _restart_budget(row: OutboxRow, now: float) -> OutboxRow:
-    """A dead letter sent back to pending: a fresh budget of attempts and time."""
-    return replace(
-        row,
-        state="pending",
-        attempts=0,
-        first_attempt_at=None,
-        next_attempt_at=now,
-        updated_at=now,
-    )

@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .outbox import STATES, OutboxError, OutboxRow, OutboxStatus, OutboxStore, _Batcher
+from ..._exceptions import OutboxError
+from .store import STATES, AppendBatcher, OutboxRow, OutboxStatus, OutboxStore
 
 __all__ = ["SQLiteOutbox"]
 
@@ -70,6 +71,8 @@ class SQLiteOutbox(OutboxStore):
         >>> tracker = Tracker("dub", outbox=store)  # doctest: +SKIP
     """
 
+    option_prefixes = ("",)  # open_store: any value that is no URL of another store
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -89,7 +92,7 @@ class SQLiteOutbox(OutboxStore):
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._batcher = _Batcher(self._append_many)
+        self._batcher = AppendBatcher(self._append_many)
 
     def __repr__(self) -> str:
         return f"SQLiteOutbox({self.description!r})"

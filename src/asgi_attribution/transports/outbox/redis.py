@@ -27,7 +27,8 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .outbox import OutboxError, OutboxRow, OutboxStatus, OutboxStore, _Batcher, _restart_budget
+from ..._exceptions import OutboxError
+from .store import AppendBatcher, OutboxRow, OutboxStatus, OutboxStore, restart_budget
 
 __all__ = ["RedisOutbox"]
 
@@ -79,6 +80,7 @@ class RedisOutbox(OutboxStore):
     """
 
     group = "delivery"
+    option_prefixes = ("redis://", "rediss://", "unix://")
 
     def __init__(
         self,
@@ -101,7 +103,7 @@ class RedisOutbox(OutboxStore):
         self._promote: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cursor = "0-0"
-        self._batcher = _Batcher(self._append_many)
+        self._batcher = AppendBatcher(self._append_many)
 
     def __repr__(self) -> str:
         return f"RedisOutbox({self.description!r})"
@@ -320,7 +322,7 @@ class RedisOutbox(OutboxStore):
                 row = self._load(entry_id, fields, "dead")
                 if wanted is not None and row.event_id not in wanted:
                     continue
-                fresh = _restart_budget(row, time.time())
+                fresh = restart_budget(row, time.time())
                 async with self._client.pipeline(transaction=True) as pipe:
                     pipe.xadd(self.stream, {"row": self._dump(fresh)})
                     pipe.xdel(self.dead_key, entry_id)
