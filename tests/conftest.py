@@ -10,6 +10,9 @@ from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 
 from .support.asgi import KEY
 
+# Helpers and the apps uvicorn imports in subprocesses: no tests, no doctests to collect there.
+collect_ignore = ["support"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:
