@@ -76,7 +76,9 @@ class RedisOutbox(OutboxStore):
 
     Example:
         >>> store = RedisOutbox("redis://127.0.0.1:6379/0", prefix="myapp:outbox")
-        >>> tracker = Tracker("dub", outbox=store, deliver=False)  # doctest: +SKIP
+        >>> tracker = Tracker("dub", api_key="dub_xxx", outbox=store, deliver=False)
+        >>> store.stream  # nothing connects before the tracker starts
+        'myapp:outbox:stream'
     """
 
     group = "delivery"

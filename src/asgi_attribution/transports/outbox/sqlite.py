@@ -68,7 +68,9 @@ class SQLiteOutbox(OutboxStore):
 
     Example:
         >>> store = SQLiteOutbox("/var/lib/myapp/events.db")
-        >>> tracker = Tracker("dub", outbox=store)  # doctest: +SKIP
+        >>> tracker = Tracker("dub", api_key="dub_xxx", outbox=store)
+        >>> store.path.name  # nothing is opened before the tracker starts
+        'events.db'
     """
 
     option_prefixes = ("",)  # open_store: any value that is no URL of another store

@@ -114,10 +114,13 @@ class OutboxStore(abc.ABC):
     event loop.
 
     Example:
-        >>> store = SQLiteOutbox("events.db")  # doctest: +SKIP
+        >>> import asyncio, os, tempfile
+        >>> store = SQLiteOutbox(os.path.join(tempfile.mkdtemp(), "events.db"))
         >>> async def report():
         ...     async with store:
         ...         return (await store.status()).counts
+        >>> asyncio.run(report())
+        {'pending': 0, 'inflight': 0, 'delivered': 0, 'dead': 0}
     """
 
     #: A short description for messages (a path, a URL without password).
