@@ -1,5 +1,6 @@
 """``asgi-attribution outbox ...``: status, list --dead, retry, purge, deliver; exit codes and
-one-line errors. Mostly in-process through ``_cli.main``; once through a real subprocess."""
+one-line errors. Mostly in-process through ``_cli.main``; once through a real subprocess (more
+in ``test_bad_input``)."""
 
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ def test_a_wrong_path_or_a_corrupt_file_is_one_line_and_exit_2(
         conn.close()
     elif setup == "directory":
         path.mkdir()
-    for command in (["status"], ["list", "--dead"], ["retry"], ["deliver", "--no-progress"]):
+    deliver = ["deliver", "--no-progress", "--api-key", "k"]  # a key: the store is opened
+    for command in (["status"], ["list", "--dead"], ["retry"], deliver):
         assert outbox(*command, "--path", str(path)) == 2
         err = capsys.readouterr().err
         assert err == f"asgi-attribution outbox: error: {message.format(path=path)}\n"
@@ -154,7 +156,7 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert outbox("status", "--path", path, "--redis-url", "redis://127.0.0.1:1/0") == 2
     assert outbox("purge", "--path", path, "--delivered", "--older-than", "soon") == 2
     assert "invalid duration 'soon'" in capsys.readouterr().err
-    assert outbox("list", "--path", path) == 2  # --dead is required
+    assert outbox("list", "--path", path, "--state", "dead", "--dead") == 2  # one or the other
     assert outbox("frobnicate") == 2
     assert outbox("--help") == 0
 

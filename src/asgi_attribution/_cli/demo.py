@@ -19,6 +19,7 @@ import httpx
 from .. import Tracker
 from ..testing.capture import capture_events
 from . import demo_site
+from .common import UsageError
 
 __all__ = ["load_app", "run_demo"]
 
@@ -30,7 +31,7 @@ def load_app(target: str) -> Any:
     """Import ``module:attribute`` (a factory taking ``tracker=``, or an ASGI app).
 
     The current directory is searched first, so ``examples.app:create_app`` is found from the
-    repository's root.
+    repository's root. A target that cannot be loaded raises :class:`UsageError`.
 
     Example:
         >>> load_app("asgi_attribution._cli.demo_site:create_app").__name__
@@ -40,8 +41,8 @@ def load_app(target: str) -> Any:
     sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(
+    except (ImportError, ValueError) as exc:  # ValueError: an empty module name
+        raise UsageError(
             f"cannot import {module_name!r} ({exc}); check --app module:attribute "
             "(the current directory is searched first)"
         ) from None
@@ -50,7 +51,7 @@ def load_app(target: str) -> Any:
     try:
         return getattr(module, attribute or "app")
     except AttributeError:
-        raise SystemExit(f"{module_name!r} has no attribute {attribute!r}") from None
+        raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
 
 
 def _is_factory(target: Any) -> bool:

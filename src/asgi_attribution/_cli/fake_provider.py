@@ -2,28 +2,69 @@
 
 from __future__ import annotations
 
-import argparse
+import socket
 from collections.abc import Sequence
 from typing import get_args
 
 from ..testing.fake_provider import FakeProvider, Faults, ProviderName, RetryAfterForm
+from .common import CommandParser, exit_codes, port, wrap
 
-__all__ = ["main"]
+__all__ = ["check_listen", "main"]
+
+DESCRIPTION = wrap(
+    "Run a local Dub/PIMMS tracking API that can inject faults (503s, 429s with Retry-After, "
+    "slow answers, cut connections), to try a deployment's delivery and retries without the "
+    "real provider. Recorded requests are at GET /_fake/events. Stop it with Ctrl-C."
+)
+
+
+def check_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None if it can (checked by binding it once).
+
+    Example:
+        >>> check_listen("127.0.0.1", 0) is None
+        True
+        >>> with socket.create_server(("127.0.0.1", 0)) as taken:
+        ...     busy = taken.getsockname()[1]
+        ...     check_listen("127.0.0.1", busy) == f"cannot listen on 127.0.0.1:{busy}: " + (
+        ...         "Address already in use")
+        True
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            # As uvicorn does: a port in TIME_WAIT is usable, one with a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return f"cannot listen on {host}:{port}: {reason}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run the fake provider in the foreground under uvicorn.
 
+    A usage error (a bad option, a port that is taken) is one line on stderr and
+    ``SystemExit(2)``.
+
     Example:
         >>> main(["--provider", "pimms", "--port", "8787", "--error-rate", "0.1"])  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="asgi-attribution fake-provider",
-        description="Run a local Dub/PIMMS tracking API that can inject faults.",
+        description=DESCRIPTION,
+        epilog=exit_codes(
+            "the server stopped with an error",
+            usage="usage error (a bad option, a port that cannot be listened on)",
+        ),
     )
     parser.add_argument("--provider", choices=get_args(ProviderName), default="dub")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port", type=port, default=8787, help="port to listen on (default: %(default)s)"
+    )
     parser.add_argument("--api-key", default=None, help="require exactly this Bearer token")
     parser.add_argument("--lenient", action="store_true", help="ignore unknown body keys")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of 503 answers")
@@ -56,9 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    problem = check_listen(args.host, args.port)
+    if problem is not None:
+        parser.error(problem)
     app = FakeProvider(args.provider, faults=faults, api_key=args.api_key, strict=not args.lenient)
 
-    import uvicorn  # lazily: uvicorn is a test/extra dependency
+    try:
+        import uvicorn  # lazily: uvicorn is a test/extra dependency
+    except ImportError:
+        parser.error("the fake provider runs under uvicorn: pip install uvicorn")
 
     uvicorn.run(app, host=args.host, port=args.port)
     return 0

@@ -1,46 +1,50 @@
 """``asgi-attribution outbox ...``: inspect and operate a durable outbox from a shell or a cron job.
 
-Commands: ``status``, ``list --dead``, ``retry``, ``purge --delivered --older-than 7d`` and
-``deliver`` (``--follow`` to run as a long-lived worker). Select the store with ``--path FILE``
-(SQLite) or ``--redis-url URL`` (``ASGI_ATTRIBUTION_OUTBOX`` in the environment works too).
-
-Exit codes a script can rely on:
-
-- ``0``: done; nothing failed (``status``: no dead letters).
-- ``1``: some events failed: ``deliver`` left dead letters or undelivered events behind,
-  ``status`` found dead letters.
-- ``2``: usage error, or the store cannot be used (wrong path, corrupt file, no server);
-  the message is one line on stderr, never a traceback.
+Commands: ``status``, ``list [--state STATE]``, ``retry``, ``purge --delivered --older-than 7d``
+and ``deliver`` (``--follow`` to run as a long-lived worker). Select the store with
+``--path FILE`` (SQLite) or ``--redis-url URL`` (``ASGI_ATTRIBUTION_OUTBOX`` in the environment
+works too). Exit codes: 0 ok, 1 failures (dead letters, undelivered events, unknown event ids),
+2 usage error or unusable store; an error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
-import signal
 import sys
-import time
 from collections.abc import Sequence
-from typing import TextIO
 
-from ..transports import (
-    OutboxError,
-    OutboxStore,
-    OutboxTransport,
-    RedisOutbox,
-    RetryPolicy,
-    SQLiteOutbox,
+from ..transports import OutboxError, OutboxStore, RedisOutbox, RetryPolicy, SQLiteOutbox
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandParser,
+    UsageError,
+    error_line,
+    exit_codes,
+    positive_float,
+    positive_int,
+    wrap,
 )
+from .outbox_deliver import KEY_VARIABLES, deliver, missing_key
+from .outbox_list import LISTABLE, list_rows
 
-__all__ = ["main", "parse_duration"]
+__all__ = ["PROG", "main", "parse_duration"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+PROG = "asgi-attribution outbox"
 _DEFAULTS = RetryPolicy()
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_FAILED = "some events failed: dead letters, events left undelivered, unknown event ids"
+DESCRIPTION = wrap(
+    "Inspect and operate a durable outbox. Select the store with --path FILE (SQLite) or "
+    "--redis-url URL (redis://, rediss:// or unix://); ASGI_ATTRIBUTION_OUTBOX in the "
+    "environment works too. The CLI never creates an outbox: a wrong path is an error.",
+    "Run asgi-attribution outbox COMMAND --help for the options of each.",
+)
 
 
 def parse_duration(text: str) -> float:
@@ -58,53 +62,110 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    store = argparse.ArgumentParser(add_help=False)
+def _build_parser() -> CommandParser:
+    store = CommandParser(add_help=False)
     where = store.add_argument_group("store (one of)")
     where.add_argument("--path", help="SQLite outbox file")
-    where.add_argument("--redis-url", help="Redis URL of a Redis Streams outbox")
+    where.add_argument("--redis-url", help="Redis URL (redis://, rediss:// or unix://)")
     where.add_argument(
         "--redis-prefix",
         default="asgi-attribution:outbox",
         help="key prefix of the Redis outbox (default: %(default)s)",
     )
-    parser = argparse.ArgumentParser(
-        prog="asgi-attribution outbox",
-        description="Inspect and operate a durable outbox.",
-        epilog="Exit codes: 0 ok; 1 some events failed or are dead letters; 2 usage error or "
-        "unusable store.",
-    )
+    parser = CommandParser(prog=PROG, description=DESCRIPTION, epilog=exit_codes(_FAILED))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    status = commands.add_parser(
-        "status", parents=[store], help="counts by state and the oldest pending event's age"
+
+    def command(
+        name: str, summary: str, failed: str = "some events failed", description: Sequence[str] = ()
+    ) -> CommandParser:
+        sub: CommandParser = commands.add_parser(
+            name,
+            parents=[store],
+            help=summary,
+            description=wrap(*(description or [summary[0].upper() + summary[1:] + "."])),
+            epilog=exit_codes(failed),
+        )
+        return sub
+
+    status = command(
+        "status",
+        "counts by state and the oldest pending event's age",
+        failed="the outbox holds dead letters",
     )
-    status.add_argument("--json", action="store_true", help="print JSON")
-    listing = commands.add_parser("list", parents=[store], help="list dead letters")
-    listing.add_argument("--dead", action="store_true", required=True, help="list dead letters")
-    listing.add_argument("--limit", type=int, default=100, help="at most N (default: 100)")
-    listing.add_argument("--json", action="store_true", help="print JSON lines")
-    retry = commands.add_parser("retry", parents=[store], help="dead letters back to pending")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    states = ", ".join(LISTABLE)
+    listing = command(
+        "list",
+        "list undelivered events: pending, in flight, dead letters",
+        description=[
+            f"List undelivered events, oldest first. States: {states}; all is every one of "
+            "them (delivered events are not listed).",
+            "--json prints JSON Lines: one JSON object per event and line (event_id, state, "
+            "provider, kind, attempts, last_error, created_at, updated_at, next_attempt_at, "
+            "event).",
+        ],
+        failed="not used by list",
+    )
+    which = listing.add_mutually_exclusive_group()
+    which.add_argument(
+        "--state",
+        choices=[*LISTABLE, "all"],
+        default="all",
+        help="the events in this state (default: all)",
+    )
+    which.add_argument(
+        "--dead", dest="state", action="store_const", const="dead", help="same as --state dead"
+    )
+    listing.add_argument("--limit", type=positive_int, default=100, help="at most N (default: 100)")
+    listing.add_argument("--json", action="store_true", help="print JSON Lines (one per event)")
+    retry = command(
+        "retry",
+        "dead letters back to pending, with a fresh budget",
+        failed="some EVENT_IDs are not dead letters in this outbox (named on stderr)",
+    )
     retry.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="only these (default: all)")
-    purge = commands.add_parser("purge", parents=[store], help="delete old delivered events")
+    purge = command("purge", "delete old delivered events")
     purge.add_argument("--delivered", action="store_true", required=True, help="delivered ones")
     purge.add_argument(
         "--older-than", type=parse_duration, required=True, help="age, e.g. 7d, 12h, 30m"
     )
-    deliver = commands.add_parser(
-        "deliver", parents=[store], help="deliver pending events now (--follow: keep running)"
+    _deliver_options(
+        command(
+            "deliver",
+            "deliver pending events now (--follow: keep running)",
+            failed="events became dead letters, or (without --follow) some were left undelivered",
+            description=[
+                "Deliver pending events now; with --follow, keep running as a worker until "
+                "SIGINT/SIGTERM (in-flight claims are given back, nothing is lost).",
+                "Each event goes to its own provider with --api-key, else with that "
+                f"provider's key from the environment ({', '.join(KEY_VARIABLES)}). With no "
+                "key at all, deliver stops before touching the store (exit code 2).",
+            ],
+        )
     )
+    return parser
+
+
+def _deliver_options(deliver: CommandParser) -> None:
     deliver.add_argument("--follow", action="store_true", help="run as a worker until stopped")
     deliver.add_argument(
         "--api-key", help="provider API key (default: DUB_API_KEY / PIMMS_API_KEY per event)"
     )
     deliver.add_argument("--base-url", help="provider API base URL (e.g. a staging fake)")
-    deliver.add_argument("--concurrency", type=int, default=10, help="deliveries at once")
-    deliver.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP attempt")
+    deliver.add_argument(
+        "--concurrency", type=positive_int, default=10, help="deliveries at once (default: 10)"
+    )
+    deliver.add_argument(
+        "--timeout", type=positive_float, default=10.0, help="seconds per HTTP attempt"
+    )
     deliver.add_argument(
         "--lease", type=parse_duration, default=60.0, help="claim lease (default: 60s)"
     )
     deliver.add_argument(
-        "--max-attempts", type=int, default=_DEFAULTS.max_attempts, help="attempts per event"
+        "--max-attempts",
+        type=positive_int,
+        default=_DEFAULTS.max_attempts,
+        help="attempts per event",
     )
     deliver.add_argument(
         "--max-elapsed",
@@ -129,27 +190,33 @@ def _build_parser() -> argparse.ArgumentParser:
         "--progress", dest="progress", action="store_true", default=None, help="progress bar"
     )
     progress.add_argument("--no-progress", dest="progress", action="store_false")
-    return parser
 
 
 def _store(args: argparse.Namespace) -> OutboxStore:
     path, url = args.path, args.redis_url
     if path is None and url is None:
         env = os.environ.get("ASGI_ATTRIBUTION_OUTBOX")
-        if env and env.startswith(("redis://", "rediss://", "unix://")):
+        if env and env.startswith(RedisOutbox.option_prefixes):
             url = env
         else:
             path = env
     if (path is None) == (url is None):
-        raise _UsageError("give exactly one of --path FILE or --redis-url URL")
+        raise UsageError("give exactly one of --path FILE or --redis-url URL")
     if url is not None:
-        return RedisOutbox(url, prefix=args.redis_prefix)
+        if not url.startswith(RedisOutbox.option_prefixes):
+            scheme = url.partition(":")[0] if ":" in url else "none"
+            raise UsageError(
+                f"--redis-url is not a Redis URL (scheme {scheme!r}): use redis://HOST:PORT/DB, "
+                "rediss://... or unix://PATH"
+            )
+        try:
+            return RedisOutbox(url, prefix=args.redis_prefix)
+        except ValueError as exc:
+            raise UsageError(f"--redis-url is not a usable Redis URL: {exc}") from None
+    if not path:
+        raise UsageError("--path is empty: give the outbox file")
     # create=False: a typo in the path is an error, not a fresh empty outbox.
     return SQLiteOutbox(path, create=False)
-
-
-class _UsageError(Exception):
-    pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,12 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     try:
         store = _store(args)
+        if args.command == "deliver":
+            problem = missing_key(args.api_key)
+            if problem is not None:  # before the store is touched: no file, no connection
+                raise UsageError(problem)
+            if args.base_url is not None and not args.base_url.startswith(("http://", "https://")):
+                raise UsageError(f"--base-url {args.base_url!r} is not an http(s) URL")
         return asyncio.run(_run(args, store))
-    except _UsageError as exc:
-        print(f"asgi-attribution outbox: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OutboxError as exc:
-        print(f"asgi-attribution outbox: error: {exc}", file=sys.stderr)
+    except (UsageError, OutboxError) as exc:
+        print(error_line(PROG, exc), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -188,19 +258,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _run(args: argparse.Namespace, store: OutboxStore) -> int:
     if args.command == "deliver":
-        return await _deliver(args, store)
+        return await deliver(args, store)
+    if args.command == "list":
+        return await list_rows(store, args.state, args.limit, as_json=args.json)
     async with store:
         if args.command == "status":
             return await _status(args, store)
-        if args.command == "list":
-            return await _list(args, store)
         if args.command == "retry":
-            moved = await store.retry_dead(args.event_ids or None)
-            print(f"{moved} dead letters back to pending")
-            return EXIT_OK
+            return await _retry(store, args.event_ids)
         removed = await store.purge_delivered(args.older_than)
         print(f"{removed} delivered events purged")
         return EXIT_OK
+
+
+async def _retry(store: OutboxStore, event_ids: Sequence[str]) -> int:
+    if not event_ids:
+        moved = await store.retry_dead(None)
+        print(f"{moved} dead letters back to pending")
+        return EXIT_OK
+    moved, unknown = 0, []
+    for event_id in dict.fromkeys(event_ids):  # one at a time: each answer says if it was dead
+        found = await store.retry_dead([event_id])
+        moved += found
+        if not found:
+            unknown.append(event_id)
+    print(f"{moved} dead letters back to pending")
+    if unknown:
+        message = f"unknown event ids (not dead letters here): {', '.join(unknown)}"
+        print(error_line(PROG, message), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _age(seconds: float | None) -> str:
@@ -220,108 +307,3 @@ async def _status(args: argparse.Namespace, store: OutboxStore) -> int:
         counts = "  ".join(f"{state} {n}" for state, n in status.counts.items())
         print(f"{counts}  oldest pending {_age(status.oldest_pending_age)}")
     return EXIT_FAILED if status.counts.get("dead", 0) else EXIT_OK
-
-
-async def _list(args: argparse.Namespace, store: OutboxStore) -> int:
-    for row in await store.list_dead(args.limit):
-        if args.json:
-            data = {
-                "event_id": row.event_id,
-                "provider": row.provider,
-                "kind": row.kind,
-                "attempts": row.attempts,
-                "last_error": row.last_error,
-                "created_at": row.created_at,
-                "event": row.event,
-            }
-            print(json.dumps(data))
-        else:
-            print(f"{row.event_id}  {row.provider} {row.kind}  {row.last_error}")
-    return EXIT_OK
-
-
-class _Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
-        self.total = max(total, 1)
-        self.stream = stream
-        self.enabled = enabled
-        self._last = 0.0
-
-    def update(self, done: int, dead: int, left: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.1):
-            return
-        self._last = now
-        # Progress is what left the store; counting done + left would count twice an event that
-        # was delivered but not yet marked so. New appends meanwhile grow the total.
-        self.total = max(self.total, left)
-        width = 30
-        filled = int(width * (self.total - left) / self.total)
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r[{bar}] {done} delivered, {dead} dead, {left} left ")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-async def _deliver(args: argparse.Namespace, store: OutboxStore) -> int:
-    if args.concurrency < 1 or args.max_attempts < 1:
-        raise _UsageError("--concurrency and --max-attempts must be at least 1")
-    retry = RetryPolicy(
-        max_attempts=args.max_attempts,
-        max_elapsed=args.max_elapsed,
-        initial_backoff=args.initial_backoff,
-        max_backoff=args.max_backoff,
-    )
-    transport = OutboxTransport(
-        store,
-        api_key=args.api_key,
-        base_url=args.base_url,
-        timeout=args.timeout,
-        retry=retry,
-        concurrency=args.concurrency,
-        lease=args.lease,
-        poll_interval=0.2 if not args.follow else 1.0,
-        shutdown_timeout=0,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # A worker stops cleanly: in-flight claims are given back, nothing is lost.
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, stop.set)
-    await transport.start()
-    try:
-        total = await store.unfinished()
-        show = args.progress if args.progress is not None else sys.stderr.isatty()
-        progress = _Progress(total, sys.stderr, enabled=bool(show) and not args.follow)
-        deadline = None if args.deadline is None else time.monotonic() + args.deadline
-        while not stop.is_set():
-            left = await store.unfinished()
-            stats = transport.stats
-            progress.update(stats.sent, stats.failed, left)
-            if left == 0 and not args.follow:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.1)
-        progress.update(transport.stats.sent, transport.stats.failed, left, force=True)
-        progress.finish()
-    finally:
-        await transport.aclose()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signum)
-    stats = transport.stats
-    left = transport.left_in_store
-    summary = f"{stats.sent} delivered, {stats.failed} dead, {stats.retried} retried"
-    print(summary + (f", {left} left in the outbox" if left else ""), file=sys.stderr)
-    # A stopped --follow worker leaves scheduled retries behind by design; only dead letters fail.
-    unfinished = bool(left) and not args.follow
-    return EXIT_FAILED if stats.failed or unfinished else EXIT_OK
