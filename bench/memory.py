@@ -46,7 +46,7 @@ async def _queued(n: int, use_tracemalloc: bool) -> dict[str, Any]:
     from asgi_attribution import Tracker
 
     background, (stuck, _) = _transports()
-    transport = background(stuck(), queue_size=n + 1000, workers=1)
+    transport = background(stuck(), queue_size=n + 1000, concurrency=1)
     tracker = Tracker("dub", api_key="k", transport=transport)
     await tracker.start()
 

@@ -24,6 +24,8 @@ from asgi_attribution.testing import FakeProvider, Faults
 
 from .support.asgi import KEY
 
+pytestmark = pytest.mark.anyio
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,7 +108,8 @@ def test_every_lead_is_delivered_whatever_passes_lifespan(
     with Uvicorn(target, url, *args) as server:
         statuses = signups(server.url, 40)
         server.stop()
-    assert server.process.returncode == 0, server.log
+    # uvicorn re-raises SIGTERM once it has shut down cleanly (or exits 0, by version).
+    assert server.process.returncode in (0, -signal.SIGTERM), server.log
     delivered = {lead["customerExternalId"] for lead in provider.leads()}
     lost = {f"user_{i}" for i in range(40)} - delivered
     assert statuses == [status] * 40

@@ -225,7 +225,7 @@ async def test_track_sale_includes_the_click_for_direct_sale_tracking() -> None:
     assert transport.requests[1].json["invoiceId"] == transport.events[1].event_id
 
 
-async def test_track_customer_patches_dub_and_posts_legacy_for_pimms() -> None:
+async def test_track_customer_patches_both_providers() -> None:
     dub, pimms = MemoryTransport(), MemoryTransport()
     for tracker in (Tracker("dub", transport=dub), Tracker("pimms", transport=pimms)):
         async with client_for(tracking_app(tracker)) as client:
@@ -233,8 +233,12 @@ async def test_track_customer_patches_dub_and_posts_legacy_for_pimms() -> None:
     assert isinstance(dub.events[0], CustomerEvent)
     assert (dub.requests[0].method, dub.requests[0].path) == ("PATCH", "/customers/ext_user%2F42")
     assert dub.requests[0].json == {"name": "Ada"}
-    assert (pimms.requests[0].method, pimms.requests[0].path) == ("POST", "/track/customer")
-    assert pimms.requests[0].json == {"customerId": "user/42", "customerName": "Ada"}
+    # PIMMS (a Dub fork) kept Dub's removal of POST /track/customer: PATCH there too.
+    assert (pimms.requests[0].method, pimms.requests[0].path) == (
+        "PATCH",
+        "/customers/ext_user%2F42",
+    )
+    assert pimms.requests[0].json == {"name": "Ada"}
 
 
 async def test_pimms_dialect_uses_external_id_and_refuses_deferred() -> None:

@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from ._exceptions import AttributionError, DeliveryError, InvalidEventError, MissingClickIdError
+from ._exceptions import InvalidEventError
 from .limits import (
     CLICK_ID_PATTERN,
     DUB_PAYMENT_PROCESSORS,
@@ -38,9 +38,6 @@ from .limits import (
     js_length,
     json_js_length,
 )
-
-# TEMPORARY (refactor in progress): old import sites of the errors; removed once they moved.
-_ERRORS = (AttributionError, DeliveryError, MissingClickIdError)
 
 __all__ = [
     "VISITOR_FIELDS",

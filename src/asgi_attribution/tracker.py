@@ -8,6 +8,7 @@ options, or given), or to an active override (:mod:`asgi_attribution.overrides`,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import Any
@@ -180,7 +181,8 @@ class Tracker:
             if name in given and not callable(given[name]):
                 raise TypeError(f"Tracker({name}=...) must be callable, got {given[name]!r}")
         self.stats = DeliveryStats()
-        self._http = HTTPTransport(
+        self._new_http = functools.partial(
+            HTTPTransport,
             self._api_key,
             base_url=self.base_url,
             timeout=10.0 if timeout is None else timeout,
@@ -188,6 +190,7 @@ class Tracker:
             concurrency=concurrency,
             stats=self.stats,
         )
+        self._http = self._new_http()
         stack: Transport = self._http
         drain = 20.0 if shutdown_timeout is None else shutdown_timeout
         if outbox is not None:
@@ -312,8 +315,11 @@ class Tracker:
         """Deliver now, retrying within ``inline_timeout`` seconds in all; raise if not."""
         assert self._http is not None
         event_id = delivery.event.event_id
+        # Without an owner nothing would ever close a shared client, and its connections
+        # would outlive this event loop (asyncio.run per job): one client per send then.
+        http = self._http if self._started else self._new_http()
         try:
-            result = await asyncio.wait_for(self._http.send(delivery), self.inline_timeout)
+            result = await asyncio.wait_for(http.send(delivery), self.inline_timeout)
         except asyncio.TimeoutError:
             self.stats.failed += 1
             raise DeliveryError(
@@ -325,6 +331,9 @@ class Tracker:
         except DeliveryError:
             self.stats.failed += 1
             raise
+        finally:
+            if http is not self._http:
+                await http.aclose()
         self.stats.sent += 1
         return result
 
