@@ -33,7 +33,7 @@ from .common import (
 from .outbox_deliver import KEY_VARIABLES, deliver, missing_key
 from .outbox_list import LISTABLE, list_rows
 
-__all__ = ["PROG", "main", "parse_duration"]
+__all__ = ["PROG", "main", "parse_duration", "positive_duration"]
 
 PROG = "asgi-attribution outbox"
 _DEFAULTS = RetryPolicy()
@@ -60,6 +60,19 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)"
         )
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def positive_duration(text: str) -> float:
+    """A duration (see :func:`parse_duration`) above zero.
+
+    Example:
+        >>> positive_duration("30s")
+        30.0
+    """
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return seconds
 
 
 def _build_parser() -> CommandParser:
@@ -159,7 +172,7 @@ def _deliver_options(deliver: CommandParser) -> None:
         "--timeout", type=positive_float, default=10.0, help="seconds per HTTP attempt"
     )
     deliver.add_argument(
-        "--lease", type=parse_duration, default=60.0, help="claim lease (default: 60s)"
+        "--lease", type=positive_duration, default=60.0, help="claim lease (default: 60s)"
     )
     deliver.add_argument(
         "--max-attempts",
