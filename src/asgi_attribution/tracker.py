@@ -153,6 +153,7 @@ class Tracker:
         self._started = False
         self._closing = False
         self._warned_unowned = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         if transport is not None:
             _refuse("Tracker(transport=...)", given, _DELIVERY_OPTIONS, "configure the transport")
             own = getattr(transport, "stats", None)
@@ -231,6 +232,7 @@ class Tracker:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         if self._http is not None and self._api_key is None:
             logger.warning(
                 "no %s API key: set %s or pass api_key=; events will fail to deliver",
@@ -254,6 +256,19 @@ class Tracker:
             await self.transport.aclose()
         finally:
             self._started = self._closing = False
+            self._loop = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that owns delivery while the tracker is started, else ``None``.
+
+        Code on another thread (a sync view, a task queue worker) hands its events to it.
+
+        Example:
+            >>> Tracker("dub", transport=MemoryTransport()).loop is None
+            True
+        """
+        return self._loop
 
     async def __aenter__(self) -> Tracker:
         await self.start()
