@@ -21,6 +21,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
+from ._options import callable_or_none, flag, number
 from .attribution import Attribution
 from .cookies import (
     NINETY_DAYS,
@@ -106,9 +107,30 @@ class AttributionMiddleware:
                 f"attribution_model must be 'last-click' or 'first-click', "
                 f"got {attribution_model!r}"
             )
+        owner = "AttributionMiddleware"
+        for name, value in (
+            ("capture_landing", capture_landing),
+            ("cookie_httponly", cookie_httponly),
+            ("honor_gpc", honor_gpc),
+            ("forwarded_host", forwarded_host),
+        ):
+            flag(owner, name, value)
+        flag(owner, "cookie_secure", cookie_secure, none=True)
+        number(owner, "cookie_max_age", cookie_max_age, 1, integer=True)
+        if verified_max_age is not None:
+            number(owner, "verified_max_age", verified_max_age, 1, integer=True)
+        callable_or_none(owner, "consent", consent)
+        if tracker is not None and not isinstance(tracker, Tracker):
+            raise TypeError(f"{owner}(tracker=...) must be a Tracker, got {tracker!r}")
         self.app = app
         self.tracker = tracker if tracker is not None else Tracker(provider or "dub")
         self.provider = self.tracker.provider if provider is None else get_provider(provider)
+        if self.provider.name != self.tracker.provider.name:
+            # Its click ids would be sent to the other provider, which knows none of them.
+            raise ValueError(
+                f"{owner}(provider={self.provider.name!r}) does not match its tracker's "
+                f"provider {self.tracker.provider.name!r}: pass one of them, or make them agree"
+            )
         self.first_click = attribution_model == "first-click"
         self.capture_landing = capture_landing
         self.cookie = CookiePolicy(

@@ -19,6 +19,7 @@ from typing_extensions import Unpack
 
 from ._args import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError, InvalidEventError, MissingClickIdError
+from ._options import callable_or_none, flag, number
 from .events import Event, validate_event
 from .overrides import transport_overrides
 from .providers import Provider, get_provider
@@ -72,13 +73,6 @@ def _refuse(head: str, given: dict[str, Any], ignored: tuple[str, ...], why: str
     for name in ignored:
         if name in given:
             raise TypeError(f"{head} ignores {name}=: {why}")
-
-
-def _check(name: str, value: Any, minimum: float, *, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"Tracker({name}=...) must be {what} >= {minimum:g}, got {value!r}")
 
 
 class Tracker:
@@ -145,7 +139,16 @@ class Tracker:
                 f"Tracker(base_url=...) must be an http:// or https:// URL with a host, "
                 f"got {self.base_url!r}"
             )
-        _check("inline_timeout", inline_timeout, 0.001)
+        number("Tracker", "inline_timeout", inline_timeout, 0.001)
+        flag("Tracker", "require_click_id", require_click_id)
+        flag("Tracker", "background", background, none=True)
+        flag("Tracker", "deliver", deliver, none=True)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"Tracker(retry=...) must be a RetryPolicy, got {retry!r}")
+        if transport is not None and not isinstance(transport, Transport):
+            raise TypeError(f"Tracker(transport=...) must be a Transport, got {transport!r}")
+        callable_or_none("Tracker", "on_error", on_error)
+        callable_or_none("Tracker", "on_drop", on_drop)
         self.inline_timeout = float(inline_timeout)
         self.require_click_id = require_click_id
         self.verified_metadata_key = verified_metadata_key
@@ -177,10 +180,7 @@ class Tracker:
             ("shutdown_timeout", 0, False),
         ):
             if name in given:
-                _check(name, given[name], minimum, integer=integer)
-        for name in ("on_error", "on_drop"):
-            if name in given and not callable(given[name]):
-                raise TypeError(f"Tracker({name}=...) must be callable, got {given[name]!r}")
+                number("Tracker", name, given[name], minimum, integer=integer)
         self.stats = DeliveryStats()
         self._new_http = functools.partial(
             HTTPTransport,

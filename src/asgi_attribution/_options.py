@@ -1,0 +1,53 @@
+"""Checks of constructor options: a wrong value fails at construction, naming the option.
+
+Example:
+    >>> flag("AttributionMiddleware", "capture_landing", "no")
+    Traceback (most recent call last):
+    ...
+    TypeError: AttributionMiddleware(capture_landing=...) must be True or False, got 'no'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["callable_or_none", "flag", "number"]
+
+
+def flag(owner: str, name: str, value: Any, *, none: bool = False) -> None:
+    """``value`` must be a bool (or ``None`` when ``none``).
+
+    Example:
+        >>> flag("Tracker", "background", True)
+    """
+    if isinstance(value, bool) or (none and value is None):
+        return
+    allowed = "True, False or None" if none else "True or False"
+    raise TypeError(f"{owner}({name}=...) must be {allowed}, got {value!r}")
+
+
+def number(owner: str, name: str, value: Any, minimum: float, *, integer: bool = False) -> None:
+    """``value`` must be a number (an ``int`` with ``integer``) of at least ``minimum``.
+
+    Example:
+        >>> number("Tracker", "timeout", "10", 0.001)
+        Traceback (most recent call last):
+        ...
+        TypeError: Tracker(timeout=...) must be a number >= 0.001, got '10'
+    """
+    kinds = (int,) if integer else (int, float)
+    what = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{owner}({name}=...) must be {what} >= {minimum:g}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}({name}=...) must be {what} >= {minimum:g}, got {value!r}")
+
+
+def callable_or_none(owner: str, name: str, value: Any) -> None:
+    """``value`` must be callable or ``None``.
+
+    Example:
+        >>> callable_or_none("Tracker", "on_error", print)
+    """
+    if value is not None and not callable(value):
+        raise TypeError(f"{owner}({name}=...) must be a callable or None, got {value!r}")
