@@ -106,6 +106,17 @@ def test_a_redis_url_that_is_not_one_is_refused_without_echoing_a_password() -> 
     assert "s3cret" not in err
 
 
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis://127.0.0.1:abc/0", ["not a usable Redis URL", "Port could not be cast"]),
+        ("redis://[bad", ["not a usable Redis URL", "Invalid IPv6 URL"]),
+    ],
+)
+def test_a_malformed_redis_url(url: str, words: list[str]) -> None:
+    assert_one_line(run("outbox", "list", "--dead", "--redis-url", url), 2, *words)
+
+
 def test_the_environment_variable_with_a_wrong_url_is_a_missing_file(tmp_path: Path) -> None:
     result = run("outbox", "status", ASGI_ATTRIBUTION_OUTBOX=str(tmp_path / "nope.db"))
     assert_one_line(result, 2, "no outbox at", "file not found")
@@ -144,6 +155,8 @@ def test_an_empty_api_key_is_no_key(tmp_path: Path) -> None:
         (["outbox", "deliver", "--lease", "0"], ["--lease: must be above 0, got '0'"]),
         (["outbox", "deliver", "--concurrency", "0"], ["--concurrency: must be at least 1"]),
         (["outbox", "deliver", "--timeout", "nan"], ["--timeout: must be a number above 0"]),
+        (["outbox", "deliver", "--base-url", "ftp://x"], ["--base-url 'ftp://x' is not an http"]),
+        (["outbox", "deliver", "--initial-backoff=-1"], ["initial_backoff must be >= 0"]),
         (["outbox", "list", "--limit", "ten"], ["--limit: invalid int value: 'ten'"]),
         (["outbox", "list", "--state", "lost"], ["argument --state: invalid choice: 'lost'"]),
         (["outbox", "list", "--dead", "--state", "pending"], ["not allowed with argument"]),

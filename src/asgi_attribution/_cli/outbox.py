@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from ..transports import OutboxError, OutboxStore, RedisOutbox, RetryPolicy, SQLiteOutbox
 from .common import (
@@ -223,6 +224,7 @@ def _store(args: argparse.Namespace) -> OutboxStore:
                 "rediss://... or unix://PATH"
             )
         try:
+            urlsplit(url).port  # noqa: B018 (a port that is not a number raises ValueError)
             return RedisOutbox(url, prefix=args.redis_prefix)
         except ValueError as exc:
             raise UsageError(f"--redis-url is not a usable Redis URL: {exc}") from None
