@@ -8,6 +8,7 @@ options, or given), or to an active override (:mod:`asgi_attribution.overrides`,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -20,7 +21,7 @@ from typing_extensions import Unpack
 from ._args import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError, InvalidEventError, MissingClickIdError
 from ._options import callable_or_none, flag, number
-from .events import Event, validate_event
+from .events import Event, LeadEvent, validate_event
 from .overrides import transport_overrides
 from .providers import Provider, get_provider
 from .transports import (
@@ -290,7 +291,7 @@ class Tracker:
         delivery = Delivery(event, self.provider)
         override = transport_overrides.current
         if override is not None:
-            return await override.send(delivery)
+            return self._as_configured(await override.send(delivery))
         if self.transport is self._http:  # background=False
             return await self._send_inline(delivery)
         if not self._started:
@@ -313,6 +314,24 @@ class Tracker:
             self.stats.sent += 1
         elif result.status == "queued":
             self.stats.queued += 1
+        return result
+
+    def _as_configured(self, result: TrackResult) -> TrackResult:
+        """A captured event's result as this tracker's own delivery would have returned it.
+
+        So code that branches on the result takes the same branch in tests as in production.
+        """
+        if result.status != "sent" or result.event is None:
+            return result
+        transport = self.transport
+        if isinstance(transport, OutboxTransport):
+            return dataclasses.replace(
+                result, status="queued", durable=True, status_code=None, response=None
+            )
+        lead = result.event
+        inline = isinstance(lead, LeadEvent) and lead.mode == "wait"
+        if isinstance(transport, BackgroundTransport) and self._started and not inline:
+            return dataclasses.replace(result, status="queued", status_code=None, response=None)
         return result
 
     def _warn_unowned(self, what: str) -> None:

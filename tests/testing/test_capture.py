@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,39 @@ def test_the_fixture_in_a_real_pytest_run(pytester: pytest.Pytester) -> None:
 
 def test_captured_events_is_a_memory_transport() -> None:
     assert issubclass(CapturedEvents, MemoryTransport)
+
+
+@pytest.mark.parametrize(
+    ("options", "started", "expected"),
+    [
+        ({}, True, ("queued", False, False)),  # the lifespan's background queue
+        ({}, False, ("sent", False, True)),  # nobody started it: inline
+        ({"background": False}, True, ("sent", False, True)),
+        ({"outbox": "events.db"}, True, ("queued", True, True)),
+    ],
+    ids=["background", "unowned", "inline", "outbox"],
+)
+def test_captured_results_are_what_the_tracker_would_return(
+    options: dict[str, object],
+    started: bool,
+    expected: tuple[str, bool, bool],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker("dub", api_key="k", base_url="http://127.0.0.1:9", **options)  # type: ignore[arg-type]
+
+    async def track() -> tuple[str, bool, bool]:
+        if started:
+            await tracker.start()  # as the app's lifespan would
+        try:
+            result = await tracker.track_lead(
+                click_id="clk", event_name="Sign up", customer_external_id="u1"
+            )
+        finally:
+            await tracker.aclose()
+        return result.status, result.durable, result.accepted
+
+    with capture_events() as events:
+        assert asyncio.run(track()) == expected
+    assert [e.customer_external_id for e in events.leads] == ["u1"]
