@@ -55,15 +55,14 @@ async def dub() -> AsyncIterator[tuple[FakeProvider, httpx.AsyncClient]]:
 
 
 @pytest.mark.anyio
-async def test_dub_lead_sale_and_customer_are_accepted_and_recorded(
-    dub: tuple[FakeProvider, httpx.AsyncClient],
-) -> None:
-    provider, client = dub
-
-    lead = await client.post("/track/lead", json=LEAD)
-    sale = await client.post("/track/sale", json=SALE)
-    patched = await client.patch("/customers/ext_user_1", json={"name": "Ada"})
-    legacy = await client.post("/track/customer", json={"customerId": "user_2"})
+async def test_dub_lead_sale_and_customer_are_accepted_and_recorded() -> None:
+    # POST /track/customer left Dub in December 2024: only served on request.
+    provider = FakeProvider("dub", legacy_routes=True)
+    async with _client(provider) as client:
+        lead = await client.post("/track/lead", json=LEAD)
+        sale = await client.post("/track/sale", json=SALE)
+        patched = await client.patch("/customers/ext_user_1", json={"name": "Ada"})
+        legacy = await client.post("/track/customer", json={"customerId": "user_2"})
 
     assert [r.status_code for r in (lead, sale, patched, legacy)] == [200, 200, 200, 200]
     assert lead.json()["click"] == {"id": "clk_1"}
@@ -89,7 +88,6 @@ async def test_dub_lead_sale_and_customer_are_accepted_and_recorded(
     "changes",
     [
         {"eventName": "e" * 255},
-        {"clickId": ""},
         {"customerExternalId": "u" * 100},
         {"eventQuantity": 1},
         {"eventQuantity": 100},
@@ -147,7 +145,6 @@ def _without(body: dict[str, Any], key: str) -> dict[str, Any]:
         ("/track/sale", {**SALE, "customerEmail": "ada@"}, "customerEmail"),
         ("/customers/ext_user_1", {"email": "nope"}, "email"),
         ("/customers/ext_", {"name": "Ada"}, "id"),
-        ("/track/customer", {"customerName": "Ada"}, "customerId"),
         ("/track/lead", [LEAD], "body"),
     ],
 )
@@ -168,6 +165,14 @@ async def test_invalid_field_is_422_naming_the_field(
 
 
 @pytest.mark.anyio
+async def test_legacy_customer_route_validates_its_body() -> None:
+    async with _client(FakeProvider("dub", legacy_routes=True)) as client:
+        response = await client.post("/track/customer", json={"customerName": "Ada"})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("customerId:")
+
+
+@pytest.mark.anyio
 async def test_invalid_json_is_400(dub: tuple[FakeProvider, httpx.AsyncClient]) -> None:
     provider, client = dub
     response = await client.post("/track/lead", content=b"{not json")
@@ -181,8 +186,9 @@ async def test_unknown_route_is_404_and_not_recorded(
     dub: tuple[FakeProvider, httpx.AsyncClient],
 ) -> None:
     provider, client = dub
-    assert (await client.post("/track/click", json={})).status_code == 404
+    assert (await client.post("/track/open", json={})).status_code == 404
     assert (await client.get("/track/lead")).status_code == 404
+    assert (await client.post("/track/customer", json={"customerId": "u"})).status_code == 404
     assert provider.requests == []
 
 
@@ -283,7 +289,9 @@ async def test_duplicate_lead_answers_200_but_is_recorded_once(
     other_event = await client.post("/track/lead", json={**LEAD, "eventName": "Trial"})
 
     assert [r.status_code for r in (first, again, other_event)] == [200, 200, 200]
-    assert again.json() == first.json()
+    # Dub answers a repeat with "link": null and the click id it was sent.
+    assert first.json()["link"] is not None
+    assert again.json() == {**first.json(), "link": None, "click": {"id": "clk_2"}}
     assert [lead["eventName"] for lead in provider.leads()] == ["Sign up", "Trial"]
     assert len(provider.requests) == 3
 
@@ -301,9 +309,12 @@ async def test_deferred_then_real_lead_are_both_recorded(
 @pytest.mark.anyio
 async def test_sales_dedup_by_invoice_id_only(dub: tuple[FakeProvider, httpx.AsyncClient]) -> None:
     provider, client = dub
+    await client.post("/track/lead", json=LEAD)  # the sales need a customer with a lead
     no_invoice = _without(SALE, "invoiceId")
-    for body in (SALE, SALE, no_invoice, no_invoice):
-        assert (await client.post("/track/sale", json=body)).status_code == 200
+    answers = [(await client.post("/track/sale", json=body)) for body in (SALE, SALE, no_invoice)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert answers[1].json() == answers[0].json()  # Dub answers a repeated invoice from cache
+    assert (await client.post("/track/sale", json=no_invoice)).status_code == 200
     assert provider.sales() == [SALE, no_invoice, no_invoice]
 
 
@@ -433,11 +444,13 @@ async def test_drop_in_process_raises_connection_dropped() -> None:
 @pytest.mark.anyio
 async def test_fail_first_is_deterministic() -> None:
     provider = FakeProvider(faults=Faults(fail_first=2))
+    # With a click id, Dub makes the customer from the click (direct sale tracking).
+    direct = {**SALE, "clickId": "clk_1"}
     async with _client(provider) as client:
-        statuses = [(await client.post("/track/sale", json=SALE)).status_code for _ in range(4)]
+        statuses = [(await client.post("/track/sale", json=direct)).status_code for _ in range(4)]
     assert statuses == [503, 503, 200, 200]
     assert [r.status for r in provider.requests] == [200, 200]
-    assert provider.sales() == [SALE]
+    assert provider.sales() == [direct]
 
 
 async def _statuses(provider: FakeProvider, n: int = 40) -> list[int]:

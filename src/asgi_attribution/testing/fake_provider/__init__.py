@@ -20,9 +20,10 @@ Example:
 
 from __future__ import annotations
 
-from .app import FakeProvider, Received
+from .app import FakeProvider
 from .bodies import ProviderName
 from .faults import ConnectionDropped, Faults, RetryAfterForm
+from .routing import Received
 
 __all__ = [
     "ConnectionDropped",

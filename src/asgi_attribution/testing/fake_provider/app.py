@@ -1,67 +1,63 @@
-"""The fake provider's ASGI app: routes, recording, deduplication and the control endpoints."""
+"""The fake provider's ASGI app: routes, auth, faults, recording; the logic lives next door.
+
+Example:
+    >>> FakeProvider("dub", known_clicks={"c1"}).clicks()
+    []
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import hmac
-import itertools
-import json
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, get_args
 
 import anyio
-from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from .bodies import BodyError, Kind, ProviderName, validate_body, validation_message
-from .faults import (
-    FaultKind,
-    FaultPlan,
-    Faults,
-    drop_connection,
-    parse_faults,
-    send_rate_limited,
+from .bodies import BodyError, ProviderName, validate_body
+from .clicks import CORS_HEADERS, Click, ClickBook, LinkSettings
+from .commissions import CommissionBook
+from .control import control
+from .dedup import SteppedClock
+from .faults import FaultKind, FaultPlan, Faults, drop_connection, send_rate_limited
+from .ledger import Answer, Ledger
+from .routing import (
+    INVALID_JSON,
+    Received,
+    Request,
+    Route,
+    bearer_problem,
+    find_route,
+    parse_json,
+    public_record,
 )
-from .wire import error_body, lifespan, read_body, request_headers, send_json
+from .webhooks import SentWebhook, deliver_webhook
+from .wire import error_body, lifespan, read_body, send_empty, send_json
 
 __all__ = ["FakeProvider", "Received"]
 
 
-@dataclass(frozen=True)
-class Received:
-    """One request the fake handled, as recorded in ``FakeProvider.requests`` / ``.accepted``.
-
-    ``body`` is the decoded JSON object (``None`` if the body was not a JSON object), ``headers``
-    have lower-case names, ``idempotency_key`` comes from the ``Idempotency-Key`` header.
-
-    Example:
-        >>> from asgi_attribution.testing import Received
-        >>> r = Received("POST", "/track/lead", {"eventName": "Sign up"}, {}, None, 200)
-        >>> r.status
-        200
-    """
-
-    method: str
-    path: str
-    body: dict[str, Any] | None
-    headers: dict[str, str]
-    idempotency_key: str | None
-    status: int
-
-
 class FakeProvider:
-    """ASGI app speaking Dub's (or PIMMS') tracking API, with recording and fault injection.
+    """ASGI app speaking Dub's (or PIMMS') API as their servers behave, with fault injection.
 
-    Routes: ``POST /track/lead``, ``POST /track/sale``, ``PATCH /customers/{id}``; for Dub also
-    the legacy ``POST /track/customer``. Requests need ``Authorization: Bearer <token>`` (exactly
-    ``api_key`` if given). Bodies are checked like the real API: bad JSON is 400, a bad field is
-    422 naming it, and with ``strict`` unknown keys are 422 too (``externalId`` sent to Dub).
-    Leads are deduplicated per (customer external id, event name) and sales per ``invoiceId``:
-    a duplicate answers 200 but is not recorded in ``accepted`` again.
+    Routes: ``POST /track/lead``, ``POST /track/sale``, ``PATCH /customers/{id}``,
+    ``POST /track/click``; for Dub also ``GET /commissions`` and ``PATCH /commissions/{id}``,
+    and, with ``legacy_routes=True``, the ``POST /track/customer`` Dub removed in December 2024.
+    Requests need ``Authorization: Bearer <token>`` (exactly ``api_key`` if given), except
+    ``/track/click``. Bodies are checked like the real API (400 bad JSON, 422 naming the field;
+    with ``strict``, unknown keys too). What each valid request does is :mod:`.ledger`'s: 200s
+    that record nothing (a repeated lead, a sale without customer) are in ``requests`` only;
+    ``accepted`` holds the recorded ones.
 
-    Another process can read and steer it through ``GET /_fake/events``, ``GET``/``PUT
-    /_fake/faults`` and ``POST /_fake/reset``; these control endpoints are never faulted.
+    Options: ``known_clicks`` (``None``: every well-formed id is a real click) plus the clicks
+    made through ``/track/click`` on ``links`` (``{(domain, key): {"partner": ..., "discount":
+    ...}}``) from ``allowed_hostnames`` (``None``: all); ``clock`` (Unix time, stepped with
+    :meth:`advance`) for the 7-day windows; ``webhook_secret`` to sign webhooks and
+    ``webhook_url`` to send ``lead.created``/``sale.created`` on each record; ``commissions``,
+    ``commission_rate`` and ``commission_delay`` (seconds until a sale's commission shows).
+
+    Another process can read and steer it through ``/_fake/*`` (:mod:`.control`).
 
     Example:
         >>> from asgi_attribution.testing import FakeProvider, Faults
@@ -77,20 +73,52 @@ class FakeProvider:
         faults: Faults | None = None,
         api_key: str | None = None,
         strict: bool = True,
+        known_clicks: Collection[str] | None = None,
+        links: Mapping[tuple[str, str], LinkSettings] | None = None,
+        allowed_hostnames: Collection[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        legacy_routes: bool = False,
+        webhook_secret: str | None = None,
+        webhook_url: str | None = None,
+        commissions: bool = True,
+        commission_rate: float = 0.1,
+        commission_delay: float = 0.0,
     ) -> None:
         if provider not in get_args(ProviderName):
             raise ValueError(f"provider: must be 'dub' or 'pimms', got {provider!r}")
+        if legacy_routes and provider != "dub":
+            raise ValueError("legacy_routes: only Dub ever had POST /track/customer")
+        if webhook_url is not None and not webhook_secret:
+            raise ValueError("webhook_url: needs webhook_secret= to sign the webhooks")
         self.provider: ProviderName = provider
         self.api_key = api_key
         self.strict = strict
+        self.legacy_routes = legacy_routes
+        self.webhook_secret = webhook_secret
+        self.webhook_url = webhook_url
         self.requests: list[Received] = []
         self.accepted: list[Received] = []
         # Tests read state from another thread while the server thread writes it.
         self._lock = threading.Lock()
-        # Dedup keys (leads: external id + event name; sales: invoice id) -> first answer.
-        self._seen: dict[tuple[str, ...], dict[str, Any]] = {}
-        self._customer_ids: dict[str, str] = {}
-        self._customer_counter = itertools.count(1)
+        self._clock = SteppedClock(clock)
+        self._clicks = ClickBook(
+            provider,
+            known_clicks=known_clicks,
+            links=links,
+            allowed_hostnames=allowed_hostnames,
+            clock=self._clock,
+        )
+        self._commissions = CommissionBook(
+            self._clock, delay=commission_delay, rate=commission_rate
+        )
+        with_commissions = commissions and provider == "dub"
+        self._ledger = Ledger(
+            provider,
+            self._clicks,
+            clock=self._clock,
+            commissions=self._commissions if with_commissions else None,
+        )
+        self._webhooks: list[SentWebhook] = []
         self.faults = faults or Faults()
 
     # -- configuration and inspection -------------------------------------------------------------
@@ -100,7 +128,6 @@ class FakeProvider:
         """The faults in force. Assigning new ones restarts ``fail_first`` and the seeded draws.
 
         Example:
-            >>> from asgi_attribution.testing import FakeProvider, Faults
             >>> provider = FakeProvider()
             >>> provider.faults = Faults(error_rate=1.0)
             >>> provider.faults.error_rate
@@ -113,33 +140,126 @@ class FakeProvider:
         with self._lock:
             self._plan = FaultPlan(faults)
 
-    def leads(self) -> list[dict[str, Any]]:
-        """Bodies of the accepted (unique) lead events, oldest first.
+    def now(self) -> float:
+        """The fake's clock: ``clock()`` plus every :meth:`advance`.
 
         Example:
-            >>> from asgi_attribution.testing import FakeProvider
+            >>> FakeProvider(clock=lambda: 100.0).now()
+            100.0
+        """
+        return self._clock()
+
+    def advance(self, seconds: float) -> None:
+        """Step the fake's clock, e.g. past a 7-day dedup window or a commission delay.
+
+        Example:
+            >>> provider = FakeProvider(clock=lambda: 0.0)
+            >>> provider.advance(7 * 86400); provider.now()
+            604800.0
+        """
+        with self._lock:
+            self._clock.advance(seconds)
+
+    def leads(self) -> list[dict[str, Any]]:
+        """Bodies of the recorded lead requests (deferred ones included), oldest first.
+
+        Example:
             >>> FakeProvider().leads()
             []
         """
         return self._accepted_bodies("/track/lead")
 
     def sales(self) -> list[dict[str, Any]]:
-        """Bodies of the accepted (unique) sale events, oldest first.
+        """Bodies of the recorded sale requests, oldest first.
 
         Example:
-            >>> from asgi_attribution.testing import FakeProvider
             >>> FakeProvider().sales()
             []
         """
         return self._accepted_bodies("/track/sale")
 
+    def customers(self) -> list[dict[str, Any]]:
+        """The customers that leads, direct sales and updates made, oldest first.
+
+        Example:
+            >>> FakeProvider().customers()
+            []
+        """
+        with self._lock:
+            return self._ledger.customers()
+
+    def clicks(self) -> list[Click]:
+        """The clicks recorded through ``POST /track/click`` (bots' are not), oldest first.
+
+        Example:
+            >>> FakeProvider().clicks()
+            []
+        """
+        with self._lock:
+            return self._clicks.clicks()
+
+    def commissions(self, **query: str) -> list[dict[str, Any]]:
+        """What ``GET /commissions`` would answer now (``invoiceId=``, ``status=`` filter).
+
+        Example:
+            >>> FakeProvider().commissions(invoiceId="in_1")
+            []
+        """
+        with self._lock:
+            return self._commissions.list(query)
+
+    def webhooks(self) -> list[SentWebhook]:
+        """The webhooks sent so far, oldest first.
+
+        Example:
+            >>> FakeProvider().webhooks()
+            []
+        """
+        with self._lock:
+            return list(self._webhooks)
+
+    async def send_webhook(
+        self, url: str, event: str = "sale.created", data: Any = None
+    ) -> SentWebhook:
+        """Send one webhook to ``url``, signed with ``webhook_secret`` as the provider signs it.
+
+        Example:
+            >>> import asyncio
+            >>> asyncio.run(FakeProvider().send_webhook("http://127.0.0.1:9/hook"))
+            Traceback (most recent call last):
+            ...
+            ValueError: webhook_secret: FakeProvider(webhook_secret="whsec_...") signs webhooks
+        """
+        if not self.webhook_secret:
+            raise ValueError(
+                'webhook_secret: FakeProvider(webhook_secret="whsec_...") signs webhooks'
+            )
+        payload = {} if data is None else data
+        sent = await deliver_webhook(
+            self.provider, url, event, payload, secret=self.webhook_secret, now=self.now()
+        )
+        with self._lock:
+            self._webhooks.append(sent)
+        return sent
+
+    def events(self) -> dict[str, Any]:
+        """The requests handled and the recorded ones, as ``GET /_fake/events`` shows them.
+
+        Example:
+            >>> FakeProvider().events()
+            {'accepted': [], 'requests': []}
+        """
+        with self._lock:
+            accepted = [public_record(r) for r in self.accepted]
+            requests = [public_record(r) for r in self.requests]
+        return {"accepted": accepted, "requests": requests}
+
     def count_by_idempotency_key(self) -> dict[str, int]:
-        """How many requests per ``Idempotency-Key`` were answered 200 (accepted + duplicates).
+        """How many requests per ``Idempotency-Key`` were answered 200 (recorded or not).
 
         A key seen more than once means the client retried, and the provider's dedup absorbed it.
 
         Example:
-            >>> from asgi_attribution.testing import FakeProvider
             >>> FakeProvider().count_by_idempotency_key()
             {}
         """
@@ -152,10 +272,11 @@ class FakeProvider:
         return counts
 
     def reset(self) -> None:
-        """Forget recorded requests and dedup state; restart ``fail_first`` and the seeded draws.
+        """Forget requests, customers, clicks, dedup keys, commissions and sent webhooks.
+
+        Restarts ``fail_first`` and the seeded draws; keeps the faults and the clock.
 
         Example:
-            >>> from asgi_attribution.testing import FakeProvider
             >>> provider = FakeProvider()
             >>> provider.reset()
             >>> provider.requests
@@ -164,9 +285,10 @@ class FakeProvider:
         with self._lock:
             self.requests.clear()
             self.accepted.clear()
-            self._seen.clear()
-            self._customer_ids.clear()
-            self._customer_counter = itertools.count(1)
+            self._ledger.reset()
+            self._clicks.reset()
+            self._commissions.reset()
+            self._webhooks.clear()
             self._plan = FaultPlan(self._plan.faults)
 
     def _accepted_bodies(self, path: str) -> list[dict[str, Any]]:
@@ -184,26 +306,24 @@ class FakeProvider:
         body = await read_body(receive)
         if body is None:
             return  # client went away while sending
-        method: str = scope["method"]
-        # The raw path keeps an escaped '/' inside a customer id as one segment, as Dub does.
-        raw_path = scope.get("raw_path")
-        path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
-        headers = request_headers(scope)
-
+        request = Request.from_scope(scope, body)
+        method, path = request.method, request.path
         if path.startswith("/_fake/"):
-            status, payload = self._control(method, path, body)
-            await send_json(send, status, payload)
+            await send_json(send, *await control(self, method, path, body))
             return
-
-        kind = self._route(method, path)
-        if kind is None:
+        if method == "OPTIONS" and path == "/track/click":  # the browser's CORS preflight
+            await send_empty(send, 204, CORS_HEADERS)
+            return
+        route = find_route(self.provider, method, path, legacy_routes=self.legacy_routes)
+        if route is None:
             await send_json(send, 404, error_body("not_found", f"{method} {path} not found"))
             return
+        extra = CORS_HEADERS if route == "click" else []
 
         fault, faults = self._draw_fault()
         if fault == "error":
             message = "The provider is temporarily unavailable (injected fault)."
-            await send_json(send, 503, error_body("internal_server_error", message))
+            await send_json(send, 503, error_body("internal_server_error", message), extra)
             return
         if fault == "rate_limit":
             await send_rate_limited(send, faults)
@@ -212,23 +332,14 @@ class FakeProvider:
             await drop_connection(send)
             return
 
-        status, payload = self._handle(kind, method, path, body, headers)
+        answer = self._handle(route, request)
         if fault == "slow":
             # Recorded already: a client that times out now cannot know the event landed.
             await anyio.sleep(faults.slow_seconds)
-        await send_json(send, status, payload)
-
-    def _route(self, method: str, path: str) -> Kind | None:
-        if method == "POST" and path == "/track/lead":
-            return "lead"
-        if method == "POST" and path == "/track/sale":
-            return "sale"
-        if self.provider == "dub" and method == "POST" and path == "/track/customer":
-            return "legacy_customer"
-        customer_id = path.removeprefix("/customers/")
-        if method == "PATCH" and customer_id != path and customer_id and "/" not in customer_id:
-            return "customer"
-        return None
+        await send_json(send, answer.status, answer.payload, extra)
+        if answer.webhook is not None and self.webhook_url is not None:
+            # After the answer, as Dub's waitUntil: the caller never waits for the webhook.
+            await self.send_webhook(self.webhook_url, *answer.webhook)
 
     def _draw_fault(self) -> tuple[FaultKind | None, Faults]:
         """Pick this request's fault, with the settings it was drawn from."""
@@ -236,137 +347,48 @@ class FakeProvider:
             plan = self._plan
             return plan.draw(), plan.faults
 
-    # -- tracking -----------------------------------------------------------------------------
+    # -- handling -----------------------------------------------------------------------------
 
-    def _handle(
-        self, kind: Kind, method: str, path: str, raw: bytes, headers: dict[str, str]
-    ) -> tuple[int, dict[str, Any]]:
-        try:
-            parsed: Any = json.loads(raw)
-        except ValueError:
-            parsed = _INVALID
+    def _handle(self, route: Route, request: Request) -> Answer:
+        parsed = parse_json(request.raw, empty=None if route == "commissions" else INVALID_JSON)
         body = parsed if isinstance(parsed, dict) else None
-
-        status, payload, dedup_key = self._check(kind, path, parsed, headers)
-        received = Received(method, path, body, headers, headers.get("idempotency-key"), status)
+        headers = request.headers
         with self._lock:
+            answer = self._answer(route, request, parsed)
+            key = headers.get("idempotency-key")
+            received = Received(request.method, request.path, body, headers, key, answer.status)
             self.requests.append(received)
-            if status != 200:
-                return status, payload
-            if dedup_key is not None and dedup_key in self._seen:
-                # Duplicate: the provider answers as before but records nothing new.
-                return 200, self._seen[dedup_key]
-            self.accepted.append(received)
-            payload = self._respond(kind, path, payload)
-            if dedup_key is not None:
-                self._seen[dedup_key] = payload
-            return 200, payload
+            if answer.recorded:
+                self.accepted.append(received)
+        return answer
 
-    def _check(
-        self, kind: Kind, path: str, parsed: Any, headers: dict[str, str]
-    ) -> tuple[int, dict[str, Any], tuple[str, ...] | None]:
-        """Auth, then validation: (status, error body or validated fields, dedup key)."""
-        scheme, _, credential = headers.get("authorization", "").partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            return 401, error_body("unauthorized", "Missing Authorization: Bearer <api key>."), None
-        if self.api_key is not None and not hmac.compare_digest(
-            credential.encode(), self.api_key.encode()
-        ):
-            return 401, error_body("unauthorized", "Invalid API key."), None
-        if parsed is _INVALID:
-            return 400, error_body("bad_request", "Request body is not valid JSON."), None
-        if kind == "customer" and path == "/customers/ext_":
-            return 422, error_body("unprocessable_entity", "id: empty external id after ext_"), None
+    def _answer(self, route: Route, request: Request, parsed: Any) -> Answer:
+        """Auth, then validation, then the provider's logic. Called under the lock."""
+        path, headers = request.path, request.headers
+        if route != "click" and (problem := bearer_problem(self.api_key, headers)) is not None:
+            return Answer(401, error_body("unauthorized", problem))
+        if parsed is INVALID_JSON:
+            return Answer(400, error_body("bad_request", "Request body is not valid JSON."))
+        if route == "click":
+            status, payload, recorded = self._clicks.track(parsed, headers, request.ip)
+            return Answer(status, payload, recorded=recorded)
+        if route == "commissions":
+            return Answer(200, self._commissions.list(request.query))
+        if route == "commission":
+            ref = path.removeprefix("/commissions/")
+            status, payload = self._commissions.update(ref, parsed, strict=self.strict)
+            return Answer(status, payload, recorded=status == 200)
+        if route == "customer" and path == "/customers/ext_":
+            message = "id: empty external id after ext_"
+            return Answer(422, error_body("unprocessable_entity", message))
         try:
-            fields = validate_body(self.provider, kind, parsed, strict=self.strict)
+            fields = validate_body(self.provider, route, parsed, strict=self.strict)
         except BodyError as exc:
-            return 422, error_body("unprocessable_entity", str(exc)), None
-
-        if kind == "lead":
-            external_id = fields.get("customerExternalId") or fields["externalId"]
-            # A deferred lead is a separate step from the later real one (Dub's two-call flow).
-            deferred = "deferred" if fields["mode"] == "deferred" else ""
-            return 200, fields, ("lead", external_id, fields["eventName"], deferred)
-        if kind == "sale" and fields["invoiceId"] is not None:
-            return 200, fields, ("sale", fields["invoiceId"])
-        return 200, fields, None
-
-    def _customer_id(self, external_id: str | None) -> str:
-        if external_id is None:
-            return f"cus_fake{next(self._customer_counter):012d}"
-        if external_id not in self._customer_ids:
-            self._customer_ids[external_id] = f"cus_fake{next(self._customer_counter):012d}"
-        return self._customer_ids[external_id]
-
-    def _respond(self, kind: Kind, path: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """A success body shaped like the provider's, built from the validated fields."""
-        if kind == "legacy_customer":
-            return fields
-        if kind == "customer":
-            ref = path.removeprefix("/customers/")
-            external_id = ref.removeprefix("ext_") if ref.startswith("ext_") else None
-            external_id = fields["externalId"] or external_id
-            customer_id = ref if external_id is None else self._customer_id(external_id)
-            return {**fields, "id": customer_id, "externalId": external_id}
-        external_id = fields.get("customerExternalId") or fields.get("externalId")
-        customer = {
-            "name": fields["customerName"],
-            "email": fields["customerEmail"],
-            "avatar": fields["customerAvatar"],
-            "externalId": external_id,
-        }
-        if kind == "lead":
-            return {"click": {"id": fields["clickId"]}, "link": None, "customer": customer}
-        sale_keys = ("amount", "currency", "paymentProcessor", "invoiceId", "metadata")
-        return {
-            "eventName": fields["eventName"],
-            "customer": {"id": self._customer_id(external_id), **customer},
-            "sale": {k: fields[k] for k in sale_keys},
-        }
-
-    # -- control endpoints --------------------------------------------------------------------
-
-    def _control(self, method: str, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
-        if method == "GET" and path == "/_fake/events":
-            with self._lock:
-                accepted = [_public(r) for r in self.accepted]
-                requests = [_public(r) for r in self.requests]
-            return 200, {"accepted": accepted, "requests": requests}
-        if method == "GET" and path == "/_fake/faults":
-            return 200, dataclasses.asdict(self.faults)
-        if method == "PUT" and path == "/_fake/faults":
-            try:
-                data = json.loads(raw or b"{}")
-            except ValueError:
-                return 400, error_body("bad_request", "Request body is not valid JSON.")
-            if not isinstance(data, dict):
-                message = "body: must be an object of Faults fields"
-                return 422, error_body("unprocessable_entity", message)
-            try:
-                faults = parse_faults(data)
-            except ValidationError as exc:
-                return 422, error_body("unprocessable_entity", validation_message(exc))
-            except ValueError as exc:
-                return 422, error_body("unprocessable_entity", str(exc))
-            self.faults = faults
-            return 200, dataclasses.asdict(faults)
-        if method == "POST" and path == "/_fake/reset":
-            self.reset()
-            return 200, {"ok": True}
-        return 404, error_body("not_found", f"{method} {path} not found")
-
-
-class _Invalid:
-    """Marks a body that is not JSON (``None`` is valid JSON)."""
-
-
-_INVALID = _Invalid()
-
-
-def _public(received: Received) -> dict[str, Any]:
-    item = dataclasses.asdict(received)
-    # The control endpoint is unauthenticated; don't hand out the caller's API key.
-    if "authorization" in item["headers"]:
-        item["headers"]["authorization"] = "Bearer ***"
-    return item
+            return Answer(422, error_body("unprocessable_entity", str(exc)))
+        if route == "lead":
+            return self._ledger.lead(fields)
+        if route == "sale":
+            return self._ledger.sale(fields)
+        if route == "customer":
+            return self._ledger.update_customer(path.removeprefix("/customers/"), fields)
+        return self._ledger.legacy_customer(fields)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ...limits import (
     EMAIL_MAX_LENGTH,
@@ -29,6 +29,7 @@ from ...limits import (
     MAX_SAFE_INTEGER,
     METADATA_MAX_LENGTH,
     NAME_MAX_LENGTH,
+    js_length,
     json_js_length,
 )
 from ...providers import DUB, PIMMS
@@ -40,6 +41,8 @@ ProviderName = Literal["dub", "pimms"]
 Kind = Literal["lead", "sale", "customer", "legacy_customer"]
 
 _EMAIL = re.compile(EMAIL_PATTERN)
+# What JavaScript's `new URL()` needs at least: a scheme, then something without spaces.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s]+$")
 
 
 class BodyError(ValueError):
@@ -55,6 +58,26 @@ def _check_email(value: str) -> str:
     if not _EMAIL.match(value):
         raise ValueError("not a valid email address")
     return value
+
+
+def _check_url(value: str) -> str:
+    if not _URL.match(value):
+        raise ValueError("must be a URL")
+    return value
+
+
+def _trim(value: Any) -> Any:
+    # zod's .trim() runs before .min(1): a whitespace-only id is empty, hence refused.
+    return value.strip() if isinstance(value, str) else value
+
+
+def _js_max(limit: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if js_length(value) > limit:
+            raise ValueError(f"must be at most {limit} characters (UTF-16 code units)")
+        return value
+
+    return check
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -73,13 +96,24 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 
 _MIN_QUANTITY, _MAX_QUANTITY = EVENT_QUANTITY_RANGE
-_Email = Annotated[str, Field(max_length=EMAIL_MAX_LENGTH), AfterValidator(_check_email)]
-_Name = Annotated[str, Field(max_length=NAME_MAX_LENGTH)]
-_ExternalId = Annotated[str, Field(min_length=1, max_length=EXTERNAL_ID_MAX_LENGTH)]
-_EventName = Annotated[str, Field(min_length=1, max_length=EVENT_NAME_MAX_LENGTH)]
+_Trimmed = BeforeValidator(_trim)
+_Email = Annotated[str, AfterValidator(_js_max(EMAIL_MAX_LENGTH)), AfterValidator(_check_email)]
+_Name = Annotated[str, AfterValidator(_js_max(NAME_MAX_LENGTH))]
+_Url = Annotated[str, AfterValidator(_check_url)]
+_ExternalId = Annotated[
+    str, _Trimmed, Field(min_length=1), AfterValidator(_js_max(EXTERNAL_ID_MAX_LENGTH))
+]
+_EventName = Annotated[
+    str, _Trimmed, Field(min_length=1), AfterValidator(_js_max(EVENT_NAME_MAX_LENGTH))
+]
 _Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
 _Quantity = Annotated[int, Field(ge=_MIN_QUANTITY, le=_MAX_QUANTITY)]
 _Amount = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
+
+# An empty click id is Dub's deferred flow; PIMMS refuses it (from each Provider's facts).
+_DubClickId = Annotated[str, _Trimmed, Field(min_length=0 if DUB.empty_click_id else 1)]
+_PimmsClickId = Annotated[str, _Trimmed, Field(min_length=0 if PIMMS.empty_click_id else 1)]
 
 
 class _Body(BaseModel):
@@ -90,12 +124,12 @@ class _Body(BaseModel):
 class _CustomerFields(_Body):
     customerName: _Name | None = None
     customerEmail: _Email | None = None
-    customerAvatar: str | None = None
+    customerAvatar: _Url | None = None
     metadata: _Metadata | None = None
 
 
 class _DubLead(_CustomerFields):
-    clickId: Annotated[str, Field(min_length=0 if DUB.empty_click_id else 1)]
+    clickId: _DubClickId
     eventName: _EventName
     customerExternalId: _ExternalId
     mode: Annotated[str, AfterValidator(_one_of(DUB.modes))] = "async"
@@ -103,7 +137,7 @@ class _DubLead(_CustomerFields):
 
 
 class _PimmsLead(_CustomerFields):
-    clickId: Annotated[str, Field(min_length=0 if PIMMS.empty_click_id else 1)]
+    clickId: _PimmsClickId
     eventName: _EventName
     externalId: _ExternalId
     mode: Annotated[str, AfterValidator(_one_of(PIMMS.modes))] = "async"
@@ -113,10 +147,10 @@ class _PimmsLead(_CustomerFields):
 class _SaleFields(_CustomerFields):
     amount: _Amount
     currency: str = "usd"
-    eventName: Annotated[str, Field(max_length=EVENT_NAME_MAX_LENGTH)] = "Purchase"
+    eventName: Annotated[str, AfterValidator(_js_max(EVENT_NAME_MAX_LENGTH))] = "Purchase"
     invoiceId: str | None = None
     leadEventName: str | None = None
-    clickId: str | None = None
+    clickId: Annotated[str, _Trimmed] | None = None
 
 
 class _DubSale(_SaleFields):
@@ -133,14 +167,14 @@ class _LegacyCustomer(_Body):
     customerId: _ExternalId
     customerName: _Name | None = None
     customerEmail: _Email | None = None
-    customerAvatar: str | None = None
+    customerAvatar: _Url | None = None
 
 
 class _PimmsCustomerUpdate(_Body):
     email: _Email | None = None
     name: str | None = None
-    avatar: str | None = None
-    externalId: str | None = None
+    avatar: _Url | None = None
+    externalId: _ExternalId | None = None
 
 
 class _DubCustomerUpdate(_PimmsCustomerUpdate):

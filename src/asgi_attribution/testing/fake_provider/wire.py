@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-__all__ = ["error_body", "lifespan", "read_body", "request_headers", "send_json"]
+__all__ = ["error_body", "lifespan", "read_body", "request_headers", "send_empty", "send_json"]
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -100,3 +100,18 @@ async def send_json(
     raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers or []]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_empty(send: Send, status: int, headers: list[tuple[str, str]]) -> None:
+    """Answer ``status`` with no body (a CORS preflight's 204).
+
+    Example:
+        >>> import asyncio
+        >>> sent = []
+        >>> async def send(message): sent.append(message)
+        >>> asyncio.run(send_empty(send, 204, [("x-a", "1")])); sent[0]["headers"]
+        [(b'x-a', b'1')]
+    """
+    raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": b""})
