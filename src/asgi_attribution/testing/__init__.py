@@ -26,6 +26,7 @@ from .capture import CapturedEvents, capture_events
 if TYPE_CHECKING:
     from .fake_provider import FakeProvider, Faults, Received
     from .server import serve_in_thread
+    from .webhooks import sign_webhook
 
 __all__ = [
     "CapturedEvents",
@@ -35,6 +36,7 @@ __all__ = [
     "Received",
     "capture_events",
     "serve_in_thread",
+    "sign_webhook",
 ]
 
 # Loaded on first access (PEP 562), so capturing events never imports the fake server or uvicorn.
@@ -44,6 +46,7 @@ _LAZY = {
     "Faults": ".fake_provider",
     "Received": ".fake_provider",
     "serve_in_thread": ".server",
+    "sign_webhook": ".webhooks",
 }
 
 if not TYPE_CHECKING:
