@@ -127,12 +127,14 @@ def test_jobs_in_asyncio_run_without_async_with_lose_nothing(
     provider.faults = Faults(fail_first=1)
 
     async def job(i: int) -> str:
-        result = await tracker.track_sale(customer_external_id=f"user_{i}", amount=100 + i)
+        result = await tracker.track_lead(
+            click_id=f"clk{i}", event_name="Sign up", customer_external_id=f"user_{i}"
+        )
         return result.status
 
     statuses = [asyncio.run(job(i)) for i in range(2)]
     assert statuses == ["sent", "sent"]
-    assert sorted(s["customerExternalId"] for s in provider.sales()) == ["user_0", "user_1"]
+    assert sorted(s["customerExternalId"] for s in provider.leads()) == ["user_0", "user_1"]
     assert caplog.text.count("is not started") == 1  # said once, with the fix
     assert "async with tracker" in caplog.text
 

@@ -418,3 +418,33 @@ async def test_tracks_lead_on_a_plain_starlette_endpoint() -> None:
     assert [(e.customer_external_id, e.click_id) for e in transport.events] == [  # type: ignore[union-attr]
         ("user_9", "c5")
     ]
+
+
+async def test_a_track_call_never_awaited_is_reported_by_event_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gc
+
+    transport = MemoryTransport()
+    tracker = Tracker("dub", transport=transport)
+    pending = tracker.track_lead(click_id="clk1", event_name="Sign up", customer_external_id="u1")
+    event_id = pending.event_id
+    del pending  # a forgotten `await`
+    gc.collect()
+    assert transport.events == []
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        f"event {event_id} was never sent: track_lead(...) was called but not awaited"
+    ]
+
+
+async def test_a_track_call_can_be_given_to_a_task() -> None:
+    import asyncio
+
+    transport = MemoryTransport()
+    tracker = Tracker("dub", transport=transport)
+    task = asyncio.create_task(
+        tracker.track_lead(click_id="clk1", event_name="Sign up", customer_external_id="u1")
+    )
+    assert (await task).status == "sent"
+    assert [e.event_id for e in transport.events] == [task.result().event_id]

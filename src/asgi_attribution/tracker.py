@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import os
 from typing import Any
@@ -20,15 +19,15 @@ from typing_extensions import Unpack
 
 from ._args import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError, InvalidEventError, MissingClickIdError
-from ._options import callable_or_none, flag, number
+from ._options import flag, number
+from .delivery import DELIVERY_OPTIONS, build_stack
 from .events import Event, LeadEvent, validate_event
 from .overrides import transport_overrides
+from .pending import Tracking
 from .providers import Provider, get_provider
 from .transports import (
     BackgroundTransport,
     Delivery,
-    DeliveryStats,
-    HTTPTransport,
     OutboxStore,
     OutboxTransport,
     RetryPolicy,
@@ -43,21 +42,6 @@ logger = logging.getLogger("asgi_attribution")
 
 # The names a customer's external id goes by (current first), per event kind's own field.
 _EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
-# Which options each delivery uses; one given to a delivery that ignores it is a TypeError.
-_QUEUE_OPTIONS = ("queue_size", "queue_full_timeout", "on_drop")
-_DELIVERY_OPTIONS = (
-    "api_key",
-    "base_url",
-    "outbox",
-    "deliver",
-    "background",
-    "timeout",
-    "retry",
-    "concurrency",
-    "shutdown_timeout",
-    "on_error",
-    *_QUEUE_OPTIONS,
-)
 
 
 def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
@@ -67,13 +51,6 @@ def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
         names = " and ".join(given)
         raise InvalidEventError(kind, [(names, "give the customer's external id once")])
     fields[target] = next(iter(given.values()), None)
-
-
-def _refuse(head: str, given: dict[str, Any], ignored: tuple[str, ...], why: str) -> None:
-    """``TypeError`` for an option that the chosen delivery would silently ignore."""
-    for name in ignored:
-        if name in given:
-            raise TypeError(f"{head} ignores {name}=: {why}")
 
 
 class Tracker:
@@ -129,7 +106,7 @@ class Tracker:
         on_error: ErrorCallback | None = None,
         on_drop: DropCallback | None = None,
     ) -> None:
-        given = {k: v for k, v in locals().items() if k in _DELIVERY_OPTIONS and v is not None}
+        given = {k: v for k, v in locals().items() if k in DELIVERY_OPTIONS and v is not None}
         self.provider = get_provider(provider)
         key = api_key if api_key is not None else os.environ.get(self.provider.api_key_env)
         self._api_key = SecretStr(key) if key else None
@@ -144,80 +121,20 @@ class Tracker:
         flag("Tracker", "require_click_id", require_click_id)
         flag("Tracker", "background", background, none=True)
         flag("Tracker", "deliver", deliver, none=True)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"Tracker(retry=...) must be a RetryPolicy, got {retry!r}")
         if transport is not None and not isinstance(transport, Transport):
             raise TypeError(f"Tracker(transport=...) must be a Transport, got {transport!r}")
-        callable_or_none("Tracker", "on_error", on_error)
-        callable_or_none("Tracker", "on_drop", on_drop)
+        stack = build_stack(self.provider, self._api_key, self.base_url, transport, given)
+        self.transport = stack.transport
+        self.stats = stack.stats
+        self._http = stack.http
+        self._new_http = stack.new_http
         self.inline_timeout = float(inline_timeout)
         self.require_click_id = require_click_id
         self.verified_metadata_key = verified_metadata_key
-        self._http: HTTPTransport | None = None
         self._started = False
         self._closing = False
         self._warned_unowned = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        if transport is not None:
-            _refuse("Tracker(transport=...)", given, _DELIVERY_OPTIONS, "configure the transport")
-            own = getattr(transport, "stats", None)
-            self.stats = own if isinstance(own, DeliveryStats) else DeliveryStats()
-            self.transport = transport
-            return
-        if deliver is not None and outbox is None:
-            raise TypeError("Tracker(deliver=...) needs outbox=: only an outbox can append only")
-        ignored: tuple[str, ...]
-        if outbox is not None:
-            ignored = (*_QUEUE_OPTIONS, "background") if background is False else _QUEUE_OPTIONS
-            _refuse("Tracker(outbox=...)", given, ignored, "events wait in the outbox")
-        elif background is False:
-            ignored = (*_QUEUE_OPTIONS, "on_error", "shutdown_timeout")
-            _refuse("Tracker(background=False)", given, ignored, "events are sent inline")
-        for name, minimum, integer in (
-            ("timeout", 0.001, False),
-            ("concurrency", 1, True),
-            ("queue_size", 1, True),
-            ("queue_full_timeout", 0, False),
-            ("shutdown_timeout", 0, False),
-        ):
-            if name in given:
-                number("Tracker", name, given[name], minimum, integer=integer)
-        self.stats = DeliveryStats()
-        self._new_http = functools.partial(
-            HTTPTransport,
-            self._api_key,
-            base_url=self.base_url,
-            timeout=10.0 if timeout is None else timeout,
-            retry=retry,
-            concurrency=concurrency,
-            stats=self.stats,
-        )
-        self._http = self._new_http()
-        stack: Transport = self._http
-        drain = 20.0 if shutdown_timeout is None else shutdown_timeout
-        if outbox is not None:
-            stack = OutboxTransport(
-                outbox,
-                self._http,
-                deliver=True if deliver is None else deliver,
-                concurrency=concurrency,
-                shutdown_timeout=drain,
-                on_error=on_error,
-                stats=self.stats,
-                providers=[self.provider],
-            )
-        elif background is not False:
-            stack = BackgroundTransport(
-                self._http,
-                queue_size=10_000 if queue_size is None else queue_size,
-                concurrency=concurrency,
-                queue_full_timeout=1.0 if queue_full_timeout is None else queue_full_timeout,
-                shutdown_timeout=drain,
-                on_error=on_error,
-                on_drop=on_drop,
-                stats=self.stats,
-            )
-        self.transport = stack
 
     def __repr__(self) -> str:
         key = "'**********'" if self._api_key else "None"
@@ -351,6 +268,7 @@ class Tracker:
         event_id = delivery.event.event_id
         # Without an owner nothing would ever close a shared client, and its connections
         # would outlive this event loop (asyncio.run per job): one client per send then.
+        assert self._new_http is not None
         http = self._http if self._started else self._new_http()
         try:
             result = await asyncio.wait_for(http.send(delivery), self.inline_timeout)
@@ -373,15 +291,21 @@ class Tracker:
 
     def _event(self, kind: str, fields: dict[str, Any], id_field: str, **more: Any) -> Event:
         _external_id(kind, fields, id_field)
-        return validate_event(kind, **fields, **more)
+        event = validate_event(kind, **fields, **more)
+        self.provider.render(event)  # provider-specific limits, before anything is queued
+        return event
 
-    async def track_lead(
+    def _tracking(self, event: Event, what: str) -> Tracking:
+        return Tracking(self.send(event), event.event_id, what)
+
+    def track_lead(
         self, *, click_id: str | None, event_name: str, **fields: Unpack[LeadFields]
-    ) -> TrackResult:
-        """Track a lead (a signup) for ``click_id``.
+    ) -> Tracking:
+        """Track a lead (a signup) for ``click_id``; await the result.
 
-        ``click_id=None`` (an organic visit) is skipped, after validation, unless the tracker
-        has ``require_click_id=True``. ``click_id=""`` is sent as is (Dub's deferred flow).
+        The event is validated at the call (``InvalidEventError`` names the field). With
+        ``click_id=None`` (an organic visit) it is then skipped, unless the tracker has
+        ``require_click_id=True``. ``click_id=""`` is sent as is (Dub's deferred flow).
         ``external_id`` and ``customer_id`` are accepted legacy names of
         ``customer_external_id``.
 
@@ -397,17 +321,15 @@ class Tracker:
             click_id="" if click_id is None else click_id,
             event_name=event_name,
         )
-        self.provider.render(event)  # provider-specific limits, before anything is queued
         if click_id is None:
             if self.require_click_id:
                 raise MissingClickIdError("lead")
             logger.debug("lead %r skipped: no click id (organic visit)", event_name)
-            return TrackResult("skipped", event, reason="no click id (organic visit)")
-        return await self.send(event)
+            skipped = TrackResult("skipped", event, reason="no click id (organic visit)")
+            return Tracking(_ready(skipped), None, "track_lead")
+        return self._tracking(event, "track_lead")
 
-    async def track_sale(
-        self, *, click_id: str | None = None, **fields: Unpack[SaleFields]
-    ) -> TrackResult:
+    def track_sale(self, *, click_id: str | None = None, **fields: Unpack[SaleFields]) -> Tracking:
         """Track a sale; ``amount`` is an integer in cents. ``click_id`` enables direct sales.
 
         Example:
@@ -416,14 +338,18 @@ class Tracker:
             ...                              amount=invoice.cents, invoice_id=invoice.id)
         """
         event = self._event("sale", dict(fields), "customer_external_id", click_id=click_id)
-        return await self.send(event)
+        return self._tracking(event, "track_sale")
 
-    async def track_customer(self, **fields: Unpack[CustomerFields]) -> TrackResult:
-        """Update a customer's name, email or avatar by their external id.
+    def track_customer(self, **fields: Unpack[CustomerFields]) -> Tracking:
+        """Update a customer's name, email or avatar by their external id; await the result.
 
         Example:
             >>> async def on_profile_change(tracker, user):
             ...     await tracker.track_customer(customer_id=str(user.id), customer_name=user.name)
         """
         event = self._event("customer", dict(fields), "customer_id")
-        return await self.send(event)
+        return self._tracking(event, "track_customer")
+
+
+async def _ready(result: TrackResult) -> TrackResult:
+    return result

@@ -21,8 +21,8 @@ from ._args import CustomerFields, LeadFields, LeadOptions, SaleFields
 from ._context import MIDDLEWARE_HINT, TRACKER_KEY, current_scope
 from ._exceptions import InvalidEventError
 from .attribution import Attribution, attribution_in
+from .pending import Tracking
 from .tracker import Tracker
-from .transports.base import TrackResult
 
 __all__ = ["track_customer", "track_lead", "track_sale", "tracks_lead"]
 
@@ -58,13 +58,14 @@ def _with_verified(tracker: Tracker, attribution: Attribution, fields: Any) -> A
     return fields
 
 
-async def track_lead(
+def track_lead(
     request: HTTPConnection | None, event_name: str, **fields: Unpack[LeadFields]
-) -> TrackResult:
+) -> Tracking:
     """Track a lead for the click behind ``request``; skipped (not an error) if there is none.
 
     ``request=None`` uses the request being handled. The fields are the tracker's
-    (:meth:`Tracker.track_lead`).
+    (:meth:`Tracker.track_lead`). The event is validated at the call; awaiting sends it, and
+    a call that is never awaited is reported by event id in an ERROR.
 
     Example:
         >>> async def signup(request):
@@ -74,10 +75,10 @@ async def track_lead(
     """
     attribution, tracker = _context(request)
     fields = _with_verified(tracker, attribution, dict(fields))
-    return await tracker.track_lead(click_id=attribution.click_id, event_name=event_name, **fields)
+    return tracker.track_lead(click_id=attribution.click_id, event_name=event_name, **fields)
 
 
-async def track_sale(request: HTTPConnection | None, **fields: Unpack[SaleFields]) -> TrackResult:
+def track_sale(request: HTTPConnection | None, **fields: Unpack[SaleFields]) -> Tracking:
     """Track a sale, with the request's click id when present (direct sale tracking).
 
     Example:
@@ -87,12 +88,10 @@ async def track_sale(request: HTTPConnection | None, **fields: Unpack[SaleFields
     """
     attribution, tracker = _context(request)
     fields = _with_verified(tracker, attribution, dict(fields))
-    return await tracker.track_sale(click_id=attribution.click_id, **fields)
+    return tracker.track_sale(click_id=attribution.click_id, **fields)
 
 
-async def track_customer(
-    request: HTTPConnection | None, **fields: Unpack[CustomerFields]
-) -> TrackResult:
+def track_customer(request: HTTPConnection | None, **fields: Unpack[CustomerFields]) -> Tracking:
     """Update the customer's details with the request's tracker.
 
     Example:
@@ -100,7 +99,7 @@ async def track_customer(
         ...     await track_customer(request, customer_id="user_42", customer_name="Ada")
     """
     _, tracker = _context(request)
-    return await tracker.track_customer(**fields)
+    return tracker.track_customer(**fields)
 
 
 CustomerSpec = str | Mapping[str, Any] | None

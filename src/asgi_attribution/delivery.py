@@ -1,0 +1,153 @@
+"""How a :class:`~asgi_attribution.Tracker`'s options become its transport stack.
+
+One place decides which delivery the options ask for (background queue, outbox, inline, or
+the user's own transport), refuses an option that delivery would ignore (``TypeError`` naming
+both), checks the values, and builds the stack around one :class:`HTTPTransport`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from ._options import callable_or_none, number
+from .providers import Provider
+from .transports import (
+    BackgroundTransport,
+    DeliveryStats,
+    HTTPTransport,
+    OutboxTransport,
+    RetryPolicy,
+    Transport,
+)
+
+__all__ = ["DELIVERY_OPTIONS", "Stack", "build_stack"]
+
+# Which options each delivery uses; one given to a delivery that ignores it is a TypeError.
+_QUEUE_OPTIONS = ("queue_size", "queue_full_timeout", "on_drop")
+#: Every option that shapes delivery (``api_key``/``base_url`` only matter over HTTP).
+DELIVERY_OPTIONS = (
+    "api_key",
+    "base_url",
+    "outbox",
+    "deliver",
+    "background",
+    "timeout",
+    "retry",
+    "concurrency",
+    "shutdown_timeout",
+    "on_error",
+    *_QUEUE_OPTIONS,
+)
+# (name, minimum, integer) of the numeric options.
+_NUMBERS = (
+    ("timeout", 0.001, False),
+    ("concurrency", 1, True),
+    ("queue_size", 1, True),
+    ("queue_full_timeout", 0, False),
+    ("shutdown_timeout", 0, False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """A tracker's delivery: the transport it sends through, and its HTTP layer if it built one.
+
+    ``new_http`` makes another HTTP transport with the same settings (for sends that must not
+    share the long-lived client).
+    """
+
+    transport: Transport
+    stats: DeliveryStats
+    http: HTTPTransport | None = None
+    new_http: Callable[[], HTTPTransport] | None = None
+
+
+def _refuse(head: str, given: Mapping[str, Any], ignored: tuple[str, ...], why: str) -> None:
+    for name in ignored:
+        if name in given:
+            raise TypeError(f"{head} ignores {name}=: {why}")
+
+
+def build_stack(
+    provider: Provider,
+    api_key: SecretStr | None,
+    base_url: str,
+    transport: Transport | None,
+    given: Mapping[str, Any],
+) -> Stack:
+    """The stack for ``given`` (the delivery options passed, ``None`` ones left out).
+
+    Example:
+        >>> stack = build_stack(DUB, None, "https://api.dub.co", None, {"concurrency": 5})
+        >>> type(stack.transport).__name__, stack.http.concurrency
+        ('BackgroundTransport', 5)
+        >>> build_stack(DUB, None, "https://api.dub.co", None, {"deliver": False})
+        Traceback (most recent call last):
+        ...
+        TypeError: Tracker(deliver=...) needs outbox=: only an outbox can append only
+    """
+    if transport is not None:
+        _refuse("Tracker(transport=...)", given, DELIVERY_OPTIONS, "configure the transport")
+        own = getattr(transport, "stats", None)
+        return Stack(transport, own if isinstance(own, DeliveryStats) else DeliveryStats())
+    outbox, background = given.get("outbox"), given.get("background")
+    if "deliver" in given and outbox is None:
+        raise TypeError("Tracker(deliver=...) needs outbox=: only an outbox can append only")
+    ignored: tuple[str, ...]
+    if outbox is not None:
+        ignored = (*_QUEUE_OPTIONS, "background") if background is False else _QUEUE_OPTIONS
+        _refuse("Tracker(outbox=...)", given, ignored, "events wait in the outbox")
+    elif background is False:
+        ignored = (*_QUEUE_OPTIONS, "on_error", "shutdown_timeout")
+        _refuse("Tracker(background=False)", given, ignored, "events are sent inline")
+    for name, minimum, integer in _NUMBERS:
+        if name in given:
+            number("Tracker", name, given[name], minimum, integer=integer)
+    retry = given.get("retry")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"Tracker(retry=...) must be a RetryPolicy, got {retry!r}")
+    for name in ("on_error", "on_drop"):
+        callable_or_none("Tracker", name, given.get(name))
+
+    stats = DeliveryStats()
+    concurrency = given.get("concurrency")
+    new_http = functools.partial(
+        HTTPTransport,
+        api_key,
+        base_url=base_url,
+        timeout=given.get("timeout", 10.0),
+        retry=retry,
+        concurrency=concurrency,
+        stats=stats,
+    )
+    http = new_http()
+    drain = given.get("shutdown_timeout", 20.0)
+    stack: Transport = http
+    if outbox is not None:
+        stack = OutboxTransport(
+            outbox,
+            http,
+            deliver=given.get("deliver", True),
+            concurrency=concurrency,
+            shutdown_timeout=drain,
+            on_error=given.get("on_error"),
+            stats=stats,
+            providers=[provider],
+        )
+    elif background is not False:
+        stack = BackgroundTransport(
+            http,
+            queue_size=given.get("queue_size", 10_000),
+            concurrency=concurrency,
+            queue_full_timeout=given.get("queue_full_timeout", 1.0),
+            shutdown_timeout=drain,
+            on_error=given.get("on_error"),
+            on_drop=given.get("on_drop"),
+            stats=stats,
+        )
+    return Stack(stack, stats, http, new_http)
