@@ -82,7 +82,7 @@ def _ours() -> list[Middleware]:
     from asgi_attribution import AttributionMiddleware, Tracker
     from asgi_attribution.testing import MemoryTransport
 
-    tracker = Tracker("dub", api_key="k", transport=MemoryTransport())
+    tracker = Tracker("dub", transport=MemoryTransport())
     return [Middleware(AttributionMiddleware, tracker=tracker)]
 
 

@@ -47,7 +47,7 @@ async def _queued(n: int, use_tracemalloc: bool) -> dict[str, Any]:
 
     background, (stuck, _) = _transports()
     transport = background(stuck(), queue_size=n + 1000, concurrency=1)
-    tracker = Tracker("dub", api_key="k", transport=transport)
+    tracker = Tracker("dub", transport=transport)
     await tracker.start()
 
     async def track(i: int) -> None:
@@ -89,7 +89,7 @@ async def _app(n: int) -> dict[str, Any]:
 
     background, (_, discard) = _transports()
     transport = background(discard())
-    tracker = Tracker("dub", api_key="k", transport=transport)
+    tracker = Tracker("dub", transport=transport)
 
     async def signup(request: Request) -> JSONResponse:
         user = request.query_params["u"]

@@ -65,7 +65,7 @@ def run(n: int = 3000) -> dict[str, Any]:
             return TrackResult("sent", delivery.event)
 
     out: dict[str, Any] = {"available": True, "events": n, "stores": {}}
-    memory = Tracker("dub", api_key="k", transport=BackgroundTransport(Discard()))
+    memory = Tracker("dub", transport=BackgroundTransport(Discard()))
     out["stores"]["in-memory queue (reference)"] = asyncio.run(_measure(memory, n))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "outbox.sqlite3"
