@@ -94,7 +94,7 @@ class ReadsClick:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope["state"]["attribution"].click_id  # noqa: B018 - the read is the point
+            scope["asgi_attribution"].click_id  # noqa: B018 - the read is the point
         await self.app(scope, receive, send)
 
 
