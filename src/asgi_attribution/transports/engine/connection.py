@@ -1,0 +1,267 @@
+"""One HTTP/1.1 connection: an ``asyncio.Protocol`` that writes a request and parses the answer.
+
+The response is parsed by ``httptools`` (llhttp, the C parser uvicorn uses): status line,
+headers, content-length, chunked and read-until-close bodies; 1xx answers are skipped. Every
+byte of a response is bounded by :class:`Limits`, so a huge or endless answer is an error,
+never unbounded memory. One request at a time per connection (no pipelining).
+
+Example:
+    >>> r = Response(200, [(b"Content-Type", b"application/json")], b'{"ok": true}')
+    >>> r.header(b"content-type"), r.json()
+    ('application/json', {'ok': True})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+
+from .errors import ConnectionClosed, EngineError, ProtocolError, ResponseTooLarge
+
+__all__ = ["Connection", "Limits", "Response"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one response: header bytes (status line included), header count, body bytes.
+
+    All the bytes of one response (1xx answers, chunk framing and trailers included) are bounded
+    by :attr:`max_response_bytes`.
+
+    Example:
+        >>> Limits().max_body_bytes, Limits(max_header_bytes=1, max_body_bytes=1).max_response_bytes
+        (1048576, 5)
+    """
+
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 1024 * 1024
+
+    @property
+    def max_response_bytes(self) -> int:
+        """Every byte received for one request: headers plus four times the body limit."""
+        return self.max_header_bytes + 4 * self.max_body_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete response: status, raw header pairs (as the server sent them), body.
+
+    Example:
+        >>> Response(204, [], b"").header(b"retry-after") is None
+        True
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header ``name`` (lowercase bytes), decoded as Latin-1, or None.
+
+        Example:
+            >>> Response(429, [(b"Retry-After", b"3")], b"").header(b"retry-after")
+            '3'
+        """
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    def json(self) -> Any:
+        """The body decoded as JSON, or None when it is empty or not JSON.
+
+        Example:
+            >>> Response(200, [], b"not json").json() is None
+            True
+        """
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _body_until_close(headers: list[tuple[bytes, bytes]], status: int) -> bool:
+    """True when the body of this response ends when the server closes the connection."""
+    if status in (204, 304):
+        return False
+    return not any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers)
+
+
+class Connection(asyncio.Protocol):
+    """A keep-alive connection. :meth:`send` writes one request; the waiter gets the answer.
+
+    The waiter (a future) receives a :class:`Response` or an :class:`EngineError`. After an
+    error, a timeout or a ``Connection: close`` the connection is closed and not reused.
+
+    Example:
+        >>> Connection(Limits()).reusable
+        False
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Response] | None = None
+        self.lost: asyncio.Future[None] | None = None
+        self.closed = False
+        self.keep_alive = True
+        self.requests = 0  # requests written on this connection, this one included
+        self.received = 0  # bytes received for the current request
+        self.error: EngineError | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the message being parsed (before a request, and after a 1xx answer)."""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.head_size = 0
+        self.status = 0
+        self.headers_done = False
+        self.informational = False
+
+    @property
+    def reusable(self) -> bool:
+        """True when idle, open and kept alive: the next request may be written on it."""
+        return (
+            self.transport is not None
+            and not self.closed
+            and self.keep_alive
+            and (self.waiter is None)
+        )
+
+    def send(self, data: bytes, waiter: asyncio.Future[Response]) -> None:
+        """Write one complete request (a single ``transport.write``); ``waiter`` gets the answer."""
+        self.reset()
+        self.received = 0
+        self.error = None
+        self.requests += 1
+        self.waiter = waiter
+        cast(asyncio.Transport, self.transport).write(data)
+
+    def close(self) -> None:
+        """Close the connection (gracefully: TLS sends its close_notify)."""
+        self.keep_alive = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (after a timeout, a cancel or an error)."""
+        self.keep_alive = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def wait_lost(self) -> asyncio.Future[None]:
+        """A future done once the connection is lost (for a clean shutdown)."""
+        if self.lost is None:
+            self.lost = asyncio.get_running_loop().create_future()
+            if self.closed:
+                self.lost.set_result(None)
+        return self.lost
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # Bytes nobody asked for (or after a timeout): this connection cannot be trusted.
+            self.abort()
+            return
+        self.received += len(data)
+        if self.received > self.limits.max_response_bytes:
+            self.fail(ResponseTooLarge(f"response over {self.limits.max_response_bytes} bytes"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(ProtocolError("the server asked for a protocol upgrade"))
+            return
+        except Exception as exc:  # HttpParserError, or an error raised by a callback below
+            self.fail(self.error or ProtocolError(f"invalid HTTP response: {exc}"))
+            return
+        if not self.headers_done and self.waiter is waiter:
+            self.head_size += len(data)
+            if self.head_size > self.limits.max_header_bytes:
+                self.fail(ResponseTooLarge(f"headers over {self.limits.max_header_bytes} bytes"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.keep_alive = False
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            if self.headers_done and _body_until_close(self.headers, self.status):
+                self.complete()
+            else:
+                reason = f": {exc}" if exc else ""
+                error = ConnectionClosed(
+                    f"the server closed the connection after {self.received} bytes of the "
+                    f"response{reason}"
+                )
+                self.waiter = None
+                waiter.set_exception(error)
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+    def fail(self, error: EngineError) -> None:
+        """End the current request with ``error`` and drop the connection."""
+        waiter, self.waiter = self.waiter, None
+        self.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def complete(self) -> None:
+        """Hand the parsed response to the waiter."""
+        waiter, self.waiter = self.waiter, None
+        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Response(self.status, self.headers, body))
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.waiter is None:  # a second response to one request
+            self.error = ProtocolError("the server sent more than one response")
+            raise self.error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer (after a chunked body): not kept
+        if len(self.headers) >= self.limits.max_headers:
+            self.error = ResponseTooLarge(f"more than {self.limits.max_headers} headers")
+            raise self.error
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.informational = True  # 100 Continue, 103 Early Hints: the answer follows
+            return
+        self.status = status
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.limits.max_body_bytes:
+            self.error = ResponseTooLarge(f"body over {self.limits.max_body_bytes} bytes")
+            raise self.error
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.reset()
+            return
+        if not self.parser.should_keep_alive():
+            self.close()
+        self.complete()
