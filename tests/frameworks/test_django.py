@@ -1,0 +1,35 @@
+"""Django: ``AttributionMiddleware(get_asgi_application())``; async and sync views.
+
+Django rejects lifespan; the middleware completes it, so the tracker is started and drained.
+Django's own ``Client``/``AsyncClient`` call Django's handler directly, past any ASGI
+middleware, so in-process requests go through httpx's ASGI transport instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from asgi_attribution.testing import FakeProvider
+
+from ..support import framework_apps
+from .serving import asgi_client, cookie, leads_per_user, served_signups, tracker_for, users
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_async_and_sync_views_in_process(provider: FakeProvider, url: str) -> None:
+    tracker = tracker_for(url)
+    expected = users(3)
+    async with asgi_client(framework_apps.django_app(tracker)) as client:
+        assert tracker.loop is not None  # started by the lifespan the middleware completed
+        for user, path in expected.items():
+            response = await client.post(f"{path}?u={user}", headers=cookie(user))
+            assert response.json() == {"status": "queued"}
+    assert tracker.loop is None  # drained at shutdown
+    assert leads_per_user(provider) == Counter(list(expected))
+
+
+def test_under_uvicorn_with_sigterm(provider: FakeProvider, url: str) -> None:
+    served_signups("django_app", provider, url)
