@@ -16,7 +16,6 @@ from dataclasses import replace
 from typing import Literal
 from urllib.parse import parse_qsl
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -166,7 +165,7 @@ class AttributionMiddleware:
         self.forwarded_host = forwarded_host
         self.managed_cookies = ManagedCookies(self.cookie, tuple(managed), forwarded_host)
         # What our Set-Cookie headers start with: if the app set one of these, it decided.
-        self._ours = (p.cookie_name + "=", self.signed_cookie_name + "=")
+        self._ours = (p.cookie_name.encode() + b"=", self.signed_cookie_name.encode() + b"=")
 
         self._reader = CookieReader(managed)
         # Without signing or consent nothing needs the cookies before the app asks: read them
@@ -181,6 +180,16 @@ class AttributionMiddleware:
         self._cookie_needle = re.compile(b"|".join(map(re.escape, needles))).search
         self._query_needle = p.query_param.encode() + b"="
         self._no_track = p.no_track_param
+        self._param_search = re.compile(
+            rb"(?:^|&)" + re.escape(p.query_param.encode()) + rb"=([^&]*)"
+        ).search
+        self._no_track_search = (
+            None
+            if p.no_track_param is None
+            else re.compile(
+                rb"(?:^|&)" + re.escape(p.no_track_param.encode()) + rb"(?:[=&]|$)"
+            ).search
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -336,18 +345,20 @@ class AttributionMiddleware:
     def _landing_click(self, query: bytes) -> str | None:
         if b"%" in query or b"+" in query:
             params = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="replace")
+            click = None
+            for key, value in params:
+                if self._no_track and key == self._no_track:
+                    return None
+                # The first occurrence wins, as in the providers' scripts (URLSearchParams.get).
+                if key == self.provider.query_param and click is None:
+                    click = value
         else:
-            # Nothing to unquote: split as parse_qsl would, without its per-pair work.
-            params = [
-                pair.decode("latin-1").partition("=")[::2] for pair in query.split(b"&") if pair
-            ]
-        click = None
-        for key, value in params:
-            if self._no_track and key == self._no_track:
+            # Nothing to unquote: find the one parameter, as parse_qsl would, without parsing
+            # the rest of the query.
+            if self._no_track_search is not None and self._no_track_search(query):
                 return None
-            # The first occurrence wins, as in the providers' scripts (URLSearchParams.get).
-            if key == self.provider.query_param and click is None:
-                click = value
+            found = self._param_search(query)
+            click = found.group(1).decode("latin-1") if found is not None else None
         click = valid_click_id(click, where=self._query_where)
         # A placeholder (PIMMS' `?pimms_id=1`) never overwrites a real click.
         return click if click is None or self.provider.accepts_click_id(click) else None
@@ -360,21 +371,27 @@ class _CookieSender:
     """Appends our Set-Cookie headers to the app's response start, unless the app set ours.
 
     If the app wrote the click cookie or its companion itself (for example clearing them after
-    a lead), its decision stands and none of ours are added, so the two never disagree.
+    a lead), its decision stands and none of ours are added, so the two never disagree. Works
+    on the raw header pairs: a ``MutableHeaders`` view costs more than the whole append.
     """
 
     __slots__ = ("cookies", "prefixes", "send")
 
-    def __init__(self, send: Send, cookies: tuple[str, ...], prefixes: tuple[str, ...]) -> None:
+    def __init__(self, send: Send, cookies: tuple[str, ...], prefixes: tuple[bytes, ...]) -> None:
         self.send = send
         self.cookies = cookies
         self.prefixes = prefixes
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            message.setdefault("headers", [])  # optional in ASGI
-            headers = MutableHeaders(scope=message)
-            if not any(v.startswith(self.prefixes) for v in headers.getlist("set-cookie")):
-                for cookie in self.cookies:
-                    headers.append("set-cookie", cookie)
+            headers = message.get("headers") or ()  # optional in ASGI, any iterable
+            prefixes = self.prefixes
+            for name, value in headers:
+                if len(name) == 10 and name.lower() == b"set-cookie" and value.startswith(prefixes):
+                    break
+            else:
+                message["headers"] = [
+                    *headers,
+                    *((b"set-cookie", cookie.encode("latin-1")) for cookie in self.cookies),
+                ]
         await self.send(message)
