@@ -5,12 +5,11 @@ Nothing here knows about delivery. Every value that may reach a header is valida
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from starlette.requests import cookie_parser
@@ -200,6 +199,11 @@ class CookiePolicy:
     samesite: Literal["lax", "strict", "none"] = "lax"
     secure: bool | None = None
     httponly: bool = False
+    # The attributes by (host, https): a plain dict, cheaper per landing than an lru_cache
+    # that hashes the whole policy on every call.
+    _cache: dict[tuple[str, bool], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.max_age < 0:
@@ -217,9 +221,15 @@ class CookiePolicy:
         Written by hand rather than with ``http.cookies``: the value is a validated token, and
         this is on the landing request's hot path (the attributes are cached per host).
         """
-        if len(host) > 260:  # never cache a hostile giant (a real host is <= 253 + port)
-            return f"{name}={value}{_attributes(self, host, https)}"
-        return f"{name}={value}{_cached_attributes(self, host, https)}"
+        key = (host, https)
+        attributes = self._cache.get(key)
+        if attributes is None:
+            attributes = _attributes(self, host, https)
+            if len(host) <= 260:  # never cache a hostile giant (a real host is <= 253 + port)
+                if len(self._cache) >= 256:  # a site sees few hosts; a flood must not grow it
+                    self._cache.clear()
+                self._cache[key] = attributes
+        return f"{name}={value}{attributes}"
 
     def deletion(self, name: str, *, host: str) -> str:
         """A ``Set-Cookie`` value that deletes cookie ``name`` with the same path and domain."""
@@ -252,10 +262,6 @@ def _attributes(policy: CookiePolicy, host: str, https: bool) -> str:
 
 
 _LOCAL = ("localhost", "127.0.0.1", "[::1]", "testserver", "")
-
-# A site sees few hosts; the attributes of its cookie depend only on the host and the scheme.
-_cached_attributes = functools.lru_cache(maxsize=256)(_attributes)
-
 
 @dataclass(frozen=True, slots=True)
 class ManagedCookies:
