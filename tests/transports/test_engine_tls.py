@@ -1,0 +1,140 @@
+"""The engine over TLS against nginx, with a CA made for the test: verification and SNI.
+
+nginx runs on a free port with a temporary configuration (``return 200`` with the SNI it saw).
+Without nginx the tests are skipped with the reason, unless ``CI`` is set: then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asgi_attribution.transports.engine import ConnectError, Engine
+
+pytestmark = pytest.mark.anyio
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(tmp: Path) -> None:
+    """ca.pem (a self-signed CA), server.pem/server.key for localhost (no IP in the SAN)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=asgi-attribution test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=tmp)  # fmt: skip
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+            cwd=tmp)  # fmt: skip
+    (tmp / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext",
+            cwd=tmp)  # fmt: skip
+
+
+CONFIG = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 3;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name localhost;
+        ssl_certificate {tmp}/server.pem;
+        ssl_certificate_key {tmp}/server.key;
+        location / {{ default_type application/json; return 200 '{{"sni": "$ssl_server_name"}}'; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def nginx_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """nginx over TLS on a free port; yields the port and the directory holding ca.pem."""
+    if NGINX is None or shutil.which("openssl") is None:
+        reason = "nginx or openssl is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: these tests must run)")
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("nginx")
+    os.chmod(tmp, 0o755)  # nginx workers (user nobody) read the certificate from here
+    make_ca(tmp)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp / "nginx.conf").write_text(CONFIG.format(tmp=tmp, port=port))
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = (tmp / "error.log").read_text() if (tmp / "error.log").exists() else ""
+                    pytest.fail(f"nginx did not start: {proc.stderr.read()!r} {log}")  # type: ignore[union-attr]
+                time.sleep(0.05)
+        yield port, tmp
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+async def test_verified_tls_with_sni_and_keepalive_past_the_servers_limit(
+    nginx_tls: tuple[int, Path],
+) -> None:
+    port, tmp = nginx_tls
+    context = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
+    engine = Engine(f"https://localhost:{port}", ssl=context, concurrency=2)
+    try:
+        # nginx closes a connection after 3 requests (keepalive_requests 3): 20 still succeed.
+        for _ in range(20):
+            answer = await engine.request("POST", "/track/lead", b'{"a": 1}')
+            assert (answer.status, answer.json()) == (200, {"sni": "localhost"})
+    finally:
+        await engine.aclose()
+
+
+async def test_unknown_ca_is_refused_as_httpx_does(nginx_tls: tuple[int, Path]) -> None:
+    port, _ = nginx_tls
+    engine = Engine(f"https://localhost:{port}")  # certifi's bundle: our CA is not in it
+    with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        await engine.request("POST", "/x", b"")
+    await engine.aclose()
+
+
+async def test_host_name_not_in_the_certificate_is_refused(nginx_tls: tuple[int, Path]) -> None:
+    port, tmp = nginx_tls
+    context = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
+    engine = Engine(f"https://127.0.0.1:{port}", ssl=context)  # the SAN says localhost only
+    with pytest.raises(ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
+        await engine.request("POST", "/x", b"")
+    await engine.aclose()
