@@ -16,6 +16,8 @@ Where the event goes:
   guarantees as ``await track_lead(...)``: ``status="queued"``, drained at shutdown.
 - Nobody started the tracker (a job, a script, ``--lifespan off``): the event is delivered
   inline in a fresh event loop, within the tracker's ``inline_timeout`` (``status="sent"``).
+  A tracker started on a loop that has since ended (never closed) is closed first, in that
+  fresh loop, delivering what it still held, with one WARNING.
 
 Called from a thread that runs an event loop (an ``async def`` view), it raises
 ``RuntimeError``: blocking there would stall the very loop that delivers; ``await`` the
@@ -32,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
@@ -45,6 +49,8 @@ from .tracker import Tracker
 from .transports.base import TrackResult
 
 __all__ = ["RequestLike", "track_customer", "track_lead", "track_sale"]
+
+logger = logging.getLogger("asgi_attribution")
 
 
 class RequestLike(Protocol):
@@ -104,6 +110,20 @@ def _with_verified(
     return fields
 
 
+_warned: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+def _warn_ended(tracker: Tracker) -> None:
+    if tracker not in _warned:
+        _warned.add(tracker)
+        logger.warning(
+            "the %s tracker was started on an event loop that has ended without "
+            "`await tracker.aclose()`: its pending events are delivered now and it is closed; "
+            "start and close it in the same loop (`async with tracker:`)",
+            tracker.provider.name,
+        )
+
+
 def _run(
     tracker: Tracker,
     call: Callable[[], Coroutine[Any, Any, TrackResult]],
@@ -137,12 +157,13 @@ def _run(
             ) from None
 
     async def inline() -> TrackResult:
-        result = await call()
         if loop is not None:
-            # Started on a loop that no longer runs (no aclose): whatever this loop queued
-            # must be out before the loop ends.
-            await tracker.flush(wait)
-        return result
+            # Started on a loop that has ended without aclose(): nothing can deliver for it
+            # any more. Deliver what it holds here and leave it unowned, so this event (and
+            # the next) is sent inline instead of queued on a loop about to end too.
+            _warn_ended(tracker)
+            await tracker.aclose()
+        return await call()
 
     return asyncio.run(inline())
 
