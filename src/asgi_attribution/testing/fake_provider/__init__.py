@@ -10,6 +10,12 @@ and dropped connections. Point a staging deployment at it, or run it under uvico
         httpx.post(f"{base_url}/track/lead", json={...}, headers={"Authorization": "Bearer k"})
     assert provider.leads()[0]["eventName"] == "Sign up"
 
+It answers as the providers' servers do, not only as their specs say (:mod:`.ledger`): a
+repeated lead is 200 with ``"link": null``, a click it does not know is 404 and still reserves
+the lead's key, a sale without customer is 200 with nulls, windows last 7 days on a clock tests
+can step (``advance``). It also serves ``/track/click`` (:mod:`.clicks`), sends signed webhooks
+(:mod:`.webhooks`) and keeps commissions for refunds (:mod:`.commissions`).
+
 From a shell: ``asgi-attribution fake-provider --provider pimms --error-rate 0.1``.
 
 Example:
@@ -22,14 +28,18 @@ from __future__ import annotations
 
 from .app import FakeProvider
 from .bodies import ProviderName
+from .clicks import Click
 from .faults import ConnectionDropped, Faults, RetryAfterForm
 from .routing import Received
+from .webhooks import SentWebhook
 
 __all__ = [
+    "Click",
     "ConnectionDropped",
     "FakeProvider",
     "Faults",
     "ProviderName",
     "Received",
     "RetryAfterForm",
+    "SentWebhook",
 ]
