@@ -7,6 +7,7 @@ middleware. Used in-process by ``middleware_inproc`` and under uvicorn by ``midd
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.applications import Starlette
@@ -70,6 +71,39 @@ class PassThrough:
         await self.app(scope, receive, send)
 
 
+_REQUEST: ContextVar[Any] = ContextVar("bench_request")
+_COOKIE = (b"set-cookie", f"dub_id={CLICK_ID}; Path=/; Max-Age=7776000; SameSite=Lax".encode())
+
+
+class OneHeader:
+    """The floor for ours (issue 16): per-request state (its own copy of the state dict, a
+    ContextVar set and reset) and, on a landing, one precomputed header appended to the
+    response start. Nothing is parsed beyond finding ``dub_id=`` in the query."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["state"] = {**scope.get("state", {}), "bench": True}
+        token = _REQUEST.set(scope)
+        try:
+            if b"dub_id=" not in scope["query_string"]:
+                await self.app(scope, receive, send)
+                return
+
+            async def wrapped(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), _COOKIE]
+                await send(message)
+
+            await self.app(scope, receive, wrapped)
+        finally:
+            _REQUEST.reset(token)
+
+
 class HandWrittenCookie(BaseHTTPMiddleware):
     """What a user writes without this package: read the cookie into ``request.state``."""
 
@@ -124,6 +158,7 @@ def _context() -> list[Middleware]:
 VARIANTS: dict[str, Callable[[], list[Middleware]]] = {
     "bare app": list,
     "pass-through (floor)": lambda: [Middleware(PassThrough)],
+    "one-header middleware (floor, issue 16)": lambda: [Middleware(OneHeader)],
     "asgi-attribution": _ours,
     "asgi-attribution + app reads click_id": _ours_reading,
     "SessionMiddleware": _session,
@@ -132,6 +167,7 @@ VARIANTS: dict[str, Callable[[], list[Middleware]]] = {
     "BaseHTTPMiddleware by hand": lambda: [Middleware(HandWrittenCookie)],
 }
 OURS = "asgi-attribution"
+ONE_HEADER = "one-header middleware (floor, issue 16)"
 BARE = "bare app"
 
 

@@ -28,7 +28,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 COMMAND = "bash bench/run.sh"
 
 NEEDED = ["asgi_attribution", "starlette", "uvicorn", "asgi_correlation_id", "starlette_context"]
-NEEDED += ["dub", "pyinstrument", "httpx"]
+NEEDED += ["dub", "pyinstrument", "httpx", "aiohttp", "httptools"]
 
 
 def ensure_dependencies() -> None:
@@ -128,6 +128,137 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
+def _ratio_row(goal: str, ours: float, floor: float, limit: float, unit: str = "us") -> Any:
+    ratio = ours / floor if floor else float("inf")
+    return (
+        goal,
+        f"{ours:,.1f} {unit} vs floor {floor:,.1f} {unit} = {ratio:.2f}x (limit {limit}x)",
+        _verdict(ratio <= limit),
+    )
+
+
+def goals16(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(goal, measured, verdict) for every goal of issue 16, as ratios to floors of this run."""
+    from . import apps
+
+    out: list[tuple[str, str, str]] = []
+    d = r.get("delivery", {})
+    rows = d.get("rows", {})
+    if rows:
+        for t in ("HTTP", "TLS"):
+            floor = rows.get(f"floor: raw asyncio.Protocol client, {t}, c=10", {})
+            path = {
+                c: rows.get(f"ours with the engine (whole path), {t}, c={c}") for c in (10, 20, 50)
+            }
+            before = rows.get(f"ours with httpx (whole path, before), {t}, c=10")
+            if floor and path[10]:
+                row = _ratio_row(
+                    f"Delivery, whole path (track_lead -> queue -> attempt -> response), {t}, "
+                    "c=10: client CPU per event within 3x the raw-protocol floor",
+                    path[10]["cpu_us_per_event"],
+                    floor["cpu_us_per_event"],
+                    3,
+                )
+                if before:
+                    b = before["cpu_us_per_event"]
+                    row = (
+                        row[0],
+                        row[1] + f"; before (httpx): {b:,.0f} us = "
+                        f"{b / floor['cpu_us_per_event']:.1f}x",
+                        row[2],
+                    )
+                out.append(row)
+            values = [v["cpu_us_per_event"] for v in path.values() if v]
+            if len(values) == 3:
+                flat = max(values) / min(values)
+                out.append(
+                    (
+                        f"Delivery, whole path, {t}: flat (within 20%) from 10 to 50 connections",
+                        " / ".join(f"{v:,.0f}" for v in values)
+                        + f" us at c=10/20/50: max/min {flat:.2f}",
+                        _verdict(flat <= 1.2),
+                    )
+                )
+    fl = r.get("floors", {})
+    ob = r.get("outbox", {})
+    sqlite = (ob.get("stores") or {}).get("SQLite outbox") if ob.get("available") else None
+    if fl and sqlite:
+        sync = ob.get("sqlite_synchronous", "FULL")
+        floor = fl["sqlite"].get(sync) or fl["sqlite"]["FULL"]
+        out.append(
+            _ratio_row(
+                f"Outbox: sequential track_lead (SQLite, synchronous={sync}, the default) within "
+                "2x the one-row commit floor",
+                sqlite["median_us"],
+                floor["one_row_commit_us"],
+                2,
+            )
+        )
+        if "burst50_median_us" in sqlite:
+            burst_floor = 50 * fl["validate_lead_us"] + floor["fifty_row_commit_us"]
+            out.append(
+                _ratio_row(
+                    f"Outbox: 50 concurrent signups durable (synchronous={sync}) within 1.5x of "
+                    "(50 validations + one 50-row commit)",
+                    sqlite["burst50_median_us"],
+                    burst_floor,
+                    1.5,
+                )
+            )
+    inproc = r.get("middleware_inproc", {}).get("cases", {})
+    for case, label, limit in (
+        ("landing ?dub_id= (sets cookie)", "Landing", 3),
+        ("dub_id among 10 cookies", "Cookie request", 1.5),
+    ):
+        rows_c = inproc.get(case, {})
+        if apps.ONE_HEADER in rows_c:
+            out.append(
+                _ratio_row(
+                    f"{label}: our overhead within {limit}x the one-header middleware floor",
+                    rows_c[apps.OURS]["overhead_us"],
+                    rows_c[apps.ONE_HEADER]["overhead_us"],
+                    limit,
+                )
+            )
+    return out
+
+
+def delivery_table(r: dict[str, Any]) -> list[str]:
+    d = r.get("delivery", {})
+    if not d.get("available"):
+        return ["", "### 6. Delivery floors", "", d.get("note", "not measured")]
+    rows = d["rows"]
+    lines = [
+        "",
+        f"### 6. Client CPU per delivered event against nginx `return 200` ({d['rounds']} rounds, "
+        "interleaved; medians)",
+        "",
+        "| Client | CPU/event | vs floor (same transport) |",
+        "|---|---:|---:|",
+    ]
+    for name, row in rows.items():
+        t = "TLS" if ", TLS," in name else "HTTP"
+        floor = rows.get(f"floor: raw asyncio.Protocol client, {t}, c=10", {})
+        ratio = row["cpu_us_per_event"] / floor["cpu_us_per_event"] if floor else float("nan")
+        lines.append(f"| {name} | {row['cpu_us_per_event']:,.1f} us | {ratio:.2f}x |")
+    fl = r.get("floors", {})
+    if fl:
+        lines += [
+            "",
+            "### 7. Floors of the durable append (plain sqlite3, WAL)",
+            "",
+            "| synchronous | one-row commit | 50-row commit | per row in 50 |",
+            "|---|---:|---:|---:|",
+        ]
+        for sync, row in fl["sqlite"].items():
+            lines.append(
+                f"| {sync} | {row['one_row_commit_us']:,.0f} us | "
+                f"{row['fifty_row_commit_us']:,.0f} us | {row['per_row_in_fifty_us']:,.1f} us |"
+            )
+        lines.append(f"\nValidating one lead: {fl['validate_lead_us']} us.")
+    return lines
+
+
 def _fmt_us(x: float) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 
@@ -147,6 +278,14 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(r)]
+    lines += [
+        "",
+        "### Goals (issue 16): ratios to floors measured in this run",
+        "",
+        "| Goal | Measured | |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in goals16(r)]
 
     inproc = r["middleware_inproc"]
     cases = list(apps.CASES)
@@ -264,7 +403,8 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {name} | {row['events_per_s']:,} | {row['median_us']:.0f} us | "
                 f"{row['p99_us']:.0f} us | +{row['added_us']:.0f} us |"
             )
-    if any(ok != _verdict(True) for _, _, ok in targets(r)):
+    lines += delivery_table(r)
+    if any(ok != _verdict(True) for _, _, ok in targets(r) + goals16(r)):
         lines += [
             "",
             'Misses: see bench/README.md, "Profile of the misses", for where the time goes.',
@@ -274,7 +414,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def readme_block(r: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {t} | {v} | {ok} |" for t, v, ok in targets(r))
+    rows = "\n".join(f"| {t} | {v} | {ok} |" for t, v, ok in targets(r) + goals16(r))
     m = r["machine"]
     return (
         f"{START}\n"
@@ -295,7 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_install:
         ensure_dependencies()
     sys.path.insert(0, str(ROOT))
-    from . import common, memory, middleware_inproc, middleware_server, outbox, tracking
+    from . import (
+        common,
+        delivery,
+        floors,
+        memory,
+        middleware_inproc,
+        middleware_server,
+        outbox,
+        tracking,
+    )
 
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": common.machine(), "quick": args.quick}
@@ -322,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("memory", lambda: memory.run(**({"n": 20_000} if args.quick else {}))),
         ("outbox", outbox.run),
+        ("floors", lambda: floors.run(**({"commits": 60} if args.quick else {}))),
+        (
+            "delivery",
+            lambda: delivery.run(**({"rounds": 1, "quick": True} if args.quick else {})),
+        ),
     ]
     for name, step in steps:
         t0 = time.perf_counter()
