@@ -22,10 +22,13 @@ from typing import Any
 
 import pytest
 
-from asgi_attribution import OutboxError, RedisOutbox, RetryPolicy, Tracker
+from asgi_attribution import DUB, LeadEvent, OutboxError, RedisOutbox, RetryPolicy, Tracker
 from asgi_attribution._cli.outbox import main as outbox_main
 from asgi_attribution.testing import FakeProvider, Faults
+from asgi_attribution.transports import Delivery, OutboxTransport
 from tests.support.asgi import KEY
+
+from .scripted import Scripted
 
 pytestmark = pytest.mark.anyio
 WORKER = Path(__file__).parents[1] / "support" / "outbox_worker_app.py"
@@ -59,7 +62,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("redis")
     port = free_port()
     server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"],
         cwd=directory,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -125,15 +128,19 @@ async def test_dead_letters_retry_and_status(
     redis_url: str, prefix: str, provider: FakeProvider, url: str
 ) -> None:
     store = RedisOutbox(redis_url, prefix=prefix)
-    async with Tracker("dub", api_key="wrong", base_url=url, outbox=store, retry=FAST) as bad:
-        ids = [
-            (await bad.track_lead(**LEAD, customer_external_id=f"u{i}")).event_id for i in range(3)
-        ]
-        await bad.flush(timeout=10)
+    refusing = Scripted()
+    refusing.final_code = "bad_request"
+    bad = OutboxTransport(store, refusing, poll_interval=0.05)
+    ids = []
+    for i in range(3):
+        lead = LeadEvent(click_id="clk", event_name="Sign up", customer_external_id=f"u{i}")
+        ids.append((await bad.send(Delivery(lead, DUB))).event_id)
+    await bad.flush(timeout=10)
+    await bad.aclose()
     async with RedisOutbox(redis_url, prefix=prefix) as store:
         dead = await store.list_dead()
         assert sorted(r.event_id for r in dead) == sorted(ids)
-        assert all("HTTP 401 unauthorized" in (r.last_error or "") for r in dead)
+        assert all("HTTP 404 bad_request" in (r.last_error or "") for r in dead)
         status = await store.status()
         assert status.counts["dead"] == 3 and status.unfinished == 0
         assert await store.retry_dead(ids[:1]) == 1

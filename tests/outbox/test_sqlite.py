@@ -93,9 +93,10 @@ async def test_events_are_stored_before_track_returns_then_delivered(
     assert json.loads(stored_row["event"])["customer_external_id"] == "u0"
 
 
-async def test_final_4xx_becomes_a_dead_letter_with_its_error(
+async def test_a_401_pauses_delivery_and_holds_the_events(
     provider: FakeProvider, url: str, tmp_path: Path, caplog: Any
 ) -> None:
+    """A revoked key fails every event alike: the outbox pauses, nothing becomes a dead letter."""
     failures: list[tuple[str, Exception]] = []
     path = tmp_path / "events.db"
     tracker = Tracker(
@@ -107,14 +108,12 @@ async def test_final_4xx_becomes_a_dead_letter_with_its_error(
         on_error=lambda d, exc: failures.append((d.event.event_id, exc)),
     )
     async with tracker:
-        result = await tracker.track_lead(**LEAD, customer_external_id="u1")
-        await tracker.flush(timeout=10)
+        await tracker.track_lead(**LEAD, customer_external_id="u1")
+        await tracker.flush(timeout=10)  # returns once paused: the events are safe
     [row] = rows(path)
-    assert row["state"] == "dead" and row["attempts"] == 1  # not retried
-    assert "HTTP 401 unauthorized" in row["last_error"]
-    assert [event_id for event_id, _ in failures] == [result.event_id]
-    assert tracker.stats.failed == 1 and tracker.stats.retried == 0
-    assert f"event {result.event_id} is a dead letter" in caplog.text
+    assert row["state"] == "pending" and row["attempts"] == 0  # budget untouched
+    assert failures == [] and tracker.stats.failed == 0
+    assert "delivery paused" in caplog.text and "HTTP 401 unauthorized" in caplog.text
 
 
 async def test_retries_exhausted_become_a_dead_letter(
@@ -191,7 +190,7 @@ async def test_append_only_tracker_stores_and_never_delivers(
     async with tracker:
         result = await tracker.track_lead(**LEAD, customer_external_id="u1")
         await tracker.flush()  # returns at once: nothing to deliver here
-        assert transport._runner is None
+        assert transport.delivery is None
     assert result.accepted and states(path) == {"pending": 1}
     assert provider.requests == []
 
@@ -202,8 +201,8 @@ def test_nothing_is_opened_or_started_at_construction(tmp_path: Path) -> None:
     transport = tracker.transport
     assert isinstance(transport, OutboxTransport)
     store = transport.store
-    assert isinstance(store, SQLiteOutbox) and store._executor is None and store._conn is None
-    assert transport._runner is None and threading.active_count() == threads
+    assert isinstance(store, SQLiteOutbox) and not store.is_open
+    assert transport.delivery is None and threading.active_count() == threads
     assert not (tmp_path / "events.db").exists()
 
 

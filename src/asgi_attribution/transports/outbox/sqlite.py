@@ -2,60 +2,55 @@
 
 Several processes on one machine may share the file: every write is a short ``BEGIN IMMEDIATE``
 transaction, claims carry a lease owner and expiry, and outcomes are recorded only by the
-claimant whose lease is still current. All SQLite calls run on one dedicated thread per store, so
-the event loop never waits on the disk; appends arriving together share one commit.
+claimant whose lease is still current. SQLite calls run on the store's own threads, so the event
+loop never waits on the disk: appends on one connection that waits ``append_timeout`` at most
+for another process's lock (a signup is never held longer), workers on another that waits
+``busy_timeout``. Appends arriving together share one commit.
+
+The store knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
+``status().problems``), and before and after each append commit and at each claim the path's
+device and inode are compared with the file opened. A deleted or replaced file stops appends
+(they raise, never report an event stored) and is logged at ERROR; the rows already in the
+deleted file are still delivered by this process while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import functools
-import json
+import logging
 import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ..._exceptions import OutboxError
-from .store import STATES, AppendBatcher, OutboxRow, OutboxStatus, OutboxStore
+from .clock import AnchoredClock, WallClock
+from .rows import NOT_RECORDED_OUTCOMES, STATES, ListState, OutboxRow, OutboxStatus
+from .sqlite_schema import (
+    COLUMNS,
+    DUE,
+    FileId,
+    check_health,
+    file_id,
+    load_clock,
+    note_time,
+    prepare,
+    to_row,
+)
+from .sqlite_tx import Worker, insert_rows, retry_dead_rows
+from .store import AppendBatcher, OutboxStore
 
 __all__ = ["SQLiteOutbox"]
 
+logger = logging.getLogger("asgi_attribution")
 T = TypeVar("T")
-
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    provider TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    event TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending'
-        CHECK (state IN ('pending', 'inflight', 'delivered', 'dead')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    lease_until REAL,
-    lease_owner TEXT,
-    last_error TEXT,
-    first_attempt_at REAL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
-"""
-COLUMNS = (
-    "id, event_id, provider, kind, event, state, attempts, next_attempt_at, last_error, "
-    "created_at, updated_at, first_attempt_at"
-)
-DUE = (
-    "(state = 'pending' AND next_attempt_at <= :now)"
-    " OR (state = 'inflight' AND lease_until <= :now)"
-)
+DAY = 86_400.0
 
 
 class SQLiteOutbox(OutboxStore):
@@ -64,7 +59,11 @@ class SQLiteOutbox(OutboxStore):
     ``path`` is created (with its table) on first use unless ``create=False`` (the CLI uses that,
     so a typo is an error rather than a new empty file). ``synchronous="FULL"`` (the default)
     makes every commit survive a power cut; ``"NORMAL"`` survives a process crash only and
-    writes faster. ``busy_timeout`` is how long a write waits for another process's lock.
+    writes faster. ``append_timeout`` bounds an append's wait for another process's write lock
+    (default 2 s); ``busy_timeout`` is how long a worker's write waits (30 s). Delivered rows
+    are kept ``retention`` seconds (7 days) and then removed ``purge_batch`` rows per
+    transaction. ``clock`` is the wall clock (tests inject a stepped one): it is read to anchor
+    the store's clock, never to schedule.
 
     Example:
         >>> store = SQLiteOutbox("/var/lib/myapp/events.db")
@@ -82,165 +81,185 @@ class SQLiteOutbox(OutboxStore):
         create: bool = True,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout: float = 30.0,
+        append_timeout: float = 2.0,
+        retention: float = 7 * DAY,
+        purge_batch: int = 500,
+        clock: WallClock = time.time,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if append_timeout <= 0 or busy_timeout <= 0 or retention < 0 or purge_batch < 1:
+            raise ValueError(
+                "append_timeout and busy_timeout must be > 0, retention >= 0, purge_batch >= 1"
+            )
         self.path = Path(path)
         self.create = create
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self.append_timeout = append_timeout
+        self.retention = retention
+        self.purge_batch = purge_batch
+        self.wall = clock
         self.description = str(self.path)
+        #: What is wrong with the file (damage found at open, a deleted file); see ``status``.
+        self.problems: builtins.list[str] = []
+        #: Row ids that could not be read at open; claims skip them.
+        self.unreadable: builtins.list[int] = []
         # Identifies this store's claims, so a worker whose lease was taken over cannot record.
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._clock: AnchoredClock | None = None
+        self._identity: FileId | None = None
+        self._lost: str | None = None
+        self._appender: Worker | None = None
+        self._worker: Worker | None = None
         self._batcher = AppendBatcher(self._append_many)
 
     def __repr__(self) -> str:
         return f"SQLiteOutbox({self.description!r})"
 
+    def now(self) -> float:
+        """The file's clock: anchored to ``time.monotonic()`` and shared by every process."""
+        if self._clock is None:
+            return self.wall()
+        return self._clock.now()
+
     # -- plumbing ------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+    async def _run(self, fn: Callable[..., T], *args: Any, appending: bool = False) -> T:
+        worker = self._appender if appending else self._worker
+        if worker is None:
             raise OutboxError(f"outbox {self.description} is not open")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await worker.run(fn, *args)
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"{self.description}: {exc}") from exc
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        assert conn is not None
-        # IMMEDIATE takes the write lock up front, so two processes never both read "due" and
-        # then both claim: the second waits (busy_timeout) and sees the first one's claim.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            # Also after a failed COMMIT (disk full, I/O error): a connection left inside a
-            # transaction would refuse every later write.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], appending: bool = False) -> T:
+        worker = self._appender if appending else self._worker
+        assert worker is not None
+        return worker.tx(fn)
 
     async def open(self) -> None:
-        """Open (creating if allowed) the file, switch to WAL, check or create the table."""
-        if self._executor is not None:
+        """Open (creating if allowed) the file, switch to WAL, check its health and schema."""
+        if self._worker is not None:
             return
-        # The one thread that ever touches this connection; created here, not at import/fork.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="asgi-attribution-sqlite")
+        # Threads created here, not at import or fork; one connection per thread.
+        worker = Worker("asgi-attribution-sqlite", self.busy_timeout)
+        appender = Worker("asgi-attribution-sqlite-append", self.append_timeout)
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+            await worker.run(self._connect, worker)
+            await appender.run(self._connect_appender, appender)
         except BaseException:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            await worker.close()
+            await appender.close()
             raise
+        self._worker, self._appender, self._lost = worker, appender, None
 
-    def _connect(self) -> None:
+    def _connect(self, worker: Worker) -> None:
         path = self.path
         if not self.create and not path.is_file():
             reason = "a directory, not a file" if path.is_dir() else "file not found"
             raise OutboxError(f"no outbox at {path}: {reason}")
+        conn = worker.connect(path, create=self.create)
         try:
-            if self.create:
-                conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None)
-            else:
-                uri = path.resolve().as_uri() + "?mode=rw"
-                conn = sqlite3.connect(
-                    uri, uri=True, timeout=self.busy_timeout, isolation_level=None
-                )
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot open outbox {path}: {exc}") from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"{path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            if self.create:
-                conn.executescript(SCHEMA)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            else:
-                found = conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
-                ).fetchone()
-                if found is None:
-                    raise OutboxError(f"{path} is not an asgi-attribution outbox (no outbox table)")
+            self.problems, self.unreadable = check_health(conn)
+            prepare(conn, path, self.create)
+            self._clock = load_clock(conn, self.wall)
+            self._identity = file_id(path)
         except sqlite3.DatabaseError as exc:
-            conn.close()
+            worker.disconnect()
             raise OutboxError(f"{path} is not a usable SQLite outbox: {exc}") from None
         except BaseException:
-            conn.close()
+            worker.disconnect()
             raise
-        self._conn = conn
+        if self.problems:
+            logger.error("outbox %s is damaged: %s", path, "; ".join(self.problems))
+        self._clock.check(self.description)
+
+    def _connect_appender(self, appender: Worker) -> None:
+        conn = appender.connect(self.path, create=False)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     async def close(self) -> None:
-        """Finish pending appends, close the connection and stop the thread."""
+        """Finish pending appends, close the connections and stop the threads."""
         await self._batcher.wait()
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
-        executor.shutdown(wait=True)
+        appender, worker = self._appender, self._worker
+        self._appender = self._worker = None
+        for each in (appender, worker):
+            if each is not None:
+                await each.close()
+
+    # -- the file's identity --------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Raise (and log at ERROR, once) if the path no longer holds the file opened."""
+        if self._lost is None and file_id(self.path) != self._identity:
+            self._lost = (
+                f"outbox file {self.path} was deleted or replaced while open: appends stop "
+                "(nothing more is reported stored); rows already in it are delivered by this "
+                "process while it runs. Restart the process to open the file at the path"
+            )
+            self.problems.append(self._lost)
+            logger.error("%s", self._lost)
+        if self._lost is not None:
+            raise OutboxError(self._lost)
+
+    @property
+    def is_open(self) -> bool:
+        """True between ``open`` and ``close``."""
+        return self._worker is not None
+
+    @property
+    def lost(self) -> bool:
+        """True once the file at the path is not the one this store opened."""
+        return self._lost is not None
 
     # -- appends, grouped into shared commits -----------------------------------------------
 
     async def append(self, row: OutboxRow) -> None:
-        """Insert a pending row; returns once its transaction is committed."""
+        """Insert a pending row; returns once its transaction is committed in the file at the
+        path (raises :class:`OutboxError` otherwise, also when the lock wait passes
+        ``append_timeout``)."""
         await self._batcher.add(row)
 
-    async def _append_many(self, rows: list[OutboxRow]) -> None:
-        await self._run(self._tx, functools.partial(self._insert, rows=rows))
+    async def _append_many(self, rows: builtins.list[OutboxRow]) -> None:
+        await self._run(self._write_rows, rows, appending=True)
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, *, rows: list[OutboxRow]) -> None:
-        conn.executemany(
-            "INSERT INTO outbox (event_id, provider, kind, event, state, attempts,"
-            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            [
-                (
-                    r.event_id,
-                    r.provider,
-                    r.kind,
-                    json.dumps(r.event, separators=(",", ":")),
-                    r.next_attempt_at,
-                    r.created_at,
-                    r.updated_at,
-                )
-                for r in rows
-            ],
-        )
+    def _write_rows(self, rows: builtins.list[OutboxRow]) -> None:
+        self._check_file()
+        self._tx(functools.partial(insert_rows, rows=rows), appending=True)
+        self._check_file()  # replaced during the commit: the rows went to the old file
 
     # -- claims and outcomes ------------------------------------------------------------------
 
-    async def claim(self, limit: int, lease: float) -> list[OutboxRow]:
+    async def claim(self, limit: int, lease: float) -> builtins.list[OutboxRow]:
         """Lease up to ``limit`` due rows (pending and due, or in flight with an expired lease)."""
         return await self._run(self._claim, limit, lease)
 
-    def _claim(self, limit: int, lease: float) -> list[OutboxRow]:
-        conn = self._conn
-        assert conn is not None
-        now = time.time()
+    def _claim(self, limit: int, lease: float) -> builtins.list[OutboxRow]:
+        worker = self._worker
+        assert worker is not None and worker.conn is not None and self._clock is not None
+        conn = worker.conn
+        self._clock.check(self.description)
+        with contextlib.suppress(OutboxError):  # logged; deliver what the open file holds
+            self._check_file()
+        skip = f" AND id NOT IN ({','.join(map(str, self.unreadable))})" if self.unreadable else ""
+        due = f"{DUE}{skip}"
         # A plain read first: idle workers then never take the write lock.
-        if (
-            conn.execute(f"SELECT 1 FROM outbox WHERE {DUE} LIMIT 1", {"now": now}).fetchone()
-            is None
-        ):
+        first = conn.execute(f"SELECT 1 FROM outbox WHERE {due} LIMIT 1", {"now": self.now()})
+        if first.fetchone() is None:
             return []
 
-        def claim(conn: sqlite3.Connection) -> list[OutboxRow]:
-            now = time.time()
+        def claim(conn: sqlite3.Connection) -> builtins.list[OutboxRow]:
+            now = self.now()
             ids = [
                 r[0]
                 for r in conn.execute(
-                    f"SELECT id FROM outbox WHERE {DUE} ORDER BY next_attempt_at, id LIMIT :limit",
+                    f"SELECT id FROM outbox WHERE {due} ORDER BY next_attempt_at, id LIMIT :limit",
                     {"now": now, "limit": limit},
                 )
             ]
@@ -253,13 +272,9 @@ class SQLiteOutbox(OutboxStore):
                 f" updated_at = ? WHERE id IN ({marks})",
                 (now + lease, self._owner, now, now, *ids),
             )
-            return [
-                _row(r)
-                for r in conn.execute(
-                    f"SELECT {COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY next_attempt_at",
-                    ids,
-                )
-            ]
+            note_time(conn, now)
+            query = f"SELECT {COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY next_attempt_at"
+            return [to_row(r) for r in conn.execute(query, ids)]
 
         return self._tx(claim)
 
@@ -268,34 +283,44 @@ class SQLiteOutbox(OutboxStore):
             conn.execute(
                 f"UPDATE outbox SET {sql}, lease_until = NULL, lease_owner = NULL, updated_at = ?"
                 " WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
-                (*params, time.time(), int(row.handle), self._owner),
+                (*params, self.now(), int(row.handle), self._owner),
             )
 
         await self._run(self._tx, update)
 
     async def delivered(self, row: OutboxRow) -> None:
-        """Mark a claimed row delivered (ignored if our lease was taken over)."""
-        await self._outcome("state = 'delivered', last_error = NULL", (), row)
+        """Mark a claimed row delivered with its outcome (ignored if our lease was taken over)."""
+        await self._outcome(
+            "state = 'delivered', last_error = NULL, error_code = NULL, outcome = ?,"
+            " outcome_reason = ?",
+            (row.outcome, row.outcome_reason),
+            row,
+        )
 
     async def retry_later(self, row: OutboxRow, at: float, error: str) -> None:
-        """Back to pending, due at ``at``, with its last error."""
+        """Back to pending, due at ``at`` (store time), with its last error."""
         await self._outcome(
-            "state = 'pending', next_attempt_at = ?, last_error = ?", (at, error), row
+            "state = 'pending', next_attempt_at = ?, last_error = ?, error_code = ?",
+            (at, error, row.error_code),
+            row,
         )
 
     async def dead(self, row: OutboxRow, error: str) -> None:
         """Keep as a dead letter with its last error."""
-        await self._outcome("state = 'dead', last_error = ?", (error,), row)
+        await self._outcome(
+            "state = 'dead', last_error = ?, error_code = ?", (error, row.error_code), row
+        )
 
     async def release(self, rows: Sequence[OutboxRow]) -> None:
         """Back to pending at once; the interrupted attempt is not counted."""
 
         def update(conn: sqlite3.Connection) -> None:
+            now = self.now()
             conn.executemany(
                 "UPDATE outbox SET state = 'pending', attempts = MAX(attempts - 1, 0),"
                 " lease_until = NULL, lease_owner = NULL, next_attempt_at = ?, updated_at = ?"
                 " WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
-                [(time.time(), time.time(), int(r.handle), self._owner) for r in rows],
+                [(now, now, int(r.handle), self._owner) for r in rows],
             )
 
         await self._run(self._tx, update)
@@ -304,93 +329,88 @@ class SQLiteOutbox(OutboxStore):
 
     async def unfinished(self) -> int:
         """Pending (including scheduled retries) plus in-flight rows."""
+        query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
+        return int((await self._run(self._read, query, ()))[0][0])
 
-        def count() -> int:
-            assert self._conn is not None
-            query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
-            return int(self._conn.execute(query).fetchone()[0])
-
-        return await self._run(count)
+    def _read(self, query: str, params: Sequence[Any]) -> builtins.list[tuple[Any, ...]]:
+        assert self._worker is not None and self._worker.conn is not None
+        return self._worker.conn.execute(query, params).fetchall()
 
     async def status(self) -> OutboxStatus:
-        """Counts by state and the age of the oldest pending or in-flight row."""
+        """Counts by state, the age of the oldest unfinished row, and problems with the file."""
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        for state, n in await self._run(
+            self._read, "SELECT state, COUNT(*) FROM outbox GROUP BY state", ()
+        ):
+            counts[state] = n
+        query = "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
+        oldest = (await self._run(self._read, query, ()))[0][0]
+        age = None if oldest is None else max(0.0, self.now() - oldest)
+        if self._worker is not None:
+            with contextlib.suppress(OutboxError):
+                self._check_file()
+        return OutboxStatus(counts, age, tuple(self.problems))
 
-        def read() -> OutboxStatus:
-            assert self._conn is not None
-            counts: dict[str, int] = dict.fromkeys(STATES, 0)
-            for state, n in self._conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
-                counts[state] = n
-            oldest = self._conn.execute(
-                "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
-            ).fetchone()[0]
-            age = None if oldest is None else max(0.0, time.time() - oldest)
-            return OutboxStatus(counts, age)
-
-        return await self._run(read)
-
-    async def list_dead(self, limit: int = 100) -> list[OutboxRow]:
+    async def list_dead(self, limit: int = 100) -> builtins.list[OutboxRow]:
         """Dead letters, oldest first."""
+        return await self.list("dead", limit)
 
-        def read() -> list[OutboxRow]:
-            assert self._conn is not None
-            query = f"SELECT {COLUMNS} FROM outbox WHERE state = 'dead' ORDER BY id LIMIT ?"
-            return [_row(r) for r in self._conn.execute(query, (limit,))]
-
-        return await self._run(read)
-
-    async def retry_dead(self, event_ids: Sequence[str] | None = None) -> int:
-        """Dead letters back to pending, with a fresh budget of attempts and time."""
-
-        def update(conn: sqlite3.Connection) -> int:
-            now = time.time()
-            sql = (
-                "UPDATE outbox SET state = 'pending', attempts = 0, first_attempt_at = NULL,"
-                " next_attempt_at = ?, updated_at = ? WHERE state = 'dead'"
+    async def list(self, state: ListState = "dead", limit: int = 100) -> builtins.list[OutboxRow]:
+        """Rows in ``state`` (``not_recorded``: delivered, provider recorded nothing)."""
+        if state == "not_recorded":
+            marks = ",".join("?" * len(NOT_RECORDED_OUTCOMES))
+            where, params = (
+                f"state = 'delivered' AND outcome IN ({marks})",
+                [*NOT_RECORDED_OUTCOMES],
             )
-            if event_ids is None:
-                return conn.execute(sql, (now, now)).rowcount
-            marks = ",".join("?" * len(event_ids))
-            return conn.execute(f"{sql} AND event_id IN ({marks})", (now, now, *event_ids)).rowcount
+        elif state in STATES:
+            where, params = "state = ?", [state]
+        else:
+            await super().list(state, limit)  # raises ValueError
+            return []
+        query = f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?"
+        return [to_row(r) for r in await self._run(self._read, query, (*params, limit))]
 
+    async def retry_dead(
+        self, event_ids: Sequence[str] | None = None, *, force: bool = False
+    ) -> int:
+        """Dead letters back to pending with a fresh budget (``click_not_found`` needs force)."""
+        update = functools.partial(
+            retry_dead_rows, now=self.now(), event_ids=event_ids, force=force
+        )
         return await self._run(self._tx, update)
 
-    async def purge_delivered(self, older_than: float) -> int:
-        """Delete delivered rows last updated more than ``older_than`` seconds ago."""
+    async def purge_delivered(self, older_than: float, *, max_batches: int | None = None) -> int:
+        """Delete delivered rows older than ``older_than`` seconds, ``purge_batch`` at a time."""
+        removed = 0
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            cutoff = self.now() - older_than
 
-        def delete(conn: sqlite3.Connection) -> int:
-            cutoff = time.time() - older_than
-            sql = "DELETE FROM outbox WHERE state = 'delivered' AND updated_at <= ?"
-            return conn.execute(sql, (cutoff,)).rowcount
+            def delete(conn: sqlite3.Connection, cutoff: float = cutoff) -> int:
+                return conn.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state ="
+                    " 'delivered' AND updated_at <= ? LIMIT ?)",
+                    (cutoff, self.purge_batch),
+                ).rowcount
 
-        return await self._run(self._tx, delete)
+            count = await self._run(self._tx, delete)
+            removed += count
+            batches += 1
+            if count < self.purge_batch:
+                break
+            await asyncio.sleep(0)  # let appends and claims take the lock between batches
+        return removed
 
+    async def maintain(self) -> None:
+        """Remove delivered rows past ``retention`` (a few batches per call)."""
+        await self.purge_delivered(self.retention, max_batches=10)
 
-def _row(r: tuple[Any, ...]) -> OutboxRow:
-    (
-        rid,
-        event_id,
-        provider,
-        kind,
-        event,
-        state,
-        attempts,
-        next_at,
-        error,
-        created,
-        updated,
-        first,
-    ) = r
-    return OutboxRow(
-        event_id=event_id,
-        provider=provider,
-        kind=kind,
-        event=json.loads(event),
-        state=state,
-        attempts=attempts,
-        next_attempt_at=next_at,
-        last_error=error,
-        created_at=created,
-        updated_at=updated,
-        first_attempt_at=first,
-        handle=str(rid),
-    )
+    async def vacuum(self) -> None:
+        """``VACUUM`` the file and truncate the WAL: the file shrinks to its live rows."""
+        await self._run(self._vacuum)
+
+    def _vacuum(self) -> None:
+        assert self._worker is not None and self._worker.conn is not None
+        self._worker.conn.execute("VACUUM")
+        self._worker.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

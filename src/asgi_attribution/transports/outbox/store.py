@@ -1,108 +1,49 @@
-"""The outbox's store: the rows it keeps, the :class:`OutboxStore` contract, and helpers.
+"""The outbox's store: the :class:`OutboxStore` contract, and helpers for stores.
 
-A store keeps each event as plain JSON-able data (:class:`OutboxRow`) until it is delivered or
-becomes a dead letter. :class:`SQLiteOutbox` keeps them in a file on one machine,
-:class:`RedisOutbox` in Redis across machines; :func:`open_store` picks one from an option value.
+A store keeps each event as plain JSON-able data (:class:`OutboxRow`, from :mod:`.rows`) until
+it is delivered or becomes a dead letter. :class:`SQLiteOutbox` keeps them in a file on one
+machine, :class:`RedisOutbox` in Redis across machines; :func:`open_store` picks one from an
+option value.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
+import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, cast
 
-from ...events import Event, validate_event
-from ..base import Delivery
+from .rows import (
+    LIST_STATES,
+    STATES,
+    ListState,
+    OutboxRow,
+    OutboxStatus,
+    State,
+    refused_retry,
+    restart_budget,
+)
 
 __all__ = [
+    "LIST_STATES",
     "STATES",
     "AppendBatcher",
+    "ListState",
     "OutboxRow",
     "OutboxStatus",
     "OutboxStore",
     "State",
     "open_store",
+    "refused_retry",
     "restart_budget",
 ]
 
 # The stores open_store can build from an option value (see OutboxStore.option_prefixes).
 _BACKENDS: list[type[OutboxStore]] = []
-
-State = Literal["pending", "inflight", "delivered", "dead"]
-STATES: tuple[State, ...] = ("pending", "inflight", "delivered", "dead")
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One event as the outbox stores it: plain JSON-able data, never a pickle or an API key.
-
-    ``event`` is the event's ``model_dump(mode="json")`` without its ``kind``; ``handle`` is the
-    store's own reference (a row id, a stream entry id).
-
-    Example:
-        >>> from asgi_attribution import DUB, LeadEvent
-        >>> row = OutboxRow.from_delivery(Delivery(
-        ...     LeadEvent(click_id="c1", event_name="Sign up", customer_external_id="u1"), DUB))
-        >>> row.kind, row.provider, row.state, row.event["click_id"]
-        ('lead', 'dub', 'pending', 'c1')
-    """
-
-    event_id: str
-    provider: str
-    kind: str
-    event: dict[str, Any]
-    state: State = "pending"
-    attempts: int = 0
-    next_attempt_at: float = 0.0
-    last_error: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    first_attempt_at: float | None = None
-    handle: str = field(default="", compare=False)
-
-    @classmethod
-    def from_delivery(cls, delivery: Delivery, *, now: float | None = None) -> OutboxRow:
-        """The row for a new event, due at once."""
-        now = time.time() if now is None else now
-        data = delivery.event.model_dump(mode="json")
-        kind = str(data.pop("kind"))
-        return cls(
-            event_id=delivery.event.event_id,
-            provider=delivery.provider.name,
-            kind=kind,
-            event=data,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-
-    def to_event(self) -> Event:
-        """Rebuild and re-validate the event (raises :class:`InvalidEventError` if it no longer
-        passes validation)."""
-        return validate_event(self.kind, **self.event)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStatus:
-    """Counts by state and the age of the oldest undelivered event, in seconds.
-
-    Example:
-        >>> status = OutboxStatus({"pending": 2, "inflight": 1, "delivered": 5, "dead": 0}, 3.5)
-        >>> status.unfinished
-        3
-    """
-
-    counts: dict[str, int]
-    oldest_pending_age: float | None = None
-
-    @property
-    def unfinished(self) -> int:
-        """Events still to deliver: pending (including scheduled retries) or in flight."""
-        return self.counts.get("pending", 0) + self.counts.get("inflight", 0)
 
 
 class OutboxStore(abc.ABC):
@@ -111,7 +52,8 @@ class OutboxStore(abc.ABC):
     A store must be safe to share between processes: :meth:`claim` hands a row to one claimant
     until the lease expires, and the ``delivered``/``retry_later``/``dead`` calls of a claimant
     whose lease was taken over may be ignored. All methods are coroutines; nothing may block the
-    event loop.
+    event loop. Times given to and read from a store (``at``, the row's times) are in the
+    store's own clock, :meth:`now`, never the caller's wall clock.
 
     Example:
         >>> import asyncio, os, tempfile
@@ -128,6 +70,10 @@ class OutboxStore(abc.ABC):
     #: How :func:`open_store` recognises an option value for this class, which it then calls
     #: with that value: text prefixes such as ``"redis://"``; ``""`` takes any value (a path).
     option_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Whether an appended row survives a crash of the process and of the store's host. A
+    #: store sets it False at open when it cannot promise that (Redis without AOF, or with
+    #: eviction allowed); appends then return ``durable=False``.
+    durable: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -141,6 +87,14 @@ class OutboxStore(abc.ABC):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def now(self) -> float:
+        """The store's clock (seconds, comparable to Unix time): due times, leases, budgets.
+
+        The default reads the wall clock; stores override it with a clock that a stepped or
+        skewed wall clock cannot move (SQLite: anchored to ``time.monotonic()``; Redis ``TIME``).
+        """
+        return time.time()
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect (and create the schema if allowed); idempotent. Raise :class:`OutboxError`."""
@@ -151,27 +105,28 @@ class OutboxStore(abc.ABC):
 
     @abc.abstractmethod
     async def append(self, row: OutboxRow) -> None:
-        """Store a new pending row durably before returning."""
+        """Store a new pending row durably before returning; raise if it may not be stored."""
 
     @abc.abstractmethod
-    async def claim(self, limit: int, lease: float) -> list[OutboxRow]:
+    async def claim(self, limit: int, lease: float) -> builtins.list[OutboxRow]:
         """Take up to ``limit`` due rows for ``lease`` seconds; ``attempts`` counts this one."""
 
     @abc.abstractmethod
     async def delivered(self, row: OutboxRow) -> None:
-        """Mark a claimed row delivered."""
+        """Mark a claimed row delivered, keeping ``row.outcome`` and ``row.outcome_reason``."""
 
     @abc.abstractmethod
     async def retry_later(self, row: OutboxRow, at: float, error: str) -> None:
-        """Give a claimed row back, due again at ``at`` (Unix time), with its last error."""
+        """Give a claimed row back, due again at ``at`` (store time), with its last error (and
+        ``row.error_code``)."""
 
     @abc.abstractmethod
     async def dead(self, row: OutboxRow, error: str) -> None:
-        """Keep a claimed row as a dead letter with its last error."""
+        """Keep a claimed row as a dead letter with its last error (and ``row.error_code``)."""
 
     @abc.abstractmethod
     async def release(self, rows: Sequence[OutboxRow]) -> None:
-        """Give claimed rows back at once, as if not attempted (used at shutdown)."""
+        """Give claimed rows back at once, as if not attempted (shutdown, a paused outbox)."""
 
     @abc.abstractmethod
     async def unfinished(self) -> int:
@@ -179,34 +134,86 @@ class OutboxStore(abc.ABC):
 
     @abc.abstractmethod
     async def status(self) -> OutboxStatus:
-        """Counts by state and the oldest undelivered event's age."""
+        """Counts by state, the oldest undelivered event's age, and problems found."""
 
     @abc.abstractmethod
-    async def list_dead(self, limit: int = 100) -> list[OutboxRow]:
+    async def list_dead(self, limit: int = 100) -> builtins.list[OutboxRow]:
         """Dead letters, oldest first."""
 
+    async def list(self, state: ListState = "dead", limit: int = 100) -> builtins.list[OutboxRow]:
+        """Rows in ``state`` (one of :data:`LIST_STATES`), oldest first.
+
+        ``"not_recorded"`` lists delivered rows whose outcome is ``duplicate`` or
+        ``not_recorded``: the provider answered 2xx and recorded nothing. This default lists
+        dead letters only; stores override it.
+        """
+        if state not in LIST_STATES:
+            raise ValueError(f"state must be one of {', '.join(LIST_STATES)}, got {state!r}")
+        if state == "dead":
+            return await self.list_dead(limit)
+        raise NotImplementedError(f"{type(self).__name__} cannot list {state} rows")
+
+    async def list_rows(
+        self, states: Sequence[ListState], limit: int = 100
+    ) -> builtins.list[OutboxRow]:
+        """Rows in any of ``states``, up to ``limit`` in all (for ``outbox list``)."""
+        rows: builtins.list[OutboxRow] = []
+        for state in states:
+            rows.extend(await self.list(state, limit - len(rows)))
+            if len(rows) >= limit:
+                break
+        return rows
+
     @abc.abstractmethod
-    async def retry_dead(self, event_ids: Sequence[str] | None = None) -> int:
+    async def retry_dead(
+        self, event_ids: Sequence[str] | None = None, *, force: bool = False
+    ) -> int:
         """Put dead letters (all, or those with ``event_ids``) back to pending with a fresh
-        budget; return how many."""
+        budget; return how many. Dead letters :func:`refused_retry` names stay dead (and are
+        logged with the reason) unless ``force``."""
 
     @abc.abstractmethod
     async def purge_delivered(self, older_than: float) -> int:
-        """Delete delivered rows last updated more than ``older_than`` seconds ago."""
+        """Delete delivered rows last updated more than ``older_than`` seconds ago, in small
+        batches that never hold a lock for long."""
+
+    async def maintain(self) -> None:
+        """Housekeeping the delivery loop runs now and then (retention, dead consumers)."""
+        return None
+
+    async def vacuum(self) -> None:
+        """Give free space back to the filesystem where the store can (SQLite ``VACUUM``)."""
+        return None
 
 
-def open_store(outbox: str | os.PathLike[str] | OutboxStore) -> OutboxStore:
+def open_store(
+    outbox: str | os.PathLike[str] | OutboxStore,
+    *,
+    append_timeout: float | None = None,
+    **options: Any,
+) -> OutboxStore:
     """A store from an option value: a store as is, a ``redis://`` URL, or a SQLite file path.
 
-    Nothing is opened here (no file, no connection) until the store's ``open``.
+    Nothing is opened here (no file, no connection) until the store's ``open``. The options
+    (``append_timeout``, ``retention``, ``allow_eviction``...) are passed to the store built
+    from a value; None means the store's default. A store given as is keeps its own
+    ``append_timeout``; other options for it, or options its class does not take, raise
+    :class:`TypeError`.
 
     Example:
         >>> type(open_store("events.db")).__name__
         'SQLiteOutbox'
-        >>> type(open_store("redis://127.0.0.1:6379/0")).__name__
-        'RedisOutbox'
+        >>> open_store("redis://127.0.0.1:6379/0", allow_eviction=True).allow_eviction
+        True
+        >>> open_store("events.db", allow_eviction=True)
+        Traceback (most recent call last):
+        ...
+        TypeError: SQLiteOutbox does not take allow_eviction
     """
+    given = {name: value for name, value in options.items() if value is not None}
     if isinstance(outbox, OutboxStore):
+        if given:
+            raise TypeError(f"{', '.join(given)}: set them on the store {outbox.description}")
         return outbox
     text = os.fspath(outbox)
     # The store whose longest prefix matches (the backends register themselves on import; the
@@ -216,8 +223,15 @@ def open_store(outbox: str | os.PathLike[str] | OutboxStore) -> OutboxStore:
     ]
     if not matches:
         raise ValueError(f"no outbox store takes {text!r}")
-    backend = cast("Callable[[str], OutboxStore]", max(matches, key=lambda m: m[0])[1])
-    return backend(text)
+    backend = max(matches, key=lambda m: m[0])[1]
+    takes = inspect.signature(backend).parameters
+    for name in given:
+        if name not in takes:
+            raise TypeError(f"{backend.__name__} does not take {name}")
+    if append_timeout is not None and "append_timeout" in takes:
+        given["append_timeout"] = append_timeout
+    build = cast("Callable[..., OutboxStore]", backend)
+    return build(text, **given)
 
 
 def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
@@ -232,27 +246,27 @@ def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
 class AppendBatcher:
     """Group concurrent appends into one write (one commit, one pipeline round trip).
 
-    Each caller returns once the write holding its row succeeded; the rows that arrive while a
-    write runs share the next one, so bursts cost one commit instead of one each.
+        Each caller returns once the write holding its row succeeded; the rows that arrive while a
+        write runs share the next one, so bursts cost one commit instead of one each.
 
-    Example:
-        >>> import asyncio
-        >>> writes = []
-        >>> async def write(rows):
-        ...     writes.append(len(rows))
-        >>> batcher = AppendBatcher(write)
-        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
-        >>> async def burst():
-        ...     rows = [OutboxRow.from_delivery(Delivery(lead, DUB)) for _ in range(5)]
-        ...     await asyncio.gather(*(batcher.add(row) for row in rows))
-        >>> asyncio.run(burst())
-        >>> writes  # five appends at once, one write
-        [5]
+        Example:
+            >>> import asyncio
+            >>> writes = []
+            >>> async def write(rows):
+            ...     writes.append(len(rows))
+            >>> batcher = AppendBatcher(write)
+            >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+            >>> async def burst():
+            ...     rows = [OutboxRow.from_delivery(Delivery(lead, DUB)) for _ in range(5)]
+            ...     await asyncio.gather(*(batcher.add(row) for row in rows))
+            >>> asyncio.run(burst())
+            >>> writes  # five appends at once, one write
+            [5]
     """
 
-    def __init__(self, write: Callable[[list[OutboxRow]], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[builtins.list[OutboxRow]], Awaitable[None]]) -> None:
         self._write = write
-        self._waiting: list[tuple[OutboxRow, asyncio.Future[None]]] = []
+        self._waiting: builtins.list[tuple[OutboxRow, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def add(self, row: OutboxRow) -> None:
@@ -282,22 +296,3 @@ class AppendBatcher:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-
-
-def restart_budget(row: OutboxRow, now: float) -> OutboxRow:
-    """A dead letter sent back to pending: a fresh budget of attempts and time.
-
-    Example:
-        >>> row = OutboxRow("evt_1", "dub", "lead", {}, state="dead", attempts=40)
-        >>> fresh = restart_budget(row, now=1_800_000_000.0)
-        >>> fresh.state, fresh.attempts, fresh.next_attempt_at
-        ('pending', 0, 1800000000.0)
-    """
-    return replace(
-        row,
-        state="pending",
-        attempts=0,
-        first_attempt_at=None,
-        next_attempt_at=now,
-        updated_at=now,
-    )

@@ -1,11 +1,18 @@
 """Durable delivery: write each event to an outbox before ``track_lead`` returns, deliver from it.
 
 Guarantees, in plain words:
-- ``send`` returns only after the event is written to the store (``TrackResult.durable`` is
-  True), so a crash, a deploy or an OOM kill after that point cannot lose it.
+- ``send`` returns ``durable=True`` only after the event is written to a store that can keep
+  that promise (:attr:`OutboxStore.durable`), so a crash, a deploy or an OOM kill after that
+  point cannot lose it. A store that cannot take the event within ``append_timeout`` never
+  fails the signup: the event goes to the in-memory ``fallback`` (``durable=False``), or, with
+  ``fallback=None``, ``send`` raises :class:`DeliveryError` ``code="outbox_write_failed"``.
+- A store that cannot be opened at startup does not stop the app: the failure is logged at
+  ERROR and the store is opened again in the background; events meanwhile go to the fallback.
 - Workers claim due events with a lease, make one attempt per claim (``inner.attempt``), and
-  then mark the event delivered, schedule its next attempt (the one retry step, with
-  ``inner.retry``), or, after a final failure, keep it as a dead letter with its last error.
+  then mark the event delivered (with the provider's outcome), schedule its next attempt, or
+  keep it as a dead letter with its last error. Times are the store's clock, never the wall
+  clock of the process. A fault of the whole integration (401, 403, a wrong path) pauses
+  claiming instead of spending the events' budgets.
 - A process that dies mid-delivery leaves its claims behind; once their lease expires any worker
   claims them again. Delivery is therefore at-least-once, and every attempt of an event carries
   the same ``Idempotency-Key``.
@@ -19,19 +26,23 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from ..._exceptions import AttributionError, DeliveryError
+from ..._exceptions import DeliveryError
 from ...providers import DUB, PIMMS, Provider, get_provider
-from ..background import ErrorCallback, notify
+from ..background import ErrorCallback
 from ..base import Delivery, DeliveryStats, TrackResult, Transport
 from ..http import HTTPTransport
-from ..retry import RetryPolicy, next_retry
-from .store import OutboxRow, OutboxStore, open_store
+from ..retry import RetryPolicy
+from .fallback import MemoryFallback
+from .loop import DeliveredCallback, DeliveryLoop
+from .pause import pause_for
+from .rows import OutboxRow
+from .store import OutboxStore, open_store
+from .transport_life import close_transport, keep_opening
 
 __all__ = ["OutboxTransport"]
 
@@ -41,17 +52,22 @@ logger = logging.getLogger("asgi_attribution")
 class OutboxTransport(Transport):
     """Write every event to a durable outbox, and deliver from it in worker tasks.
 
-    ``store`` is an :class:`OutboxStore`, a SQLite file path, or a ``redis://`` URL. Each claimed
-    event gets one attempt through ``inner`` (any :class:`Transport`); its ``retry`` policy
-    decides when an event is tried again and when it becomes a dead letter. Without ``inner``,
-    an :class:`HTTPTransport` is built from ``api_key``, ``base_url``, ``timeout`` and ``retry``.
+    ``store`` is an :class:`OutboxStore`, a SQLite file path, or a ``redis://`` URL (built with
+    ``append_timeout``, ``retention`` and ``allow_eviction`` where given). Each claimed event
+    gets one attempt through ``inner`` (any :class:`Transport`); its ``retry`` policy decides
+    when an event is tried again and when it becomes a dead letter. Without ``inner``, an
+    :class:`HTTPTransport` is built from ``api_key``, ``base_url``, ``timeout`` and ``retry``.
 
     Options: ``deliver=False`` makes an append-only instance (web workers that leave delivery to
     ``asgi-attribution outbox deliver --follow``); ``concurrency`` attempts at once; ``lease``
     seconds a claim is held before another worker may take it over (must exceed one attempt,
     ``inner.timeout``); ``poll_interval`` seconds between looks for due events when idle;
-    ``shutdown_timeout`` seconds ``aclose`` spends delivering; ``on_error(delivery, exc)`` is
-    called for each dead letter.
+    ``shutdown_timeout`` seconds ``aclose`` spends delivering; ``append_timeout`` (2 s) bounds
+    every store call of ``send``; ``fallback`` (``"memory"``, a :class:`Transport`, or None to
+    raise) takes the events the store cannot; ``pause_interval`` (30 s) between probes while an
+    integration fault pauses delivery; ``on_error(delivery, exc)`` for each dead letter;
+    ``on_delivered(delivery, result)`` for each event the provider answered 2xx (read
+    ``result.outcome``).
 
     Example:
         >>> import asyncio, os, tempfile
@@ -83,17 +99,31 @@ class OutboxTransport(Transport):
         lease: float = 60.0,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 20.0,
+        append_timeout: float = 2.0,
+        fallback: Literal["memory"] | Transport | None = "memory",
+        pause_interval: float = 30.0,
+        maintenance_interval: float = 60.0,
+        retention: float | None = None,
+        allow_eviction: bool | None = None,
         on_error: ErrorCallback | None = None,
+        on_delivered: DeliveredCallback | None = None,
         stats: DeliveryStats | None = None,
         providers: Iterable[Provider] = (),
     ) -> None:
         concurrency = 10 if concurrency is None else concurrency
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        if lease <= 0 or poll_interval <= 0:
-            raise ValueError(
-                f"lease and poll_interval must be > 0, got {lease} and {poll_interval}"
-            )
+        for name, value in (
+            ("lease", lease),
+            ("poll_interval", poll_interval),
+            ("append_timeout", append_timeout),
+            ("pause_interval", pause_interval),
+            ("maintenance_interval", maintenance_interval),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value}")
+        if not (fallback is None or fallback == "memory" or isinstance(fallback, Transport)):
+            raise ValueError(f"fallback must be 'memory', a Transport or None, got {fallback!r}")
         http_options = {"api_key": api_key, "base_url": base_url, "timeout": timeout}
         given = [
             name for name, value in {**http_options, "retry": retry}.items() if value is not None
@@ -103,10 +133,15 @@ class OutboxTransport(Transport):
                 f"OutboxTransport: {', '.join(given)} build the HTTP transport used when no"
                 " inner is given; set them on inner instead"
             )
-        self.store = open_store(store)
+        self.store = open_store(
+            store,
+            append_timeout=append_timeout,
+            retention=retention,
+            allow_eviction=allow_eviction,
+        )
         if stats is not None:
             self.stats = stats
-        if inner is None and deliver:
+        if inner is None:
             inner = HTTPTransport(
                 api_key,
                 base_url=base_url,
@@ -117,152 +152,131 @@ class OutboxTransport(Transport):
             )
         #: The transport each claimed event goes through (None for an append-only instance).
         self.inner = inner if deliver else None
-        if self.inner is not None:
-            self.retry, self.timeout = self.inner.retry, self.inner.timeout
+        self.retry, self.timeout = inner.retry, inner.timeout
         self.deliver = deliver
         self.concurrency = concurrency
         self.lease = lease
         self.poll_interval = poll_interval
         self.shutdown_timeout = shutdown_timeout
+        self.append_timeout = append_timeout
+        self.pause_interval = pause_interval
+        self.maintenance_interval = maintenance_interval
         self.on_error = on_error
+        self.on_delivered = on_delivered
         #: Events left undelivered in the store by the last ``aclose`` (safe, not lost).
         self.left_in_store = 0
+        #: The in-memory queue for events the store cannot take (None: ``send`` raises).
+        self.fallback: MemoryFallback | None = None
+        if fallback is not None:
+            target = inner if fallback == "memory" else fallback
+            assert isinstance(target, Transport)
+            self.fallback = MemoryFallback(
+                self.store.description, target, self.stats, shutdown_timeout=shutdown_timeout
+            )
+        #: The transport that sends (the inner one, also for an append-only instance's fallback).
+        self.sender = inner
         self._providers = {p.name: p for p in (DUB, PIMMS, *providers)}
         # Loop state is created in start(), never at construction, import or fork.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._tasks: dict[asyncio.Task[None], OutboxRow] = {}
-        self._stopping = False
+        self._open = False
+        self._opener: asyncio.Task[None] | None = None
+        self.delivery: DeliveryLoop | None = None
 
     def __repr__(self) -> str:
         return f"OutboxTransport({self.store.description!r}, deliver={self.deliver})"
 
+    @property
+    def is_open(self) -> bool:
+        """True once the store opened in this event loop (False while it is retried)."""
+        return self._open
+
     async def start(self) -> None:
-        """Open the store and, unless append-only, start the delivery loop; idempotent."""
+        """Open the store and, unless append-only, start delivering; idempotent.
+
+        Never raises for a store failure: it is logged at ERROR, the store is opened again in
+        the background (1 s, 2 s, ... up to 30 s apart) and events go to the fallback meanwhile.
+        """
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
-        if self._loop is not None:
-            # A new event loop without a clean shutdown: the old loop's claims come back when
-            # their lease expires; nothing was only in memory.
-            self._tasks.clear()
-            self._runner = None
-        await self.store.open()
-        self._loop = loop
-        if self.inner is not None:
-            await self.inner.start()
-            self._wake = asyncio.Event()
-            self._stopping = False
-            self._runner = loop.create_task(self._run(), name="asgi-attribution-outbox")
-
-    async def send(self, delivery: Delivery) -> TrackResult:
-        """Write the event to the store, then return ``queued`` with ``durable=True``.
-
-        Raises :class:`DeliveryError` (``code="outbox_write_failed"``, retryable) if the store
-        cannot take it. A lead with ``mode="wait"`` is stored too: the handler never waits on
-        the provider.
-        """
-        if self._loop is not asyncio.get_running_loop():
-            await self.start()
-        self._providers.setdefault(delivery.provider.name, delivery.provider)
+        # A new event loop without a clean shutdown: the old loop's claims come back when their
+        # lease expires; nothing was only in the store's memory.
+        self._loop, self._open, self.delivery, self._opener = loop, False, None, None
+        await self.sender.start()
         try:
-            await self.store.append(OutboxRow.from_delivery(delivery))
+            await asyncio.wait_for(self.store.open(), max(10.0, self.append_timeout))
         except Exception as exc:
-            event_id = delivery.event.event_id
-            logger.error("event %s not stored in %s: %s", event_id, self.store.description, exc)
-            raise DeliveryError(event_id, "outbox_write_failed", str(exc), retryable=True) from exc
-        self.stats.queued += 1
-        if self._wake is not None:
-            self._wake.set()
-        return TrackResult("queued", delivery.event, durable=True)
+            logger.error(
+                "outbox %s unavailable at startup: %s; retrying in the background, events go "
+                "to %s meanwhile",
+                self.store.description,
+                exc,
+                "the in-memory queue" if self.fallback else "nowhere (fallback=None: they fail)",
+            )
+            self._opener = loop.create_task(keep_opening(self), name="asgi-attribution-open")
+        else:
+            self.opened()
 
-    # -- delivery loop ---------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        wake = self._wake
-        assert wake is not None and self._loop is not None
-        while not self._stopping:
-            wake.clear()
-            free = self.concurrency - len(self._tasks)
-            rows: list[OutboxRow] = []
-            if free > 0:
-                try:
-                    rows = await self.store.claim(free, self.lease)
-                except Exception as exc:  # a locked or unreachable store: try again later
-                    logger.warning("outbox %s: claim failed: %s", self.store.description, exc)
-                if self._stopping:  # shutdown began during the claim: give the rows back
-                    await self._store_call(self.store.release, rows)
-                    return
-                for row in rows:
-                    task = self._loop.create_task(self._deliver(row))
-                    self._tasks[task] = row
-                    task.add_done_callback(self._done)
-            if free > 0 and len(rows) == free:
-                continue  # there may be more due right now
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.poll_interval)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
-        if self._wake is not None:
-            self._wake.set()
+    def opened(self) -> None:
+        """The store is open: start delivering (unless append-only)."""
+        self._open = True
+        if self.inner is not None:
+            pause = pause_for(self.store.description, self.pause_interval)
+            self.delivery = DeliveryLoop(
+                self.store,
+                self.inner,
+                self.stats,
+                self._provider,
+                pause,
+                concurrency=self.concurrency,
+                lease=self.lease,
+                poll_interval=self.poll_interval,
+                maintenance_interval=self.maintenance_interval,
+                on_error=self.on_error,
+                on_delivered=self.on_delivered,
+            )
 
     def _provider(self, name: str) -> Provider:
         return self._providers.get(name) or get_provider(name)
 
-    async def _deliver(self, row: OutboxRow) -> None:
-        assert self.inner is not None
-        try:
-            delivery = Delivery(row.to_event(), self._provider(row.provider))
-        except Exception as exc:  # the row no longer makes an event: retrying cannot help
-            await self._store_call(self.store.dead, row, f"cannot restore event: {exc}")
-            self.stats.failed += 1
-            logger.error("event %s is a dead letter: cannot restore it: %s", row.event_id, exc)
-            return
-        try:
-            # One attempt per claim: the store, not a sleeping task, holds the retry.
-            await self.inner.attempt(delivery)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._failed(row, delivery, exc)
+    async def send(self, delivery: Delivery) -> TrackResult:
+        """Write the event to the store, then return ``queued`` (``durable`` as the store says).
+
+        Bounded by ``append_timeout``. If the store cannot take the event, it goes to the
+        fallback (``durable=False``) or, with ``fallback=None``, :class:`DeliveryError`
+        (``code="outbox_write_failed"``, retryable) is raised. A lead with ``mode="wait"`` is
+        stored too: the handler never waits on the provider.
+        """
+        if self._loop is not asyncio.get_running_loop():
+            await self.start()
+        self._providers.setdefault(delivery.provider.name, delivery.provider)
+        event_id = delivery.event.event_id
+        fallback = self.fallback
+        if not self._open:
+            cause = "the store is not open (retrying in the background)"
+        elif fallback is not None and not fallback.should_try_store():
+            cause = fallback.cause or "outage"
         else:
-            self.stats.sent += 1
-            await self._store_call(self.store.delivered, row)
-
-    async def _failed(self, row: OutboxRow, delivery: Delivery, exc: Exception) -> None:
-        assert self.inner is not None
-        if not isinstance(exc, DeliveryError):
-            # Our own validation errors are final; anything else may be a passing fault.
-            retryable = not isinstance(exc, AttributionError)
-            exc = DeliveryError(
-                row.event_id, type(exc).__name__, str(exc) or "error", retryable=retryable
-            )
-        now = time.time()
-        elapsed = now - (row.first_attempt_at or now)
-        wait = next_retry(
-            exc, self.inner.retry, attempts=row.attempts, elapsed=elapsed, stats=self.stats
-        )
-        if wait is not None:
-            await self._store_call(self.store.retry_later, row, now + wait, str(exc))
-            if wait < self.poll_interval and self._loop is not None and self._wake is not None:
-                # Due before the next poll: look again then, not a whole poll interval later.
-                self._loop.call_later(wait, self._wake.set)
-            return
-        self.stats.failed += 1
-        logger.error("event %s is a dead letter: %s", row.event_id, exc)
-        await self._store_call(self.store.dead, row, str(exc))
-        await notify(self.on_error, delivery, exc)
-
-    async def _store_call(self, method: Any, *args: Any) -> None:
-        try:
-            await method(*args)
-        except Exception as exc:
-            # The claim's lease runs out and another attempt follows: at-least-once, not lost.
-            logger.warning(
-                "outbox %s: could not record an outcome: %s", self.store.description, exc
-            )
+            try:
+                row = OutboxRow.from_delivery(delivery, now=self.store.now())
+                await asyncio.wait_for(self.store.append(row), self.append_timeout + 0.25)
+            except Exception as exc:
+                cause = str(exc) or f"no answer within {self.append_timeout:g}s"
+                if isinstance(exc, asyncio.TimeoutError):
+                    cause = f"no answer within append_timeout ({self.append_timeout:g}s)"
+            else:
+                if fallback is not None:
+                    fallback.recovered()
+                self.stats.queued += 1
+                if self.delivery is not None:
+                    self.delivery.wake()
+                return TrackResult("queued", delivery.event, durable=self.store.durable)
+        error = DeliveryError(event_id, "outbox_write_failed", cause, retryable=True)
+        if fallback is None:
+            logger.error("event %s not stored in %s: %s", event_id, self.store.description, cause)
+            raise error
+        fallback.failed(cause)
+        return await fallback.send(delivery)
 
     # -- flush and shutdown ------------------------------------------------------------------
 
@@ -270,11 +284,16 @@ class OutboxTransport(Transport):
         """Wait until no event is pending or in flight in the store (or ``timeout`` passes).
 
         Events scheduled for a later retry count as pending. An append-only instance returns
-        at once: its events are already safe.
+        at once: its events are already safe. Events in the fallback queue are flushed too.
         """
-        if self.inner is None or self._loop is not asyncio.get_running_loop():
+        if self._loop is not asyncio.get_running_loop():
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if self.fallback is not None:
+            await self.fallback.flush(timeout)
+        if self.inner is None or self.delivery is None:
+            return
         while True:
             try:
                 left = await self.store.unfinished()
@@ -283,11 +302,19 @@ class OutboxTransport(Transport):
                 left = -1
             if left == 0:
                 return
-            if deadline is not None and time.monotonic() >= deadline:
+            if self.delivery.pause.active:
                 logger.warning(
-                    "flush timed out after %gs with %d events left in the outbox %s",
+                    "outbox %s: delivery is paused (%s); %s events wait in the store",
+                    self.store.description,
+                    self.delivery.pause.cause,
+                    "some" if left < 0 else left,
+                )
+                return
+            if deadline is not None and loop.time() >= deadline:
+                logger.warning(
+                    "flush timed out after %gs with %s events left in the outbox %s",
                     timeout,
-                    left,
+                    "some" if left < 0 else left,
                     self.store.description,
                 )
                 return
@@ -296,60 +323,40 @@ class OutboxTransport(Transport):
     async def aclose(self) -> None:
         """Deliver within ``shutdown_timeout``, give back unfinished claims, close the store.
 
-        What is left stays in the store and is logged (``left_in_store``); it is not lost.
+        What is left stays in the store and is logged (``left_in_store``); it is not lost,
+        unless the store itself was lost (a deleted SQLite file): that is logged at ERROR.
         """
         if self._loop is None:
             return
-        if self._loop is not asyncio.get_running_loop():
-            self._loop = None
-            self._tasks.clear()
-            self._runner = None
-            await self.store.close()
-            return
-        try:
-            if self.inner is not None:
-                await self.flush(self.shutdown_timeout)
-                await self._stop_delivering()
-                try:
-                    self.left_in_store = await self.store.unfinished()
-                except Exception:
-                    self.left_in_store = -1
-                if self.left_in_store:
-                    logger.warning(
-                        "%s events left in the outbox %s at shutdown; they are stored and "
-                        "will be delivered by the next worker",
-                        "some" if self.left_in_store < 0 else self.left_in_store,
-                        self.store.description,
-                    )
-                await self.inner.aclose()
-        finally:
-            self._loop = None
-            self._wake = None
-            await self.store.close()
+        opener, self._opener = self._opener, None
+        if opener is not None:
+            opener.cancel()
+            with contextlib.suppress(BaseException):
+                await opener
+        await close_transport(self)
 
-    async def _stop_delivering(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            # Not a plain cancel: a claim cancelled mid-way still commits in the store, and its
-            # rows would wait for their lease to expire. The runner stops between claims.
-            self._stopping = True
-            if self._wake is not None:
-                self._wake.set()
-            _, pending = await asyncio.wait([runner], timeout=60)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-        tasks = dict(self._tasks)
-        if tasks:
-            # Attempts already on the wire finish and record their outcome (each is one HTTP
-            # attempt, bounded by its timeout): cancelled mid-flight, the next worker would
-            # send them again.
-            grace = (self.inner.timeout if self.inner is not None else self.timeout) + 1.0
-            await asyncio.wait(tasks, timeout=grace)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        unfinished = [row for task, row in tasks.items() if task.cancelled()]
-        if unfinished:
-            await self._store_call(self.store.release, unfinished)
+    def in_running_loop(self) -> bool:
+        """True when called from the event loop this transport was started in."""
+        try:
+            return self._loop is asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+
+    def reset(self) -> None:
+        """Forget the event loop's state (after ``aclose``)."""
+        self._loop, self._open, self.delivery = None, False, None
+
+    def describe_state(self) -> dict[str, Any]:
+        """A small dict for logs and tests: open, paused, in fallback, events in memory.
+
+        Example:
+            >>> OutboxTransport("events.db").describe_state()["open"]
+            False
+        """
+        pause = pause_for(self.store.description, self.pause_interval)
+        return {
+            "open": self._open,
+            "paused": pause.active,
+            "fallback_outage": bool(self.fallback and self.fallback.in_outage),
+            "in_memory_total": self.fallback.total if self.fallback else 0,
+        }

@@ -1,0 +1,205 @@
+"""The SQLite outbox's file: its schema and migrations, its clock, its identity and its health.
+
+Plain functions on a ``sqlite3.Connection``, run on the store's own threads (see :mod:`.sqlite`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from ..._exceptions import OutboxError
+from .clock import STEP_TOLERANCE, AnchoredClock, WallClock, boot_id
+from .rows import OutboxRow
+
+__all__ = [
+    "COLUMNS",
+    "DUE",
+    "SCHEMA_VERSION",
+    "FileId",
+    "check_health",
+    "file_id",
+    "load_clock",
+    "note_time",
+    "prepare",
+    "to_row",
+]
+
+SCHEMA_VERSION = 2
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'inflight', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until REAL,
+    lease_owner TEXT,
+    last_error TEXT,
+    first_attempt_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    error_code TEXT,
+    outcome TEXT,
+    outcome_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+# Columns added after version 1, with their types (files of version 1 get them at open).
+ADDED = {"error_code": "TEXT", "outcome": "TEXT", "outcome_reason": "TEXT"}
+COLUMNS = (
+    "id, event_id, provider, kind, event, state, attempts, next_attempt_at, last_error, "
+    "created_at, updated_at, first_attempt_at, error_code, outcome, outcome_reason"
+)
+DUE = (
+    "((state = 'pending' AND next_attempt_at <= :now)"
+    " OR (state = 'inflight' AND lease_until <= :now))"
+)
+
+#: The identity of a file: (device, inode). Another file at the path has another identity.
+FileId = tuple[int, int]
+
+
+def file_id(path: Path) -> FileId | None:
+    """The (device, inode) of ``path``, or None if nothing is there.
+
+    Example:
+        >>> file_id(Path("/nonexistent/events.db")) is None
+        True
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    """Create the schema (if ``create``) or check it is an outbox; migrate version 1 files."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+    ).fetchone()
+    if found is None and not create:
+        raise OutboxError(f"{path} is not an asgi-attribution outbox (no outbox table)")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
+        for column, kind in ADDED.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def load_clock(conn: sqlite3.Connection, wall: WallClock) -> AnchoredClock:
+    """The file's clock: the anchor of this boot stored in the file, or a new one.
+
+    Every process on the machine shares ``time.monotonic()``, so the stored anchor gives them
+    one store time, whatever each one's wall clock says. After a reboot (another boot id, or a
+    monotonic clock behind the last store time seen) the clock is anchored again, never
+    earlier than the last store time seen.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM outbox_meta").fetchall())
+        boot = boot_id()
+        anchor = meta.get("clock_anchor")
+        high = float(meta.get("clock_high", 0.0))
+        if anchor is not None and meta.get("clock_boot") == boot:
+            clock = AnchoredClock(float(anchor), wall=wall)
+            if clock.now() >= high - STEP_TOLERANCE:
+                conn.execute("COMMIT")
+                return clock
+        clock = AnchoredClock.resume(float(anchor or 0.0), high, wall=wall)
+        conn.executemany(
+            "INSERT INTO outbox_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [("clock_anchor", repr(clock.anchor)), ("clock_boot", boot)],
+        )
+        conn.execute("COMMIT")
+        return clock
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def note_time(conn: sqlite3.Connection, now: float) -> None:
+    """Record ``now`` as the latest store time seen (inside a write transaction)."""
+    conn.execute(
+        "INSERT INTO outbox_meta (key, value) VALUES ('clock_high', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS REAL), excluded.value)",
+        (now,),
+    )
+
+
+def check_health(conn: sqlite3.Connection, limit: int = 100) -> tuple[list[str], list[int]]:
+    """``PRAGMA quick_check``; if it finds damage, the ids of rows that cannot be read.
+
+    Ids come from the index (which holds every row id), so rows on a damaged table page are
+    named by id when the index is readable. Returns (problems, unreadable ids).
+    """
+    try:
+        found = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({limit})")]
+    except sqlite3.DatabaseError as exc:
+        return [f"quick_check failed: {exc}"], []
+    if found == ["ok"]:
+        return [], []
+    problems = [f"quick_check: {line}" for line in found]
+    try:
+        ids = [r[0] for r in conn.execute("SELECT id FROM outbox INDEXED BY outbox_due")]
+    except sqlite3.DatabaseError as exc:
+        problems.append(f"row ids unreadable: {exc}")
+        return problems, []
+    bad: list[int] = []
+    for rid in ids:
+        try:
+            row = conn.execute(f"SELECT {COLUMNS} FROM outbox WHERE id = ?", (rid,)).fetchone()
+            if row is None:
+                raise sqlite3.DatabaseError("row missing from the table")
+            to_row(row)
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            del exc
+            bad.append(int(rid))
+    if bad:
+        shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
+        problems.append(f"{len(bad)} rows unreadable (ids {shown})")
+    return problems, bad
+
+
+def to_row(r: tuple[Any, ...]) -> OutboxRow:
+    """An :class:`OutboxRow` from the columns :data:`COLUMNS` names."""
+    (rid, event_id, provider, kind, event, state, attempts, next_at, error, created, updated,
+     first, code, outcome, reason) = r  # fmt: skip
+    return OutboxRow(
+        event_id=event_id,
+        provider=provider,
+        kind=kind,
+        event=json.loads(event),
+        state=state,
+        attempts=attempts,
+        next_attempt_at=next_at,
+        last_error=error,
+        created_at=created,
+        updated_at=updated,
+        first_attempt_at=first,
+        handle=str(rid),
+        error_code=code,
+        outcome=outcome,
+        outcome_reason=reason,
+    )

@@ -1,0 +1,148 @@
+"""The SQLite outbox's threads and transactions: one connection per thread, short writes.
+
+:class:`Worker` owns one thread and the one connection it ever touches; :meth:`Worker.tx` runs
+a function inside ``BEGIN IMMEDIATE``. The multi-row writes of :mod:`.sqlite` are here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..._exceptions import OutboxError
+from .rows import RETRY_REFUSED, OutboxRow
+
+__all__ = ["Worker", "insert_rows", "retry_dead_rows"]
+
+logger = logging.getLogger("asgi_attribution")
+T = TypeVar("T")
+
+
+class Worker:
+    """One thread and its SQLite connection, which waits ``busy_timeout`` seconds for a lock.
+
+    Example:
+        >>> import asyncio, os, tempfile
+        >>> async def answer():
+        ...     worker = Worker("example", busy_timeout=1.0)
+        ...     path = Path(tempfile.mkdtemp()) / "x.db"
+        ...     await worker.run(worker.connect, path, True)
+        ...     try:
+        ...         answer = lambda conn: conn.execute("SELECT 42").fetchone()[0]
+        ...         return await worker.run(worker.tx, answer)
+        ...     finally:
+        ...         await worker.close()
+        >>> asyncio.run(answer())
+        42
+    """
+
+    def __init__(self, name: str, busy_timeout: float) -> None:
+        self.busy_timeout = busy_timeout
+        self.conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on this worker's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def connect(self, path: Path, create: bool) -> sqlite3.Connection:
+        """Open the connection (on this thread); ``create=False`` needs an existing file."""
+        try:
+            if create:
+                conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None)
+            else:
+                uri = path.resolve().as_uri() + "?mode=rw"
+                conn = sqlite3.connect(
+                    uri, uri=True, timeout=self.busy_timeout, isolation_level=None
+                )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox {path}: {exc}") from None
+        self.conn = conn
+        return conn
+
+    def disconnect(self) -> None:
+        """Close the connection (on this thread)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction (on this thread)."""
+        conn = self.conn
+        if conn is None:
+            raise OutboxError("the outbox is closed")
+        # IMMEDIATE takes the write lock up front, so two processes never both read "due" and
+        # then both claim: the second waits (busy_timeout) and sees the first one's claim.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            # Also after a failed COMMIT (disk full, I/O error): a connection left inside a
+            # transaction would refuse every later write.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread."""
+        await self.run(self.disconnect)
+        self._executor.shutdown(wait=True)
+
+
+def insert_rows(conn: sqlite3.Connection, *, rows: list[OutboxRow]) -> None:
+    """Insert new pending rows (an event id already stored is kept as it is)."""
+    conn.executemany(
+        "INSERT INTO outbox (event_id, provider, kind, event, state, attempts,"
+        " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+        " ON CONFLICT (event_id) DO NOTHING",
+        [
+            (
+                r.event_id,
+                r.provider,
+                r.kind,
+                json.dumps(r.event, separators=(",", ":")),
+                r.next_attempt_at,
+                r.created_at,
+                r.updated_at,
+            )
+            for r in rows
+        ],
+    )
+
+
+def retry_dead_rows(
+    conn: sqlite3.Connection, *, now: float, event_ids: Sequence[str] | None, force: bool
+) -> int:
+    """Dead letters back to pending with a fresh budget; refused codes stay unless ``force``."""
+    where, params = "state = 'dead'", list[Any]()
+    if event_ids is not None:
+        where += f" AND event_id IN ({','.join('?' * len(event_ids))})"
+        params.extend(event_ids)
+    if not force:
+        refused = conn.execute(
+            f"SELECT event_id, error_code FROM outbox WHERE {where} AND error_code IN"
+            f" ({','.join('?' * len(RETRY_REFUSED))})",
+            [*params, *RETRY_REFUSED],
+        ).fetchall()
+        for event_id, code in refused:
+            logger.warning(
+                "dead letter %s not retried (%s): %s", event_id, code, RETRY_REFUSED[code]
+            )
+        where += (
+            f" AND (error_code IS NULL OR error_code NOT IN ({','.join('?' * len(RETRY_REFUSED))}))"
+        )
+        params.extend(RETRY_REFUSED)
+    return conn.execute(
+        "UPDATE outbox SET state = 'pending', attempts = 0, first_attempt_at = NULL,"
+        f" next_attempt_at = ?, updated_at = ? WHERE {where}",
+        (now, now, *params),
+    ).rowcount
