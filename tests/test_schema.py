@@ -77,10 +77,13 @@ async def test_every_dub_body_on_the_wire_matches_the_spec(
             metadata={"plan": "team", "seats": 3, "nested": {"a": [1, 2]}},
             **full_customer,
         )
+        # Dub's deferred flow: a deferred lead with its click, then the real one without.
         await tracker.track_lead(
-            click_id="", event_name="Deferred", customer_external_id="u3", mode="deferred"
+            click_id="c3", event_name="Deferred", customer_external_id="u3", mode="deferred"
         )
-        await tracker.track_sale(customer_external_id="u1", amount=0)
+        await tracker.track_lead(click_id="", event_name="Activated", customer_external_id="u3")
+        await tracker.track_lead(click_id="c4", event_name="Sign up", customer_external_id="u/2")
+        await tracker.track_sale(customer_external_id="u1", amount=1)
         await tracker.track_sale(
             customer_external_id="u2",
             amount=4900,
@@ -95,7 +98,7 @@ async def test_every_dub_body_on_the_wire_matches_the_spec(
         )
         await tracker.track_customer(customer_id="u/2", **full_customer)
         await tracker.track_customer(customer_id="u3", customer_name="Only a name")
-    assert [r.status for r in wire.requests] == [200] * 7
+    assert [r.status for r in wire.requests] == [200] * 9
     for request in wire.requests:
         assert request.body is not None
         schema = body_schema(dub_spec, request.method, request.path)

@@ -22,6 +22,9 @@ logger = logging.getLogger("asgi_attribution")
 def clear_attribution(request: HTTPConnection, response: Response, result: TrackResult) -> bool:
     """Delete the click cookies on ``response`` once ``result`` shows the event was accepted.
 
+    Also keeps them when the provider's answer says it recorded nothing (``result.outcome``
+    ``"duplicate"`` or ``"not_recorded"``).
+
     Deletes every cookie the middleware reads or writes (the click cookie and legacy names, the
     partner cookie, the signed companion) with the same ``Path`` and ``Domain`` it sets them
     with. Does nothing and returns False unless ``result.accepted``: the provider answered 2xx,
@@ -40,6 +43,10 @@ def clear_attribution(request: HTTPConnection, response: Response, result: Track
     """
     if not result.accepted:
         logger.debug("click cookies kept: event %s is not accepted yet", result.event_id)
+        return False
+    if result.outcome in ("duplicate", "not_recorded"):
+        # The provider answered 200 but recorded nothing: the click may still be needed.
+        logger.debug("click cookies kept: event %s was %s", result.event_id, result.outcome)
         return False
     managed = request.scope.get(COOKIES_KEY)
     if not isinstance(managed, ManagedCookies):

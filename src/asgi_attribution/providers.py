@@ -98,6 +98,10 @@ class Provider:
     placeholder_click_ids: frozenset[str] = frozenset()
     #: Whether a lead's answer says if it was recorded (Dub: ``"link": null`` for a duplicate).
     lead_answer_tells: bool = True
+    #: Whether a sale with ``amount <= 0`` is recorded (Dub answers nulls; PIMMS records it).
+    records_zero_amounts: bool = False
+    #: The header that signs its webhooks: hex HMAC-SHA256 of the raw body.
+    webhook_signature_header: str = "Dub-Signature"
     #: Why a sale answered with nulls was not recorded, when it is not ``amount <= 0``.
     sale_not_recorded_reason: str = "no_customer"
     extra_headers: dict[str, str] = field(default_factory=dict)
@@ -200,7 +204,8 @@ class Provider:
             return "recorded", None
         if isinstance(event, SaleEvent):
             if answer.get("sale", False) is None:
-                reason = "amount_zero" if event.amount <= 0 else self.sale_not_recorded_reason
+                zero = event.amount <= 0 and not self.records_zero_amounts
+                reason = "amount_zero" if zero else self.sale_not_recorded_reason
                 return "not_recorded", reason
             return "recorded", None
         return "recorded", None
@@ -255,6 +260,8 @@ PIMMS = Provider(
     placeholder_click_ids=frozenset({"1"}),
     lead_answer_tells=False,
     sale_not_recorded_reason="no_customer_or_duplicate_invoice",
+    records_zero_amounts=True,
+    webhook_signature_header="Pimms-Signature",
 )
 """PIMMS (pimms.io): cookie ``pimms_id`` (then legacy ``dclid``), JSON key ``externalId``."""
 

@@ -18,10 +18,11 @@ from pydantic import SecretStr
 from typing_extensions import Unpack
 
 from ._args import CustomerFields, LeadFields, SaleFields
-from ._exceptions import DeliveryError, InvalidEventError, MissingClickIdError
+from ._exceptions import DeliveryError, MissingClickIdError
 from ._options import flag, number
+from .building import build_event
 from .delivery import DELIVERY_OPTIONS, build_stack
-from .events import Event, LeadEvent, validate_event
+from .events import Event, LeadEvent, SaleEvent
 from .overrides import transport_overrides
 from .pending import Tracking
 from .providers import Provider, get_provider
@@ -39,18 +40,6 @@ from .transports.background import DropCallback, ErrorCallback
 __all__ = ["Tracker"]
 
 logger = logging.getLogger("asgi_attribution")
-
-# The names a customer's external id goes by (current first), per event kind's own field.
-_EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
-
-
-def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
-    """Move the customer's external id from any of its names to ``target``; they must agree."""
-    given = {name: fields.pop(name) for name in _EXTERNAL_ID_NAMES if fields.get(name) is not None}
-    if len(set(given.values())) > 1:
-        names = " and ".join(given)
-        raise InvalidEventError(kind, [(names, "give the customer's external id once")])
-    fields[target] = next(iter(given.values()), None)
 
 
 class Tracker:
@@ -289,14 +278,19 @@ class Tracker:
         self.stats.sent += 1
         return result
 
-    def _event(self, kind: str, fields: dict[str, Any], id_field: str, **more: Any) -> Event:
-        _external_id(kind, fields, id_field)
-        event = validate_event(kind, **fields, **more)
-        self.provider.render(event)  # provider-specific limits, before anything is queued
-        return event
+    def _event(
+        self, kind: str, fields: dict[str, Any], id_field: str, **more: Any
+    ) -> tuple[Event, tuple[str, ...]]:
+        return build_event(self.provider, kind, fields, id_field, **more)
 
-    def _tracking(self, event: Event, what: str) -> Tracking:
-        return Tracking(self.send(event), event.event_id, what)
+    def _tracking(self, event: Event, warnings: tuple[str, ...], what: str) -> Tracking:
+        if not warnings:
+            return Tracking(self.send(event), event.event_id, what)
+        return Tracking(self._send_noting(event, warnings), event.event_id, what)
+
+    async def _send_noting(self, event: Event, warnings: tuple[str, ...]) -> TrackResult:
+        result = await self.send(event)
+        return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
 
     def track_lead(
         self, *, click_id: str | None, event_name: str, **fields: Unpack[LeadFields]
@@ -314,7 +308,7 @@ class Tracker:
             ...     await tracker.track_lead(click_id=user.click_id, event_name="Sign up",
             ...                              customer_external_id=str(user.id))
         """
-        event = self._event(
+        event, warnings = self._event(
             "lead",
             dict(fields),
             "customer_external_id",
@@ -325,9 +319,11 @@ class Tracker:
             if self.require_click_id:
                 raise MissingClickIdError("lead")
             logger.debug("lead %r skipped: no click id (organic visit)", event_name)
-            skipped = TrackResult("skipped", event, reason="no click id (organic visit)")
+            skipped = TrackResult(
+                "skipped", event, reason="no click id (organic visit)", warnings=warnings
+            )
             return Tracking(_ready(skipped), None, "track_lead")
-        return self._tracking(event, "track_lead")
+        return self._tracking(event, warnings, "track_lead")
 
     def track_sale(self, *, click_id: str | None = None, **fields: Unpack[SaleFields]) -> Tracking:
         """Track a sale; ``amount`` is an integer in cents. ``click_id`` enables direct sales.
@@ -337,8 +333,28 @@ class Tracker:
             ...     await tracker.track_sale(customer_external_id=invoice.user_id,
             ...                              amount=invoice.cents, invoice_id=invoice.id)
         """
-        event = self._event("sale", dict(fields), "customer_external_id", click_id=click_id)
-        return self._tracking(event, "track_sale")
+        event, warnings = self._event(
+            "sale", dict(fields), "customer_external_id", click_id=click_id
+        )
+        assert isinstance(event, SaleEvent)
+        if event.amount <= 0 and not self.provider.records_zero_amounts:
+            # The provider would answer 200 and record nothing: say so now, send nothing.
+            logger.warning(
+                "sale %s not recorded by %s: amount_zero (not sent)",
+                event.event_id,
+                self.provider.name,
+                extra={"event_id": event.event_id, "outcome_reason": "amount_zero"},
+            )
+            skipped = TrackResult(
+                "skipped",
+                event,
+                reason=f"amount {event.amount}: {self.provider.name} records no sale for it",
+                outcome="not_recorded",
+                outcome_reason="amount_zero",
+                warnings=warnings,
+            )
+            return Tracking(_ready(skipped), None, "track_sale")
+        return self._tracking(event, warnings, "track_sale")
 
     def track_customer(self, **fields: Unpack[CustomerFields]) -> Tracking:
         """Update a customer's name, email or avatar by their external id; await the result.
@@ -347,8 +363,8 @@ class Tracker:
             >>> async def on_profile_change(tracker, user):
             ...     await tracker.track_customer(customer_id=str(user.id), customer_name=user.name)
         """
-        event = self._event("customer", dict(fields), "customer_id")
-        return self._tracking(event, "track_customer")
+        event, warnings = self._event("customer", dict(fields), "customer_id")
+        return self._tracking(event, warnings, "track_customer")
 
 
 async def _ready(result: TrackResult) -> TrackResult:

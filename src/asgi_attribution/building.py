@@ -1,0 +1,71 @@
+"""From the arguments of a ``track_*`` call to one validated event, before anything is queued.
+
+The customer's external id is taken from any of its names; optional fields a visitor typed
+(name, email, avatar) that break a limit are dropped with a warning instead of costing the
+lead; the provider's own limits are checked by rendering its request once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ._exceptions import InvalidEventError
+from .events import VISITOR_FIELDS, Event, validate_event
+from .providers import Provider
+
+__all__ = ["build_event"]
+
+logger = logging.getLogger("asgi_attribution")
+
+# The names a customer's external id goes by (current first), per event kind's own field.
+_EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
+
+
+def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
+    """Move the customer's external id from any of its names to ``target``; they must agree."""
+    given = {name: fields.pop(name) for name in _EXTERNAL_ID_NAMES if fields.get(name) is not None}
+    if len(set(given.values())) > 1:
+        names = " and ".join(given)
+        raise InvalidEventError(kind, [(names, "give the customer's external id once")])
+    fields[target] = next(iter(given.values()), None)
+
+
+def build_event(
+    provider: Provider, kind: str, fields: dict[str, Any], id_field: str, **more: Any
+) -> tuple[Event, tuple[str, ...]]:
+    """The validated event of ``kind``, and the warnings of optional fields dropped on the way.
+
+    ``fields`` are the call's keyword arguments (changed in place); ``id_field`` is where the
+    event keeps the customer's external id. Raises :class:`InvalidEventError` for a required
+    field.
+
+    Example:
+        >>> event, warnings = build_event(DUB, "lead", {"customer_external_id": "u1",
+        ...     "customer_name": "x" * 101}, "customer_external_id",
+        ...     click_id="c1", event_name="Sign up")
+        >>> event.customer_name, warnings
+        (None, ('customer_name: must be at most 100 characters (got 101)',))
+    """
+    _external_id(kind, fields, id_field)
+    warnings: tuple[str, ...] = ()
+    try:
+        event = validate_event(kind, **fields, **more)
+    except InvalidEventError as exc:
+        # What a visitor typed (a long name, an IDN email) must not cost the lead: the event
+        # goes without those fields. A required field still raises.
+        if not exc.errors or not set(exc.fields) <= VISITOR_FIELDS:
+            raise
+        warnings = tuple(f"{name}: {reason}" for name, reason in exc.errors)
+        for name in exc.fields:
+            fields.pop(name, None)
+        event = validate_event(kind, **fields, **more)
+        logger.warning(
+            "%s %s sent without what broke a limit: %s",
+            kind,
+            event.event_id,
+            "; ".join(warnings),
+            extra={"event_id": event.event_id},
+        )
+    provider.render(event)  # provider-specific limits, before anything is queued
+    return event, warnings
