@@ -135,9 +135,10 @@ def test_fuzz_seed_corpus(seed: int) -> None:
 
 def test_the_harness_catches_an_unvalidated_cookie(monkeypatch: pytest.MonkeyPatch) -> None:
     """The properties can fail: with validation switched off, a hostile value is caught."""
-    from asgi_attribution import middleware
+    from asgi_attribution import landing, middleware
 
-    monkeypatch.setattr(middleware, "valid_click_id", lambda value, where="": value or None)
+    for module in (middleware, landing):
+        monkeypatch.setattr(module, "valid_click_id", lambda value, where="": value or None)
     fuzz_harness._apps.clear()
     try:
         with pytest.raises(fuzz_harness.Finding):
@@ -182,12 +183,12 @@ query_text = st.lists(
 @FUZZ
 @given(query_text)
 def test_landing_fast_path_agrees_with_parse_qsl(query: str) -> None:
-    from asgi_attribution import MemoryTransport, Tracker
-    from asgi_attribution.middleware import AttributionMiddleware
+    from asgi_attribution import DUB
+    from asgi_attribution.landing import LandingQuery
 
     raw = query.encode("latin-1")
-    app = AttributionMiddleware(fuzz_harness.build_app(), Tracker(transport=MemoryTransport()))
-    fast = app._landing_click(raw)
+    landing = LandingQuery(DUB)
+    fast = landing.click(raw)
     # The slow path, forced with a harmless '+' in a parameter of its own.
-    slow = app._landing_click(raw + b"&zz+=1") if "zz" not in query else fast
+    slow = landing.click(raw + b"&zz+=1") if "zz" not in query else fast
     assert fast == slow

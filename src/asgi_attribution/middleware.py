@@ -14,10 +14,9 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Literal
-from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
 from ._options import callable_or_none, flag, number
@@ -31,6 +30,7 @@ from .cookies import (
     is_https,
     valid_click_id,
 )
+from .landing import CookieSender, LandingQuery
 from .lifespan import run_lifespan
 from .providers import Provider, get_provider
 from .signing import ClickSigner
@@ -172,24 +172,12 @@ class AttributionMiddleware:
         # lazily, so requests that never track (most of them) don't pay for parsing.
         self._lazy = self.signer is None and not self._gated
         self._where = {name: f"cookie {name}" for name in p.cookie_names}
-        self._query_where = f"query {p.query_param}"
         # Byte needles, computed once, let most requests skip parsing entirely.
         needles = [name.encode() + b"=" for name in p.cookie_names]
         if p.partner_cookie:
             needles.append(p.partner_cookie.encode() + b"=")
         self._cookie_needle = re.compile(b"|".join(map(re.escape, needles))).search
-        self._query_needle = p.query_param.encode() + b"="
-        self._no_track = p.no_track_param
-        self._param_search = re.compile(
-            rb"(?:^|&)" + re.escape(p.query_param.encode()) + rb"=([^&]*)"
-        ).search
-        self._no_track_search = (
-            None
-            if p.no_track_param is None
-            else re.compile(
-                rb"(?:^|&)" + re.escape(p.no_track_param.encode()) + rb"(?:[=&]|$)"
-            ).search
-        )
+        self._landing = LandingQuery(p)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -224,7 +212,7 @@ class AttributionMiddleware:
         scope[COOKIES_KEY] = self.managed_cookies
 
         if set_cookies is not None:
-            send = _CookieSender(send, set_cookies, self._ours)
+            send = CookieSender(send, set_cookies, self._ours)
         token = current_scope.set(scope)
         try:
             await self.app(scope, receive, send)
@@ -259,7 +247,7 @@ class AttributionMiddleware:
                 cookie_header = value if cookie_header is None else cookie_header + b"; " + value
 
         query = scope.get("query_string", b"")
-        landing = self.capture_landing and self._query_needle in query and scope["type"] == "http"
+        landing = self.capture_landing and self._landing.needle in query and scope["type"] == "http"
         if self._lazy and not landing:
             # Even the check for our cookie's name waits until the app asks.
             return Attribution.from_cookie_header(provider, cookie_header, self._read_cookies), None
@@ -272,7 +260,7 @@ class AttributionMiddleware:
             cookies = self._reader.read(cookie_header)
             cookie_click, partner_raw = self._pick(cookies)
 
-        query_click = self._landing_click(query) if landing else None
+        query_click = self._landing.click(query) if landing else None
 
         signer = self.signer
         if query_click is not None and not (self.first_click and cookie_click is not None):
@@ -342,56 +330,5 @@ class AttributionMiddleware:
                         break
         return token
 
-    def _landing_click(self, query: bytes) -> str | None:
-        if b"%" in query or b"+" in query:
-            params = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="replace")
-            click = None
-            for key, value in params:
-                if self._no_track and key == self._no_track:
-                    return None
-                # The first occurrence wins, as in the providers' scripts (URLSearchParams.get).
-                if key == self.provider.query_param and click is None:
-                    click = value
-        else:
-            # Nothing to unquote: find the one parameter, as parse_qsl would, without parsing
-            # the rest of the query.
-            if self._no_track_search is not None and self._no_track_search(query):
-                return None
-            found = self._param_search(query)
-            click = found.group(1).decode("latin-1") if found is not None else None
-        click = valid_click_id(click, where=self._query_where)
-        # A placeholder (PIMMS' `?pimms_id=1`) never overwrites a real click.
-        return click if click is None or self.provider.accepts_click_id(click) else None
-
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await run_lifespan(self.app, self.tracker, scope, receive, send)
-
-
-class _CookieSender:
-    """Appends our Set-Cookie headers to the app's response start, unless the app set ours.
-
-    If the app wrote the click cookie or its companion itself (for example clearing them after
-    a lead), its decision stands and none of ours are added, so the two never disagree. Works
-    on the raw header pairs: a ``MutableHeaders`` view costs more than the whole append.
-    """
-
-    __slots__ = ("cookies", "prefixes", "send")
-
-    def __init__(self, send: Send, cookies: tuple[str, ...], prefixes: tuple[bytes, ...]) -> None:
-        self.send = send
-        self.cookies = cookies
-        self.prefixes = prefixes
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = message.get("headers") or ()  # optional in ASGI, any iterable
-            prefixes = self.prefixes
-            for name, value in headers:
-                if len(name) == 10 and name.lower() == b"set-cookie" and value.startswith(prefixes):
-                    break
-            else:
-                message["headers"] = [
-                    *headers,
-                    *((b"set-cookie", cookie.encode("latin-1")) for cookie in self.cookies),
-                ]
-        await self.send(message)
