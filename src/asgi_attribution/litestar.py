@@ -49,7 +49,7 @@ class AttributionPlugin(InitPluginProtocol):
         ...     return {"status": result.status}
         >>> memory = MemoryTransport()
         >>> plugin = AttributionPlugin(tracker=Tracker("dub", transport=memory))
-        >>> app = Litestar([signup], plugins=[plugin])
+        >>> app = Litestar([signup], plugins=[plugin], logging_config=None)  # logging as is
         >>> with TestClient(app) as client:
         ...     client.post("/signup", headers={"cookie": "dub_id=clk_1"}).json()
         {'status': 'sent'}

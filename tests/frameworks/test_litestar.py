@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from asgi_attribution import MemoryTransport, Tracker
@@ -37,3 +40,42 @@ def test_the_plugin_checks_the_middleware_options_at_construction() -> None:
         AttributionPlugin(tracker=tracker, attribution_model="every-click")
     with pytest.raises(TypeError, match="tracker"):
         AttributionPlugin(tracker="dub")  # type: ignore[arg-type]
+
+
+def test_lifespan_contexts_and_hooks_may_track_events(provider: FakeProvider, url: str) -> None:
+    tracker = tracker_for(url)
+    statuses: list[str] = []
+
+    async def track(user: str) -> None:
+        result = await tracker.track_lead(
+            click_id=f"clk_{user}", event_name="Sign up", customer_external_id=user
+        )
+        statuses.append(result.status)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await track("context_enter")
+        yield
+        await track("context_exit")
+
+    async def on_startup() -> None:
+        await track("startup_hook")
+
+    async def on_shutdown() -> None:
+        await track("shutdown_hook")
+
+    app = Litestar(
+        [],
+        plugins=[AttributionPlugin(tracker=tracker)],
+        lifespan=[lifespan],
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        logging_config=None,
+    )
+    with TestClient(app=app):
+        pass
+    # The tracker started before the first context and drained after the last hook: all queued.
+    assert statuses == ["queued"] * 4
+    assert leads_per_user(provider) == Counter(
+        ["context_enter", "startup_hook", "context_exit", "shutdown_hook"]
+    )
