@@ -152,10 +152,15 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
             name=f"asgi-attribution-{self.tables.channel}",
         )
         try:
-            await pool.open(wait=True, timeout=10.0)
-            async with pool.connection() as conn:
+            # One plain connection first: an unreachable server fails at once, with its reason
+            # (the pool would retry until its timeout).
+            conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=5
+            )
+            async with conn:
                 await self._check_schema(conn)
                 await self._check_server(conn)
+            await pool.open(wait=True, timeout=10.0)
         except (psycopg.Error, PoolTimeout, OutboxError) as exc:
             await pool.close()
             message = str(exc).replace(self.url, _safe_url(self.url))

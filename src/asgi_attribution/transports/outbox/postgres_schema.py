@@ -224,10 +224,12 @@ async def _migrate(conn: AsyncConnection[Any], tables: OutboxTables) -> int:
 
 
 async def schema_version(conn: AsyncConnection[Any], tables: OutboxTables) -> int | None:
-    """The version recorded for ``tables`` (None when no outbox table was created yet)."""
-    cur = await conn.execute("SELECT to_regclass(%s)", (tables.versions,))
+    """The version recorded for ``tables`` (None when its outbox table does not exist)."""
+    cur = await conn.execute(
+        "SELECT to_regclass(%s), to_regclass(%s)", (tables.versions, tables.table)
+    )
     row = await cur.fetchone()
-    if row is None or row[0] is None:
+    if row is None or row[0] is None or row[1] is None:
         return None
     cur = await conn.execute(
         f"SELECT version FROM {tables.versions} WHERE table_name = %s", (tables.name,)
