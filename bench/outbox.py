@@ -100,6 +100,7 @@ def run(n: int = 3000) -> dict[str, Any]:
                 out["stores"]["Redis outbox"] = asyncio.run(_measure(tracker, n))
         else:
             out["stores"]["Redis outbox"] = None
+    out["stores"].update(importlib.import_module(".outbox_postgres", __package__).rows(n, _measure))
     ref = out["stores"]["in-memory queue (reference)"]["median_us"]
     for row in out["stores"].values():
         if row:
