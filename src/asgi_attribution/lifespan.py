@@ -8,6 +8,7 @@ tracker is still started and drained.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +30,12 @@ class _Seen:
 
 
 async def run_lifespan(
-    app: ASGIApp, tracker: Tracker, scope: Scope, receive: Receive, send: Send
+    app: ASGIApp,
+    tracker: Tracker,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run ``app``'s lifespan; start ``tracker`` at startup, drain it after the app's shutdown.
 
@@ -56,6 +62,14 @@ async def run_lifespan(
     """
     seen = _Seen()
 
+    async def drain() -> None:
+        await _drain(tracker)
+        if on_shutdown is not None:
+            try:
+                await on_shutdown()
+            except Exception:
+                logger.exception("a shutdown hook of the middleware failed")
+
     async def receive_and_start() -> Message:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -70,10 +84,10 @@ async def run_lifespan(
         if kind.startswith("lifespan.startup."):
             seen.startup_answered = True
             if kind == "lifespan.startup.failed":
-                await _drain(tracker)  # the server stops: deliver what the startup tracked
+                await drain()  # the server stops: deliver what the startup tracked
         elif kind.startswith("lifespan.shutdown."):
             seen.shutdown_answered = True
-            await _drain(tracker)
+            await drain()
         await send(message)
 
     try:
@@ -90,10 +104,16 @@ async def run_lifespan(
             "the app does not handle lifespan: AttributionMiddleware starts and drains the "
             "tracker itself"
         )
-    await _finish(tracker, seen, receive, send)
+    await _finish(tracker, drain, seen, receive, send)
 
 
-async def _finish(tracker: Tracker, seen: _Seen, receive: Receive, send: Send) -> None:
+async def _finish(
+    tracker: Tracker,
+    drain: Callable[[], Awaitable[None]],
+    seen: _Seen,
+    receive: Receive,
+    send: Send,
+) -> None:
     """Complete the handshake the app left unfinished, then drain at shutdown."""
     if not seen.startup_answered:
         if not seen.startup:
@@ -104,7 +124,7 @@ async def _finish(tracker: Tracker, seen: _Seen, receive: Receive, send: Send) -
     if not seen.shutdown:
         while (await receive())["type"] != "lifespan.shutdown":
             pass
-    await _drain(tracker)
+    await drain()
     await send({"type": "lifespan.shutdown.complete"})
 
 

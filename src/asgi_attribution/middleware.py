@@ -8,19 +8,18 @@ tracker. It never fails a request: bad input is treated as absent.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
 from ._options import callable_or_none, flag, number
 from .attribution import Attribution
+from .consent import Consent, ConsentCheck
 from .cookies import (
     NINETY_DAYS,
     CookiePolicy,
@@ -32,6 +31,7 @@ from .cookies import (
 )
 from .landing import CookieSender, LandingQuery
 from .lifespan import run_lifespan
+from .partner_clicks import PartnerClicks
 from .providers import Provider, get_provider
 from .signing import ClickSigner
 from .tracker import Tracker
@@ -41,8 +41,6 @@ __all__ = ["AttributionMiddleware", "ConsentCheck"]
 logger = logging.getLogger("asgi_attribution")
 
 AttributionModel = Literal["last-click", "first-click"]
-ConsentCheck = Callable[[HTTPConnection], "bool | Awaitable[bool]"]
-"""``consent(connection) -> bool`` (or an awaitable bool): may this visitor's click be kept?"""
 
 
 class AttributionMiddleware:
@@ -63,6 +61,11 @@ class AttributionMiddleware:
     Behind a proxy: with ``forwarded_host=True`` the cookie's host and scheme come from the
     first hop of ``Forwarded`` or ``X-Forwarded-Host`` / ``X-Forwarded-Proto`` (only behind a
     proxy that sets them: a visitor could send them too).
+
+    Partner links on the site itself: with ``refer_domain`` (your Dub short-link domain), a
+    navigation to ``?via=<key>`` (``click_query_params``) without a click id of its own gets
+    one from the provider's ``POST /track/click``, within ``click_timeout`` seconds, and lands
+    as a ``?dub_id=`` would (click and partner cookies, ``get_attribution`` on that request).
 
     Consent: with ``consent`` (a callable taking the request, returning a bool or an awaitable
     bool) or ``honor_gpc=True`` (a ``Sec-GPC: 1`` request header), nothing is captured and no
@@ -100,6 +103,9 @@ class AttributionMiddleware:
         consent: ConsentCheck | None = None,
         honor_gpc: bool = False,
         forwarded_host: bool = False,
+        refer_domain: str | None = None,
+        click_query_params: Sequence[str] = ("via",),
+        click_timeout: float = 1.0,
     ) -> None:
         if attribution_model not in ("last-click", "first-click"):
             raise ValueError(
@@ -155,7 +161,8 @@ class AttributionMiddleware:
         )
         self.consent = consent
         self.honor_gpc = honor_gpc
-        self._gated = consent is not None or honor_gpc
+        self._consent = Consent(consent, honor_gpc)
+        self._gated = self._consent.gated
 
         managed = [*p.cookie_names]
         if p.partner_cookie:
@@ -178,6 +185,20 @@ class AttributionMiddleware:
             needles.append(p.partner_cookie.encode() + b"=")
         self._cookie_needle = re.compile(b"|".join(map(re.escape, needles))).search
         self._landing = LandingQuery(p)
+        # Partner links on the site itself (`?via=john`) carry no click id: with refer_domain,
+        # the server asks the provider for one, as its browser script would.
+        self._partners = (
+            None
+            if refer_domain is None
+            else PartnerClicks(
+                p,
+                refer_domain=refer_domain,
+                base_url=self.tracker.base_url,
+                click_query_params=click_query_params,
+                click_timeout=click_timeout,
+                forwarded=forwarded_host,
+            )
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -201,6 +222,10 @@ class AttributionMiddleware:
                 and not await self._consented(scope)
             ):
                 attribution, set_cookies = self._organic(), None
+            if self._partners is not None and set_cookies is None and kind == "http":
+                partner = await self._partner_landing(scope, attribution)
+                if partner is not None:
+                    attribution, set_cookies = partner
         except Exception:  # never fail a request because of what a visitor sent
             logger.exception("attribution failed; handling the request without it")
             attribution, set_cookies = self._organic(), None
@@ -223,20 +248,7 @@ class AttributionMiddleware:
         return Attribution.from_cookie_header(self.provider)
 
     async def _consented(self, scope: Scope) -> bool:
-        if self.honor_gpc and any(
-            name == b"sec-gpc" and value.strip() == b"1" for name, value in scope["headers"]
-        ):
-            return False
-        if self.consent is None:
-            return True
-        try:
-            answer = self.consent(HTTPConnection(scope))
-            if inspect.isawaitable(answer):
-                answer = await answer
-            return bool(answer)
-        except Exception:
-            logger.exception("consent callable failed; treating the visitor as not consenting")
-            return False
+        return await self._consent.allows(scope)
 
     def _attribute(self, scope: Scope) -> tuple[Attribution, tuple[str, ...] | None]:
         provider = self.provider
@@ -265,18 +277,7 @@ class AttributionMiddleware:
         signer = self.signer
         if query_click is not None and not (self.first_click and cookie_click is not None):
             # Always (re)set, as the providers' scripts do: a landing refreshes the expiry.
-            host = host_of(scope, forwarded=self.forwarded_host)
-            https = is_https(scope, forwarded=self.forwarded_host)
-            set_cookies: tuple[str, ...] = (
-                self.cookie.header(provider.cookie_name, query_click, host=host, https=https),
-            )
-            if signer is not None:
-                # The server saw this click arrive in the URL: vouch for it, and say when.
-                set_cookies += (
-                    self.signed_cookie.header(
-                        self.signed_cookie_name, signer.sign(query_click), host=host, https=https
-                    ),
-                )
+            set_cookies = self._landing_cookies(scope, query_click)
             attribution = Attribution(
                 provider,
                 click_id=query_click,
@@ -300,6 +301,49 @@ class AttributionMiddleware:
             verified=verified,
         )
         return attribution, None
+
+    def _landing_cookies(
+        self, scope: Scope, click_id: str, partner_data: str | None = None
+    ) -> tuple[str, ...]:
+        """The Set-Cookie values of a landing on ``click_id`` (and its partner data)."""
+        host = host_of(scope, forwarded=self.forwarded_host)
+        https = is_https(scope, forwarded=self.forwarded_host)
+        cookies = [self.cookie.header(self.provider.cookie_name, click_id, host=host, https=https)]
+        if self.signer is not None:
+            # The server saw this click arrive: vouch for it, and say when.
+            token = self.signer.sign(click_id)
+            cookies.append(
+                self.signed_cookie.header(self.signed_cookie_name, token, host=host, https=https)
+            )
+        partner_cookie = self.provider.partner_cookie
+        if partner_data is not None and partner_cookie is not None:
+            cookies.append(self.cookie.header(partner_cookie, partner_data, host=host, https=https))
+        return tuple(cookies)
+
+    async def _partner_landing(
+        self, scope: Scope, attribution: Attribution
+    ) -> tuple[Attribution, tuple[str, ...]] | None:
+        """A `?via=` landing: a click minted by the provider, within ``click_timeout``."""
+        partners = self._partners
+        if partners is None or partners.wants_click(scope) is None:
+            return None
+        if self.first_click and attribution.click_id is not None:
+            return None
+        if self._gated and not await self._consented(scope):
+            return None
+        click = await partners.click_for(scope)
+        if click is None:
+            return None
+        partner_data = click.partner_data_cookie
+        landed = Attribution(
+            self.provider,
+            click_id=click.click_id,
+            source="query",
+            partner_raw=partner_data,
+            captured=True,
+            verified=self.signer is not None,
+        )
+        return landed, self._landing_cookies(scope, click.click_id, partner_data)
 
     def _pick(self, cookies: dict[str, str]) -> tuple[str | None, str | None]:
         """The first valid click cookie (current name, then legacy ones) and the partner cookie."""
@@ -331,4 +375,12 @@ class AttributionMiddleware:
         return token
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await run_lifespan(self.app, self.tracker, scope, receive, send)
+        partners = self._partners
+        await run_lifespan(
+            self.app,
+            self.tracker,
+            scope,
+            receive,
+            send,
+            on_shutdown=None if partners is None else partners.aclose,
+        )
