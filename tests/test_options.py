@@ -34,6 +34,13 @@ from asgi_attribution import AttributionMiddleware, MemoryTransport, RetryPolicy
         ({"background": False, "on_error": print}, TypeError, "on_error"),
         ({"background": False, "queue_size": 5}, TypeError, "queue_size"),
         ({"deliver": False}, TypeError, "deliver"),
+        ({"append_timeout": 1.0}, TypeError, "append_timeout"),
+        ({"outbox_fallback": None}, TypeError, "outbox_fallback"),
+        ({"outbox": "events.db", "outbox_fallback": "disk"}, ValueError, "outbox_fallback"),
+        ({"background": False, "pause_interval": 5.0}, TypeError, "pause_interval"),
+        ({"background": False, "on_delivered": print}, TypeError, "on_delivered"),
+        ({"on_delivered": "log"}, TypeError, "on_delivered"),
+        ({"pause_interval": 0}, ValueError, "pause_interval"),
     ],
 )
 def test_tracker_refuses_bad_options(options: dict[str, Any], error: type, names: str) -> None:

@@ -125,13 +125,6 @@ async def test_organic_signup_with_bad_fields_still_raises() -> None:
 
 BAD_LEADS = [
     ({"customer_external_id": "x" * 101}, "customer_external_id", "at most 100"),
-    ({"customer_external_id": "u", "customer_name": "n" * 101}, "customer_name", "at most 100"),
-    ({"customer_external_id": "u", "customer_email": "not-an-email"}, "customer_email", "email"),
-    (
-        {"customer_external_id": "u", "customer_email": "a" * 95 + "@ex.com"},
-        "customer_email",
-        "at most 100",
-    ),
     ({"customer_external_id": "u", "event_quantity": 0}, "event_quantity", "greater than"),
     ({"customer_external_id": "u", "event_quantity": 101}, "event_quantity", "less than"),
     ({"customer_external_id": "u", "event_quantity": 1.5}, "event_quantity", "integer"),
@@ -161,6 +154,30 @@ async def test_invalid_lead_fields_raise_naming_the_field(
     assert response.json()["fields"] == [field]
     assert limit in response.json()["error"]
     assert transport.events == []
+
+
+VISITOR_TYPED = [
+    ({"customer_name": "n" * 101}, "customer_name", "at most 100"),
+    ({"customer_email": "not-an-email"}, "customer_email", "email"),
+    ({"customer_email": "a" * 95 + "@ex.com"}, "customer_email", "at most 100"),
+    ({"customer_avatar": "avatar.png"}, "customer_avatar", "URL"),
+]
+
+
+@pytest.mark.parametrize(("fields", "field", "limit"), VISITOR_TYPED)
+async def test_visitor_typed_fields_that_break_a_limit_are_dropped_not_fatal(
+    fields: dict[str, Any], field: str, limit: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = MemoryTransport()
+    tracker = Tracker("dub", transport=transport)
+    result = await tracker.track_lead(
+        click_id="clk1", event_name="Sign up", customer_external_id="u", **fields
+    )
+    assert result.status == "sent"
+    (warning,) = result.warnings
+    assert warning.startswith(f"{field}: ") and limit in warning
+    assert getattr(transport.events[0], field) is None
+    assert f"lead {result.event_id} sent without what broke a limit" in caplog.text
 
 
 async def test_event_name_limits() -> None:

@@ -29,19 +29,27 @@ __all__ = ["DELIVERY_OPTIONS", "Stack", "build_stack"]
 
 # Which options each delivery uses; one given to a delivery that ignores it is a TypeError.
 _QUEUE_OPTIONS = ("queue_size", "queue_full_timeout", "on_drop")
+_OUTBOX_OPTIONS = (
+    "deliver",
+    "outbox_fallback",
+    "append_timeout",
+    "outbox_retention",
+    "allow_eviction",
+)
+# Options of the deliveries that run in the background (queue or outbox), not inline.
+_BACKGROUND_OPTIONS = ("on_error", "on_delivered", "pause_interval", "shutdown_timeout")
 #: Every option that shapes delivery (``api_key``/``base_url`` only matter over HTTP).
 DELIVERY_OPTIONS = (
     "api_key",
     "base_url",
     "outbox",
-    "deliver",
     "background",
     "timeout",
     "retry",
     "concurrency",
-    "shutdown_timeout",
-    "on_error",
+    *_BACKGROUND_OPTIONS,
     *_QUEUE_OPTIONS,
+    *_OUTBOX_OPTIONS,
 )
 # (name, minimum, integer) of the numeric options.
 _NUMBERS = (
@@ -50,6 +58,9 @@ _NUMBERS = (
     ("queue_size", 1, True),
     ("queue_full_timeout", 0, False),
     ("shutdown_timeout", 0, False),
+    ("pause_interval", 0.001, False),
+    ("append_timeout", 0.001, False),
+    ("outbox_retention", 0, False),
 )
 
 
@@ -89,30 +100,33 @@ def build_stack(
         >>> build_stack(DUB, None, "https://api.dub.co", None, {"deliver": False})
         Traceback (most recent call last):
         ...
-        TypeError: Tracker(deliver=...) needs outbox=: only an outbox can append only
+        TypeError: Tracker(...) ignores deliver=: it needs outbox=
     """
     if transport is not None:
         _refuse("Tracker(transport=...)", given, DELIVERY_OPTIONS, "configure the transport")
         own = getattr(transport, "stats", None)
         return Stack(transport, own if isinstance(own, DeliveryStats) else DeliveryStats())
     outbox, background = given.get("outbox"), given.get("background")
-    if "deliver" in given and outbox is None:
-        raise TypeError("Tracker(deliver=...) needs outbox=: only an outbox can append only")
     ignored: tuple[str, ...]
     if outbox is not None:
         ignored = (*_QUEUE_OPTIONS, "background") if background is False else _QUEUE_OPTIONS
         _refuse("Tracker(outbox=...)", given, ignored, "events wait in the outbox")
-    elif background is False:
-        ignored = (*_QUEUE_OPTIONS, "on_error", "shutdown_timeout")
-        _refuse("Tracker(background=False)", given, ignored, "events are sent inline")
+    else:
+        _refuse("Tracker(...)", given, _OUTBOX_OPTIONS, "it needs outbox=")
+        if background is False:
+            ignored = (*_QUEUE_OPTIONS, *_BACKGROUND_OPTIONS)
+            _refuse("Tracker(background=False)", given, ignored, "events are sent inline")
     for name, minimum, integer in _NUMBERS:
         if name in given:
             number("Tracker", name, given[name], minimum, integer=integer)
     retry = given.get("retry")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"Tracker(retry=...) must be a RetryPolicy, got {retry!r}")
-    for name in ("on_error", "on_drop"):
+    for name in ("on_error", "on_drop", "on_delivered"):
         callable_or_none("Tracker", name, given.get(name))
+    fallback = given.get("outbox_fallback", "memory")
+    if fallback not in ("memory", "none"):
+        raise ValueError(f"Tracker(outbox_fallback=...) must be 'memory' or None, got {fallback!r}")
 
     stats = DeliveryStats()
     concurrency = given.get("concurrency")
@@ -135,7 +149,13 @@ def build_stack(
             deliver=given.get("deliver", True),
             concurrency=concurrency,
             shutdown_timeout=drain,
+            append_timeout=given.get("append_timeout", 2.0),
+            fallback="memory" if fallback == "memory" else None,
+            pause_interval=given.get("pause_interval", 30.0),
+            retention=given.get("outbox_retention"),
+            allow_eviction=given.get("allow_eviction"),
             on_error=given.get("on_error"),
+            on_delivered=given.get("on_delivered"),
             stats=stats,
             providers=[provider],
         )
@@ -146,8 +166,10 @@ def build_stack(
             concurrency=concurrency,
             queue_full_timeout=given.get("queue_full_timeout", 1.0),
             shutdown_timeout=drain,
+            pause_interval=given.get("pause_interval", 30.0),
             on_error=given.get("on_error"),
             on_drop=given.get("on_drop"),
+            on_delivered=given.get("on_delivered"),
             stats=stats,
         )
     return Stack(stack, stats, http, new_http)

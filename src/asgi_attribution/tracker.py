@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -35,7 +35,7 @@ from .transports import (
     TrackResult,
     Transport,
 )
-from .transports.background import DropCallback, ErrorCallback
+from .transports.background import DeliveredCallback, DropCallback, ErrorCallback
 
 __all__ = ["Tracker"]
 
@@ -94,8 +94,18 @@ class Tracker:
         shutdown_timeout: float | None = None,
         on_error: ErrorCallback | None = None,
         on_drop: DropCallback | None = None,
+        on_delivered: DeliveredCallback | None = None,
+        pause_interval: float | None = None,
+        outbox_fallback: Literal["memory"] | None = "memory",
+        append_timeout: float | None = None,
+        outbox_retention: float | None = None,
+        allow_eviction: bool | None = None,
     ) -> None:
         given = {k: v for k, v in locals().items() if k in DELIVERY_OPTIONS and v is not None}
+        if outbox_fallback == "memory":
+            del given["outbox_fallback"]  # the default: not "given" to a delivery without outbox
+        elif outbox_fallback is None:
+            given["outbox_fallback"] = "none"
         self.provider = get_provider(provider)
         key = api_key if api_key is not None else os.environ.get(self.provider.api_key_env)
         self._api_key = SecretStr(key) if key else None
