@@ -11,10 +11,28 @@ from typing import Any
 
 from typing_extensions import Required, TypedDict
 
-__all__ = ["CustomerFields", "CustomerIdentity", "LeadFields", "LeadOptions", "SaleFields"]
+__all__ = [
+    "CallOptions",
+    "CustomerFields",
+    "CustomerIdentity",
+    "LeadFields",
+    "LeadOptions",
+    "SaleFields",
+]
 
 
-class CustomerIdentity(TypedDict, total=False):
+class CallOptions(TypedDict, total=False):
+    """How the call is made, not what it says.
+
+    ``within``: an open transaction (a psycopg ``AsyncConnection``, or a SQLAlchemy
+    ``AsyncConnection`` / ``AsyncSession``) that the event joins, with a PostgreSQL outbox:
+    your commit stores it, your rollback discards it.
+    """
+
+    within: object | None
+
+
+class CustomerIdentity(CallOptions, total=False):
     """Who the customer is: their id in your system, and what the provider shows of them.
 
     ``external_id`` and ``customer_id`` are legacy names of ``customer_external_id``.

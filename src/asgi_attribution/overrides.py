@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
-from .transports.base import Transport
+from .events import LeadEvent
+from .transports import BackgroundTransport, OutboxTransport, TrackResult, Transport
 
-__all__ = ["TransportOverrides", "transport_overrides"]
+__all__ = ["TransportOverrides", "as_configured", "transport_overrides"]
 
 
 class TransportOverrides:
@@ -51,3 +53,26 @@ class TransportOverrides:
 
 #: The process-wide overrides that :class:`~asgi_attribution.Tracker` consults on each event.
 transport_overrides = TransportOverrides()
+
+
+def as_configured(result: TrackResult, transport: Transport, *, started: bool) -> TrackResult:
+    """An override's ``result`` as a tracker with ``transport`` would have returned it.
+
+    So code that branches on the result takes the same branch in tests as in production:
+    ``queued`` (and ``durable`` with an outbox) where the tracker queues, ``sent`` inline.
+
+    Example:
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> queue = BackgroundTransport(MemoryTransport())
+        >>> as_configured(TrackResult("sent", lead), queue, started=True).status
+        'queued'
+    """
+    if result.status != "sent" or result.event is None:
+        return result
+    if isinstance(transport, OutboxTransport):
+        return replace(result, status="queued", durable=True, status_code=None, response=None)
+    event = result.event
+    inline = isinstance(event, LeadEvent) and event.mode == "wait"
+    if isinstance(transport, BackgroundTransport) and started and not inline:
+        return replace(result, status="queued", status_code=None, response=None)
+    return result

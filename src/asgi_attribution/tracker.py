@@ -22,8 +22,8 @@ from ._exceptions import DeliveryError, MissingClickIdError
 from ._options import flag, number
 from .building import build_event
 from .delivery import DELIVERY_OPTIONS, build_stack
-from .events import Event, LeadEvent, SaleEvent
-from .overrides import transport_overrides
+from .events import Event, SaleEvent
+from .overrides import as_configured, transport_overrides
 from .pending import Tracking
 from .providers import Provider, get_provider
 from .transports import (
@@ -233,22 +233,7 @@ class Tracker:
         return result
 
     def _as_configured(self, result: TrackResult) -> TrackResult:
-        """A captured event's result as this tracker's own delivery would have returned it.
-
-        So code that branches on the result takes the same branch in tests as in production.
-        """
-        if result.status != "sent" or result.event is None:
-            return result
-        transport = self.transport
-        if isinstance(transport, OutboxTransport):
-            return dataclasses.replace(
-                result, status="queued", durable=True, status_code=None, response=None
-            )
-        lead = result.event
-        inline = isinstance(lead, LeadEvent) and lead.mode == "wait"
-        if isinstance(transport, BackgroundTransport) and self._started and not inline:
-            return dataclasses.replace(result, status="queued", status_code=None, response=None)
-        return result
+        return as_configured(result, self.transport, started=self._started)
 
     def _warn_unowned(self, what: str) -> None:
         if not self._warned_unowned:
@@ -293,13 +278,42 @@ class Tracker:
     ) -> tuple[Event, tuple[str, ...]]:
         return build_event(self.provider, kind, fields, id_field, **more)
 
-    def _tracking(self, event: Event, warnings: tuple[str, ...], what: str) -> Tracking:
+    def _tracking(
+        self, event: Event, warnings: tuple[str, ...], what: str, within: object | None
+    ) -> Tracking:
+        if within is not None:
+            if not isinstance(self.transport, OutboxTransport):
+                raise TypeError(
+                    f"{what}(within=...) needs Tracker(outbox='postgresql://...'): only a store "
+                    "in your database can join your transaction"
+                )
+            return Tracking(self._send_within(event, warnings, within), event.event_id, what)
         if not warnings:
             return Tracking(self.send(event), event.event_id, what)
         return Tracking(self._send_noting(event, warnings), event.event_id, what)
 
     async def _send_noting(self, event: Event, warnings: tuple[str, ...]) -> TrackResult:
         result = await self.send(event)
+        return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
+
+    async def _send_within(
+        self, event: Event, warnings: tuple[str, ...], connection: object
+    ) -> TrackResult:
+        """Insert the event on the caller's connection: their commit stores it."""
+        from .transports.outbox.postgres import append_within  # only PostgreSQL has it
+
+        override = transport_overrides.current
+        if override is not None:
+            result = self._as_configured(await override.send(Delivery(event, self.provider)))
+        else:
+            assert isinstance(self.transport, OutboxTransport)
+            if not self._started:
+                self._warn_unowned("it was started on first use")
+                await self.start()
+            result = await append_within(
+                self.transport.store, Delivery(event, self.provider), connection
+            )
+            self.stats.queued += 1
         return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
 
     def track_lead(
@@ -318,9 +332,11 @@ class Tracker:
             ...     await tracker.track_lead(click_id=user.click_id, event_name="Sign up",
             ...                              customer_external_id=str(user.id))
         """
+        values = dict(fields)
+        within = values.pop("within", None)
         event, warnings = self._event(
             "lead",
-            dict(fields),
+            values,
             "customer_external_id",
             click_id="" if click_id is None else click_id,
             event_name=event_name,
@@ -333,7 +349,7 @@ class Tracker:
                 "skipped", event, reason="no click id (organic visit)", warnings=warnings
             )
             return Tracking(_ready(skipped), None, "track_lead")
-        return self._tracking(event, warnings, "track_lead")
+        return self._tracking(event, warnings, "track_lead", within)
 
     def track_sale(self, *, click_id: str | None = None, **fields: Unpack[SaleFields]) -> Tracking:
         """Track a sale; ``amount`` is an integer in cents. ``click_id`` enables direct sales.
@@ -343,9 +359,9 @@ class Tracker:
             ...     await tracker.track_sale(customer_external_id=invoice.user_id,
             ...                              amount=invoice.cents, invoice_id=invoice.id)
         """
-        event, warnings = self._event(
-            "sale", dict(fields), "customer_external_id", click_id=click_id
-        )
+        values = dict(fields)
+        within = values.pop("within", None)
+        event, warnings = self._event("sale", values, "customer_external_id", click_id=click_id)
         assert isinstance(event, SaleEvent)
         if event.amount <= 0 and not self.provider.records_zero_amounts:
             # The provider would answer 200 and record nothing: say so now, send nothing.
@@ -364,7 +380,7 @@ class Tracker:
                 warnings=warnings,
             )
             return Tracking(_ready(skipped), None, "track_sale")
-        return self._tracking(event, warnings, "track_sale")
+        return self._tracking(event, warnings, "track_sale", within)
 
     def track_customer(self, **fields: Unpack[CustomerFields]) -> Tracking:
         """Update a customer's name, email or avatar by their external id; await the result.
@@ -373,8 +389,10 @@ class Tracker:
             >>> async def on_profile_change(tracker, user):
             ...     await tracker.track_customer(customer_id=str(user.id), customer_name=user.name)
         """
-        event, warnings = self._event("customer", dict(fields), "customer_id")
-        return self._tracking(event, warnings, "track_customer")
+        values = dict(fields)
+        within = values.pop("within", None)
+        event, warnings = self._event("customer", values, "customer_id")
+        return self._tracking(event, warnings, "track_customer", within)
 
 
 async def _ready(result: TrackResult) -> TrackResult:
