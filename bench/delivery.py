@@ -333,10 +333,10 @@ def _rows(quick: bool) -> dict[str, tuple[Callable[..., Awaitable[float]], bool,
                 lambda *a: _path(*a, engine=True), tls, c, 3000)  # fmt: skip
         for c in CONCURRENCY if not tls else (10,):
             rows[f"ours with httpx (whole path, before), {t}, c={c}"] = (
-                lambda *a: _path(*a, engine=False), tls, c, 600)  # fmt: skip
-        rows[f"httpx alone, {t}, c=10"] = (_httpx, tls, 10, 600)
+                lambda *a: _path(*a, engine=False), tls, c, 300)  # fmt: skip
+        rows[f"httpx alone, {t}, c=10"] = (_httpx, tls, 10, 400)
         rows[f"aiohttp alone, {t}, c=10"] = (_aiohttp, tls, 10, 2000)
-    rows["dub SDK track.lead_async, HTTP, c=10"] = (_sdk, False, 10, 300)
+    rows["dub SDK track.lead_async, HTTP, c=10"] = (_sdk, False, 10, 200)
     return {k: (f, tls, c, max(100, int(n * scale))) for k, (f, tls, c, n) in rows.items()}
 
 

@@ -162,7 +162,7 @@ async def _throughput_sdk(base_url: str, n: int, batch: int, fake_pid: int) -> d
 
 
 def run(
-    *, rounds: int = 5, calls: int = 200, leads: int = 10_000, sdk_leads: int = 3_000
+    *, rounds: int = 5, calls: int = 200, leads: int = 5_000, sdk_leads: int = 1_500
 ) -> dict[str, Any]:
     """``leads`` for ours; the SDK's steady rate is measured over ``sdk_leads`` (its sequential
     run over 10,000 alone would take most of the 5-minute budget)."""
