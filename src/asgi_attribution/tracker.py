@@ -310,10 +310,10 @@ class Tracker:
             if not self._started:
                 self._warn_unowned("it was started on first use")
                 await self.start()
+            # Not counted as queued: a rollback would leave it counted and never finished.
             result = await append_within(
                 self.transport.store, Delivery(event, self.provider), connection
             )
-            self.stats.queued += 1
         return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
 
     def track_lead(
