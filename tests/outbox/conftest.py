@@ -18,8 +18,8 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start redis-server instances with the given settings; all stopped after the test."""
     started: list[RedisServer] = []
 
-    def start(*args: str) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis-{len(started)}", *args)
+    def start(*args: str, port: int | None = None, now: bool = True) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", *args, port=port, start=now)
         started.append(server)
         return server
 

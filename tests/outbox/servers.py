@@ -37,7 +37,9 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``args`` are its settings (``--appendonly yes`` ...)."""
 
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(
+        self, directory: Path, *args: str, port: int | None = None, start: bool = True
+    ) -> None:
         try:
             import redis  # noqa: F401
         except ImportError:
@@ -49,9 +51,10 @@ class RedisServer:
         self.binary = binary
         self.directory = directory
         self.args = args
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+        if start:
+            self.start()
 
     @property
     def url(self) -> str:

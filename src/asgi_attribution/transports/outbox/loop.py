@@ -202,14 +202,23 @@ class DeliveryLoop:
         await notify(self.on_error, delivery, exc)
 
     async def record(self, method: Any, *args: Any) -> None:
-        """Call a store method that records an outcome; a failure is logged, not raised."""
-        try:
-            await method(*args)
-        except Exception as exc:
-            # The claim's lease runs out and another attempt follows: at-least-once, not lost.
-            logger.warning(
-                "outbox %s: could not record an outcome: %s", self.store.description, exc
-            )
+        """Call a store method that records an outcome; a failure is logged, not raised.
+
+        Tried twice (a pooled connection that died with a restarted server fails once): each
+        of these calls only records if this worker still holds the claim, so a repeat is safe.
+        """
+        for attempt in (1, 2):
+            try:
+                await method(*args)
+                return
+            except Exception as exc:
+                if attempt == 1:
+                    await asyncio.sleep(0.05)
+                    continue
+                # The claim's lease runs out and another attempt follows: at-least-once.
+                logger.warning(
+                    "outbox %s: could not record an outcome: %s", self.store.description, exc
+                )
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; let attempts on the wire finish within ``grace``; release the rest."""

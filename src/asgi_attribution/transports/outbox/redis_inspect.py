@@ -49,7 +49,8 @@ class RedisInspection:
         raise NotImplementedError
 
     async def _counts(self) -> tuple[int, int, int, int, int]:
-        async with self.client.pipeline(transaction=True) as pipe:
+        # No MULTI: at maxmemory Redis refuses every command queued in one, even reads.
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.xlen(self.stream)
             pipe.xpending(self.stream, self.group)
             pipe.zcard(self.retry_key)
