@@ -20,9 +20,16 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["COOKIES_KEY", "MIDDLEWARE_HINT", "SCOPE_KEY", "TRACKER_KEY", "current_scope"]
+__all__ = [
+    "COOKIES_KEY",
+    "MIDDLEWARE_HINT",
+    "SCOPE_KEY",
+    "TRACKER_KEY",
+    "HasScope",
+    "current_scope",
+]
 
 SCOPE_KEY = "asgi_attribution"
 TRACKER_KEY = "asgi_attribution.tracker"
@@ -37,3 +44,19 @@ MIDDLEWARE_HINT = (
 current_scope: ContextVar[MutableMapping[str, Any] | None] = ContextVar(
     "asgi_attribution_scope", default=None
 )
+
+
+class HasScope(Protocol):
+    """Any request object that carries its ASGI scope: Starlette's, Django's ``ASGIRequest``,
+    Litestar's, Quart's (``request.scope``).
+
+    Example:
+        >>> from starlette.requests import Request
+        >>> request: HasScope = Request({"type": "http"})
+        >>> request.scope["type"]
+        'http'
+    """
+
+    @property
+    def scope(self) -> MutableMapping[str, Any]:
+        """The ASGI scope the middleware wrote into."""

@@ -37,12 +37,12 @@ import functools
 import logging
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from typing_extensions import Unpack
 
 from ._args import CustomerFields, LeadFields, SaleFields
-from ._context import MIDDLEWARE_HINT, TRACKER_KEY, current_scope
+from ._context import MIDDLEWARE_HINT, TRACKER_KEY, HasScope, current_scope
 from ._exceptions import DeliveryError
 from .attribution import Attribution, attribution_in
 from .tracker import Tracker
@@ -53,20 +53,8 @@ __all__ = ["RequestLike", "track_customer", "track_lead", "track_sale"]
 logger = logging.getLogger("asgi_attribution")
 
 
-class RequestLike(Protocol):
-    """Anything with the ASGI ``scope`` the middleware saw: Starlette, Django (ASGI), Litestar.
-
-    Example:
-        >>> from starlette.requests import Request
-        >>> request: RequestLike = Request({"type": "http"})
-        >>> request.scope["type"]
-        'http'
-    """
-
-    @property
-    def scope(self) -> Mapping[str, Any]:
-        """The request's ASGI scope."""
-        ...
+#: Anything with the ASGI ``scope`` the middleware saw: Starlette, Django (ASGI), Litestar.
+RequestLike = HasScope
 
 
 def _scope(request: RequestLike | None) -> Mapping[str, Any] | None:

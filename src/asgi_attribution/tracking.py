@@ -18,7 +18,7 @@ from starlette.responses import Response
 from typing_extensions import Unpack
 
 from ._args import CustomerFields, LeadFields, LeadOptions, SaleFields
-from ._context import MIDDLEWARE_HINT, TRACKER_KEY, current_scope
+from ._context import MIDDLEWARE_HINT, TRACKER_KEY, HasScope, current_scope
 from ._exceptions import InvalidEventError
 from .attribution import Attribution, attribution_in
 from .pending import Tracking
@@ -31,7 +31,7 @@ logger = logging.getLogger("asgi_attribution")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _scope_of(request: HTTPConnection | None) -> MutableMapping[str, Any]:
+def _scope_of(request: HasScope | None) -> MutableMapping[str, Any]:
     if request is not None:
         return request.scope
     scope = current_scope.get()
@@ -42,7 +42,7 @@ def _scope_of(request: HTTPConnection | None) -> MutableMapping[str, Any]:
     return scope
 
 
-def _context(request: HTTPConnection | None) -> tuple[Attribution, Tracker]:
+def _context(request: HasScope | None) -> tuple[Attribution, Tracker]:
     scope = _scope_of(request)
     attribution = attribution_in(scope)
     tracker = scope.get(TRACKER_KEY)
@@ -59,7 +59,7 @@ def _with_verified(tracker: Tracker, attribution: Attribution, fields: Any) -> A
 
 
 def track_lead(
-    request: HTTPConnection | None, event_name: str, **fields: Unpack[LeadFields]
+    request: HasScope | None, event_name: str, **fields: Unpack[LeadFields]
 ) -> Tracking:
     """Track a lead for the click behind ``request``; skipped (not an error) if there is none.
 
@@ -78,7 +78,7 @@ def track_lead(
     return tracker.track_lead(click_id=attribution.click_id, event_name=event_name, **fields)
 
 
-def track_sale(request: HTTPConnection | None, **fields: Unpack[SaleFields]) -> Tracking:
+def track_sale(request: HasScope | None, **fields: Unpack[SaleFields]) -> Tracking:
     """Track a sale, with the request's click id when present (direct sale tracking).
 
     Example:
@@ -91,7 +91,7 @@ def track_sale(request: HTTPConnection | None, **fields: Unpack[SaleFields]) -> 
     return tracker.track_sale(click_id=attribution.click_id, **fields)
 
 
-def track_customer(request: HTTPConnection | None, **fields: Unpack[CustomerFields]) -> Tracking:
+def track_customer(request: HasScope | None, **fields: Unpack[CustomerFields]) -> Tracking:
     """Update the customer's details with the request's tracker.
 
     Example:
