@@ -2,17 +2,25 @@
 
 Run it:    uvicorn examples.app:app --reload        (DUB_API_KEY=... to send leads for real)
 Try it:    open http://127.0.0.1:8000/?dub_id=cm3demo123 then sign up.
+Partners:  open http://127.0.0.1:8000/?via=john (a Dub partner link on the site itself).
 
 The two lines that matter are marked (1) and (2); everything else is an ordinary site: a landing
 page, a pricing page, a signup form validated on the server, and a welcome page that shows (for
-the demo only) which click the signup was credited to. When a Dub partner referred the visitor,
-every page shows the partner's banner from the ``dub_partner_data`` cookie.
+the demo only) which click the signup was credited to.
+
+Partner links (``?via=john``) carry no click id. With ``refer_domain`` (your Dub short-link
+domain: ``DUB_REFER_DOMAIN``, ``go.acme.com`` here) the middleware asks the provider for the
+click from the server (``POST /track/click``) on the landing itself, sets the ``dub_id`` and
+``dub_partner_data`` cookies, and every page from that landing on shows the partner's banner
+(``get_attribution(request).partner`` and ``.discount``). Dub's browser script is still included,
+as a real site has it; nothing here depends on it, so an ad blocker that stops it loses nothing.
 """
 
 from __future__ import annotations
 
 import html
 import itertools
+import os
 import re
 from typing import Any
 
@@ -22,6 +30,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from asgi_attribution import AttributionMiddleware, Tracker, get_attribution, track_lead
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+#: Your Dub short-link domain: the ``domain`` of the partner links (``go.acme.com/john``).
+REFER_DOMAIN = os.environ.get("DUB_REFER_DOMAIN", "go.acme.com")
+#: Dub's browser script, included as a real site includes it. The server does its work for
+#: ``?via=`` links, so a blocked script changes nothing.
+DUB_SCRIPT = "https://www.dubcdn.com/analytics/script.js"
 STATUS_TEXT = {
     "queued": "queued for delivery",
     "sent": "sent",
@@ -34,13 +47,21 @@ def create_app(tracker: Tracker | None = None, **middleware_options: Any) -> Fas
 
     ``tracker`` defaults to a ``Tracker`` for ``middleware_options["provider"]`` (Dub unless
     given), with its API key from ``DUB_API_KEY`` / ``PIMMS_API_KEY``. Other keyword options go
-    to ``AttributionMiddleware`` (for example ``attribution_model="first-click"``).
+    to ``AttributionMiddleware`` (for example ``attribution_model="first-click"``);
+    ``refer_domain`` defaults to :data:`REFER_DOMAIN` (``refer_domain=None``: no partner clicks),
+    and the ``/track/click`` call goes to the tracker's ``base_url``, like every other call.
     """
     if tracker is None:
         tracker = Tracker(middleware_options.get("provider") or "dub")
+    middleware_options.setdefault("refer_domain", REFER_DOMAIN)
     app = FastAPI(title="Acme")
-    # (1) Read the click cookie on every request; set it from ?dub_id= on a landing.
+    # (1) Read the click cookie on every request; set it from ?dub_id= on a landing, and from
+    # the provider's /track/click on a ?via= partner landing (within click_timeout).
     app.add_middleware(AttributionMiddleware, tracker=tracker, **middleware_options)
+    refer_domain = middleware_options["refer_domain"]
+    app.state.head_html = (
+        provider_script(refer_domain) if tracker.provider.name == "dub" and refer_domain else ""
+    )
     users: dict[str, dict[str, Any]] = {}
     ids = itertools.count(1)
 
@@ -138,8 +159,15 @@ def signup_form_html(name: str = "", email: str = "") -> str:
     )
 
 
+def provider_script(refer_domain: str) -> str:
+    """Dub's browser script tag, as Dub's docs have it for partner links on ``refer_domain``."""
+    domains = html.escape(f'{{"refer": "{refer_domain}"}}')
+    return f'<script src="{DUB_SCRIPT}" defer data-domains="{domains}"></script>\n'
+
+
 def banner(request: Request) -> str:
-    """The partner banner from Dub's ``dub_partner_data`` cookie, when a partner referred."""
+    """The partner banner, when a partner referred: from the ``dub_partner_data`` cookie, or
+    on a ``?via=`` landing from the provider's answer (``get_attribution`` has it either way)."""
     attribution = get_attribution(request)
     partner, discount = attribution.partner, attribution.discount
     if partner is None or not partner.name:
@@ -157,7 +185,7 @@ def page(request: Request, title: str, body: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · Acme</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
+{getattr(request.app.state, "head_html", "")}<style>
  body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 44rem; margin: 0 auto;
         padding: 0 1rem 2rem; color: #1f2933; }}
  nav {{ display: flex; gap: 1.5rem; align-items: baseline; padding: 1rem 0;
