@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from .conftest import (
+    DEADLINE_SECONDS,
+    block_provider_scripts,
+    closed_port_url,
+    save_screenshot,
+    silent_server,
+)
+
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page
+    from playwright.sync_api import Browser, BrowserContext, Page
 
     from .conftest import Site
 
@@ -32,6 +40,14 @@ T = TypeVar("T")
 
 NINETY_DAYS = 90 * 24 * 60 * 60
 CLICK = "cm3browser7Qx2Lp9"
+REFER_DOMAIN = "go.acme.com"
+JOHN = {
+    "partner": {"id": "pn_john", "name": "John Doe", "image": "https://example.com/john.png"},
+    "discount": {"id": "disc_john", "amount": 25, "type": "percentage", "maxDuration": None},
+}
+LINKS = {(REFER_DOMAIN, "john"): JOHN}
+JOHN_BANNER = "John Doe referred you: 25% off"
+CLICK_TIMEOUT = 1.0
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -287,3 +303,159 @@ def test_malformed_click_id_is_ignored(
 
     site.close()
     assert site.provider.requests == [], "a malformed click id must never reach the provider"
+
+
+# -- partner links on the site itself (?via=), the provider's script blocked ----------------------
+
+
+def test_partner_link_lands_from_the_server_with_the_script_blocked(
+    page: Page, serve_site: SiteFactory, blocked: list[str]
+) -> None:
+    # known_clicks=(): the provider credits a lead only to a click it recorded itself.
+    site = serve_site(links=LINKS, known_clicks=(), refer_domain=REFER_DOMAIN)
+
+    # 1. A partner's link to the main site: no click id, and Dub's script never runs.
+    landing = page.goto(f"{site.url}/?via=john")
+    assert landing is not None and landing.status == 200
+    # The page includes Dub's script like a real site; the browser blocked it, as ad blockers do.
+    expect(page.locator('script[src*="dubcdn.com"]')).to_have_count(1)
+    assert blocked == ["https://www.dubcdn.com/analytics/script.js"], blocked
+    expect(page.locator(".banner")).to_have_text(JOHN_BANNER)
+    save_screenshot(page, "test_partner_link_landing")
+
+    # 2. The server called /track/click once, as the visitor: Chromium's own User-Agent.
+    clicks = site.provider.clicks()
+    assert len(clicks) == 1, clicks
+    click = clicks[0]
+    assert (click.domain, click.key) == (REFER_DOMAIN, "john")
+    assert click.user_agent == page.evaluate("navigator.userAgent")
+    assert click.user_agent == landing.request.header_value("user-agent")
+    assert "Chrome/" in click.user_agent and "Headless" not in click.user_agent
+    assert click.url == f"{site.url}/?via=john"
+
+    # 3. Both cookies are in the browser, set by the landing's response (not by a script).
+    click_cookie = cookie(page.context, "dub_id")
+    assert click_cookie is not None and click_cookie["value"] == click.id
+    assert click_cookie["httpOnly"] is False and click_cookie["sameSite"] == "Lax"
+    partner_cookie = cookie(page.context, "dub_partner_data")
+    assert partner_cookie is not None
+    assert partner_cookie["path"] == "/" and partner_cookie["sameSite"] == "Lax"
+    partner_data = json.loads(partner_cookie["value"])  # the script's format: JSON, name encoded
+    assert partner_data["clickId"] == click.id
+    assert partner_data["partner"]["name"] == "John%20Doe"
+    assert partner_data["partner"]["image"] == "https%3A%2F%2Fexample.com%2Fjohn.png"
+    assert partner_data["discount"]["amount"] == 25
+    set_cookies = (landing.header_value("set-cookie") or "").split("\n")
+    assert any(c.startswith(f"dub_id={click.id};") for c in set_cookies), set_cookies
+    assert any(c.startswith("dub_partner_data=") for c in set_cookies), set_cookies
+
+    # 4. Pricing, then signup: the banner follows from the cookie; no second click is made.
+    page.get_by_role("link", name="See pricing").click()
+    page.wait_for_url("**/pricing")
+    expect(page.locator(".banner")).to_have_text(JOHN_BANNER)
+    page.get_by_role("link", name="Start free").click()
+    page.wait_for_url("**/signup")
+    expect(page.locator(".banner")).to_have_text(JOHN_BANNER)
+    sign_up(page, name="Jane Referred", email="jane@example.com")
+    expect(page.locator("#credited")).to_have_text(click.id)
+    expect(page.locator(".banner")).to_have_text(JOHN_BANNER)
+
+    # 5. Exactly one lead, credited to the click the provider recorded.
+    wait_for(site.leads, "the lead to reach the provider")
+    site.close()
+    leads = site.leads()
+    assert len(leads) == 1, leads
+    assert leads[0]["clickId"] == click.id
+    assert leads[0]["customerEmail"] == "jane@example.com"
+    assert site.paths() == ["POST /track/click", "POST /track/lead"]
+    assert [r.status for r in site.provider.requests] == [200, 200]
+    assert len(site.provider.clicks()) == 1
+
+
+def test_partner_short_link_with_a_click_id_makes_no_second_click(
+    page: Page, serve_site: SiteFactory
+) -> None:
+    site = serve_site(links=LINKS, refer_domain=REFER_DOMAIN)
+
+    # A partner short link (go.acme.com/john) recorded the click and redirects with both.
+    landing = page.goto(f"{site.url}/?via=john&dub_id={CLICK}")
+    assert landing is not None and landing.status == 200
+    click_cookie = cookie(page.context, "dub_id")
+    assert click_cookie is not None and click_cookie["value"] == CLICK
+
+    browse_to_signup(page)
+    sign_up(page)
+    expect(page.locator("#credited")).to_have_text(CLICK)
+
+    wait_for(site.leads, "the lead to reach the provider")
+    site.close()
+    assert site.provider.clicks() == []
+    assert site.paths() == ["POST /track/lead"]
+    assert [lead["clickId"] for lead in site.leads()] == [CLICK]
+
+
+def test_headless_chromium_is_a_bot_and_gets_no_click(
+    browser: Browser, serve_site: SiteFactory, blocked: list[str], request: pytest.FixtureRequest
+) -> None:
+    site = serve_site(links=LINKS, refer_domain=REFER_DOMAIN)
+    # Chromium's own headless User-Agent, untouched: Dub's bot filter names HeadlessChrome.
+    context = browser.new_context(viewport={"width": 900, "height": 640})
+    context.set_default_timeout(DEADLINE_SECONDS * 1000)
+    block_provider_scripts(context, blocked)
+    try:
+        page = context.new_page()
+        assert "HeadlessChrome/" in page.evaluate("navigator.userAgent")
+        landing = page.goto(f"{site.url}/?via=john")
+        assert landing is not None and landing.status == 200
+        expect(page.get_by_role("heading", level=1)).to_have_text("Ship faster with Acme")
+        expect(page.locator(".banner")).to_have_count(0)
+        assert landing.header_value("set-cookie") is None
+        assert context.cookies() == []
+        save_screenshot(page, request.node.name)
+    finally:
+        context.close()
+    site.close()
+    assert site.provider.requests == [], "a bot's landing must not mint a click"
+
+
+@pytest.mark.parametrize("failure", ["hanging", "refused", "unknown-link"])
+def test_unreachable_track_click_still_serves_the_landing(
+    page: Page, serve_site: SiteFactory, failure: str
+) -> None:
+    with silent_server() as silent:
+        if failure == "hanging":  # accepts the connection, reads the request, never answers
+            base_url: str | None = silent.url
+        elif failure == "refused":  # nothing listens there
+            base_url = closed_port_url()
+        else:  # the fake answers 404: Dub has no link go.acme.com/john
+            base_url = None
+        site = serve_site(
+            links={}, base_url=base_url, refer_domain=REFER_DOMAIN, click_timeout=CLICK_TIMEOUT
+        )
+
+        started = time.monotonic()
+        landing = page.goto(f"{site.url}/?via=john")
+        elapsed = time.monotonic() - started
+        assert landing is not None and landing.status == 200
+        expect(page.get_by_role("heading", level=1)).to_have_text("Ship faster with Acme")
+        # The budget: the call gives up at click_timeout; the page itself takes milliseconds.
+        assert elapsed < CLICK_TIMEOUT + 1.0, f"the landing took {elapsed:.2f}s"
+        expect(page.locator(".banner")).to_have_count(0)
+        assert landing.header_value("set-cookie") is None
+        assert page.context.cookies() == []
+
+        if failure == "hanging":
+            requests = silent.requests()
+            assert len(requests) == 1, requests
+            assert requests[0].startswith(b"POST /track/click "), requests[0][:80]
+
+        # The visitor carries on, organic: the signup sends no lead.
+        browse_to_signup(page)
+        sign_up(page)
+        expect(page.locator("#credited")).to_have_text("not credited to any click (organic visit)")
+        site.close()
+
+    expected = ["POST /track/click"] if failure == "unknown-link" else []
+    assert site.paths() == expected
+    assert [r.status for r in site.provider.requests] == [404] * len(expected)
+    assert site.provider.clicks() == []
