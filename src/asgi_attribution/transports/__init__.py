@@ -8,16 +8,20 @@ one retry step that :meth:`Transport.send`, :class:`BackgroundTransport` and
 from .._exceptions import OutboxError, QueueFullError
 from .background import BackgroundTransport
 from .base import Delivery, DeliveryStats, TrackResult, Transport
+from .faults import IntegrationError
 from .http import HTTPTransport
 from .memory import MemoryTransport
+from .observe import DeliveryRecord
 from .outbox import OutboxRow, OutboxStatus, OutboxStore, OutboxTransport, RedisOutbox, SQLiteOutbox
 from .retry import RetryPolicy
 
 __all__ = [
     "BackgroundTransport",
     "Delivery",
+    "DeliveryRecord",
     "DeliveryStats",
     "HTTPTransport",
+    "IntegrationError",
     "MemoryTransport",
     "OutboxError",
     "OutboxRow",

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from .._exceptions import DeliveryError
 from ..events import Event
-from ..providers import Provider, ProviderRequest
+from ..providers import Outcome, Provider, ProviderRequest
+from .observe import DeliveryObserver, DeliveryRecord, Observers, RecordKind
 from .retry import RetryPolicy, next_retry
 
-__all__ = ["ONE_ATTEMPT", "Delivery", "DeliveryStats", "TrackResult", "Transport"]
+__all__ = [
+    "COUNTERS",
+    "ONE_ATTEMPT",
+    "Delivery",
+    "DeliveryRecord",
+    "DeliveryStats",
+    "TrackResult",
+    "Transport",
+]
 
 
 # eq=False: deliveries are compared and hashed by identity (the event holds dicts).
@@ -45,22 +54,39 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class TrackResult:
-    """What happened to a tracking call: ``queued``, ``sent`` or ``skipped`` (with a reason).
+    """What happened to a tracking call: ``queued``, ``sent``, ``skipped`` or ``dropped``.
 
-    ``response`` is the provider's JSON answer when the event was sent inline. ``durable`` is
-    True when a queued event was written to a durable outbox before this call returned.
+    ``skipped`` means there was nothing to send (an organic visit); ``dropped`` means there was
+    an event but the queue could not take it (full), reported through ``on_drop``. ``reason``
+    says why. ``response`` is the provider's JSON answer when the event was sent inline.
+    ``durable`` is True when a queued event was written to a durable outbox before this call
+    returned.
+
+    ``outcome`` is what the provider's answer says it did with the event (``"recorded"``,
+    ``"duplicate"``, ``"not_recorded"``, ``"deferred"`` or ``"unknown"``; None until a response
+    body was seen), ``outcome_reason`` why (``"duplicate_lead"``, ``"amount_zero"``,
+    ``"not_json"``...). ``warnings`` lists what the tracker changed or noticed (for example an
+    optional field dropped for breaking a limit).
 
     Example:
         >>> TrackResult("skipped", reason="no click id").skipped
         True
+        >>> dropped = TrackResult("dropped", reason="queue full")
+        >>> dropped.skipped, dropped.dropped, dropped.accepted
+        (False, True, False)
+        >>> TrackResult("sent", outcome="duplicate", outcome_reason="duplicate_lead").recorded
+        False
     """
 
-    status: Literal["queued", "sent", "skipped"]
+    status: Literal["queued", "sent", "skipped", "dropped"]
     event: Event | None = None
     reason: str | None = None
     status_code: int | None = None
     response: Any = None
     durable: bool = False
+    outcome: Outcome | None = None
+    outcome_reason: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -72,8 +98,18 @@ class TrackResult:
 
     @property
     def skipped(self) -> bool:
-        """True when nothing was sent or queued (for example an organic signup)."""
+        """True when there was nothing to send (for example an organic signup)."""
         return self.status == "skipped"
+
+    @property
+    def dropped(self) -> bool:
+        """True when the event could not be queued (queue full) and was reported as dropped."""
+        return self.status == "dropped"
+
+    @property
+    def recorded(self) -> bool:
+        """True when the provider's answer says it recorded the event."""
+        return self.outcome == "recorded"
 
     @property
     def event_id(self) -> str | None:
@@ -81,20 +117,49 @@ class TrackResult:
         return self.event.event_id if self.event is not None else None
 
 
+#: The counter each observer record kind moves (the others move none).
+COUNTERS: dict[str, str] = {
+    "queued": "queued",
+    "sent": "sent",
+    "retried": "retried",
+    "failed": "failed",
+    "dropped": "dropped",
+    "duplicate": "duplicates",
+    "not_recorded": "not_recorded",
+}
+
+
 @dataclass
 class DeliveryStats:
-    """Counters a user can read or export: ``tracker.stats``.
+    """Counters a user can read or export: ``tracker.stats``; and an observer hook.
 
     ``queued``: accepted into the background queue or the outbox; ``sent``: the provider
     answered 2xx; ``retried``: attempts after the first; ``failed``: final failures;
     ``dropped``: given up without a delivery attempt finishing (queue full, shutdown timeout).
     An event once queued is counted once more at its end, as sent, failed or dropped.
+    Of the sent: ``duplicates`` (the provider had it already) and ``not_recorded`` (answered
+    2xx, recorded nothing: a sale without a known customer, an amount of zero).
+
+    :meth:`subscribe` a callback to get a :class:`DeliveryRecord` for each of: ``queued``,
+    ``sent``, ``retried``, ``failed``, ``dropped``, ``duplicate``, ``not_recorded``, ``paused``,
+    ``resumed``, and an ``attempt`` record (``duration`` in seconds, HTTP ``status_code``) per
+    attempt. The layers call :meth:`count`; with no subscriber it only moves the counter.
 
     Example:
         >>> stats = DeliveryStats()
         >>> stats.sent += 1
         >>> stats.as_dict()["sent"]
         1
+        >>> seen = []
+        >>> stats.subscribe(seen.append)
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> stats.count("attempt", Delivery(lead, DUB), duration=0.01, status_code=200)
+        >>> stats.count("sent", Delivery(lead, DUB))
+        >>> [(r.kind, r.provider, r.event_kind, r.status_code) for r in seen]
+        [('attempt', 'dub', 'lead', 200), ('sent', 'dub', 'lead', None)]
+        >>> stats.unsubscribe(seen.append)
+        >>> stats.count("sent"); len(seen), stats.sent
+        (2, 3)
     """
 
     queued: int = 0
@@ -102,6 +167,9 @@ class DeliveryStats:
     retried: int = 0
     failed: int = 0
     dropped: int = 0
+    duplicates: int = 0
+    not_recorded: int = 0
+    observers: Observers = field(default_factory=Observers, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for metrics or logs)."""
@@ -111,7 +179,57 @@ class DeliveryStats:
             "retried": self.retried,
             "failed": self.failed,
             "dropped": self.dropped,
+            "duplicates": self.duplicates,
+            "not_recorded": self.not_recorded,
         }
+
+    def subscribe(self, callback: DeliveryObserver) -> None:
+        """Call ``callback(record)`` synchronously for everything counted from now on."""
+        self.observers.add(callback)
+
+    def unsubscribe(self, callback: DeliveryObserver) -> None:
+        """Stop calling ``callback`` (ignored if it was not subscribed)."""
+        self.observers.remove(callback)
+
+    def count(
+        self,
+        kind: RecordKind,
+        delivery: Delivery | None = None,
+        *,
+        duration: float | None = None,
+        status_code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Move the counter of ``kind`` (if it has one) and tell the observers."""
+        counter = COUNTERS.get(kind)
+        if counter is not None:
+            setattr(self, counter, getattr(self, counter) + 1)
+        if not self.observers:
+            return
+        event = delivery.event if delivery is not None else None
+        self.observers.emit(
+            kind,
+            event_id=event.event_id if event is not None else None,
+            provider=delivery.provider.name if delivery is not None else None,
+            event_kind=event.kind if event is not None else None,
+            duration=duration,
+            status_code=status_code,
+            reason=reason,
+        )
+
+    def delivered(self, delivery: Delivery, result: TrackResult) -> None:
+        """Count a delivery the provider answered 2xx: ``sent``, and what it says it did.
+
+        Example:
+            >>> stats = DeliveryStats()
+            >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+            >>> stats.delivered(Delivery(lead, DUB), TrackResult("sent", outcome="duplicate"))
+            >>> stats.sent, stats.duplicates, stats.not_recorded
+            (1, 1, 0)
+        """
+        self.count("sent", delivery)
+        if result.outcome in ("duplicate", "not_recorded"):
+            self.count(result.outcome, delivery, reason=result.outcome_reason)
 
 
 #: The retry policy of a class that implements only the old ``send``: it retries on its own,
@@ -184,7 +302,9 @@ class Transport:
     async def send(self, delivery: Delivery) -> TrackResult:
         """Deliver one event inline: attempts, retried within ``retry``, then the answer.
 
-        Raises the last :class:`DeliveryError` when the error is final or the budget is spent.
+        Raises the last :class:`DeliveryError` when the error is final or the budget is spent;
+        a fault of the whole integration (``integration=True``: 401, 403, a wrong path, a
+        redirect) is final, so it raises at once.
         The background and outbox layers override this to queue or store the event instead.
         """
         started = time.monotonic()
@@ -200,6 +320,8 @@ class Transport:
                     attempts=attempts,
                     elapsed=time.monotonic() - started,
                     stats=self.stats,
+                    provider=delivery.provider.name,
+                    event_kind=delivery.event.kind,
                 )
                 if wait is None:
                     raise

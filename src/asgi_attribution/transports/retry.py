@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .._exceptions import DeliveryError
+from .observe import Observers
 
 __all__ = ["RetryCounter", "RetryPolicy", "log_retry", "next_retry", "parse_retry_after"]
 
@@ -113,6 +114,8 @@ def next_retry(
     attempts: int,
     elapsed: float,
     stats: RetryCounter,
+    provider: str | None = None,
+    event_kind: str | None = None,
 ) -> float | None:
     """The retry step, after attempt number ``attempts`` failed with ``error``.
 
@@ -120,6 +123,8 @@ def next_retry(
     (``stats.retried += 1``) and logged it (:func:`log_retry`). Returns ``None`` when there is
     no next attempt: ``error`` is final, or the budget of ``policy`` is spent (then ``error``
     notes it gave up, unless the policy never allowed a retry). The caller does the waiting.
+    If ``stats`` has ``observers`` (a :class:`DeliveryStats`), they get a ``retried`` record
+    (naming ``provider`` and ``event_kind`` when given).
 
     Example:
         >>> stats = DeliveryStats()
@@ -140,6 +145,16 @@ def next_retry(
             error.gave_up(attempts, elapsed)
         return None
     stats.retried += 1
+    observers = getattr(stats, "observers", None)
+    if isinstance(observers, Observers) and observers:
+        observers.emit(
+            "retried",
+            event_id=error.event_id,
+            provider=provider,
+            event_kind=event_kind,
+            status_code=error.status_code,
+            reason=error.code,
+        )
     log_retry(error, attempts, wait)
     return wait
 
