@@ -347,13 +347,19 @@ async def test_final_failures_go_to_on_error_with_the_event_id(
     async def on_error(delivery: Delivery, error: Exception) -> None:
         failures.append((delivery.event.event_id, error))
 
-    tracker = Tracker("dub", api_key="wrong", base_url=url, on_error=on_error)
+    # A body the provider refuses (422): final for this event. (A 401 pauses instead.)
+    from dataclasses import replace
+
+    from asgi_attribution import DUB
+
+    refused = replace(DUB, customer_key="externalId")
+    tracker = Tracker(refused, api_key=KEY, base_url=url, on_error=on_error)
     async with tracker:
         result = await tracker.track_lead(click_id="c", event_name="e", customer_external_id="u")
         await tracker.flush()
     [(event_id, error)] = failures
     assert event_id == result.event_id
-    assert isinstance(error, DeliveryError) and error.status_code == 401
+    assert isinstance(error, DeliveryError) and error.status_code == 422
     assert f"event {event_id} failed" in caplog.text
     assert tracker.stats.failed == 1
 
@@ -375,7 +381,7 @@ async def test_full_queue_waits_then_drops_loudly(caplog: Any) -> None:
         await asyncio.sleep(0)  # the worker takes the first; the queue holds one more
         second = await tracker.track_lead(**lead)
         third = await tracker.track_lead(**lead)
-        assert (first.status, second.status, third.status) == ("queued", "queued", "skipped")
+        assert (first.status, second.status, third.status) == ("queued", "queued", "dropped")
         assert third.reason is not None and third.reason.startswith("dropped: queue full")
         assert dropped == [third.event_id]
         assert f"event {third.event_id} dropped" in caplog.text

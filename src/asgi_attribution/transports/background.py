@@ -1,123 +1,49 @@
 """Background delivery: the handler enqueues and returns; workers make the attempts.
 
 Guarantees, in plain words:
-- ``send`` returns as soon as the event is accepted in memory (``status="queued"``).
-- A full queue waits up to ``queue_full_timeout`` for room, then drops the event with a warning
-  and ``on_drop`` (or raises :class:`QueueFullError` with ``when_full="raise"``). Never silently.
-- Every final failure (a 4xx, or retries exhausted) is logged with the event id and passed to
-  ``on_error``.
-- ``aclose`` stops taking new work into the queue (later events are sent inline), gives events
-  waiting to retry a last attempt, delivers what is queued within ``shutdown_timeout``, and
-  reports every event it could not deliver.
-- Events with ``mode="wait"`` are sent inline, so the handler gets the provider's answer.
+- ``send`` returns once the event is in the in-memory queue (``status="queued"``). One event loop
+  owns the queue (the one it started in); a ``send`` from another loop or thread is handed to
+  the owner thread-safely (or, if the owner does not take it within ``handoff_timeout``, sent
+  inline on the caller's loop). Only after the owner loop ends does another take the jobs over.
+- A full queue waits up to ``queue_full_timeout``, then drops the event with a warning,
+  ``on_drop`` and ``status="dropped"`` (or raises :class:`QueueFullError`). Never silently.
+- A fault of the whole integration (401, 403, a wrong path, a redirect) pauses delivery: events
+  stay queued, one probe every ``pause_interval`` seconds, an ERROR at most once a minute.
+- Every final failure is logged with the event id and passed to ``on_error``; every delivery
+  to ``on_delivered``. ``mode="wait"`` events are sent inline (the handler gets the answer).
+- ``aclose`` logs the ids not yet delivered (WARNING) first, then sends later events inline,
+  delivers what is held within ``shutdown_timeout`` and reports the rest (ERROR, ``on_drop``).
 
-Every accepted event is one job in one registry, in one state at a time (queued, attempting,
-waiting to retry) until it is finished: sent, failed or dropped, each counted once.
+Every accepted event is one job in one registry, in one state at a time, until it is finished:
+sent, failed or dropped, each counted once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from .._deprecation import renamed
 from .._exceptions import DeliveryError, QueueFullError
 from ..events import LeadEvent
 from .base import Delivery, DeliveryStats, TrackResult, Transport
+from .faults import is_integration_fault
+from .handoff import alive, hand_over, run_on
+from .jobs import Job, JobQueue, JobState
+from .pause import Pause
+from .reporting import log_ids, notify, report_undelivered
 from .retry import next_retry
 
-__all__ = ["BackgroundTransport", "DropCallback", "ErrorCallback", "notify"]
+__all__ = ["BackgroundTransport", "DeliveredCallback", "DropCallback", "ErrorCallback", "notify"]
 
 logger = logging.getLogger("asgi_attribution")
 
 ErrorCallback = Callable[[Delivery, Exception], "Awaitable[None] | None"]
 DropCallback = Callable[[Delivery, str], "Awaitable[None] | None"]
-
-
-async def notify(callback: Callable[..., object] | None, *args: object) -> None:
-    """Call a user's callback (sync or async); its failure is logged, never raised.
-
-    Example:
-        >>> import asyncio
-        >>> asyncio.run(notify(print, "event evt_1", "dropped"))
-        event evt_1 dropped
-    """
-    if callback is None:
-        return
-    try:
-        result = callback(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:  # a user's callback must not stop delivery
-        logger.exception("delivery callback %r failed", callback)
-
-
-class _State(enum.Enum):
-    QUEUED = "queued"  # waiting for a worker
-    ATTEMPTING = "attempting"  # a worker is making an attempt
-    WAITING = "waiting"  # waiting out a backoff; its timer puts it back in QUEUED
-
-
-class _Job:
-    """An accepted delivery and its progress (compared by identity)."""
-
-    __slots__ = ("attempts", "delivery", "started", "state", "timer")
-
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
-        self.state: _State | None = None  # None: not (or no longer) in the registry
-        self.attempts = 0
-        self.started = time.monotonic()
-        self.timer: asyncio.TimerHandle | None = None  # the retry timer while WAITING
-
-
-class _Registry:
-    """Every accepted, unfinished job, by state: a job is in exactly one place, or none."""
-
-    __slots__ = ("_by_state",)
-
-    def __init__(self) -> None:
-        # Dicts as ordered sets: jobs leave each state in the order they entered it.
-        self._by_state: dict[_State, dict[_Job, None]] = {state: {} for state in _State}
-
-    def __len__(self) -> int:
-        return sum(len(jobs) for jobs in self._by_state.values())
-
-    def __iter__(self) -> Iterator[_Job]:
-        return iter([job for jobs in self._by_state.values() for job in jobs])
-
-    def count(self, state: _State) -> int:
-        return len(self._by_state[state])
-
-    def first(self, state: _State) -> _Job | None:
-        return next(iter(self._by_state[state]), None)
-
-    def put(self, job: _Job, state: _State) -> None:
-        """Add ``job`` in ``state``, or move it there from its current state."""
-        if job.state is not None:
-            del self._by_state[job.state][job]
-        job.state = state
-        self._by_state[state][job] = None
-        if state is not _State.WAITING and job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-
-    def remove(self, job: _Job) -> bool:
-        """Take ``job`` out; False if it was not in (already finished or reported)."""
-        if job.state is None:
-            return False
-        del self._by_state[job.state][job]
-        job.state = None
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-        return True
+DeliveredCallback = Callable[[Delivery, TrackResult], "Awaitable[None] | None"]
 
 
 class BackgroundTransport(Transport):
@@ -127,7 +53,10 @@ class BackgroundTransport(Transport):
     an event waiting to retry holds no worker; ``workers`` is its deprecated name),
     ``when_full`` (``"drop"`` after waiting ``queue_full_timeout`` seconds, or ``"raise"``),
     ``shutdown_timeout`` (seconds ``aclose`` spends delivering what is queued),
-    ``on_error(delivery, exc)`` and ``on_drop(delivery, reason)`` (sync or async callables).
+    ``pause_interval`` (seconds between probes while an integration fault pauses delivery),
+    ``handoff_timeout`` (seconds a send from another loop waits for the owner to take it),
+    ``on_error(delivery, exc)``, ``on_drop(delivery, reason)`` and
+    ``on_delivered(delivery, result)`` (sync or async callables; their errors are logged).
     Failed attempts are retried with ``inner.retry``.
 
     Example:
@@ -140,8 +69,8 @@ class BackgroundTransport(Transport):
         ...     result = await transport.send(Delivery(lead, DUB))
         ...     await transport.aclose()  # delivers what is queued
         ...     return result.status
-        >>> asyncio.run(signup()), len(memory.events), transport.stats.sent
-        ('queued', 1, 1)
+        >>> asyncio.run(signup()), len(memory.events), transport.stats.sent, transport.loop
+        ('queued', 1, 1, None)
     """
 
     counts_outcomes = True
@@ -155,8 +84,11 @@ class BackgroundTransport(Transport):
         when_full: Literal["drop", "raise"] = "drop",
         queue_full_timeout: float = 1.0,
         shutdown_timeout: float = 20.0,
+        pause_interval: float = 30.0,
+        handoff_timeout: float = 5.0,
         on_error: ErrorCallback | None = None,
         on_drop: DropCallback | None = None,
+        on_delivered: DeliveredCallback | None = None,
         stats: DeliveryStats | None = None,
         workers: int | None = None,
     ) -> None:
@@ -169,6 +101,11 @@ class BackgroundTransport(Transport):
             )
         if when_full not in ("drop", "raise"):
             raise ValueError(f"when_full must be 'drop' or 'raise', got {when_full!r}")
+        if not (pause_interval > 0 and handoff_timeout > 0):
+            raise ValueError(
+                "pause_interval and handoff_timeout must be > 0 seconds, "
+                f"got {pause_interval!r} and {handoff_timeout!r}"
+            )
         self.inner = inner
         self.retry, self.timeout = inner.retry, inner.timeout  # one attempt is inner's
         self.queue_size = queue_size
@@ -176,30 +113,50 @@ class BackgroundTransport(Transport):
         self.when_full = when_full
         self.queue_full_timeout = queue_full_timeout
         self.shutdown_timeout = shutdown_timeout
+        self.handoff_timeout = handoff_timeout
         self.on_error = on_error
         self.on_drop = on_drop
+        self.on_delivered = on_delivered
+        self.pause_interval = pause_interval
         if stats is not None:
             self.stats = stats
-        self._jobs = _Registry()
+        self._jobs = JobQueue()
+        self._pause = Pause(pause_interval)
         # The loop that runs the workers and retry timers. Created in start(), inside the
-        # running loop: nothing at import or fork time. Another loop that finds it ended (one
-        # loop per test, asyncio.run per job) takes the unfinished jobs over.
+        # running loop: nothing at import or fork time.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._ready = asyncio.Event()  # for the workers: a job is queued
-        self._room = asyncio.Event()  # for senders waiting on a full queue: a job was taken
-        self._idle = asyncio.Event()  # for flush and aclose: no job is left
         self._closing = False
 
     @property
     def pending(self) -> int:
-        """Events queued, being attempted, or waiting to retry right now."""
+        """Events queued, being attempted, or waiting to retry (or held by a pause) right now."""
         return len(self._jobs)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that owns the queue (the one it started in), or None when stopped."""
+        return self._loop
+
+    @property
+    def paused(self) -> bool:
+        """True while a fault of the whole integration holds delivery."""
+        return self._pause.active
+
+    def _foreign_owner(self) -> asyncio.AbstractEventLoop | None:
+        """The owner loop if it is running and is not the caller's loop, else None."""
+        owner = self._loop
+        if owner is not None and owner is not asyncio.get_running_loop() and alive(owner):
+            return owner
+        return None
+
     async def start(self) -> None:
-        """Start the workers in the running loop (again after ``aclose``); idempotent."""
+        """Start the workers in the running loop (again after ``aclose``); idempotent.
+
+        While another loop owns the queue and runs, this does nothing: that loop keeps it.
+        """
         loop = asyncio.get_running_loop()
-        if self._loop is loop:
+        if self._loop is loop or self._foreign_owner() is not None:
             return  # running, or closing (then sends go inline until aclose has finished)
         self._take_over(loop)
         await self.inner.start()
@@ -207,77 +164,77 @@ class BackgroundTransport(Transport):
     def _take_over(self, loop: asyncio.AbstractEventLoop) -> None:
         # Jobs of an ended loop were cut short mid-attempt or mid-backoff: queued again here.
         # Tasks and timers of the old loop find they no longer own anything and do nothing.
-        carried = 0
-        for job in self._jobs:
-            if job.state is not _State.QUEUED:
-                self._jobs.put(job, _State.QUEUED)
-            carried += 1
+        self._jobs.requeue(JobState.ATTEMPTING, JobState.WAITING)
+        carried = len(self._jobs)
         if carried:
             logger.warning("event loop changed: moving %d pending events over", carried)
         self._loop = loop
         self._closing = False
-        self._ready, self._room, self._idle = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        if carried:
-            self._ready.set()
-        else:
-            self._idle.set()
+        self._jobs.renew()
+        self._pause.probe = None  # a timer of the old loop
+        if self._pause.active:
+            self._pause.schedule(loop, 0.0, lambda: self._run_probe(loop))
+            self._jobs.stalled.set()
+        elif carried:
+            self._jobs.ready.set()
         self._workers = [
             loop.create_task(self._work(loop), name=f"asgi-attribution-worker-{i}")
             for i in range(self.concurrency)
         ]
 
-    async def _adopt(self) -> asyncio.AbstractEventLoop | None:
-        """The owning loop, after taking over an ended loop's jobs if it is another one."""
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            await self.start()
-        return self._loop
-
     # -- accepting ---------------------------------------------------------------------------
 
     async def send(self, delivery: Delivery) -> TrackResult:
-        """Enqueue ``delivery`` and return at once; ``mode="wait"`` events are sent inline."""
+        """Enqueue ``delivery`` (from another loop: through the owner); ``mode="wait"`` inline."""
+        owner = self._foreign_owner()
+        if owner is None:
+            return await self._accept(delivery)
+        return await hand_over(
+            owner,
+            lambda: self._accept(delivery),
+            timeout=self.handoff_timeout,
+            queued=lambda: self._held(delivery),
+            inline=lambda: self._send_inline(delivery),
+            take_over=lambda: self._accept(delivery),
+            event=delivery.event,
+        )
+
+    def _held(self, delivery: Delivery) -> TrackResult | None:
+        held = any(job.delivery is delivery for job in self._jobs)
+        return TrackResult("queued", delivery.event) if held else None
+
+    async def _accept(self, delivery: Delivery) -> TrackResult:
         event = delivery.event
         if (isinstance(event, LeadEvent) and event.mode == "wait") or self._closing:
             return await self._send_inline(delivery)
         if self._loop is not asyncio.get_running_loop():
             await self.start()
-        if self._jobs.count(_State.QUEUED) >= self.queue_size and not await self._wait_for_room():
+        if not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
             return await self._full(delivery)
-        self._jobs.put(_Job(delivery), _State.QUEUED)
-        self.stats.queued += 1
-        self._idle.clear()
-        self._ready.set()
+        self._jobs.add(Job(delivery), wake=not self._pause.active)
+        self.stats.count("queued", delivery)
         return TrackResult("queued", event)
-
-    async def _wait_for_room(self) -> bool:
-        deadline = time.monotonic() + self.queue_full_timeout
-        while self._jobs.count(_State.QUEUED) >= self.queue_size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._room.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._room.wait(), left)
-        return True
 
     async def _full(self, delivery: Delivery) -> TrackResult:
         event_id = delivery.event.event_id
         reason = f"queue full ({self.queue_size} events) for {self.queue_full_timeout:g}s"
+        if self._pause.active:
+            reason += f" while delivery is paused ({self._pause.describe()})"
         if self.when_full == "raise":
             raise QueueFullError(event_id, "queue_full", reason)
         # Dropping keeps the signup working; the loss is loud (warning, counter, callback).
-        self.stats.dropped += 1
+        self.stats.count("dropped", delivery, reason="queue_full")
         logger.warning("event %s dropped: %s", event_id, reason)
         await notify(self.on_drop, delivery, reason)
-        return TrackResult("skipped", delivery.event, reason="dropped: " + reason)
+        return TrackResult("dropped", delivery.event, reason="dropped: " + reason)
 
     async def _send_inline(self, delivery: Delivery) -> TrackResult:
         try:
             result = await self.inner.send(delivery)
-        except Exception:
-            self.stats.failed += 1
+        except Exception as exc:
+            self.stats.count("failed", delivery, reason=getattr(exc, "code", None))
             raise
-        self.stats.sent += 1
+        self.stats.delivered(delivery, result)
         return result
 
     async def attempt(self, delivery: Delivery) -> TrackResult:
@@ -288,103 +245,156 @@ class BackgroundTransport(Transport):
 
     async def _work(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._loop is loop:
-            job = self._jobs.first(_State.QUEUED)
-            if job is None:
-                ready = self._ready
-                ready.clear()
-                await ready.wait()
+            job = None if self._pause.active else self._jobs.first(JobState.QUEUED)
+            if job is not None:
+                await self._attempt(job, loop)
                 continue
-            self._jobs.put(job, _State.ATTEMPTING)
-            self._room.set()
-            job.attempts += 1
-            # Cancelled (shutdown, or the loop ending), the job stays in the registry: aclose
-            # reports it, or a new loop queues it again.
-            try:
-                await self.inner.attempt(job.delivery)
-            except Exception as exc:  # every failure is reported; the worker carries on
-                if self._loop is loop:
-                    await self._failed(job, exc, loop)
-            else:
-                if self._loop is loop and self._finish(job):
-                    self.stats.sent += 1
+            ready = self._jobs.ready
+            ready.clear()
+            await ready.wait()
 
-    async def _failed(self, job: _Job, exc: Exception, loop: asyncio.AbstractEventLoop) -> None:
+    async def _attempt(self, job: Job, loop: asyncio.AbstractEventLoop) -> bool:
+        """One attempt at ``job``; True unless it met a fault of the whole integration."""
+        self._jobs.take(job)
+        job.attempts += 1
+        # Cancelled (shutdown, or the loop ending), the job stays in the registry: aclose
+        # reports it, or a new loop queues it again.
+        try:
+            result = await self.inner.attempt(job.delivery)
+        except Exception as exc:  # every failure is reported; the worker carries on
+            if self._loop is not loop:
+                return True
+            if is_integration_fault(exc) and isinstance(exc, DeliveryError):
+                self._hold(job, exc, loop)
+                return False
+            await self._failed(job, exc, loop)
+            return True
+        if self._loop is loop and self._jobs.finish(job):
+            self.stats.delivered(job.delivery, result)
+            await notify(self.on_delivered, job.delivery, result)
+        return True
+
+    async def _failed(self, job: Job, exc: Exception, loop: asyncio.AbstractEventLoop) -> None:
+        delivery = job.delivery
         if isinstance(exc, DeliveryError):
             elapsed = time.monotonic() - job.started
             wait = next_retry(
-                exc, self.inner.retry, attempts=job.attempts, elapsed=elapsed, stats=self.stats
+                exc,
+                self.inner.retry,
+                attempts=job.attempts,
+                elapsed=elapsed,
+                stats=self.stats,
+                provider=delivery.provider.name,
+                event_kind=delivery.event.kind,
             )
             if wait is not None:
-                self._jobs.put(job, _State.WAITING)
+                self._jobs.put(job, JobState.WAITING)
                 job.timer = loop.call_later(wait, self._retry_due, job, loop)
                 return
-        if not self._finish(job):
+        if not self._jobs.finish(job):
             return
-        self.stats.failed += 1
-        logger.error("event %s failed: %s", job.delivery.event.event_id, exc)
-        await notify(self.on_error, job.delivery, exc)
+        self.stats.count("failed", delivery, reason=getattr(exc, "code", None))
+        logger.error("event %s failed: %s", delivery.event.event_id, exc)
+        await notify(self.on_error, delivery, exc)
 
-    def _retry_due(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is loop and job.state is _State.WAITING:
+    def _retry_due(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is loop and job.state is JobState.WAITING:
             job.timer = None
-            self._jobs.put(job, _State.QUEUED)
-            self._ready.set()
+            self._jobs.put(job, JobState.QUEUED)
+            if not self._pause.active:
+                self._jobs.ready.set()
 
-    def _finish(self, job: _Job) -> bool:
-        """Take a job out of the registry; True if this call did (so it is counted once)."""
-        if not self._jobs.remove(job):
-            return False
-        if not self._jobs:
-            self._idle.set()
-        return True
+    # -- pausing on faults of the whole integration ------------------------------------------
+
+    def _hold(self, job: Job, cause: DeliveryError, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep ``job`` queued (the attempt does not count) and pause, or stay paused."""
+        job.attempts -= 1
+        self._jobs.put(job, JobState.QUEUED)
+        if self._pause.begin(cause, len(self._jobs)):
+            self.stats.count(
+                "paused", job.delivery, status_code=cause.status_code, reason=cause.code
+            )
+            self._jobs.stalled.set()
+        if self._pause.probe is None:
+            self._pause.schedule(loop, self._pause.interval, lambda: self._run_probe(loop))
+
+    async def _run_probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One attempt with the first queued event; resume unless the integration still fails."""
+        if self._loop is not loop or not self._pause.active:
+            return
+        self._pause.probe = None
+        job = self._jobs.first(JobState.QUEUED)
+        if job is None:  # nothing to probe with right now: look again later
+            self._pause.schedule(loop, self._pause.interval, lambda: self._run_probe(loop))
+            return
+        if await self._attempt(job, loop) and self._loop is loop:
+            self._resume(job.delivery)
+
+    def _resume(self, delivery: Delivery | None) -> None:
+        lasted = self._pause.end(len(self._jobs))
+        self.stats.count("resumed", delivery, duration=lasted)
+        self._jobs.stalled.clear()
+        for job in self._jobs:
+            job.started = time.monotonic()  # the pause does not spend their retry budget
+        self._jobs.ready.set()
 
     # -- flush and shutdown ------------------------------------------------------------------
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until nothing is queued, in flight or waiting to retry (or ``timeout`` passes)."""
-        if await self._adopt() is None or not self._jobs:
+        owner = self._foreign_owner()
+        if owner is not None:
+            return await run_on(owner, self.flush(timeout))
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            await self.start()  # the owner ended: take its jobs over
+        if self._loop is None or not self._jobs:
             return
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._jobs.idle.wait(), timeout)
         except asyncio.TimeoutError:
             logger.warning(
                 "flush timed out after %gs with %d events pending", timeout, self.pending
             )
 
     async def aclose(self) -> None:
-        """Stop queueing, deliver what is queued within ``shutdown_timeout``, report the rest."""
-        if await self._adopt() is None:
+        """Report what is undelivered, deliver it within ``shutdown_timeout``, report the rest."""
+        owner = self._foreign_owner()
+        if owner is not None:
+            return await run_on(owner, self.aclose())
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            await self.start()
+        if self._loop is None:
             await self.inner.aclose()
             return
         self._closing = True
         try:
-            # Events waiting out a backoff get one last attempt now rather than be dropped later.
-            for job in self._jobs:
-                if job.state is _State.WAITING:
-                    self._jobs.put(job, _State.QUEUED)
-                    self._ready.set()
-            if self._jobs:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self.shutdown_timeout)
-            workers, self._workers, self._loop = self._workers, [], None
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            undelivered = [job.delivery for job in self._jobs if self._finish(job)]
-            if undelivered:
-                await self._report_undelivered(undelivered)
-            await self.inner.aclose()
+            await self._drain()
         finally:
             self._closing = False
 
-    async def _report_undelivered(self, undelivered: list[Delivery]) -> None:
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Report first: a SIGKILL during the drain must find every id already in the log.
+        waiting = [job.event_id for job in self._jobs]
+        head = f"shutting down: {len(waiting)} events not yet delivered, draining for up to"
+        log_ids(logging.WARNING, f"{head} {self.shutdown_timeout:g}s", waiting)
+        # Events waiting out a backoff get one last attempt now rather than be dropped later.
+        self._jobs.requeue(JobState.WAITING)
+        if self._pause.active and self._jobs:  # one probe now: maybe the fault is over
+            self._pause.cancel_probe()
+            await self._run_probe(loop)
+        if self._jobs and not self._pause.active:
+            self._jobs.ready.set()
+            await self._jobs.settled(self.shutdown_timeout)
+        workers, self._workers, self._loop = self._workers, [], None
+        self._pause.cancel_probe()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        undelivered = [job.delivery for job in self._jobs if self._jobs.finish(job)]
         reason = f"not delivered within shutdown_timeout={self.shutdown_timeout:g}s"
-        logger.error(
-            "%d events %s: %s",
-            len(undelivered),
-            reason,
-            ", ".join(d.event.event_id for d in undelivered),
-        )
-        for delivery in undelivered:
-            self.stats.dropped += 1
-            await notify(self.on_drop, delivery, reason)
+        if self._pause.active:
+            reason = f"not delivered: delivery paused ({self._pause.describe()})"
+            self._pause.end(0)
+        await report_undelivered(undelivered, reason, self.stats, self.on_drop)
+        await self.inner.aclose()
