@@ -57,7 +57,7 @@ class BackgroundTransport(Transport):
     ``handoff_timeout`` (seconds a send from another loop waits for the owner to take it),
     ``on_error(delivery, exc)``, ``on_drop(delivery, reason)`` and
     ``on_delivered(delivery, result)`` (sync or async callables; their errors are logged).
-    Failed attempts are retried with ``inner.retry``.
+    Failed attempts are retried with ``inner.retry``. ``stats`` defaults to ``inner.stats``.
 
     Example:
         >>> import asyncio
@@ -118,8 +118,8 @@ class BackgroundTransport(Transport):
         self.on_drop = on_drop
         self.on_delivered = on_delivered
         self.pause_interval = pause_interval
-        if stats is not None:
-            self.stats = stats
+        # One set of counters with inner (which counts retries inline and attempts).
+        self.stats = stats if stats is not None else inner.stats
         self._jobs = JobQueue()
         self._pause = Pause(pause_interval)
         # The loop that runs the workers and retry timers. Created in start(), inside the
