@@ -129,6 +129,15 @@ class DeliveryLoop:
         self._wake.set()
 
     async def _deliver(self, row: OutboxRow) -> None:
+        limit = self.inner.retry.max_attempts
+        if row.attempts > limit:
+            # Claimed again and again without an outcome: each attempt killed its worker (or
+            # stalled past the lease). Stop here rather than take down every worker in turn.
+            error = f"claimed {row.attempts} times without an outcome (limit {limit})"
+            await self.record(self.store.dead, replace(row, error_code="no_outcome"), error)
+            self.stats.failed += 1
+            logger.error("event %s is a dead letter: %s", row.event_id, error)
+            return
         try:
             delivery = Delivery(row.to_event(), self._provider(row.provider))
         except Exception as exc:  # the row no longer makes an event: retrying cannot help

@@ -16,7 +16,6 @@ deleted file are still delivered by this process while it runs.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import functools
@@ -31,20 +30,21 @@ from typing import Any, Literal, TypeVar
 
 from ..._exceptions import OutboxError
 from .clock import AnchoredClock, WallClock
-from .rows import NOT_RECORDED_OUTCOMES, STATES, ListState, OutboxRow, OutboxStatus
+from .rows import OutboxRow
+from .sqlite_admin import SQLiteAdmin
 from .sqlite_schema import (
     COLUMNS,
-    DUE,
     FileId,
     check_health,
+    due_ids,
     file_id,
     load_clock,
     note_time,
     prepare,
     to_row,
 )
-from .sqlite_tx import Worker, insert_rows, retry_dead_rows
-from .store import AppendBatcher, OutboxStore
+from .sqlite_tx import Worker, insert_rows
+from .store import AppendBatcher
 
 __all__ = ["SQLiteOutbox"]
 
@@ -53,7 +53,7 @@ T = TypeVar("T")
 DAY = 86_400.0
 
 
-class SQLiteOutbox(OutboxStore):
+class SQLiteOutbox(SQLiteAdmin):
     """An outbox in one SQLite file, safe to share between processes on one machine.
 
     ``path`` is created (with its table) on first use unless ``create=False`` (the CLI uses that,
@@ -247,22 +247,13 @@ class SQLiteOutbox(OutboxStore):
         self._clock.check(self.description)
         with contextlib.suppress(OutboxError):  # logged; deliver what the open file holds
             self._check_file()
-        skip = f" AND id NOT IN ({','.join(map(str, self.unreadable))})" if self.unreadable else ""
-        due = f"{DUE}{skip}"
         # A plain read first: idle workers then never take the write lock.
-        first = conn.execute(f"SELECT 1 FROM outbox WHERE {due} LIMIT 1", {"now": self.now()})
-        if first.fetchone() is None:
+        if not due_ids(conn, self.now(), 1, self.unreadable):
             return []
 
-        def claim(conn: sqlite3.Connection) -> builtins.list[OutboxRow]:
+        def claim(conn: sqlite3.Connection, only: int | None = None) -> builtins.list[OutboxRow]:
             now = self.now()
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT id FROM outbox WHERE {due} ORDER BY next_attempt_at, id LIMIT :limit",
-                    {"now": now, "limit": limit},
-                )
-            ]
+            ids = [only] if only is not None else due_ids(conn, now, limit, self.unreadable)
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
@@ -276,7 +267,21 @@ class SQLiteOutbox(OutboxStore):
             query = f"SELECT {COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY next_attempt_at"
             return [to_row(r) for r in conn.execute(query, ids)]
 
-        return self._tx(claim)
+        try:
+            return self._tx(claim)
+        except sqlite3.DatabaseError:
+            if not self.problems:
+                raise
+        # A damaged file: claim row by row, and set aside (by id) the rows that fail.
+        rows: builtins.list[OutboxRow] = []
+        for rid in due_ids(conn, self.now(), limit, self.unreadable):
+            try:
+                rows.extend(self._tx(functools.partial(claim, only=rid)))
+            except sqlite3.DatabaseError as exc:
+                self.unreadable.append(rid)
+                self.problems.append(f"row {rid} cannot be read or written: {exc}")
+                logger.error("outbox %s: row %d set aside: %s", self.description, rid, exc)
+        return rows
 
     async def _outcome(self, sql: str, params: tuple[Any, ...], row: OutboxRow) -> None:
         def update(conn: sqlite3.Connection) -> None:
@@ -325,92 +330,6 @@ class SQLiteOutbox(OutboxStore):
 
         await self._run(self._tx, update)
 
-    # -- inspection and maintenance -----------------------------------------------------------
-
-    async def unfinished(self) -> int:
-        """Pending (including scheduled retries) plus in-flight rows."""
-        query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
-        return int((await self._run(self._read, query, ()))[0][0])
-
     def _read(self, query: str, params: Sequence[Any]) -> builtins.list[tuple[Any, ...]]:
         assert self._worker is not None and self._worker.conn is not None
         return self._worker.conn.execute(query, params).fetchall()
-
-    async def status(self) -> OutboxStatus:
-        """Counts by state, the age of the oldest unfinished row, and problems with the file."""
-        counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        for state, n in await self._run(
-            self._read, "SELECT state, COUNT(*) FROM outbox GROUP BY state", ()
-        ):
-            counts[state] = n
-        query = "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
-        oldest = (await self._run(self._read, query, ()))[0][0]
-        age = None if oldest is None else max(0.0, self.now() - oldest)
-        if self._worker is not None:
-            with contextlib.suppress(OutboxError):
-                self._check_file()
-        return OutboxStatus(counts, age, tuple(self.problems))
-
-    async def list_dead(self, limit: int = 100) -> builtins.list[OutboxRow]:
-        """Dead letters, oldest first."""
-        return await self.list("dead", limit)
-
-    async def list(self, state: ListState = "dead", limit: int = 100) -> builtins.list[OutboxRow]:
-        """Rows in ``state`` (``not_recorded``: delivered, provider recorded nothing)."""
-        if state == "not_recorded":
-            marks = ",".join("?" * len(NOT_RECORDED_OUTCOMES))
-            where, params = (
-                f"state = 'delivered' AND outcome IN ({marks})",
-                [*NOT_RECORDED_OUTCOMES],
-            )
-        elif state in STATES:
-            where, params = "state = ?", [state]
-        else:
-            await super().list(state, limit)  # raises ValueError
-            return []
-        query = f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?"
-        return [to_row(r) for r in await self._run(self._read, query, (*params, limit))]
-
-    async def retry_dead(
-        self, event_ids: Sequence[str] | None = None, *, force: bool = False
-    ) -> int:
-        """Dead letters back to pending with a fresh budget (``click_not_found`` needs force)."""
-        update = functools.partial(
-            retry_dead_rows, now=self.now(), event_ids=event_ids, force=force
-        )
-        return await self._run(self._tx, update)
-
-    async def purge_delivered(self, older_than: float, *, max_batches: int | None = None) -> int:
-        """Delete delivered rows older than ``older_than`` seconds, ``purge_batch`` at a time."""
-        removed = 0
-        batches = 0
-        while max_batches is None or batches < max_batches:
-            cutoff = self.now() - older_than
-
-            def delete(conn: sqlite3.Connection, cutoff: float = cutoff) -> int:
-                return conn.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state ="
-                    " 'delivered' AND updated_at <= ? LIMIT ?)",
-                    (cutoff, self.purge_batch),
-                ).rowcount
-
-            count = await self._run(self._tx, delete)
-            removed += count
-            batches += 1
-            if count < self.purge_batch:
-                break
-            await asyncio.sleep(0)  # let appends and claims take the lock between batches
-        return removed
-
-    async def maintain(self) -> None:
-        """Remove delivered rows past ``retention`` (a few batches per call)."""
-        await self.purge_delivered(self.retention, max_batches=10)
-
-    async def vacuum(self) -> None:
-        """``VACUUM`` the file and truncate the WAL: the file shrinks to its live rows."""
-        await self._run(self._vacuum)
-
-    def _vacuum(self) -> None:
-        assert self._worker is not None and self._worker.conn is not None
-        self._worker.conn.execute("VACUUM")
-        self._worker.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -21,6 +21,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "FileId",
     "check_health",
+    "due_ids",
     "file_id",
     "load_clock",
     "note_time",
@@ -139,6 +140,29 @@ def load_clock(conn: sqlite3.Connection, wall: WallClock) -> AnchoredClock:
         raise
 
 
+def due_ids(conn: sqlite3.Connection, now: float, limit: int, skip: list[int]) -> list[int]:
+    """Ids of up to ``limit`` due rows: pending and due, or in flight with an expired lease.
+
+    Pending rows are found in the index alone (state, due time, id), never reading the table,
+    so a damaged table page stops only its own rows; ``skip`` lists unreadable ids.
+    """
+    without = f" AND id NOT IN ({','.join(map(str, skip))})" if skip else ""
+    expired = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM outbox WHERE state = 'inflight' AND lease_until <= ?"
+            f"{without} ORDER BY lease_until LIMIT ?",
+            (now, limit),
+        )
+    ]
+    due = conn.execute(
+        "SELECT id FROM outbox INDEXED BY outbox_due WHERE state = 'pending'"
+        f" AND next_attempt_at <= ?{without} ORDER BY next_attempt_at LIMIT ?",
+        (now, limit - len(expired)),
+    )
+    return expired + [r[0] for r in due]
+
+
 def note_time(conn: sqlite3.Connection, now: float) -> None:
     """Record ``now`` as the latest store time seen (inside a write transaction)."""
     conn.execute(
@@ -157,14 +181,23 @@ def check_health(conn: sqlite3.Connection, limit: int = 100) -> tuple[list[str],
     try:
         found = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({limit})")]
     except sqlite3.DatabaseError as exc:
-        return [f"quick_check failed: {exc}"], []
+        found = [f"failed: {exc}"]
     if found == ["ok"]:
         return [], []
-    problems = [f"quick_check: {line}" for line in found]
-    try:
-        ids = [r[0] for r in conn.execute("SELECT id FROM outbox INDEXED BY outbox_due")]
-    except sqlite3.DatabaseError as exc:
-        problems.append(f"row ids unreadable: {exc}")
+    text = "; ".join(line.replace("\n", "; ") for line in found)
+    problems = [f"quick_check: {text[:500]}{' ...' if len(text) > 500 else ''}"]
+    ids: list[int] = []
+    for query in (
+        "SELECT id FROM outbox INDEXED BY outbox_due",
+        "SELECT id FROM outbox NOT INDEXED",
+    ):
+        try:
+            ids = [r[0] for r in conn.execute(query)]
+            break
+        except sqlite3.DatabaseError as exc:
+            error = exc
+    else:
+        problems.append(f"row ids unreadable: {error}")
         return problems, []
     bad: list[int] = []
     for rid in ids:
