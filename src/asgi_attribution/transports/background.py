@@ -376,8 +376,8 @@ class BackgroundTransport(Transport):
         loop = asyncio.get_running_loop()
         # Report first: a SIGKILL during the drain must find every id already in the log.
         waiting = [job.event_id for job in self._jobs]
-        head = f"shutting down: {len(waiting)} events not yet delivered, draining for up to"
-        log_ids(logging.WARNING, f"{head} {self.shutdown_timeout:g}s", waiting)
+        head = f"shutting down with {len(waiting)} events not yet delivered (draining up to"
+        log_ids(logging.WARNING, f"{head} {self.shutdown_timeout:g}s)", waiting)
         # Events waiting out a backoff get one last attempt now rather than be dropped later.
         self._jobs.requeue(JobState.WAITING)
         if self._pause.active and self._jobs:  # one probe now: maybe the fault is over

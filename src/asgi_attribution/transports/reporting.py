@@ -1,8 +1,7 @@
 """Reporting event ids in log lines a log shipper keeps whole (at most 8 KB each).
 
 Example:
-    >>> lines = id_lines("2 events not delivered", ["evt_1", "evt_2"])
-    >>> lines
+    >>> id_lines("2 events not delivered", ["evt_1", "evt_2"])
     ['2 events not delivered: evt_1, evt_2']
 """
 
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .base import Delivery, DeliveryStats
 
-__all__ = ["MAX_LINE_BYTES", "id_lines", "log_ids", "notify", "report_undelivered"]
+__all__ = ["MAX_LINE_BYTES", "id_chunks", "id_lines", "log_ids", "notify", "report_undelivered"]
 
 logger = logging.getLogger("asgi_attribution")
 
@@ -24,33 +23,42 @@ logger = logging.getLogger("asgi_attribution")
 MAX_LINE_BYTES = 8 * 1024
 
 
-def id_lines(head: str, ids: Iterable[str], limit: int = MAX_LINE_BYTES) -> list[str]:
-    """``head: id, id, ...`` split into lines of at most ``limit`` bytes (UTF-8), each whole.
+def id_chunks(
+    head: str, ids: Iterable[str], limit: int = MAX_LINE_BYTES
+) -> list[tuple[str, list[str]]]:
+    """``(line, ids on it)`` pairs: ``head: id, id, ...`` in lines of at most ``limit`` bytes.
 
-    Lines after the first say which part they are (``(continued)``).
+    Lines after the first say they continue (``head (continued): ...``).
 
     Example:
-        >>> lines = id_lines("held", [f"evt_{i:03d}" for i in range(10)], limit=40)
-        >>> all(len(line.encode()) <= 40 for line in lines), len(lines)
+        >>> chunks = id_chunks("held", [f"evt_{i:03d}" for i in range(10)], limit=40)
+        >>> all(len(line.encode()) <= 40 for line, _ in chunks), len(chunks)
         (True, 4)
-        >>> lines[1]
-        'held (continued): evt_004, evt_005'
+        >>> chunks[1]
+        ('held (continued): evt_004, evt_005', ['evt_004', 'evt_005'])
     """
-    lines: list[str] = []
-    prefix = head + ": "
-    line = prefix
-    count = 0
+    chunks: list[tuple[str, list[str]]] = []
+    line, on_line = head + ": ", list[str]()
     for event_id in ids:
-        piece = event_id if count == 0 else ", " + event_id
-        if count and len((line + piece).encode()) > limit:
-            lines.append(line)
-            prefix = head + " (continued): "
-            line, count, piece = prefix, 0, event_id
+        piece = ", " + event_id if on_line else event_id
+        if on_line and len((line + piece).encode()) > limit:
+            chunks.append((line, on_line))
+            line, on_line, piece = head + " (continued): ", [], event_id
         line += piece
-        count += 1
-    if count:
-        lines.append(line)
-    return lines
+        on_line.append(event_id)
+    if on_line:
+        chunks.append((line, on_line))
+    return chunks
+
+
+def id_lines(head: str, ids: Iterable[str], limit: int = MAX_LINE_BYTES) -> list[str]:
+    """The lines of :func:`id_chunks`.
+
+    Example:
+        >>> id_lines("2 events not delivered", ["evt_1", "evt_2"])
+        ['2 events not delivered: evt_1, evt_2']
+    """
+    return [line for line, _ in id_chunks(head, ids, limit)]
 
 
 def log_ids(level: int, head: str, ids: list[str]) -> None:
@@ -61,10 +69,7 @@ def log_ids(level: int, head: str, ids: list[str]) -> None:
     Example:
         >>> log_ids(logging.WARNING, "1 event not yet delivered", ["evt_1"])
     """
-    if not ids:
-        return
-    for line in id_lines(head, ids):
-        on_line = line.split(": ", 1)[1].split(", ")
+    for line, on_line in id_chunks(head, ids):
         logger.log(level, "%s", line, extra={"event_ids": on_line})
 
 
