@@ -290,3 +290,31 @@ def test_configuration_tables_keep_option_names_whole(site_url: str, offline: Of
     )
     assert ["queue_full_timeout", 1] in boxes
     assert [(name, count) for name, count in boxes if count != 1] == []
+
+
+def test_the_testclient_example_in_testing_md_passes(tmp_path: Path) -> None:
+    """The FastAPI ``TestClient`` example in docs/testing.md runs as is, under pytest."""
+    pytest.importorskip("fastapi")
+    text = (REPO_ROOT / "docs/testing.md").read_text(encoding="utf-8")
+    section = text.split("### With FastAPI's (or Starlette's) `TestClient`", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert example is not None and "TestClient(app)" in example[1]
+    (tmp_path / "test_example.py").write_text(example[1], encoding="utf-8")
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"),
+            # Starlette's test client warns at import that it prefers httpx2 to httpx; the
+            # page shows readers this same precise filter.
+            "-W",
+            "ignore:Using `httpx` with `starlette.testclient`"
+            ":starlette.exceptions.StarletteDeprecationWarning",
+            *("--rootdir", str(tmp_path), str(tmp_path / "test_example.py")),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
