@@ -13,6 +13,7 @@ Example:
 from ._exceptions import (
     AttributionError,
     DeliveryError,
+    IntegrationError,
     InvalidEventError,
     MissingClickIdError,
     OutboxError,
@@ -23,12 +24,14 @@ from .clearing import clear_attribution
 from .cookies import CookiePolicy, valid_click_id
 from .events import CustomerEvent, Event, LeadEvent, SaleEvent
 from .middleware import AttributionMiddleware
+from .pending import Tracking
 from .providers import DUB, PIMMS, Provider, ProviderRequest, get_provider
 from .tracker import Tracker
 from .tracking import track_customer, track_lead, track_sale, tracks_lead
 from .transports import (
     BackgroundTransport,
     Delivery,
+    DeliveryRecord,
     DeliveryStats,
     HTTPTransport,
     MemoryTransport,
@@ -36,6 +39,7 @@ from .transports import (
     OutboxStatus,
     OutboxStore,
     OutboxTransport,
+    PostgresOutbox,
     RedisOutbox,
     RetryPolicy,
     SQLiteOutbox,
@@ -56,10 +60,12 @@ __all__ = [
     "CustomerEvent",
     "Delivery",
     "DeliveryError",
+    "DeliveryRecord",
     "DeliveryStats",
     "Discount",
     "Event",
     "HTTPTransport",
+    "IntegrationError",
     "InvalidEventError",
     "LeadEvent",
     "MemoryTransport",
@@ -71,6 +77,7 @@ __all__ = [
     "OutboxTransport",
     "Partner",
     "PartnerData",
+    "PostgresOutbox",
     "Provider",
     "ProviderRequest",
     "QueueFullError",
@@ -80,6 +87,7 @@ __all__ = [
     "SaleEvent",
     "TrackResult",
     "Tracker",
+    "Tracking",
     "Transport",
     "__version__",
     "clear_attribution",

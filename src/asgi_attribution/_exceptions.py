@@ -6,6 +6,7 @@ The hierarchy (each class says in one line when it is raised)::
     ├── InvalidEventError (ValueError)  an event field breaks a provider limit; nothing was sent
     │   └── MissingClickIdError         a lead without a click id, with ``require_click_id=True``
     ├── DeliveryError                   the provider refused an event, or could not be reached
+    │   ├── IntegrationError            a fault of the whole integration (401, 403, wrong path)
     │   └── QueueFullError              the background queue stayed full (``when_full="raise"``)
     └── OutboxError                     an outbox store cannot be used (path, file, server)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "AttributionError",
     "DeliveryError",
+    "IntegrationError",
     "InvalidEventError",
     "MissingClickIdError",
     "OutboxError",
@@ -77,6 +79,7 @@ class DeliveryError(AttributionError):
     ``status_code`` is the HTTP status (None for a network failure), ``code`` and ``message`` come
     from the provider's ``{"error": {"code", "message"}}`` body; ``retryable`` says whether trying
     again could help, and ``retry_after`` is the server's ``Retry-After`` in seconds, if any.
+    ``integration`` is True for a fault of the whole integration (:class:`IntegrationError`).
 
     Example:
         >>> err = DeliveryError("evt_1", "bad_request", "eventName: required", status_code=400)
@@ -102,6 +105,9 @@ class DeliveryError(AttributionError):
         self.retry_after = retry_after
         super().__init__(self._text())
 
+    #: True for a fault of the whole integration, not of this event (see IntegrationError).
+    integration = False
+
     def _text(self) -> str:
         status = f"HTTP {self.status_code} " if self.status_code is not None else ""
         return f"event {self.event_id} not delivered: {status}{self.code}: {self.message}"
@@ -111,6 +117,28 @@ class DeliveryError(AttributionError):
         self.message += f" (gave up after {attempts} attempts in {elapsed:.1f}s)"
         self.args = (self._text(),)
         return self
+
+
+class IntegrationError(DeliveryError):
+    """A fault of the whole integration (key, permissions, path, redirect), not of one event.
+
+    ``integration`` is True and ``retryable`` False: an inline send raises it at once, and
+    the background queue and the outbox pause delivery (events stay queued) until a probe gets
+    a 2xx. ``code`` is ``"unauthorized"``, ``"forbidden"``, ``"wrong_path"``, ``"redirect"``
+    or ``"missing_api_key"``.
+
+    Example:
+        >>> error = IntegrationError("evt_1", "unauthorized", "invalid API key", status_code=401)
+        >>> error.integration, error.retryable, isinstance(error, DeliveryError)
+        (True, False, True)
+    """
+
+    integration = True
+
+    def __init__(
+        self, event_id: str, code: str, message: str, *, status_code: int | None = None
+    ) -> None:
+        super().__init__(event_id, code, message, status_code=status_code, retryable=False)
 
 
 class QueueFullError(DeliveryError):

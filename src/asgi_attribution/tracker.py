@@ -224,12 +224,12 @@ class Tracker:
         try:
             result = await transport.send(delivery)
         except DeliveryError:
-            self.stats.failed += 1
+            self.stats.count("failed", delivery)
             raise
         if result.status == "sent":
-            self.stats.sent += 1
+            self.stats.delivered(delivery, result)
         elif result.status == "queued":
-            self.stats.queued += 1
+            self.stats.count("queued", delivery)
         return result
 
     def _as_configured(self, result: TrackResult) -> TrackResult:
@@ -257,20 +257,20 @@ class Tracker:
         try:
             result = await asyncio.wait_for(http.send(delivery), self.inline_timeout)
         except asyncio.TimeoutError:
-            self.stats.failed += 1
+            self.stats.count("failed", delivery, reason="inline_timeout")
             raise DeliveryError(
                 event_id,
                 "inline_timeout",
                 f"not delivered within inline_timeout={self.inline_timeout:g}s",
                 retryable=True,
             ) from None
-        except DeliveryError:
-            self.stats.failed += 1
+        except DeliveryError as exc:
+            self.stats.count("failed", delivery, reason=exc.code)
             raise
         finally:
             if http is not self._http:
                 await http.aclose()
-        self.stats.sent += 1
+        self.stats.delivered(delivery, result)
         return result
 
     def _event(

@@ -5,14 +5,14 @@ one retry step that :meth:`Transport.send`, :class:`BackgroundTransport` and
 :class:`OutboxTransport` use to schedule the next one.
 """
 
-from .._exceptions import OutboxError, QueueFullError
+from .._exceptions import IntegrationError, OutboxError, QueueFullError
 from .background import BackgroundTransport
 from .base import Delivery, DeliveryStats, TrackResult, Transport
-from .faults import IntegrationError
 from .http import HTTPTransport
 from .memory import MemoryTransport
 from .observe import DeliveryRecord
 from .outbox import OutboxRow, OutboxStatus, OutboxStore, OutboxTransport, RedisOutbox, SQLiteOutbox
+from .outbox.postgres import PostgresOutbox
 from .retry import RetryPolicy
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "OutboxStatus",
     "OutboxStore",
     "OutboxTransport",
+    "PostgresOutbox",
     "QueueFullError",
     "RedisOutbox",
     "RetryPolicy",

@@ -13,9 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .._exceptions import DeliveryError
-
-__all__ = ["IntegrationError", "is_integration_fault", "per_event_not_found"]
+__all__ = ["is_integration_fault", "per_event_not_found"]
 
 # A 404 about the event names what was not found: Dub's "Click event not found for clickId: x",
 # "Lead event not found for externalId: ...", "Customer ext_u not found." A wrong path gives
@@ -23,28 +21,6 @@ __all__ = ["IntegrationError", "is_integration_fault", "per_event_not_found"]
 _ENTITY_NOT_FOUND = re.compile(
     r"^\s*(click|lead|sale|customer|link|partner|commission)\b[^/]*\bnot found", re.IGNORECASE
 )
-
-
-class IntegrationError(DeliveryError):
-    """A fault of the whole integration (key, permissions, path, redirect), not of one event.
-
-    ``integration`` is True and ``retryable`` False: an inline send raises it at once, and
-    :class:`BackgroundTransport` pauses delivery (events stay queued) until a probe gets a 2xx.
-    ``code`` is ``"unauthorized"``, ``"forbidden"``, ``"wrong_path"``, ``"redirect"`` or
-    ``"missing_api_key"``.
-
-    Example:
-        >>> error = IntegrationError("evt_1", "unauthorized", "invalid API key", status_code=401)
-        >>> error.integration, error.retryable, isinstance(error, DeliveryError)
-        (True, False, True)
-    """
-
-    integration = True
-
-    def __init__(
-        self, event_id: str, code: str, message: str, *, status_code: int | None = None
-    ) -> None:
-        super().__init__(event_id, code, message, status_code=status_code, retryable=False)
 
 
 def is_integration_fault(error: BaseException) -> bool:

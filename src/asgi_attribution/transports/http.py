@@ -22,9 +22,9 @@ import httpx
 from pydantic import SecretStr
 
 from .._deprecation import renamed
-from .._exceptions import DeliveryError
+from .._exceptions import DeliveryError, IntegrationError
 from .base import Delivery, DeliveryStats, TrackResult, Transport
-from .faults import IntegrationError, per_event_not_found
+from .faults import per_event_not_found
 from .retry import RetryPolicy, parse_retry_after
 
 __all__ = ["RETRYABLE_STATUS", "USER_AGENT", "HTTPTransport"]

@@ -5,7 +5,7 @@ them one by one, :class:`BackgroundTransport` holds them and probes with one att
 ``pause_interval`` seconds; this module keeps the state and the log lines of that pause.
 
 Example:
-    >>> from asgi_attribution.transports.faults import IntegrationError
+    >>> from asgi_attribution import IntegrationError
     >>> pause = Pause(interval=30.0)
     >>> pause.begin(IntegrationError("evt_1", "unauthorized", "bad key", status_code=401), 3)
     True
