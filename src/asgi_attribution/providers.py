@@ -6,6 +6,7 @@ provider-neutral event into the exact HTTP request the provider's API expects.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
@@ -30,6 +31,17 @@ class ProviderRequest:
     method: Literal["POST", "PATCH"]
     path: str
     json: dict[str, Any]
+
+    def body(self) -> bytes:
+        """The JSON body as sent: compact, UTF-8, non-ASCII left as is (as the providers count).
+
+        Example:
+            >>> ProviderRequest("POST", "/track/lead", {"eventName": "Café"}).body()
+            b'{"eventName":"Caf\\xc3\\xa9"}'
+        """
+        return json.dumps(
+            self.json, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
 
 
 # Event fields -> JSON keys shared by both providers (both speak camelCase).

@@ -33,6 +33,18 @@ __all__ = ["Engine"]
 RESENDS = 2
 
 
+class _Sealed:
+    """Request bytes with a repr that shows nothing of them (they hold credentials)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<request of {len(self.data)} bytes, not shown>"
+
+
 def _expire(future: asyncio.Future[Any], error: EngineError) -> None:
     if not future.done():
         future.set_exception(error)
@@ -143,7 +155,9 @@ class Engine:
         """
         if self.closed:
             raise RuntimeError("the engine is closed")
-        data = self.encode(method, path, body, headers or {})
+        # Sealed: the bytes carry the Authorization header, and error reporters that capture
+        # frame locals (Sentry) must not see it while this frame awaits the answer.
+        sealed = _Sealed(self.encode(method, path, body, headers or {}))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         resends = 0
@@ -152,7 +166,7 @@ class Engine:
             waiter: asyncio.Future[Response] = loop.create_future()
             timer = loop.call_at(deadline, self.expire, waiter)
             try:
-                conn.send(data, waiter)
+                conn.send(sealed.data, waiter)
                 return await waiter
             except ConnectionClosed:
                 # Closed by the server before it read our request (a keep-alive race): again.
