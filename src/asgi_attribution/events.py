@@ -18,6 +18,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "CustomerEvent",
     "Event",
     "LeadEvent",
+    "RefundEvent",
     "SaleEvent",
     "new_event_id",
     "validate_event",
@@ -195,11 +197,40 @@ class CustomerEvent(_EventBase):
     country: Country | None = None
 
 
-Event = LeadEvent | SaleEvent | CustomerEvent
-_MODELS: dict[str, type[LeadEvent] | type[SaleEvent] | type[CustomerEvent]] = {
+class RefundEvent(_EventBase):
+    """A refund of the sale with ``invoice_id``: in full (``amount=None``) or of ``amount`` cents.
+
+    It changes the partner's commission on that sale (Dub's commissions API), so it needs the
+    invoice id the sale was tracked with. ``currency`` (of ``amount``) only goes with an amount.
+
+    Example:
+        >>> RefundEvent(invoice_id="in_1").amount is None
+        True
+        >>> RefundEvent(invoice_id="in_1", amount=1000, currency="EUR").currency
+        'eur'
+    """
+
+    kind: Literal["refund"] = "refund"
+    invoice_id: InvoiceId
+    amount: Annotated[StrictInt, Field(gt=0, le=MAX_SAFE_INTEGER)] | None = None
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$", to_lower=True)] | None = (
+        None
+    )
+
+    @field_validator("currency")
+    @classmethod
+    def _only_with_amount(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("amount") is None:
+            raise ValueError("only with amount (a partial refund): a full refund has none")
+        return value
+
+
+Event = LeadEvent | SaleEvent | CustomerEvent | RefundEvent
+_MODELS: dict[str, type[LeadEvent] | type[SaleEvent] | type[CustomerEvent] | type[RefundEvent]] = {
     "lead": LeadEvent,
     "sale": SaleEvent,
     "customer": CustomerEvent,
+    "refund": RefundEvent,
 }
 
 
@@ -215,7 +246,7 @@ def _reason(error: Any) -> str:
 
 
 def validate_event(kind: str, **fields: Any) -> Event:
-    """Build a validated event of ``kind`` ("lead", "sale" or "customer").
+    """Build a validated event of ``kind`` ("lead", "sale", "customer" or "refund").
 
     Raises :class:`InvalidEventError` naming each bad field and its limit; ``None`` values are
     treated as unset.

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ._exceptions import InvalidEventError
-from .events import CustomerEvent, Event, LeadEvent, SaleEvent
+from .events import CustomerEvent, Event, LeadEvent, RefundEvent, SaleEvent
 from .limits import DUB_PAYMENT_PROCESSORS, PIMMS_PAYMENT_PROCESSORS
 
 __all__ = ["DUB", "PIMMS", "Outcome", "Provider", "ProviderRequest", "get_provider"]
@@ -22,23 +22,40 @@ __all__ = ["DUB", "PIMMS", "Outcome", "Provider", "ProviderRequest", "get_provid
 class ProviderRequest:
     """One HTTP request to a provider, without credentials.
 
+    ``query`` holds the query parameters of a ``GET`` (which has no body).
+
     Example:
         >>> DUB.render(LeadEvent(click_id="c1", event_name="Sign up",
         ...                      customer_external_id="u_1")).path
         '/track/lead'
     """
 
-    method: Literal["POST", "PATCH"]
+    method: Literal["GET", "POST", "PATCH"]
     path: str
     json: dict[str, Any]
+    query: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def target(self) -> str:
+        """The path with its query string, as on the request line.
+
+        Example:
+            >>> ProviderRequest("GET", "/commissions", {}, (("invoiceId", "in 1"),)).target
+            '/commissions?invoiceId=in+1'
+        """
+        return f"{self.path}?{urlencode(self.query)}" if self.query else self.path
 
     def body(self) -> bytes:
         """The JSON body as sent: compact, UTF-8, non-ASCII left as is (as the providers count).
+
+        A ``GET`` has none.
 
         Example:
             >>> ProviderRequest("POST", "/track/lead", {"eventName": "Café"}).body()
             b'{"eventName":"Caf\\xc3\\xa9"}'
         """
+        if self.method == "GET":
+            return b""
         return json.dumps(
             self.json, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
@@ -116,6 +133,8 @@ class Provider:
     webhook_signature_header: str = "Dub-Signature"
     #: Why a sale answered with nulls was not recorded, when it is not ``amount <= 0``.
     sale_not_recorded_reason: str = "no_customer"
+    #: Whether refunds reach partner commissions (Dub's ``/commissions`` API; PIMMS has none).
+    refunds: bool = True
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -159,6 +178,12 @@ class Provider:
             # the same event (after an ambiguous timeout) would be a second commission.
             body.setdefault("invoiceId", event.event_id)
             return ProviderRequest("POST", "/track/sale", body)
+        if isinstance(event, RefundEvent):
+            if not self.refunds:
+                reason = f"{self.name} has no commissions API: refund in its dashboard"
+                raise InvalidEventError("refund", [("refund_sale", reason)])
+            # The first step: find the sale's commission (then refund_update() says the PATCH).
+            return ProviderRequest("GET", "/commissions", {}, (("invoiceId", event.invoice_id),))
         return self._render_customer(event)
 
     def _body(self, event: LeadEvent | SaleEvent) -> dict[str, Any]:
@@ -222,6 +247,58 @@ class Provider:
             return "recorded", None
         return "recorded", None
 
+    def refund_update(
+        self, event: RefundEvent, commissions: Any
+    ) -> ProviderRequest | tuple[Outcome, str] | None:
+        """The second step of a refund, from the answer of its lookup (``GET /commissions``).
+
+        ``None`` while the sale has no commission (Dub creates it after the sale); an outcome
+        when there is nothing to change; else the ``PATCH``. A full refund (or a partial one of
+        at least the commission's amount) sets ``status: refunded``, which takes the commission
+        out of the payout whatever its amount (an ``amount`` of 0 would be ignored); a partial
+        one lowers the sale amount by ``modifyAmount`` (in ``currency``, converted by Dub), so
+        refunds of one invoice add up.
+
+        Example:
+            >>> found = [{"id": "cm_1", "invoiceId": "in_1", "status": "pending",
+            ...           "amount": 5000, "currency": "usd"}]
+            >>> DUB.refund_update(RefundEvent(invoice_id="in_1"), found).json
+            {'status': 'refunded'}
+            >>> DUB.refund_update(RefundEvent(invoice_id="in_1", amount=1000), found).json
+            {'modifyAmount': -1000}
+            >>> refunded = [{**found[0], "status": "refunded"}]
+            >>> DUB.refund_update(RefundEvent(invoice_id="in_1"), refunded)
+            ('duplicate', 'already_refunded')
+            >>> DUB.refund_update(RefundEvent(invoice_id="in_1"), []) is None
+            True
+        """
+        matches = [
+            item
+            for item in (commissions if isinstance(commissions, list) else [])
+            if isinstance(item, dict)
+            and item.get("invoiceId") == event.invoice_id
+            and isinstance(item.get("id"), str)
+        ]
+        if not matches:
+            return None
+        commission = matches[0]  # Dub: one commission per invoice and program
+        status = commission.get("status")
+        if status == "refunded":
+            return "duplicate", "already_refunded"
+        if status in ("paid", "duplicate", "canceled", "fraud"):
+            return "not_recorded", f"commission_{status}"  # a paid one cannot change any more
+        path = "/commissions/" + quote(commission["id"], safe="")
+        amount, currency = event.amount, event.currency or "usd"
+        whole = commission.get("amount")
+        if amount is None or (
+            isinstance(whole, int) and amount >= whole and currency == commission.get("currency")
+        ):
+            return ProviderRequest("PATCH", path, {"status": "refunded"})
+        body: dict[str, Any] = {"modifyAmount": -amount}
+        if event.currency is not None:
+            body["currency"] = event.currency
+        return ProviderRequest("PATCH", path, body)
+
     def accepts_click_id(self, value: str) -> bool:
         """False for the provider's own link placeholders (PIMMS' ``?pimms_id=1``).
 
@@ -273,6 +350,7 @@ PIMMS = Provider(
     lead_answer_tells=False,
     sale_not_recorded_reason="no_customer_or_duplicate_invoice",
     records_zero_amounts=True,
+    refunds=False,
     webhook_signature_header="Pimms-Signature",
 )
 """PIMMS (pimms.io): cookie ``pimms_id`` (then legacy ``dclid``), JSON key ``externalId``."""
