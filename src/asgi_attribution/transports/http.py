@@ -26,10 +26,12 @@ from pydantic import SecretStr
 
 from .._deprecation import renamed
 from .._exceptions import DeliveryError, IntegrationError
+from ..events import RefundEvent
 from ..providers import ProviderRequest
 from .answers import RETRYABLE_STATUS, Answer, delivered, error_from, parse_json
 from .base import Delivery, DeliveryStats, TrackResult, Transport
 from .engine import Engine, EngineError, proxies_configured
+from .refunds import REFUND_WINDOW, CommissionWaits, after_lookup, after_update
 from .retry import RetryPolicy
 
 __all__ = ["RETRYABLE_STATUS", "USER_AGENT", "HTTPTransport"]
@@ -43,7 +45,8 @@ class HTTPTransport(Transport):
     ``PIMMS_API_KEY``) and is kept as a secret: never in ``repr``, logs or errors.
     ``base_url`` defaults to the provider's. ``timeout`` bounds one attempt, ``retry`` says
     when a failed one is tried again, ``concurrency`` bounds requests in flight (and keep-alive
-    connections; ``max_connections`` is its deprecated name).
+    connections; ``max_connections`` is its deprecated name). A refund looks for its sale's
+    commission for at most ``refund_window`` seconds (see :mod:`.refunds`).
 
     Example:
         >>> transport = HTTPTransport(api_key="dub_xxx", retry=RetryPolicy(max_elapsed=60))
@@ -62,6 +65,7 @@ class HTTPTransport(Transport):
         client: httpx.AsyncClient | None = None,
         stats: DeliveryStats | None = None,
         max_connections: int | None = None,
+        refund_window: float = REFUND_WINDOW,
     ) -> None:
         concurrency = renamed(
             "HTTPTransport", "max_connections", max_connections, "concurrency", concurrency, 10
@@ -75,6 +79,8 @@ class HTTPTransport(Transport):
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.concurrency = concurrency
+        self._commission_waits = CommissionWaits(refund_window)
+        self.refund_window = self._commission_waits.window
         self._client = client
         # Bounds requests in flight to the pool size, so callers waiting for a slot queue here
         # (cheap) rather than inside httpcore's pool (costly bookkeeping per waiter), and events
@@ -165,7 +171,8 @@ class HTTPTransport(Transport):
         return SecretStr(os.environ[env])
 
     async def attempt(self, delivery: Delivery) -> TrackResult:
-        """One request; a failure raises :class:`DeliveryError` with ``retry_after``.
+        """One request (a refund: its lookup, then its update); failures raise
+        :class:`DeliveryError` with ``retry_after``.
 
         Example:
             >>> import asyncio
@@ -189,6 +196,37 @@ class HTTPTransport(Transport):
                 **delivery.provider.extra_headers,
             }
         )
+        if isinstance(delivery.event, RefundEvent):
+            return await self._refund(delivery, request, base, headers)
+        answer = await self._exchange(delivery, request, base, headers)
+        if 200 <= answer.status < 300:
+            return delivered(delivery, answer)
+        raise error_from(event_id, answer)
+
+    async def _refund(
+        self, delivery: Delivery, lookup: ProviderRequest, base: str, headers: httpx.Headers
+    ) -> TrackResult:
+        """Find the commission, then change it: both requests in this one attempt."""
+        event_id = delivery.event.event_id
+        waits = self._commission_waits
+        waits.begin(event_id)
+        try:
+            answer = await self._exchange(delivery, lookup, base, headers)
+            step = after_lookup(delivery, answer, waits, self.retry)
+            if isinstance(step, ProviderRequest):
+                step = after_update(delivery, await self._exchange(delivery, step, base, headers))
+        except DeliveryError as error:
+            if not error.retryable:
+                waits.end(event_id)
+            raise
+        waits.end(event_id)
+        return step
+
+    async def _exchange(
+        self, delivery: Delivery, request: ProviderRequest, base: str, headers: httpx.Headers
+    ) -> Answer:
+        """Send ``request``, counted as an attempt; a network failure raises DeliveryError."""
+        event_id = delivery.event.event_id
         started = time.monotonic()
         status: int | None = None
         try:
@@ -196,7 +234,7 @@ class HTTPTransport(Transport):
             if engine is not None:
                 answer = await self._engine_request(engine, base, request, headers)
             else:
-                answer = await self._httpx_request(request, base + request.path, headers)
+                answer = await self._httpx_request(request, base + request.target, headers)
             status = answer.status
         except EngineError as exc:
             # A timeout after sending is ambiguous; the retry reuses the idempotency key.
@@ -216,9 +254,7 @@ class HTTPTransport(Transport):
             self.stats.count(
                 "attempt", delivery, duration=time.monotonic() - started, status_code=status
             )
-        if 200 <= answer.status < 300:
-            return delivered(delivery, answer)
-        raise error_from(event_id, answer)
+        return answer
 
     def _shared_engine(self, base: str) -> Engine | None:
         """The lean engine for ``base`` on the running loop, or None: use httpx.
@@ -254,12 +290,12 @@ class HTTPTransport(Transport):
     async def _engine_request(
         self, engine: Engine, base: str, request: ProviderRequest, headers: httpx.Headers
     ) -> Answer:
-        response = await engine.request(request.method, request.path, request.body(), headers)
+        response = await engine.request(request.method, request.target, request.body(), headers)
         return Answer(
             response.status,
             parse_json(response.body),
             "",
-            f"{request.method} {base}{request.path}",
+            f"{request.method} {base}{request.target}",
             location=response.header(b"location"),
             retry_after=response.header(b"retry-after"),
         )
@@ -268,19 +304,16 @@ class HTTPTransport(Transport):
         self, request: ProviderRequest, url: str, headers: httpx.Headers
     ) -> Answer:
         client = self._shared_client()
+        body = None if request.method == "GET" else request.json
         if client is None:  # another loop owns the shared client: one of our own, closed after
             async with self._new_client() as own:
-                response = await own.request(
-                    request.method, url, json=request.json, headers=headers
-                )
+                response = await own.request(request.method, url, json=body, headers=headers)
         else:
             slots = self._slots
             if slots is None:  # a client given by the caller
                 slots = self._slots = asyncio.Semaphore(self.concurrency)
             async with slots:
-                response = await client.request(
-                    request.method, url, json=request.json, headers=headers
-                )
+                response = await client.request(request.method, url, json=body, headers=headers)
         return Answer(
             response.status_code,
             parse_json(response.content),
