@@ -22,10 +22,11 @@ from ._exceptions import DeliveryError, MissingClickIdError
 from ._options import flag, number
 from .building import build_event
 from .delivery import DELIVERY_OPTIONS, build_stack
-from .events import Event, SaleEvent
+from .events import Event, SaleEvent, validate_event
 from .overrides import as_configured, transport_overrides
 from .pending import Tracking
 from .providers import Provider, get_provider
+from .skipped import ready, unrecorded_sale
 from .transports import (
     BackgroundTransport,
     Delivery,
@@ -348,7 +349,7 @@ class Tracker:
             skipped = TrackResult(
                 "skipped", event, reason="no click id (organic visit)", warnings=warnings
             )
-            return Tracking(_ready(skipped), None, "track_lead")
+            return ready(skipped, "track_lead")
         return self._tracking(event, warnings, "track_lead", within)
 
     def track_sale(self, *, click_id: str | None = None, **fields: Unpack[SaleFields]) -> Tracking:
@@ -363,24 +364,28 @@ class Tracker:
         within = values.pop("within", None)
         event, warnings = self._event("sale", values, "customer_external_id", click_id=click_id)
         assert isinstance(event, SaleEvent)
-        if event.amount <= 0 and not self.provider.records_zero_amounts:
-            # The provider would answer 200 and record nothing: say so now, send nothing.
-            logger.warning(
-                "sale %s not recorded by %s: amount_zero (not sent)",
-                event.event_id,
-                self.provider.name,
-                extra={"event_id": event.event_id, "outcome_reason": "amount_zero"},
-            )
-            skipped = TrackResult(
-                "skipped",
-                event,
-                reason=f"amount {event.amount}: {self.provider.name} records no sale for it",
-                outcome="not_recorded",
-                outcome_reason="amount_zero",
-                warnings=warnings,
-            )
-            return Tracking(_ready(skipped), None, "track_sale")
+        # The provider would answer 200 and record nothing: say so now, send nothing.
+        if (skipped := unrecorded_sale(self.provider, event, warnings)) is not None:
+            return ready(skipped, "track_sale")
         return self._tracking(event, warnings, "track_sale", within)
+
+    def refund_sale(
+        self, *, invoice_id: str, amount: int | None = None, currency: str | None = None
+    ) -> Tracking:
+        """Refund the partner commission of the sale ``invoice_id``: all, or ``amount`` cents.
+
+        Delivered like any event (queued, or stored in the outbox). The result's ``outcome`` is
+        ``"recorded"``, ``"duplicate"`` (refunded already) or ``"not_recorded"`` (reason
+        ``"no_commission"``: none appeared within ``HTTPTransport.refund_window``). Dub only:
+        PIMMS raises :class:`InvalidEventError`.
+
+        Example:
+            >>> async def on_refund(tracker, refund):
+            ...     await tracker.refund_sale(invoice_id=refund.invoice_id, amount=refund.cents)
+        """
+        event = validate_event("refund", invoice_id=invoice_id, amount=amount, currency=currency)
+        self.provider.render(event)  # PIMMS refuses it here, before anything is queued
+        return self._tracking(event, (), "refund_sale", None)
 
     def track_customer(self, **fields: Unpack[CustomerFields]) -> Tracking:
         """Update a customer's name, email or avatar by their external id; await the result.
@@ -393,7 +398,3 @@ class Tracker:
         within = values.pop("within", None)
         event, warnings = self._event("customer", values, "customer_id")
         return self._tracking(event, warnings, "track_customer", within)
-
-
-async def _ready(result: TrackResult) -> TrackResult:
-    return result
