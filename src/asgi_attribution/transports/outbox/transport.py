@@ -65,7 +65,9 @@ class OutboxTransport(Transport):
     ``shutdown_timeout`` seconds ``aclose`` spends delivering; ``append_timeout`` (2 s) bounds
     every store call of ``send``; ``fallback`` (``"memory"``, a :class:`Transport`, or None to
     raise) takes the events the store cannot; ``pause_interval`` (30 s) between probes while an
-    integration fault pauses delivery; ``on_error(delivery, exc)`` for each dead letter;
+    integration fault pauses delivery; ``retry_open=False`` makes ``start`` raise the store's
+    :class:`OutboxError` instead of opening it again in the background (a CLI worker that should
+    exit); ``on_error(delivery, exc)`` for each dead letter;
     ``on_delivered(delivery, result)`` for each event the provider answered 2xx (read
     ``result.outcome``).
 
@@ -105,6 +107,7 @@ class OutboxTransport(Transport):
         maintenance_interval: float = 60.0,
         retention: float | None = None,
         allow_eviction: bool | None = None,
+        retry_open: bool = True,
         on_error: ErrorCallback | None = None,
         on_delivered: DeliveredCallback | None = None,
         stats: DeliveryStats | None = None,
@@ -161,6 +164,7 @@ class OutboxTransport(Transport):
         self.append_timeout = append_timeout
         self.pause_interval = pause_interval
         self.maintenance_interval = maintenance_interval
+        self.retry_open = retry_open
         self.on_error = on_error
         self.on_delivered = on_delivered
         #: Events left undelivered in the store by the last ``aclose`` (safe, not lost).
@@ -206,6 +210,9 @@ class OutboxTransport(Transport):
         try:
             await asyncio.wait_for(self.store.open(), max(10.0, self.append_timeout))
         except Exception as exc:
+            if not self.retry_open:
+                self._loop = None
+                raise
             logger.error(
                 "outbox %s unavailable at startup: %s; retrying in the background, events go "
                 "to %s meanwhile",
@@ -334,6 +341,20 @@ class OutboxTransport(Transport):
             with contextlib.suppress(BaseException):
                 await opener
         await close_transport(self)
+
+    @property
+    def paused(self) -> str | None:
+        """The cause while delivery is paused on an integration fault (None when delivering).
+
+        A ``deliver`` loop that waits for the store to empty should stop and report it: the
+        events stay pending until the cause (a revoked key, a wrong ``base_url``) is fixed.
+
+        Example:
+            >>> OutboxTransport("events.db").paused is None
+            True
+        """
+        pause = pause_for(self.store.description, self.pause_interval)
+        return pause.cause if pause.active else None
 
     def in_running_loop(self) -> bool:
         """True when called from the event loop this transport was started in."""

@@ -7,20 +7,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .transport import OutboxTransport
+from ..base import Transport
+from .fallback import MemoryFallback
+from .loop import DeliveryLoop
+from .store import OutboxStore
 
-__all__ = ["close_transport", "keep_opening"]
+__all__ = ["OutboxLife", "close_transport", "keep_opening"]
 
 logger = logging.getLogger("asgi_attribution")
+
+
+class OutboxLife(Protocol):
+    """What these functions use of an :class:`OutboxTransport` (no import of it: no circle)."""
+
+    store: OutboxStore
+    delivery: DeliveryLoop | None
+    fallback: MemoryFallback | None
+    sender: Transport
+    append_timeout: float
+    shutdown_timeout: float
+    timeout: float
+    left_in_store: int
+
+    def opened(self) -> None: ...
+    def in_running_loop(self) -> bool: ...
+    def reset(self) -> None: ...
+    async def flush(self, timeout: float | None = None) -> None: ...
+
 
 #: Seconds between attempts to open a store that failed at startup (doubling up to the last).
 OPEN_BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
-async def keep_opening(transport: OutboxTransport) -> None:
+async def keep_opening(transport: OutboxLife) -> None:
     """Open the store again until it opens, then start delivering (logged at each failure)."""
     store = transport.store
     attempt = 0
@@ -41,7 +62,7 @@ async def keep_opening(transport: OutboxTransport) -> None:
         return
 
 
-async def close_transport(transport: OutboxTransport) -> None:
+async def close_transport(transport: OutboxLife) -> None:
     """Deliver within ``shutdown_timeout``, stop the loop, report what is left, close all."""
     store = transport.store
     try:
