@@ -246,22 +246,22 @@ def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
 class AppendBatcher:
     """Group concurrent appends into one write (one commit, one pipeline round trip).
 
-        Each caller returns once the write holding its row succeeded; the rows that arrive while a
-        write runs share the next one, so bursts cost one commit instead of one each.
+    Each caller returns once the write holding its row succeeded; the rows that arrive while a
+    write runs share the next one, so bursts cost one commit instead of one each.
 
-        Example:
-            >>> import asyncio
-            >>> writes = []
-            >>> async def write(rows):
-            ...     writes.append(len(rows))
-            >>> batcher = AppendBatcher(write)
-            >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
-            >>> async def burst():
-            ...     rows = [OutboxRow.from_delivery(Delivery(lead, DUB)) for _ in range(5)]
-            ...     await asyncio.gather(*(batcher.add(row) for row in rows))
-            >>> asyncio.run(burst())
-            >>> writes  # five appends at once, one write
-            [5]
+    Example:
+        >>> import asyncio
+        >>> writes = []
+        >>> async def write(rows):
+        ...     writes.append(len(rows))
+        >>> batcher = AppendBatcher(write)
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> async def burst():
+        ...     rows = [OutboxRow.from_delivery(Delivery(lead, DUB)) for _ in range(5)]
+        ...     await asyncio.gather(*(batcher.add(row) for row in rows))
+        >>> asyncio.run(burst())
+        >>> writes  # five appends at once, one write
+        [5]
     """
 
     def __init__(self, write: Callable[[builtins.list[OutboxRow]], Awaitable[None]]) -> None:
