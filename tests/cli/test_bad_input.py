@@ -160,7 +160,10 @@ def test_an_empty_api_key_is_no_key(tmp_path: Path) -> None:
         (["outbox", "list", "--limit", "ten"], ["--limit: invalid int value: 'ten'"]),
         (["outbox", "list", "--state", "lost"], ["argument --state: invalid choice: 'lost'"]),
         (["outbox", "list", "--dead", "--state", "pending"], ["not allowed with argument"]),
-        (["outbox", "status"], ["give exactly one of --path FILE or --redis-url URL"]),
+        (
+            ["outbox", "status"],
+            ["give exactly one of --path FILE, --redis-url URL or --postgres-url"],
+        ),
         (["outbox", "frobnicate"], ["invalid choice: 'frobnicate'"]),
         (["outbox"], ["the following arguments are required: COMMAND"]),
         (["fake-provider", "--port", "99999"], ["invalid port '99999': use 0 to 65535"]),

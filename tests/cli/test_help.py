@@ -18,7 +18,7 @@ COMMANDS = [
     ["demo"],
     ["fake-provider"],
     ["outbox"],
-    *(["outbox", name] for name in ("status", "list", "retry", "purge", "deliver")),
+    *(["outbox", name] for name in ("status", "list", "retry", "purge", "deliver", "init")),
 ]
 
 
@@ -49,13 +49,30 @@ def test_help_is_plain_text_with_the_exit_codes(words: list[str]) -> None:
     assert all(len(line) <= 100 for line in text.splitlines())
 
 
+def help_of(*words: str) -> str:
+    """The ``--help`` text with its whitespace folded (meanings wrap at 78 columns)."""
+    return " ".join(run(*words, "--help").stdout.split())
+
+
 def test_the_outbox_help_says_what_each_code_means() -> None:
-    assert "unknown event ids" in run("outbox", "--help").stdout
-    assert "not dead letters in this outbox" in run("outbox", "retry", "--help").stdout
-    assert "the outbox holds dead letters" in run("outbox", "status", "--help").stdout
-    listing = run("outbox", "list", "--help").stdout
+    assert "unknown event ids" in help_of("outbox")
+    retry = help_of("outbox", "retry")
+    assert "not dead letters in this outbox, or a retry was refused" in retry
+    assert "--force" in retry and "7 days" in retry and "link: null" in retry
+    assert "the outbox holds dead letters, or the store reports problems" in help_of(
+        "outbox", "status"
+    )
+    listing = help_of("outbox", "list")
     assert "--json prints JSON Lines: one JSON object per event and line" in listing
-    assert "--state {pending,inflight,dead,all}" in listing and "same as --state dead" in listing
+    assert "--state STATE" in listing
+    assert "pending, inflight, dead, not-recorded or all (default: all)" in listing
+    assert "same as --state dead" in listing and "same as --state not-recorded" in listing
+    assert "--vacuum" in help_of("outbox", "purge")
+    assert "delivery paused on a fault of the integration" in help_of("outbox", "deliver")
+    for name in ("status", "list", "retry", "purge", "deliver", "init"):
+        text = help_of("outbox", name)
+        assert "--postgres-url" in text and "--postgres-table" in text, name
+        assert "--allow-eviction" in text, name
 
 
 def test_version() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from asgi_attribution import Tracker
 from asgi_attribution._cli import main
+from asgi_attribution._cli.outbox_store import ONE_OF
 from asgi_attribution.testing import FakeProvider, Faults
 from tests.support.asgi import KEY
 
@@ -42,6 +43,15 @@ def outbox(*args: str) -> int:
     return main(["outbox", *args])
 
 
+def make_dead_letters(provider: FakeProvider, path: str, url: str) -> None:
+    """Every stored event a dead letter: a provider that answers 503, a budget of one attempt
+    (a wrong key no longer makes dead letters: it pauses delivery, see test_outbox_stores)."""
+    provider.faults = Faults(error_rate=1.0)
+    args = ["--api-key", KEY, "--base-url", url, "--max-attempts", "1", *FAST]
+    assert outbox("deliver", "--path", path, *args) == 1
+    provider.faults = Faults()
+
+
 def test_dead_letters_retry_deliver_purge_and_status(
     provider: FakeProvider, url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -50,16 +60,17 @@ def test_dead_letters_retry_deliver_purge_and_status(
     assert outbox("status", "--path", path) == 0
     assert capsys.readouterr().out.startswith("pending 5  inflight 0  delivered 0  dead 0")
 
-    # A wrong key: 401 is final, every event becomes a dead letter; exit code 1.
-    code = outbox("deliver", "--path", path, "--api-key", "wrong", "--base-url", url, *FAST)
-    assert code == 1
+    # The provider fails every attempt and one attempt is the budget: every event becomes a
+    # dead letter; exit code 1.
+    make_dead_letters(provider, path, url)
     assert "0 delivered, 5 dead" in capsys.readouterr().err
     assert outbox("status", "--path", path, "--json") == 1  # dead letters present
     assert json.loads(capsys.readouterr().out)["dead"] == 5
     assert outbox("list", "--dead", "--path", path, "--json") == 0
     dead = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(d["event_id"] for d in dead) == sorted(ids)
-    assert all("HTTP 401 unauthorized" in d["last_error"] for d in dead)
+    assert all("HTTP 503" in d["last_error"] for d in dead)
+    assert all(d["error_code"] for d in dead)  # the last error's code
     assert all(d["event"]["event_name"] == "Sign up" for d in dead)
 
     assert outbox("retry", "--path", path, ids[0]) == 0
@@ -151,7 +162,8 @@ def test_a_wrong_path_or_a_corrupt_file_is_one_line_and_exit_2(
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert outbox("status") == 2
-    assert "give exactly one of --path FILE or --redis-url URL" in capsys.readouterr().err
+    assert ONE_OF in capsys.readouterr().err
+    assert ONE_OF == "give exactly one of --path FILE, --redis-url URL or --postgres-url URL"
     path = str(tmp_path / "events.db")
     assert outbox("status", "--path", path, "--redis-url", "redis://127.0.0.1:1/0") == 2
     assert outbox("purge", "--path", path, "--delivered", "--older-than", "soon") == 2

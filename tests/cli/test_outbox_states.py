@@ -12,7 +12,7 @@ from asgi_attribution._cli import main
 from asgi_attribution.testing import FakeProvider
 from asgi_attribution.transports import OutboxStore
 
-from .test_outbox_cli import FAST, append
+from .test_outbox_cli import append, make_dead_letters
 
 # Pending and in-flight rows are listed through the store's read-only list_rows(states, limit);
 # until the stores have it, asking for them is a one-line usage error that names --state dead.
@@ -33,10 +33,10 @@ def json_lines(text: str) -> list[dict[str, object]]:
 def dead_letters(
     provider: FakeProvider, url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[str, list[str]]:
-    """An outbox with three dead letters (a wrong key: 401 is final)."""
+    """An outbox with three dead letters (503 to the only attempt allowed)."""
     path = str(tmp_path / "events.db")
     ids = append(Path(path), 3)
-    assert outbox("deliver", "--path", path, "--api-key", "wrong", "--base-url", url, *FAST) == 1
+    make_dead_letters(provider, path, url)
     capsys.readouterr()
     return path, ids
 
@@ -62,7 +62,7 @@ def test_list_dead_as_text_is_unchanged(
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0] for line in lines] == ids
     assert all(line.split("  ")[1] == "dub lead" for line in lines)
-    assert all("HTTP 401 unauthorized" in line for line in lines)
+    assert all("HTTP 503" in line for line in lines)
 
 
 @pytest.mark.parametrize("state", ["pending", "all"])

@@ -34,7 +34,7 @@ class UsageError(Exception):
 
 def exit_codes(failed: str, usage: str = "usage error or unusable store") -> str:
     """The ``--help`` epilog: what each exit code means; ``failed`` says what 1 means here,
-    ``usage`` what 2 means (always a single line on stderr).
+    ``usage`` what 2 means (always a single line on stderr); long meanings wrap at 78 columns.
 
     Example:
         >>> print(exit_codes("some events are dead letters"))
@@ -43,7 +43,11 @@ def exit_codes(failed: str, usage: str = "usage error or unusable store") -> str
           1  some events are dead letters
           2  usage error or unusable store (one line on stderr)
     """
-    return f"exit codes:\n  0  ok\n  1  {failed}\n  2  {usage} (one line on stderr)"
+    lines = [
+        textwrap.fill(f"  {code}  {text}", width=78, subsequent_indent="     ")
+        for code, text in (("0", "ok"), ("1", failed), ("2", f"{usage} (one line on stderr)"))
+    ]
+    return "exit codes:\n" + "\n".join(lines)
 
 
 def wrap(*paragraphs: str) -> str:

@@ -19,9 +19,11 @@ from typing import TextIO
 
 from ..providers import DUB, PIMMS
 from ..transports import OutboxStore, OutboxTransport, RetryPolicy
-from .common import EXIT_FAILED, EXIT_OK, UsageError
+from .common import EXIT_FAILED, EXIT_OK, UsageError, error_line
 
-__all__ = ["KEY_VARIABLES", "Progress", "deliver", "missing_key"]
+__all__ = ["KEY_VARIABLES", "PROG", "Progress", "deliver", "missing_key"]
+
+PROG = "asgi-attribution outbox"
 
 #: The environment variable of each provider's API key, as the HTTP transport reads them.
 KEY_VARIABLES: tuple[str, ...] = (DUB.api_key_env, PIMMS.api_key_env)
@@ -106,6 +108,7 @@ def _transport(args: argparse.Namespace, store: OutboxStore) -> OutboxTransport:
             lease=args.lease,
             poll_interval=0.2 if not args.follow else 1.0,
             shutdown_timeout=0,
+            retry_open=False,  # a store that cannot be opened ends the command (exit 2)
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -114,17 +117,22 @@ def _transport(args: argparse.Namespace, store: OutboxStore) -> OutboxTransport:
 async def deliver(args: argparse.Namespace, store: OutboxStore) -> int:
     """Deliver until nothing is left (or, with ``--follow``, until SIGINT/SIGTERM).
 
-    Returns 1 when events became dead letters, or (without ``--follow``) were left undelivered.
+    Returns 1 when events became dead letters, or (without ``--follow``) were left undelivered,
+    also when delivery paused on a fault of the whole integration (a wrong API key): every
+    event would meet it, so the command stops and says so, the events still pending.
     """
     transport = _transport(args, store)
+    # Opened here first: a store that cannot be used is one line and exit code 2.
+    await store.open()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         # A worker stops cleanly: in-flight claims are given back, nothing is lost.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
-    await transport.start()
+    paused: str | None = None
     try:
+        await transport.start()
         total = await store.unfinished()
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(total, sys.stderr, enabled=bool(show) and not args.follow)
@@ -137,15 +145,28 @@ async def deliver(args: argparse.Namespace, store: OutboxStore) -> int:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            paused = transport.paused
+            if paused is not None and not args.follow:
+                break  # every event would meet the same fault: stop, keep them pending
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
         progress.update(transport.stats.sent, transport.stats.failed, left, force=True)
         progress.finish()
     finally:
         await transport.aclose()
+        await store.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
+    if paused is not None and not args.follow:
+        print(
+            error_line(
+                PROG,
+                f"delivery paused: {paused}: every event would fail the same way, so they stay "
+                "pending; fix the cause (the API key, --base-url) and run deliver again",
+            ),
+            file=sys.stderr,
+        )
     stats = transport.stats
     left = transport.left_in_store
     summary = f"{stats.sent} delivered, {stats.failed} dead, {stats.retried} retried"
