@@ -134,8 +134,13 @@ class HTTPTransport(Transport):
             return self._client
 
     async def start(self) -> None:
-        """Create the shared client (in the running loop, which becomes its home)."""
+        """Create the shared client (in the running loop, which becomes its home and the
+        engine's: another loop sending meanwhile uses a client of its own)."""
         self._shared_client()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._engine_loop is not loop:
+                self._engines, self._engine_loop = {}, loop
 
     async def aclose(self) -> None:
         """Close the shared client and engines (if this transport created them)."""
@@ -234,7 +239,10 @@ class HTTPTransport(Transport):
             if engine is not None:
                 answer = await self._engine_request(engine, base, request, headers)
             else:
-                answer = await self._httpx_request(request, base + request.target, headers)
+                # A loop other than the engine's home (a thread sending inline) gets a client
+                # of its own, closed after: a shared one would outlive that loop.
+                own = bool(self._use_engine) and self._owns_client
+                answer = await self._httpx_request(request, base + request.target, headers, own)
             status = answer.status
         except EngineError as exc:
             # A timeout after sending is ambiguous; the retry reuses the idempotency key.
@@ -301,9 +309,9 @@ class HTTPTransport(Transport):
         )
 
     async def _httpx_request(
-        self, request: ProviderRequest, url: str, headers: httpx.Headers
+        self, request: ProviderRequest, url: str, headers: httpx.Headers, alone: bool = False
     ) -> Answer:
-        client = self._shared_client()
+        client = None if alone else self._shared_client()
         body = None if request.method == "GET" else request.json
         if client is None:  # another loop owns the shared client: one of our own, closed after
             async with self._new_client() as own:
