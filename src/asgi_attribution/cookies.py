@@ -263,6 +263,7 @@ def _attributes(policy: CookiePolicy, host: str, https: bool) -> str:
 
 _LOCAL = ("localhost", "127.0.0.1", "[::1]", "testserver", "")
 
+
 @dataclass(frozen=True, slots=True)
 class ManagedCookies:
     """The cookies the middleware reads and writes, and the policy it writes them with.

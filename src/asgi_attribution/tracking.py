@@ -58,9 +58,7 @@ def _with_verified(tracker: Tracker, attribution: Attribution, fields: Any) -> A
     return fields
 
 
-def track_lead(
-    request: HasScope | None, event_name: str, **fields: Unpack[LeadFields]
-) -> Tracking:
+def track_lead(request: HasScope | None, event_name: str, **fields: Unpack[LeadFields]) -> Tracking:
     """Track a lead for the click behind ``request``; skipped (not an error) if there is none.
 
     ``request=None`` uses the request being handled. The fields are the tracker's

@@ -89,7 +89,10 @@ class PostgresMaintenance:
             raise ValueError(f"state must be one of {', '.join(LIST_STATES)}, got {state!r}")
         where, params = "state = %s", list[Any]([state])
         if state == "not_recorded":
-            where, params = "state = 'delivered' AND outcome = ANY(%s)", [list(NOT_RECORDED_OUTCOMES)]
+            where, params = (
+                "state = 'delivered' AND outcome = ANY(%s)",
+                [list(NOT_RECORDED_OUTCOMES)],
+            )
         found = await self.execute(
             f"SELECT {COLUMNS} FROM {self.tables.table} WHERE {where} ORDER BY id LIMIT %s",
             (*params, limit),
