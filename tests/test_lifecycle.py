@@ -8,13 +8,8 @@ lost. The only acceptable count of lost is zero.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,62 +18,9 @@ from asgi_attribution import RetryPolicy, Tracker
 from asgi_attribution.testing import FakeProvider, Faults
 
 from .support.asgi import KEY
+from .support.uvicorn import Uvicorn
 
 pytestmark = pytest.mark.anyio
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Uvicorn:
-    """``uvicorn <target>`` in its own process; ``stop()`` sends SIGTERM and keeps its log."""
-
-    def __init__(self, target: str, fake_url: str, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = ""
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", target, "--port", str(self.port), *args],
-            cwd=ROOT,
-            env={**os.environ, "FAKE_PROVIDER_URL": fake_url},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def __enter__(self) -> Uvicorn:
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited: {self.stop()}")
-            try:
-                httpx.get(self.url + "/", timeout=1)
-                return self
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        assert self.process.stderr is not None
-        self.log += self.process.stderr.read().decode()
-        self.process.stderr.close()
-        return self.log
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process.returncode is None:
-            self.stop()
 
 
 def signups(url: str, count: int) -> list[str]:

@@ -26,7 +26,7 @@ from asgi_attribution import (
 from asgi_attribution.testing import FakeProvider
 
 from .support.asgi import KEY, client_for
-from .support.postgres import server_url, table_name
+from .support.postgres import server_url, table_name, users_table
 
 pytestmark = pytest.mark.anyio
 
@@ -38,13 +38,8 @@ def pg() -> str:
 
 @pytest.fixture
 async def users(pg: str) -> AsyncIterator[str]:
-    import psycopg
-
-    name = table_name("users")
-    async with await psycopg.AsyncConnection.connect(pg, autocommit=True) as conn:
-        await conn.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, email text UNIQUE)")
+    async for name in users_table(pg):
         yield name
-        await conn.execute(f"DROP TABLE {name}")
 
 
 def signup_site(pg: str, users: str, tracker: Tracker) -> Any:

@@ -5,16 +5,10 @@ Helpers only (pytest collects ``test_*.py``); the apps are in ``tests/support/fr
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,62 +18,9 @@ from asgi_attribution import RetryPolicy, Tracker
 from asgi_attribution.testing import FakeProvider, Faults
 
 from ..support.asgi import KEY
+from ..support.uvicorn import Uvicorn
 
-ROOT = Path(__file__).resolve().parents[2]
 APPS = "tests.support.framework_apps"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Uvicorn:
-    """``uvicorn --factory <app>`` in its own process; ``stop()`` sends SIGTERM, keeps the log."""
-
-    def __init__(self, factory: str, fake_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = ""
-        target = f"{APPS}:{factory}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", target, "--port", str(self.port)],
-            cwd=ROOT,
-            env={**os.environ, "FAKE_PROVIDER_URL": fake_url},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def __enter__(self) -> Uvicorn:
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited: {self.stop()}")
-            try:
-                httpx.get(self.url + "/", timeout=1)
-                return self
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        assert self.process.stderr is not None
-        self.log += self.process.stderr.read().decode()
-        self.process.stderr.close()
-        return self.log
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process.returncode is None:
-            self.stop()
 
 
 def users(count: int) -> dict[str, str]:
@@ -104,7 +45,7 @@ def served_signups(factory: str, provider: FakeProvider, fake_url: str, count: i
     # Slow and failing answers, so that queued events are still waiting when SIGTERM arrives.
     provider.faults = Faults(slow_rate=0.5, slow_seconds=0.3, error_rate=0.2, seed=5)
     expected = users(count)
-    with Uvicorn(factory, fake_url) as server:
+    with Uvicorn(f"{APPS}:{factory}", fake_url, "--factory") as server:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             statuses = {
                 user: client.post(f"{path}?u={user}", headers=cookie(user)).json()["status"]

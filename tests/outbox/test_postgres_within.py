@@ -19,7 +19,7 @@ from asgi_attribution.testing import FakeProvider
 from asgi_attribution.transports.base import Delivery
 from asgi_attribution.transports.outbox.postgres import WITHIN_REASON, PostgresOutbox, append_within
 from tests.support.asgi import KEY
-from tests.support.postgres import server_url, table_name
+from tests.support.postgres import server_url, table_name, users_table
 
 pytestmark = pytest.mark.anyio
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_retry_after=1, max_elapsed=30)
@@ -32,14 +32,8 @@ def pg() -> str:
 
 @pytest.fixture
 async def users(pg: str) -> AsyncIterator[str]:
-    """A users table of the app's own, in the same database as the outbox."""
-    import psycopg
-
-    name = table_name("users")
-    async with await psycopg.AsyncConnection.connect(pg, autocommit=True) as conn:
-        await conn.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, email text UNIQUE)")
+    async for name in users_table(pg):
         yield name
-        await conn.execute(f"DROP TABLE {name}")
 
 
 def lead(user: str) -> Delivery:

@@ -13,6 +13,7 @@ import pwd
 import shutil
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -72,3 +73,14 @@ def restart_server(mode: str = "fast") -> None:
     subprocess.run(
         command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90
     )
+
+
+async def users_table(url: str) -> AsyncIterator[str]:
+    """A users table of the app's own, in the same database as the outbox; dropped after."""
+    import psycopg
+
+    name = table_name("users")
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, email text UNIQUE)")
+        yield name
+        await conn.execute(f"DROP TABLE {name}")
