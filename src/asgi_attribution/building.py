@@ -2,7 +2,7 @@
 
 The customer's external id is taken from any of its names; optional fields a visitor typed
 (name, email, avatar) that break a limit are dropped with a warning instead of costing the
-lead; the provider's own limits are checked by rendering its request once.
+lead; the provider's own limits are checked by rendering its request, once: the delivery keeps it.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 from ._exceptions import InvalidEventError
-from .events import VISITOR_FIELDS, Event, validate_event
+from .events import VISITOR_FIELDS, validate_event
 from .providers import Provider
+from .transports.base import Delivery
 
 __all__ = ["build_event"]
 
@@ -33,19 +34,22 @@ def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
 
 def build_event(
     provider: Provider, kind: str, fields: dict[str, Any], id_field: str, **more: Any
-) -> tuple[Event, tuple[str, ...]]:
-    """The validated event of ``kind``, and the warnings of optional fields dropped on the way.
+) -> tuple[Delivery, tuple[str, ...]]:
+    """The validated event of ``kind`` with its rendered request, and the warnings of optional
+    fields dropped on the way.
 
     ``fields`` are the call's keyword arguments (changed in place); ``id_field`` is where the
     event keeps the customer's external id. Raises :class:`InvalidEventError` for a required
     field.
 
     Example:
-        >>> event, warnings = build_event(DUB, "lead", {"customer_external_id": "u1",
+        >>> delivery, warnings = build_event(DUB, "lead", {"customer_external_id": "u1",
         ...     "customer_name": "x" * 101}, "customer_external_id",
         ...     click_id="c1", event_name="Sign up")
-        >>> event.customer_name, warnings
+        >>> delivery.event.customer_name, warnings
         (None, ('customer_name: must be at most 100 characters (got 101)',))
+        >>> delivery.request().json["customerExternalId"]
+        'u1'
     """
     _external_id(kind, fields, id_field)
     warnings: tuple[str, ...] = ()
@@ -67,5 +71,5 @@ def build_event(
             "; ".join(warnings),
             extra={"event_id": event.event_id},
         )
-    provider.render(event)  # provider-specific limits, before anything is queued
-    return event, warnings
+    # Provider-specific limits, before anything is queued; the rendering is sent as it is.
+    return Delivery(event, provider, provider.render(event)), warnings

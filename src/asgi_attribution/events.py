@@ -6,7 +6,7 @@ provider's JSON only at the edge (see :mod:`asgi_attribution.providers`).
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -106,7 +106,8 @@ PaymentProcessor = Annotated[str, _one_of(PAYMENT_PROCESSORS)]
 
 def new_event_id() -> str:
     """A fresh unique event id, also used as the ``Idempotency-Key`` header."""
-    return "evt_" + uuid.uuid4().hex
+    # The hex of 16 random bytes, as uuid4().hex without building a UUID (a few us per event).
+    return "evt_" + os.urandom(16).hex()
 
 
 class _EventBase(BaseModel):

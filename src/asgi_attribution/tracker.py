@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -205,7 +205,9 @@ class Tracker:
             ...     event = LeadEvent(click_id="c1", event_name="Sign up", customer_external_id="u")
             ...     return await tracker.send(event)
         """
-        delivery = Delivery(event, self.provider)
+        return await self._deliver(Delivery(event, self.provider))
+
+    async def _deliver(self, delivery: Delivery) -> TrackResult:
         override = transport_overrides.current
         if override is not None:
             return self._as_configured(await override.send(delivery))
@@ -274,47 +276,41 @@ class Tracker:
         self.stats.delivered(delivery, result)
         return result
 
-    def _event(
-        self, kind: str, fields: dict[str, Any], id_field: str, **more: Any
-    ) -> tuple[Event, tuple[str, ...]]:
-        return build_event(self.provider, kind, fields, id_field, **more)
-
     def _tracking(
-        self, event: Event, warnings: tuple[str, ...], what: str, within: object | None
+        self, delivery: Delivery, warnings: tuple[str, ...], what: str, within: object | None
     ) -> Tracking:
+        event = delivery.event
         if within is not None:
             if not isinstance(self.transport, OutboxTransport):
                 raise TypeError(
                     f"{what}(within=...) needs Tracker(outbox='postgresql://...'): only a store "
                     "in your database can join your transaction"
                 )
-            return Tracking(self._send_within(event, warnings, within), event.event_id, what)
+            return Tracking(self._send_within(delivery, warnings, within), event.event_id, what)
         if not warnings:
-            return Tracking(self.send(event), event.event_id, what)
-        return Tracking(self._send_noting(event, warnings), event.event_id, what)
+            return Tracking(self._deliver(delivery), event.event_id, what)
+        return Tracking(self._send_noting(delivery, warnings), event.event_id, what)
 
-    async def _send_noting(self, event: Event, warnings: tuple[str, ...]) -> TrackResult:
-        result = await self.send(event)
+    async def _send_noting(self, delivery: Delivery, warnings: tuple[str, ...]) -> TrackResult:
+        result = await self._deliver(delivery)
         return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
 
     async def _send_within(
-        self, event: Event, warnings: tuple[str, ...], connection: object
+        self, delivery: Delivery, warnings: tuple[str, ...], connection: object
     ) -> TrackResult:
         """Insert the event on the caller's connection: their commit stores it."""
         from .transports.outbox.postgres import append_within  # only PostgreSQL has it
 
         override = transport_overrides.current
         if override is not None:
-            result = self._as_configured(await override.send(Delivery(event, self.provider)))
+            result = self._as_configured(await override.send(delivery))
         else:
             assert isinstance(self.transport, OutboxTransport)
             if not self._started:
                 self._warn_unowned("it was started on first use")
                 await self.start()
             # Not counted as queued: a rollback would leave it counted and never finished.
-            result = await append_within(
-                self.transport.store, Delivery(event, self.provider), connection
-            )
+            result = await append_within(self.transport.store, delivery, connection)
         return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
 
     def track_lead(
@@ -335,7 +331,8 @@ class Tracker:
         """
         values = dict(fields)
         within = values.pop("within", None)
-        event, warnings = self._event(
+        delivery, warnings = build_event(
+            self.provider,
             "lead",
             values,
             "customer_external_id",
@@ -347,10 +344,10 @@ class Tracker:
                 raise MissingClickIdError("lead")
             logger.debug("lead %r skipped: no click id (organic visit)", event_name)
             skipped = TrackResult(
-                "skipped", event, reason="no click id (organic visit)", warnings=warnings
+                "skipped", delivery.event, reason="no click id (organic visit)", warnings=warnings
             )
             return ready(skipped, "track_lead")
-        return self._tracking(event, warnings, "track_lead", within)
+        return self._tracking(delivery, warnings, "track_lead", within)
 
     def track_sale(self, *, click_id: str | None = None, **fields: Unpack[SaleFields]) -> Tracking:
         """Track a sale; ``amount`` is an integer in cents. ``click_id`` enables direct sales.
@@ -362,12 +359,14 @@ class Tracker:
         """
         values = dict(fields)
         within = values.pop("within", None)
-        event, warnings = self._event("sale", values, "customer_external_id", click_id=click_id)
-        assert isinstance(event, SaleEvent)
+        delivery, warnings = build_event(
+            self.provider, "sale", values, "customer_external_id", click_id=click_id
+        )
+        assert isinstance(delivery.event, SaleEvent)
         # The provider would answer 200 and record nothing: say so now, send nothing.
-        if (skipped := unrecorded_sale(self.provider, event, warnings)) is not None:
+        if (skipped := unrecorded_sale(self.provider, delivery.event, warnings)) is not None:
             return ready(skipped, "track_sale")
-        return self._tracking(event, warnings, "track_sale", within)
+        return self._tracking(delivery, warnings, "track_sale", within)
 
     def refund_sale(
         self, *, invoice_id: str, amount: int | None = None, currency: str | None = None
@@ -384,8 +383,9 @@ class Tracker:
             ...     await tracker.refund_sale(invoice_id=refund.invoice_id, amount=refund.cents)
         """
         event = validate_event("refund", invoice_id=invoice_id, amount=amount, currency=currency)
-        self.provider.render(event)  # PIMMS refuses it here, before anything is queued
-        return self._tracking(event, (), "refund_sale", None)
+        # PIMMS refuses it here, before anything is queued.
+        delivery = Delivery(event, self.provider, self.provider.render(event))
+        return self._tracking(delivery, (), "refund_sale", None)
 
     def track_customer(self, **fields: Unpack[CustomerFields]) -> Tracking:
         """Update a customer's name, email or avatar by their external id; await the result.
@@ -396,5 +396,5 @@ class Tracker:
         """
         values = dict(fields)
         within = values.pop("within", None)
-        event, warnings = self._event("customer", values, "customer_id")
-        return self._tracking(event, warnings, "track_customer", within)
+        delivery, warnings = build_event(self.provider, "customer", values, "customer_id")
+        return self._tracking(delivery, warnings, "track_customer", within)

@@ -33,8 +33,9 @@ def parse_json(body: bytes) -> Any:
         ({'ok': True}, None)
     """
     try:
-        return json.loads(body) if body else None
-    except ValueError:
+        # Decoded first: json.loads(bytes) sniffs the encoding of every answer (JSON is UTF-8).
+        return json.loads(body.decode()) if body else None
+    except ValueError:  # UnicodeDecodeError too
         return None
 
 

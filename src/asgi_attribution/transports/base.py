@@ -46,10 +46,17 @@ class Delivery:
 
     event: Event
     provider: Provider
+    #: The rendered request, when the tracker already rendered it (checking the provider's
+    #: limits at the call): each event is rendered once, not again per attempt.
+    rendered: ProviderRequest | None = field(default=None, repr=False)
 
     def request(self) -> ProviderRequest:
         """The provider's HTTP request for this event (path, method, JSON body)."""
-        return self.provider.render(self.event)
+        rendered = self.rendered
+        if rendered is None:
+            rendered = self.provider.render(self.event)
+            object.__setattr__(self, "rendered", rendered)  # frozen: a cache, set once
+        return rendered
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Mapping
 
 import httpx
 from pydantic import SecretStr
@@ -90,7 +91,7 @@ class HTTPTransport(Transport):
         self._loop: asyncio.AbstractEventLoop | None = None  # the home loop of our client
         self._lock = threading.Lock()  # loops on several threads may ask for the client
         # The lean engine (one per base URL) belongs to one loop too; None: not decided yet.
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[tuple[str, SecretStr], Engine] = {}
         self._engine_loop: asyncio.AbstractEventLoop | None = None
         self._use_engine: bool | None = None
         if stats is not None:  # counts ``retried`` (shared with the tracker's stats)
@@ -189,37 +190,30 @@ class HTTPTransport(Transport):
             ...     print(error.retryable)
             True
         """
-        event_id = delivery.event.event_id
         request = delivery.request()
         base = self.base_url or delivery.provider.base_url.rstrip("/")
-        # httpx.Headers masks Authorization in its repr, and no local holds the raw key, so
-        # error reporters that capture frame locals (Sentry does) never see it.
-        headers = httpx.Headers(
-            {
-                "Authorization": "Bearer " + self._key(delivery).get_secret_value(),
-                "Idempotency-Key": event_id,
-                **delivery.provider.extra_headers,
-            }
-        )
+        # A SecretStr: no local holds the raw key, so error reporters that capture frame
+        # locals (Sentry does) never see it.
+        key = self._key(delivery)
         if isinstance(delivery.event, RefundEvent):
-            return await self._refund(delivery, request, base, headers)
-        answer = await self._exchange(delivery, request, base, headers)
+            return await self._refund(delivery, request, base, key)
+        answer = await self._exchange(delivery, request, base, key)
         if 200 <= answer.status < 300:
             return delivered(delivery, answer)
-        raise error_from(event_id, answer)
+        raise error_from(delivery.event.event_id, answer)
 
     async def _refund(
-        self, delivery: Delivery, lookup: ProviderRequest, base: str, headers: httpx.Headers
+        self, delivery: Delivery, lookup: ProviderRequest, base: str, key: SecretStr
     ) -> TrackResult:
         """Find the commission, then change it: both requests in this one attempt."""
         event_id = delivery.event.event_id
         waits = self._commission_waits
         waits.begin(event_id)
         try:
-            answer = await self._exchange(delivery, lookup, base, headers)
+            answer = await self._exchange(delivery, lookup, base, key)
             step = after_lookup(delivery, answer, waits, self.retry)
             if isinstance(step, ProviderRequest):
-                step = after_update(delivery, await self._exchange(delivery, step, base, headers))
+                step = after_update(delivery, await self._exchange(delivery, step, base, key))
         except DeliveryError as error:
             if not error.retryable:
                 waits.end(event_id)
@@ -228,17 +222,25 @@ class HTTPTransport(Transport):
         return step
 
     async def _exchange(
-        self, delivery: Delivery, request: ProviderRequest, base: str, headers: httpx.Headers
+        self, delivery: Delivery, request: ProviderRequest, base: str, key: SecretStr
     ) -> Answer:
         """Send ``request``, counted as an attempt; a network failure raises DeliveryError."""
         event_id = delivery.event.event_id
         started = time.monotonic()
         status: int | None = None
         try:
-            engine = self._shared_engine(base)
+            engine = self._shared_engine(base, key, delivery.provider.extra_headers)
             if engine is not None:
-                answer = await self._engine_request(engine, base, request, headers)
+                answer = await self._engine_request(engine, base, request, event_id)
             else:
+                # httpx.Headers masks Authorization in its repr (frame locals, again).
+                headers = httpx.Headers(
+                    {
+                        "Authorization": "Bearer " + key.get_secret_value(),
+                        "Idempotency-Key": event_id,
+                        **delivery.provider.extra_headers,
+                    }
+                )
                 # A loop other than the engine's home (a thread sending inline) gets a client
                 # of its own, closed after: a shared one would outlive that loop.
                 own = bool(self._use_engine) and self._owns_client
@@ -264,11 +266,13 @@ class HTTPTransport(Transport):
             )
         return answer
 
-    def _shared_engine(self, base: str) -> Engine | None:
-        """The lean engine for ``base`` on the running loop, or None: use httpx.
+    def _shared_engine(self, base: str, key: SecretStr, extra: Mapping[str, str]) -> Engine | None:
+        """The lean engine for ``base`` and ``key`` on the running loop, or None: use httpx.
 
         httpx serves a client the caller gave (custom transports, respx), proxies from the
-        environment, and a loop other than the engine's home (a thread sending inline).
+        environment, and a loop other than the engine's home (a thread sending inline). The
+        engine sends the key with its other fixed headers, encoded once; a new key (rotated in
+        the environment) gets an engine of its own.
         """
         if not self._owns_client or not base.startswith(("http://", "https://")):
             return None  # httpx says why such a URL cannot work (a final error)
@@ -284,21 +288,27 @@ class HTTPTransport(Transport):
                     return None
                 self._engines = {}  # the old loop's connections went with it
                 self._engine_loop = loop
-            engine = self._engines.get(base)
+            # SecretStr hashes and compares by value, and shows no value in a repr.
+            engine = self._engines.get((base, key))
             if engine is None:
+                headers = {
+                    "User-Agent": USER_AGENT,
+                    "Content-Type": "application/json",
+                    "Authorization": "Bearer " + key.get_secret_value(),
+                    **extra,
+                }
                 engine = Engine(
-                    base,
-                    concurrency=self.concurrency,
-                    timeout=self.timeout,
-                    headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+                    base, concurrency=self.concurrency, timeout=self.timeout, headers=headers
                 )
-                self._engines[base] = engine
+                self._engines[(base, key)] = engine
             return engine
 
     async def _engine_request(
-        self, engine: Engine, base: str, request: ProviderRequest, headers: httpx.Headers
+        self, engine: Engine, base: str, request: ProviderRequest, event_id: str
     ) -> Answer:
-        response = await engine.request(request.method, request.target, request.body(), headers)
+        response = await engine.request(
+            request.method, request.target, request.body(), {"Idempotency-Key": event_id}
+        )
         return Answer(
             response.status,
             parse_json(response.body),

@@ -31,6 +31,10 @@ class JobState(enum.Enum):
     ATTEMPTING = "attempting"  # a worker is making an attempt
     WAITING = "waiting"  # waiting out a backoff; its timer puts it back in QUEUED
 
+    # Members are singletons: hashed by identity in C, not by name in Python (Enum's
+    # __hash__), as the registry looks its states up several times per event.
+    __hash__ = object.__hash__
+
 
 class Job:
     """An accepted delivery and its progress (compared by identity)."""
