@@ -37,12 +37,14 @@ def silently_lost(results: list[TrackResult], inner: Scripted) -> list[str]:
     return [r.event_id or "" for r in results if r.durable and not inner.sent[r.event_id or ""]]
 
 
+@pytest.mark.parametrize("synchronous", ["normal", "full"])  # on the loop; on the thread
 async def test_a_deleted_file_stops_appends_and_nothing_is_reported_stored(
-    tmp_path: Path, caplog: Any
+    tmp_path: Path, caplog: Any, synchronous: Any
 ) -> None:
     path = tmp_path / "events.db"
     inner = Scripted()
-    transport = OutboxTransport(SQLiteOutbox(path), inner, poll_interval=0.05)
+    store = SQLiteOutbox(path, synchronous=synchronous)
+    transport = OutboxTransport(store, inner, poll_interval=0.05)
     before = [await transport.send(lead(i)) for i in range(200)]
     for name in ("events.db", "events.db-wal", "events.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
@@ -60,10 +62,14 @@ async def test_a_deleted_file_stops_appends_and_nothing_is_reported_stored(
     assert "stored and will be delivered by the next worker" not in caplog.text
 
 
-async def test_a_write_lock_held_35s_never_holds_a_signup(tmp_path: Path, caplog: Any) -> None:
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_a_write_lock_held_35s_never_holds_a_signup(
+    tmp_path: Path, caplog: Any, synchronous: Any
+) -> None:
     path = tmp_path / "events.db"
     inner = Scripted()
-    transport = OutboxTransport(SQLiteOutbox(path), inner, poll_interval=0.05, append_timeout=1.0)
+    store = SQLiteOutbox(path, synchronous=synchronous, append_timeout=1.0)
+    transport = OutboxTransport(store, inner, poll_interval=0.05, append_timeout=1.0)
     first = await transport.send(lead(0))
     held, release = threading.Event(), threading.Event()
 

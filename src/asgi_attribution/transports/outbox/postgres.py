@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..._exceptions import OutboxError
 from ..base import Delivery, TrackResult
+from .batcher import AppendBatcher
 from .postgres_admin import PostgresMaintenance
 from .postgres_connection import psycopg_connection
 from .postgres_listen import Listener
@@ -37,11 +38,7 @@ from .postgres_schema import (
     require_psycopg,
     row_from_db,
 )
-from .store import (
-    AppendBatcher,
-    OutboxRow,
-    OutboxStore,
-)
+from .store import OutboxRow, OutboxStore
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection

@@ -31,11 +31,12 @@ from dataclasses import replace
 from typing import Any
 
 from ..._exceptions import OutboxError
+from .batcher import AppendBatcher
 from .redis_inspect import RedisInspection
 from .redis_rows import dump_row, entry_time, load_row, require_redis, safe_url
 from .redis_server import FINISH, PROMOTE, ServerFacts, check_server, script
 from .rows import OutboxRow
-from .store import AppendBatcher, OutboxStore
+from .store import OutboxStore
 
 __all__ = ["RedisOutbox"]
 

@@ -83,7 +83,9 @@ class OutboxRow:
     def from_delivery(cls, delivery: Delivery, *, now: float | None = None) -> OutboxRow:
         """The row for a new event, due at once (``now``: the store's clock)."""
         now = time.time() if now is None else now
-        data = delivery.event.model_dump(mode="json")
+        # The stored field values: every event field is a str, an int, None or JSON metadata,
+        # so this equals model_dump(mode="json") (a test pins it) at a fraction of its cost.
+        data = dict(delivery.event.__dict__)
         kind = str(data.pop("kind"))
         return cls(
             event_id=delivery.event.event_id,

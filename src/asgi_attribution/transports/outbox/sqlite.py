@@ -2,10 +2,14 @@
 
 Several processes on one machine may share the file: every write is a short ``BEGIN IMMEDIATE``
 transaction, claims carry a lease owner and expiry, and outcomes are recorded only by the
-claimant whose lease is still current. SQLite calls run on the store's own threads, so the event
-loop never waits on the disk: appends on one connection that waits ``append_timeout`` at most
-for another process's lock (a signup is never held longer), workers on another that waits
-``busy_timeout``. Appends arriving together share one commit.
+claimant whose lease is still current. Appends arriving together share one commit. With
+``synchronous="normal"`` (the default) a commit writes the WAL without fsync, which costs less
+than handing it to a thread: the appends of one loop iteration are committed on the loop, on a
+connection that never waits for a lock (another writer holding it sends them to the thread
+instead) and never checkpoints (the store's thread does, every ``CHECKPOINT_EVERY`` commits).
+Everything else runs on the store's own threads: appends that wait ``append_timeout`` at most
+for another process's lock (a signup is never held longer), workers that wait
+``busy_timeout``.
 
 The store knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
 ``status().problems``), and before and after each append commit and at each claim the path's
@@ -22,6 +26,7 @@ import functools
 import logging
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ..._exceptions import OutboxError
+from .batcher import AppendBatcher
 from .clock import AnchoredClock, WallClock
 from .rows import OutboxRow
 from .sqlite_admin import SQLiteAdmin
@@ -43,24 +49,27 @@ from .sqlite_schema import (
     prepare,
     to_row,
 )
-from .sqlite_tx import Worker, insert_rows
-from .store import AppendBatcher
+from .sqlite_tx import Worker, checkpoint, commit_now, insert_rows
 
 __all__ = ["SQLiteOutbox"]
 
 logger = logging.getLogger("asgi_attribution")
 T = TypeVar("T")
 DAY = 86_400.0
+#: Commits made on the loop between two checkpoints of the WAL on the store's thread.
+CHECKPOINT_EVERY = 200
 
 
 class SQLiteOutbox(SQLiteAdmin):
     """An outbox in one SQLite file, safe to share between processes on one machine.
 
     ``path`` is created (with its table) on first use unless ``create=False`` (the CLI uses that,
-    so a typo is an error rather than a new empty file). ``synchronous="FULL"`` (the default)
-    makes every commit survive a power cut; ``"NORMAL"`` survives a process crash only and
-    writes faster. ``append_timeout`` bounds an append's wait for another process's write lock
-    (default 2 s); ``busy_timeout`` is how long a worker's write waits (30 s). Delivered rows
+    so a typo is an error rather than a new empty file). ``synchronous="normal"`` (the default,
+    WAL without fsync per commit) survives a crash, kill or restart of the process and an OOM
+    kill, but an OS crash or a power cut can lose the last commits; ``"full"`` fsyncs every
+    commit and survives those too, at several times the cost per signup (either case).
+    ``append_timeout`` bounds an append's wait for another process's write lock (default
+    2 s); ``busy_timeout`` is how long a worker's write waits (30 s). Delivered rows
     are kept ``retention`` seconds (7 days) and then removed ``purge_batch`` rows per
     transaction. ``clock`` is the wall clock (tests inject a stepped one): it is read to anchor
     the store's clock, never to schedule.
@@ -79,22 +88,23 @@ class SQLiteOutbox(SQLiteAdmin):
         path: str | os.PathLike[str],
         *,
         create: bool = True,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        synchronous: Literal["normal", "full", "NORMAL", "FULL"] = "normal",
         busy_timeout: float = 30.0,
         append_timeout: float = 2.0,
         retention: float = 7 * DAY,
         purge_batch: int = 500,
         clock: WallClock = time.time,
     ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         if append_timeout <= 0 or busy_timeout <= 0 or retention < 0 or purge_batch < 1:
             raise ValueError(
                 "append_timeout and busy_timeout must be > 0, retention >= 0, purge_batch >= 1"
             )
         self.path = Path(path)
         self.create = create
-        self.synchronous = synchronous
+        #: "NORMAL" or "FULL", as SQLite spells it.
+        self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self.append_timeout = append_timeout
         self.retention = retention
@@ -112,7 +122,17 @@ class SQLiteOutbox(SQLiteAdmin):
         self._lost: str | None = None
         self._appender: Worker | None = None
         self._worker: Worker | None = None
-        self._batcher = AppendBatcher(self._append_many)
+        #: The connection that commits on the loop (synchronous NORMAL only), and its lock:
+        #: a loop on another thread (asyncio.run per job) may append at the same time.
+        self._now: sqlite3.Connection | None = None
+        self._now_lock = threading.Lock()
+        self._commits_now = 0
+        self.append_bound = append_timeout + 0.25  # one timer per batch, not per signup
+        self._batcher = AppendBatcher(
+            self._append_many,
+            write_now=self._write_now if self.synchronous == "NORMAL" else None,
+            timeout=self.append_bound,
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteOutbox({self.description!r})"
@@ -183,12 +203,24 @@ class SQLiteOutbox(SQLiteAdmin):
     def _connect_appender(self, appender: Worker) -> None:
         conn = appender.connect(self.path, create=False)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        if self.synchronous == "NORMAL":
+            now = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Never waits on the loop: a held lock sends the rows to the appender's thread.
+            now.execute("PRAGMA busy_timeout = 0")
+            now.execute("PRAGMA synchronous = NORMAL")
+            # A checkpoint fsyncs the database file: the appender's thread runs them.
+            now.execute("PRAGMA wal_autocheckpoint = 0")
+            self._now = now
 
     async def close(self) -> None:
         """Finish pending appends, close the connections and stop the threads."""
         await self._batcher.wait()
         appender, worker = self._appender, self._worker
         self._appender = self._worker = None
+        with self._now_lock:
+            now, self._now = self._now, None
+        if now is not None:
+            now.close()
         for each in (appender, worker):
             if each is not None:
                 await each.close()
@@ -233,6 +265,32 @@ class SQLiteOutbox(SQLiteAdmin):
         self._check_file()
         self._tx(functools.partial(insert_rows, rows=rows), appending=True)
         self._check_file()  # replaced during the commit: the rows went to the old file
+
+    def _write_now(self, rows: builtins.list[OutboxRow]) -> bool:
+        """Commit ``rows`` on the calling (loop) thread, or False: take the appender's thread."""
+        if not self._now_lock.acquire(blocking=False):
+            return False  # another loop is committing on it
+        try:
+            conn = self._now
+            if conn is None:
+                return False
+            if self._lost is not None:
+                self._check_file()  # raises
+            # The file is checked after the commit only: rows committed to a file deleted
+            # before are reported not stored all the same.
+            try:
+                if not commit_now(conn, rows):
+                    return False  # another writer: the thread waits for it, the loop does not
+            except sqlite3.DatabaseError as exc:
+                raise OutboxError(f"{self.description}: {exc}") from exc
+            self._check_file()
+        finally:
+            self._now_lock.release()
+        self._commits_now += 1
+        if self._commits_now % CHECKPOINT_EVERY == 0 and self._appender is not None:
+            # Fire and forget: a failed checkpoint leaves a longer WAL, the next one retries.
+            self._appender.submit(checkpoint, self._appender)
+        return True
 
     # -- claims and outcomes ------------------------------------------------------------------
 

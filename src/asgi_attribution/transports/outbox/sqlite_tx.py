@@ -7,6 +7,7 @@ a function inside ``BEGIN IMMEDIATE``. The multi-row writes of :mod:`.sqlite` ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -18,10 +19,12 @@ from typing import Any, TypeVar
 from ..._exceptions import OutboxError
 from .rows import RETRY_REFUSED, OutboxRow
 
-__all__ = ["Worker", "insert_rows", "retry_dead_rows"]
+__all__ = ["Worker", "checkpoint", "commit_now", "insert_rows", "locked", "retry_dead_rows"]
 
 logger = logging.getLogger("asgi_attribution")
 T = TypeVar("T")
+# One encoder: json.dumps with options builds a new one per call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Worker:
@@ -50,6 +53,10 @@ class Worker:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on this worker's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on this worker's thread, without waiting for it."""
+        self._executor.submit(fn, *args)
 
     def connect(self, path: Path, create: bool) -> sqlite3.Connection:
         """Open the connection (on this thread); ``create=False`` needs an existing file."""
@@ -98,6 +105,51 @@ class Worker:
         self._executor.shutdown(wait=True)
 
 
+def locked(error: sqlite3.OperationalError) -> bool:
+    """True when ``error`` says another connection holds the lock (SQLITE_BUSY, LOCKED).
+
+    Example:
+        >>> locked(sqlite3.OperationalError("database is locked"))
+        True
+    """
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def commit_now(conn: sqlite3.Connection, rows: list[OutboxRow]) -> bool:
+    """Insert ``rows`` in one transaction that never waits: False when another writer holds
+    the lock (``conn`` has ``busy_timeout = 0``), True once committed."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if locked(exc):
+            return False
+        raise
+    try:
+        insert_rows(conn, rows=rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a failed COMMIT (disk full) too
+            conn.execute("ROLLBACK")
+        raise
+    return True
+
+
+def checkpoint(worker: Worker) -> None:
+    """Copy the WAL into the database file and start it again from its beginning (on
+    ``worker``'s thread); a failure leaves a longer WAL for the next one.
+
+    RESTART, not PASSIVE: it holds off writers while it runs (appends meanwhile take the
+    thread), so appends arriving all the time cannot keep it from finishing and the WAL stays
+    as long as the commits between two checkpoints.
+    """
+    if worker.conn is not None:
+        with contextlib.suppress(sqlite3.Error):
+            worker.conn.execute("PRAGMA wal_checkpoint(RESTART)")
+
+
 def insert_rows(conn: sqlite3.Connection, *, rows: list[OutboxRow]) -> None:
     """Insert new pending rows (an event id already stored is kept as it is)."""
     conn.executemany(
@@ -109,7 +161,7 @@ def insert_rows(conn: sqlite3.Connection, *, rows: list[OutboxRow]) -> None:
                 r.event_id,
                 r.provider,
                 r.kind,
-                json.dumps(r.event, separators=(",", ":")),
+                _compact(r.event),
                 r.next_attempt_at,
                 r.created_at,
                 r.updated_at,

@@ -9,12 +9,11 @@ option value.
 from __future__ import annotations
 
 import abc
-import asyncio
 import builtins
 import inspect
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, cast
 
 from .rows import (
@@ -31,7 +30,6 @@ from .rows import (
 __all__ = [
     "LIST_STATES",
     "STATES",
-    "AppendBatcher",
     "ListState",
     "OutboxRow",
     "OutboxStatus",
@@ -74,6 +72,9 @@ class OutboxStore(abc.ABC):
     #: store sets it False at open when it cannot promise that (Redis without AOF, or with
     #: eviction allowed); appends then return ``durable=False``.
     durable: bool = True
+    #: Seconds within which :meth:`append` returns or raises by itself, or None: the outbox
+    #: then bounds each append with a timer of its own (``append_timeout``).
+    append_bound: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -232,67 +233,3 @@ def open_store(
         given["append_timeout"] = append_timeout
     build = cast("Callable[..., OutboxStore]", backend)
     return build(text, **given)
-
-
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done() or future.get_loop().is_closed():
-        return  # its caller is gone with its event loop; the row itself was still written
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-class AppendBatcher:
-    """Group concurrent appends into one write (one commit, one pipeline round trip).
-
-    Each caller returns once the write holding its row succeeded; the rows that arrive while a
-    write runs share the next one, so bursts cost one commit instead of one each.
-
-    Example:
-        >>> import asyncio
-        >>> writes = []
-        >>> async def write(rows):
-        ...     writes.append(len(rows))
-        >>> batcher = AppendBatcher(write)
-        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
-        >>> async def burst():
-        ...     rows = [OutboxRow.from_delivery(Delivery(lead, DUB)) for _ in range(5)]
-        ...     await asyncio.gather(*(batcher.add(row) for row in rows))
-        >>> asyncio.run(burst())
-        >>> writes  # five appends at once, one write
-        [5]
-    """
-
-    def __init__(self, write: Callable[[builtins.list[OutboxRow]], Awaitable[None]]) -> None:
-        self._write = write
-        self._waiting: builtins.list[tuple[OutboxRow, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def add(self, row: OutboxRow) -> None:
-        """Return once ``row`` is written (raise what the write raised)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append((row, future))
-        # A task of an event loop that ended without finishing would never run again.
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._drain())
-        await future
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                await self._write([row for row, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    _settle(future, exc)
-            else:
-                for _, future in batch:
-                    _settle(future, None)
-
-    async def wait(self) -> None:
-        """Let the write in progress finish (before closing the store)."""
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
