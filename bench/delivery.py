@@ -2,8 +2,8 @@
 
 The floor is a raw ``asyncio.Protocol`` HTTP/1.1 client (keep-alive connections, one
 precomputed request, the least parsing that finds the end of the answer). Then: our engine
-alone; the whole path (``track_lead`` -> background queue -> attempt -> response) with the
-engine (``EngineTransport``) and with httpx (``HTTPTransport``, as on main: "before"); httpx
+alone; the whole path (``track_lead`` -> background queue -> attempt -> response) with
+``HTTPTransport`` as it is (the engine) and given an httpx client (as before the engine); httpx
 alone; aiohttp alone; the dub SDK. Concurrency 10/20/50, plain HTTP and TLS 1.3. CPU is
 ``time.process_time()`` of this process (the client's loop); nginx runs in its own process.
 Rows are interleaved (shuffled per round), medians over rounds.
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import ssl
 import time
@@ -273,18 +274,14 @@ async def _path(url: str, ctx: ssl.SSLContext | None, c: int, n: int, engine: bo
     from asgi_attribution.transports.background import BackgroundTransport
     from asgi_attribution.transports.http import USER_AGENT, HTTPTransport
 
-    from .engine_transport import EngineTransport
-
     inner: HTTPTransport
     client: httpx.AsyncClient | None = None
-    if engine:
-        inner = EngineTransport("k", base_url=url, concurrency=c, ssl_context=ctx)
-    elif ctx is None:
+    if engine:  # the default: the engine verifies TLS with SSL_CERT_FILE (the run's CA)
         inner = HTTPTransport("k", base_url=url, concurrency=c)
-    else:  # as HTTPTransport builds its client, with the run's CA
+    else:  # httpx, as HTTPTransport used before the engine, with the run's CA
         limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
         client = httpx.AsyncClient(
-            verify=ctx,
+            verify=ctx if ctx is not None else True,
             limits=limits,
             timeout=httpx.Timeout(10.0, pool=None),
             headers={"User-Agent": USER_AGENT},
@@ -344,6 +341,8 @@ def run(*, rounds: int = 3, quick: bool = False) -> dict[str, Any]:
     with nginx() as server:
         if server is None:
             return {"available": False, "note": "nginx or openssl is missing"}
+        # HTTPTransport's engine trusts what SSL_CERT_FILE names, as httpx does.
+        os.environ["SSL_CERT_FILE"] = server.ca_file
         rows = _rows(quick)
         samples: dict[str, list[float]] = {k: [] for k in rows}
         for _ in range(rounds):
