@@ -25,10 +25,14 @@ _EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
 
 def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
     """Move the customer's external id from any of its names to ``target``; they must agree."""
-    given = {name: fields.pop(name) for name in _EXTERNAL_ID_NAMES if fields.get(name) is not None}
+    names = [name for name in _EXTERNAL_ID_NAMES if name in fields]
+    if len(names) == 1:  # one name given (nearly always): nothing to compare
+        fields[target] = fields.pop(names[0])
+        return
+    given = {name: fields.pop(name) for name in names if fields.get(name) is not None}
     if len(set(given.values())) > 1:
-        names = " and ".join(given)
-        raise InvalidEventError(kind, [(names, "give the customer's external id once")])
+        both = " and ".join(given)
+        raise InvalidEventError(kind, [(both, "give the customer's external id once")])
     fields[target] = next(iter(given.values()), None)
 
 

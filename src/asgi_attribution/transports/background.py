@@ -13,9 +13,8 @@ Guarantees, in plain words:
   to ``on_delivered``. ``mode="wait"`` events are sent inline (the handler gets the answer).
 - ``aclose`` logs the ids not yet delivered (WARNING) first, then sends later events inline,
   delivers what is held within ``shutdown_timeout`` and reports the rest (ERROR, ``on_drop``).
-
-Every accepted event is one job in one registry, in one state at a time, until it is finished:
-sent, failed or dropped, each counted once.
+- Every accepted event is one job in one registry, in one state at a time, until it is
+  finished: sent, failed or dropped, each counted once.
 """
 
 from __future__ import annotations
@@ -114,9 +113,7 @@ class BackgroundTransport(Transport):
         self.queue_full_timeout = queue_full_timeout
         self.shutdown_timeout = shutdown_timeout
         self.handoff_timeout = handoff_timeout
-        self.on_error = on_error
-        self.on_drop = on_drop
-        self.on_delivered = on_delivered
+        self.on_error, self.on_drop, self.on_delivered = on_error, on_drop, on_delivered
         self.pause_interval = pause_interval
         # One set of counters with inner (which counts retries inline and attempts).
         self.stats = stats if stats is not None else inner.stats
@@ -209,7 +206,8 @@ class BackgroundTransport(Transport):
             return await self._send_inline(delivery)
         if self._loop is not asyncio.get_running_loop():
             await self.start()
-        if not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
+        full = self._jobs.count(JobState.QUEUED) >= self.queue_size  # a coroutine only if so
+        if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
             return await self._full(delivery)
         self._jobs.add(Job(delivery), wake=not self._pause.active)
         self.stats.count("queued", delivery)
@@ -271,7 +269,8 @@ class BackgroundTransport(Transport):
             return True
         if self._loop is loop and self._jobs.finish(job):
             self.stats.delivered(job.delivery, result)
-            await notify(self.on_delivered, job.delivery, result)
+            if self.on_delivered is not None:
+                await notify(self.on_delivered, job.delivery, result)
         return True
 
     async def _failed(self, job: Job, exc: Exception, loop: asyncio.AbstractEventLoop) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import enum
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from .base import Delivery
@@ -57,14 +58,18 @@ class Job:
 class Registry:
     """Every accepted, unfinished job, by state: a job is in exactly one place, or none."""
 
-    __slots__ = ("_by_state",)
+    __slots__ = ("_by_state", "_size")
 
     def __init__(self) -> None:
-        # Dicts as ordered sets: jobs leave each state in the order they entered it.
-        self._by_state: dict[JobState, dict[Job, None]] = {state: {} for state in JobState}
+        # Ordered sets: jobs leave each state in the order they entered it. OrderedDict, not
+        # dict: a dict emptied from its front is scanned past every deleted slot by `first`.
+        self._by_state: dict[JobState, OrderedDict[Job, None]] = {
+            state: OrderedDict() for state in JobState
+        }
+        self._size = 0
 
     def __len__(self) -> int:
-        return sum(len(jobs) for jobs in self._by_state.values())
+        return self._size
 
     def __iter__(self) -> Iterator[Job]:
         return iter([job for jobs in self._by_state.values() for job in jobs])
@@ -81,6 +86,8 @@ class Registry:
         """Add ``job`` in ``state``, or move it there from its current state."""
         if job.state is not None:
             del self._by_state[job.state][job]
+        else:
+            self._size += 1
         job.state = state
         self._by_state[state][job] = None
         if state is not JobState.WAITING and job.timer is not None:
@@ -92,6 +99,7 @@ class Registry:
         if job.state is None:
             return False
         del self._by_state[job.state][job]
+        self._size -= 1
         job.state = None
         if job.timer is not None:
             job.timer.cancel()
