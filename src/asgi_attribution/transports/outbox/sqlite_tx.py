@@ -19,10 +19,20 @@ from typing import Any, TypeVar
 from ..._exceptions import OutboxError
 from .rows import RETRY_REFUSED, OutboxRow
 
-__all__ = ["Worker", "checkpoint", "commit_now", "insert_rows", "locked", "retry_dead_rows"]
+__all__ = [
+    "WAL_RESTART_FRAMES",
+    "Worker",
+    "checkpoint",
+    "commit_now",
+    "insert_rows",
+    "locked",
+    "retry_dead_rows",
+]
 
 logger = logging.getLogger("asgi_attribution")
 T = TypeVar("T")
+#: WAL frames (pages: 4 KiB each) past which a checkpoint holds writers off to restart it.
+WAL_RESTART_FRAMES = 4096
 # One encoder: json.dumps with options builds a new one per call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -138,15 +148,19 @@ def commit_now(conn: sqlite3.Connection, rows: list[OutboxRow]) -> bool:
 
 
 def checkpoint(worker: Worker) -> None:
-    """Copy the WAL into the database file and start it again from its beginning (on
-    ``worker``'s thread); a failure leaves a longer WAL for the next one.
+    """Copy the WAL into the database file (on ``worker``'s thread); a failure leaves a longer
+    WAL for the next one.
 
-    RESTART, not PASSIVE: it holds off writers while it runs (appends meanwhile take the
-    thread), so appends arriving all the time cannot keep it from finishing and the WAL stays
-    as long as the commits between two checkpoints.
+    PASSIVE, which never holds off a writer: between signups it copies the whole WAL and the
+    next commit starts it again from its beginning. Appends arriving without a pause can keep
+    it from ever finishing, so past ``WAL_RESTART_FRAMES`` a RESTART holds writers off (appends
+    meanwhile take the thread) until the WAL starts again.
     """
-    if worker.conn is not None:
-        with contextlib.suppress(sqlite3.Error):
+    if worker.conn is None:
+        return
+    with contextlib.suppress(sqlite3.Error):
+        _, frames, _ = worker.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames > WAL_RESTART_FRAMES:
             worker.conn.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
