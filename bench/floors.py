@@ -2,7 +2,9 @@
 
 Plain ``sqlite3`` in WAL mode on a temporary file, the outbox's row size (a 216-byte lead),
 autocommit off, ``BEGIN``/``COMMIT`` around each batch: what no outbox can beat on this disk.
-Also the time to validate one lead (the part of a signup no store can skip).
+Also the time to validate one lead (the part of a signup no store can skip), a one-row commit
+into the outbox's own table (three b-trees: the floor of its schema), and ``asyncio.gather`` of
+50 empty coroutines (what a burst of 50 costs the loop before any work).
 """
 
 from __future__ import annotations
@@ -19,13 +21,27 @@ from .common import median
 BODY = json.dumps({"clickId": "c" * 25, "eventName": "Sign up", "pad": "x" * 150})
 
 
-def _commits(path: Path, synchronous: str, rows: int, commits: int) -> float:
-    """Median seconds per commit of ``rows`` rows."""
+# The outbox's own table (its unique event id and due index: three b-trees, not one).
+SCHEMA_INSERT = (
+    "INSERT INTO outbox (event_id, provider, kind, event, state, attempts, next_attempt_at,"
+    " created_at, updated_at) VALUES (?, 'dub', 'lead', ?, 'pending', 0, 1.0, 1.0, 1.0)"
+)
+
+
+def _commits(path: Path, synchronous: str, rows: int, commits: int, schema: bool = False) -> float:
+    """Median seconds per commit of ``rows`` rows (``schema``: into the outbox's own table)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, body TEXT)")
+        if schema:
+            from asgi_attribution.transports.outbox.sqlite_schema import prepare
+
+            prepare(conn, path, True)
+            insert = SCHEMA_INSERT
+        else:
+            conn.execute("CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, body TEXT)")
+            insert = "INSERT INTO outbox VALUES (?, ?)"
         n = 0
         samples = []
         for _ in range(commits):
@@ -33,7 +49,7 @@ def _commits(path: Path, synchronous: str, rows: int, commits: int) -> float:
             n += rows
             t0 = time.perf_counter()
             conn.execute("BEGIN")
-            conn.executemany("INSERT INTO outbox VALUES (?, ?)", batch)
+            conn.executemany(insert, batch)
             conn.execute("COMMIT")
             samples.append(time.perf_counter() - t0)
         return median(samples)
@@ -59,10 +75,32 @@ def run(commits: int = 300) -> dict[str, Any]:
         for sync in ("FULL", "NORMAL"):
             one = _commits(Path(tmp) / f"one-{sync}.db", sync, 1, commits)
             fifty = _commits(Path(tmp) / f"fifty-{sync}.db", sync, 50, max(20, commits // 5))
+            ours = _commits(Path(tmp) / f"schema-{sync}.db", sync, 1, commits, schema=True)
             out["sqlite"][sync] = {
                 "one_row_commit_us": round(one * 1e6, 1),
                 "fifty_row_commit_us": round(fifty * 1e6, 1),
                 "per_row_in_fifty_us": round(fifty / 50 * 1e6, 1),
+                "schema_one_row_commit_us": round(ours * 1e6, 1),
             }
     out["validate_lead_us"] = round(_validation() * 1e6, 2)
+    out["gather_50_us"] = round(_gather50() * 1e6, 1)
     return out
+
+
+def _gather50() -> float:
+    """``asyncio.gather`` of 50 coroutines that do nothing: what a burst of 50 concurrent
+    signups costs the loop before any of them does any work (a task each)."""
+    import asyncio
+
+    async def nothing() -> None:
+        return None
+
+    async def rounds() -> float:
+        samples = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            await asyncio.gather(*(nothing() for _ in range(50)))
+            samples.append(time.perf_counter() - t0)
+        return median(samples)
+
+    return asyncio.run(rounds())
