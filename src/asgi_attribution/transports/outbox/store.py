@@ -49,9 +49,10 @@ class OutboxStore(abc.ABC):
 
     A store must be safe to share between processes: :meth:`claim` hands a row to one claimant
     until the lease expires, and the ``delivered``/``retry_later``/``dead`` calls of a claimant
-    whose lease was taken over may be ignored. All methods are coroutines; nothing may wait on the
-    event loop (SQLite's commits on the loop take no lock they would wait for). Times given to and read from a store (``at``, the row's times) are in the
-    store's own clock, :meth:`now`, never the caller's wall clock.
+    whose lease was taken over may be ignored. All methods are coroutines; nothing may wait on
+    the event loop (SQLite's commits on the loop take no lock they would wait for). Times given
+    to and read from a store (``at``, the row's times) are in the store's own clock,
+    :meth:`now`, never the caller's wall clock.
 
     Example:
         >>> import asyncio, os, tempfile
