@@ -12,7 +12,8 @@ for another process's lock (a signup is never held longer), workers that wait
 ``busy_timeout``.
 
 The store knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
-``status().problems``), and before and after each append commit and at each claim the path's
+``status().problems``), and after each append commit (before it too, on the thread) and at
+each claim the path's
 device and inode are compared with the file opened. A deleted or replaced file stops appends
 (they raise, never report an event stored) and is logged at ERROR; the rows already in the
 deleted file are still delivered by this process while it runs.
@@ -67,7 +68,7 @@ class SQLiteOutbox(SQLiteAdmin):
     so a typo is an error rather than a new empty file). ``synchronous="normal"`` (the default,
     WAL without fsync per commit) survives a crash, kill or restart of the process and an OOM
     kill, but an OS crash or a power cut can lose the last commits; ``"full"`` fsyncs every
-    commit and survives those too, at several times the cost per signup (either case).
+    commit and survives those too, at several times the cost per signup.
     ``append_timeout`` bounds an append's wait for another process's write lock (default
     2 s); ``busy_timeout`` is how long a worker's write waits (30 s). Delivered rows
     are kept ``retention`` seconds (7 days) and then removed ``purge_batch`` rows per
