@@ -4,11 +4,13 @@ with faults (every event recorded exactly once per ``Idempotency-Key``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -20,8 +22,11 @@ from asgi_attribution.transports.engine import (
     ConnectError,
     Engine,
     EngineError,
+    Limits,
+    Response,
     proxies_configured,
 )
+from asgi_attribution.transports.engine.connection import Connection
 from tests.support.asgi import KEY
 
 pytestmark = pytest.mark.anyio
@@ -248,3 +253,77 @@ async def test_every_event_recorded_exactly_once_under_faults(
         [r for r in provider.requests if r.status != 200]
     )
     assert attempts > len(events)  # faults were injected and retried
+
+
+# -- the attempt's timer (one per connection, moved to the deadline of the request in flight) --
+
+
+@contextlib.asynccontextmanager
+async def delaying_server() -> AsyncIterator[tuple[str, list[int]]]:
+    """Answers ``POST /wait/<ms>`` after that many milliseconds; yields the URL and the
+    number of requests seen on each connection."""
+    per_connection: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(per_connection)
+        per_connection.append(0)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                per_connection[index] += 1
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                wait = re.match(rb"POST /wait/(\d+) ", head)
+                await asyncio.sleep(int(wait.group(1)) / 1000 if wait else 0)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", per_connection
+    finally:
+        server.close()
+
+
+async def test_each_request_on_a_reused_connection_gets_its_own_timeout() -> None:
+    async with delaying_server() as (url, per_connection):
+        engine = Engine(url, timeout=1.0, concurrency=1)
+        loop = asyncio.get_running_loop()
+        try:
+            assert (await engine.request("POST", "/wait/0")).body == b"ok"
+            await asyncio.sleep(0.6)
+            # Answered 1.3 s after the first request: past its deadline (when the connection's
+            # timer was set to fire), within this one's.
+            assert (await engine.request("POST", "/wait/700")).body == b"ok"
+            started = loop.time()
+            with pytest.raises(AttemptTimeout):
+                await engine.request("POST", "/wait/3000")
+            assert loop.time() - started >= 0.9  # not cut short by an earlier deadline
+            assert (await engine.request("POST", "/wait/0")).body == b"ok"
+        finally:
+            await engine.aclose()
+    assert per_connection == [3, 1]  # kept alive until the timeout dropped it
+
+
+async def test_an_earlier_deadline_moves_the_connection_timer_forward() -> None:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, conn = await loop.create_connection(lambda: Connection(Limits(), 5), sock=ours)
+    try:
+        first: asyncio.Future[Response] = loop.create_future()
+        conn.send(b"POST / HTTP/1.1\r\n\r\n", first, loop.time() + 30)
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert (await first).status == 200
+        second: asyncio.Future[Response] = loop.create_future()
+        conn.send(b"POST / HTTP/1.1\r\n\r\n", second, loop.time() + 0.1)  # armed for +30 s
+        with pytest.raises(AttemptTimeout):
+            await asyncio.wait_for(second, 10)
+        assert not conn.reusable
+    finally:
+        transport.close()
+        theirs.close()
+        await asyncio.sleep(0)
+    assert conn.timer is None  # cancelled with the connection: nothing left on the loop

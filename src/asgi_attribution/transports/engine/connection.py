@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 
-from .errors import ConnectionClosed, EngineError, ProtocolError, ResponseTooLarge
+from .errors import AttemptTimeout, ConnectionClosed, EngineError, ProtocolError, ResponseTooLarge
 
 __all__ = ["Connection", "Limits", "Response"]
 
@@ -47,7 +48,8 @@ class Limits:
         return self.max_header_bytes + 4 * self.max_body_bytes
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs three object.__setattr__ calls per response.
+@dataclass(slots=True)
 class Response:
     """A complete response: status, raw header pairs (as the server sent them), body.
 
@@ -103,9 +105,17 @@ class Connection(asyncio.Protocol):
         False
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, timeout: float | None = None) -> None:
         self.limits = limits
+        # The limits as plain attributes: read for every response.
+        self.max_headers = limits.max_headers
+        self.max_head = limits.max_header_bytes
+        self.max_body = limits.max_body_bytes
+        self.max_response = limits.max_response_bytes
+        self.timeout = timeout  # for the message of the AttemptTimeout the timer raises
         self.transport: asyncio.Transport | None = None
+        # The transport's write, bound once connected: send() makes no other lookup.
+        self.write: Callable[[bytes], object] = self.unconnected
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
         self.lost: asyncio.Future[None] | None = None
@@ -114,6 +124,10 @@ class Connection(asyncio.Protocol):
         self.requests = 0  # requests written on this connection, this one included
         self.received = 0  # bytes received for the current request
         self.error: EngineError | None = None
+        # The attempt's deadline, watched by one timer per connection (see send()).
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -136,14 +150,49 @@ class Connection(asyncio.Protocol):
             and (self.waiter is None)
         )
 
-    def send(self, data: bytes, waiter: asyncio.Future[Response]) -> None:
-        """Write one complete request (a single ``transport.write``); ``waiter`` gets the answer."""
-        self.reset()
-        self.received = 0
+    def send(
+        self, data: bytes, waiter: asyncio.Future[Response], deadline: float | None = None
+    ) -> None:
+        """Write one complete request (a single ``transport.write``); ``waiter`` gets the answer.
+
+        By ``deadline`` (loop time) the waiter has the response, or fails with
+        :class:`AttemptTimeout` and the connection is dropped.
+        """
+        self.headers = []
+        self.body = []
+        self.body_size = self.head_size = self.received = 0
+        self.headers_done = self.informational = False
         self.error = None
         self.requests += 1
         self.waiter = waiter
-        cast(asyncio.Transport, self.transport).write(data)
+        if deadline is not None:
+            self.deadline = deadline
+            # One timer per connection, not per request: it is left armed when a response
+            # arrives in time, and on firing moves to the deadline of the request then in
+            # flight (if any). Most requests thus neither arm nor cancel a timer.
+            if self.timer is None or deadline < self.timer_at:
+                self.arm(deadline)
+        self.write(data)
+
+    @staticmethod
+    def unconnected(data: bytes) -> None:
+        raise ConnectionClosed("not connected")
+
+    def arm(self, when: float) -> None:
+        """(Re)arm the connection's timer at ``when`` (loop time)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = asyncio.get_running_loop().call_at(when, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        if self.waiter is None:
+            return  # idle: armed again by the next send()
+        if self.deadline > self.timer_at:
+            self.arm(self.deadline)  # set for an earlier request; this one has time left
+            return
+        self.fail(AttemptTimeout(f"no complete response within {self.timeout} s"))
 
     def close(self) -> None:
         """Close the connection (gracefully: TLS sends its close_notify)."""
@@ -169,6 +218,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.write = self.transport.write
 
     def data_received(self, data: bytes) -> None:
         waiter = self.waiter
@@ -177,8 +227,8 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         self.received += len(data)
-        if self.received > self.limits.max_response_bytes:
-            self.fail(ResponseTooLarge(f"response over {self.limits.max_response_bytes} bytes"))
+        if self.received > self.max_response:
+            self.fail(ResponseTooLarge(f"response over {self.max_response} bytes"))
             return
         try:
             self.parser.feed_data(data)
@@ -190,8 +240,8 @@ class Connection(asyncio.Protocol):
             return
         if not self.headers_done and self.waiter is waiter:
             self.head_size += len(data)
-            if self.head_size > self.limits.max_header_bytes:
-                self.fail(ResponseTooLarge(f"headers over {self.limits.max_header_bytes} bytes"))
+            if self.head_size > self.max_head:
+                self.fail(ResponseTooLarge(f"headers over {self.max_head} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too: connection_lost follows
@@ -199,6 +249,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.keep_alive = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             if self.headers_done and _body_until_close(self.headers, self.status):
@@ -238,10 +291,11 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.headers_done:
             return  # a trailer (after a chunked body): not kept
-        if len(self.headers) >= self.limits.max_headers:
-            self.error = ResponseTooLarge(f"more than {self.limits.max_headers} headers")
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.max_headers:
+            self.error = ResponseTooLarge(f"more than {self.max_headers} headers")
             raise self.error
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -253,8 +307,8 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
-        if self.body_size > self.limits.max_body_bytes:
-            self.error = ResponseTooLarge(f"body over {self.limits.max_body_bytes} bytes")
+        if self.body_size > self.max_body:
+            self.error = ResponseTooLarge(f"body over {self.max_body} bytes")
             raise self.error
         self.body.append(body)
 
@@ -264,4 +318,9 @@ class Connection(asyncio.Protocol):
             return
         if not self.parser.should_keep_alive():
             self.close()
-        self.complete()
+        # complete(), inline: this runs for every response.
+        waiter, self.waiter = self.waiter, None
+        body = self.body
+        if waiter is not None and not waiter.done():
+            body_bytes = body[0] if len(body) == 1 else b"".join(body)
+            waiter.set_result(Response(self.status, self.headers, body_bytes))

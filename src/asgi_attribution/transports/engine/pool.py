@@ -2,8 +2,10 @@
 
 A request takes the most recently used idle connection (or opens one while fewer than
 ``concurrency`` exist, or waits for one to come back): constant work whatever the pool size.
-It makes one ``transport.write`` of precomputed bytes and arms one timer, the attempt's
-timeout, which covers connecting, sending and the whole response. When a reused connection
+It makes one ``transport.write`` of precomputed bytes; the attempt's timeout covers
+connecting, sending and the whole response. While the request is on a connection, the
+connection's own timer watches it: one timer per connection, moved to the deadline of the
+request in flight when it fires, so that most requests arm and cancel none. When a reused connection
 turns out to have been closed by the server before it read anything of ours, the request is
 written again at once on another connection: safe, as every attempt of an event carries the
 same ``Idempotency-Key``.
@@ -56,10 +58,42 @@ def _check(text: str, what: str) -> str:
     return text
 
 
-def _header_lines(headers: Mapping[str, str]) -> bytes:
+# Bytes that never appear in a well-formed header line except CR LF at its end (tab may).
+_NOT_IN_LINES = bytes(range(32)).replace(b"\t", b"") + bytes(range(127, 256))
+
+
+def _checked_lines(headers: Mapping[str, str]) -> bytes:
     return "".join(
         f"{_check(k, 'header name')}: {_check(v, 'header value')}\r\n" for k, v in headers.items()
     ).encode("ascii")
+
+
+def _header_lines(headers: Mapping[str, str]) -> bytes:
+    """``Name: value`` lines; CR, LF or NUL in a name or value (header injection) is refused.
+
+    Cheap checks first; anything they do not pass (a tab, say) goes through
+    :func:`_checked_lines`, which accepts it or raises the error it always raised.
+
+    Example:
+        >>> _header_lines({"A": "1", "B": "2"})
+        b'A: 1\\r\\nB: 2\\r\\n'
+    """
+    raw = getattr(headers, "raw", None)  # httpx.Headers: its pairs, already bytes
+    if type(raw) is list:
+        # Names lowercased as its items() gives them (the bytes sent before this fast path).
+        data = b"".join([k.lower() + b": " + v + b"\r\n" for k, v in raw])
+        if len(data.translate(None, _NOT_IN_LINES)) == len(data) - 2 * len(raw):
+            return data
+        return _checked_lines(headers)
+    lines = []
+    for k, v in headers.items():
+        if not (k.isprintable() and v.isprintable()):  # CR, LF, NUL are not printable
+            return _checked_lines(headers)
+        lines.append(f"{k}: {v}\r\n")
+    try:
+        return "".join(lines).encode("ascii")
+    except UnicodeEncodeError:
+        return _checked_lines(headers)  # the same error, for the same header, as ever
 
 
 class Engine:
@@ -112,8 +146,8 @@ class Engine:
         default_port = self.port == (443 if self.tls else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         netloc = host if default_port else f"{host}:{self.port}"
-        self.common = b"Host: " + netloc.encode("idna") + b"\r\n" + _header_lines(headers or {})
-        self.lines: dict[tuple[str, str], bytes] = {}
+        self.common = b"Host: " + netloc.encode("idna") + b"\r\n" + _checked_lines(headers or {})
+        self.heads: dict[tuple[str, str], bytes] = {}  # request line, Host, engine headers
         self.idle: list[Connection] = []
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
         self.open = 0  # connections open or being opened
@@ -124,23 +158,25 @@ class Engine:
         scheme = "https" if self.tls else "http"
         return f"Engine('{scheme}://{self.host}:{self.port}{self.prefix}')"
 
-    def encode(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    def encode(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> bytes:
         """The whole request as bytes: request line, headers, ``Content-Length``, body.
 
         Example:
             >>> Engine("http://h:8000", headers={"A": "1"}).encode("POST", "/x", b"{}", {})
             b'POST /x HTTP/1.1\\r\\nHost: h:8000\\r\\nA: 1\\r\\nContent-Length: 2\\r\\n\\r\\n{}'
         """
-        line = self.lines.get((method, path))
-        if line is None:
+        head = self.heads.get((method, path))
+        if head is None:
             if not method.isalpha() or " " in path or not path.startswith("/"):
                 raise ValueError(f"invalid request line: {method!r} {path!r}")
             line = f"{method} {_check(self.prefix + path, 'path')} HTTP/1.1\r\n".encode()
-            if len(self.lines) < 64:  # a few routes; per-customer PATCH paths are not kept
-                self.lines[(method, path)] = line
+            head = line + self.common
+            if len(self.heads) < 64:  # a few routes; per-customer PATCH paths are not kept
+                self.heads[(method, path)] = head
         extra = _header_lines(headers) if headers else b""
-        length = b"Content-Length: %d\r\n\r\n" % len(body)
-        return b"".join((line, self.common, extra, length, body))
+        return b"".join((head, extra, b"Content-Length: %d\r\n\r\n" % len(body), body))
 
     async def request(
         self,
@@ -157,16 +193,21 @@ class Engine:
             raise RuntimeError("the engine is closed")
         # Sealed: the bytes carry the Authorization header, and error reporters that capture
         # frame locals (Sentry) must not see it while this frame awaits the answer.
-        sealed = _Sealed(self.encode(method, path, body, headers or {}))
+        sealed = _Sealed(self.encode(method, path, body, headers))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         resends = 0
+        idle = self.idle
         while True:
-            conn = await self.acquire(loop, deadline)
+            # The last connection released, when still good (idle ones have no waiter, so
+            # keep_alive says it all); anything else takes the slow path.
+            if idle and idle[-1].keep_alive:
+                conn = idle.pop()
+            else:
+                conn = await self.acquire(loop, deadline)
             waiter: asyncio.Future[Response] = loop.create_future()
-            timer = loop.call_at(deadline, self.expire, waiter)
             try:
-                conn.send(sealed.data, waiter)
+                conn.send(sealed.data, waiter, deadline)  # the connection's timer: the deadline
                 return await waiter
             except ConnectionClosed:
                 # Closed by the server before it read our request (a keep-alive race): again.
@@ -175,11 +216,13 @@ class Engine:
                     continue
                 raise
             finally:
-                timer.cancel()
-                self.release(conn)
+                if conn.waiter is None and conn.keep_alive and not self.waiters and not self.closed:
+                    idle.append(conn)  # release()'s common case, inline
+                else:
+                    self.release(conn)
 
     def expire(self, future: asyncio.Future[Any]) -> None:
-        """The attempt's timer: its future fails with :class:`AttemptTimeout`."""
+        """The timer of a request waiting for a connection: it fails with AttemptTimeout."""
         if not future.done():
             future.set_exception(AttemptTimeout(f"no complete response within {self.timeout} s"))
 
@@ -223,7 +266,7 @@ class Engine:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Connection(self.limits),
+                    lambda: Connection(self.limits, self.timeout),
                     self.host,
                     self.port,
                     ssl=context,
