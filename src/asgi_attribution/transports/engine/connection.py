@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httptools
@@ -61,18 +61,25 @@ class Response:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    # Lowercase name -> first value, built by the first header() call (callers ask for two or
+    # three names per response: one pass over the headers instead of one per name).
+    _index: dict[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def header(self, name: bytes) -> str | None:
         """The first value of header ``name`` (lowercase bytes), decoded as Latin-1, or None.
 
         Example:
-            >>> Response(429, [(b"Retry-After", b"3")], b"").header(b"retry-after")
-            '3'
+            >>> r = Response(429, [(b"Retry-After", b"3"), (b"retry-after", b"4")], b"")
+            >>> r.header(b"retry-after"), r.header(b"location")
+            ('3', None)
         """
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value.decode("latin-1")
-        return None
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for key, value in reversed(self.headers):  # the first value wins
+                index[key.lower()] = value
+        found = index.get(name)
+        return None if found is None else found.decode("latin-1")
 
     def json(self) -> Any:
         """The body decoded as JSON, or None when it is empty or not JSON.

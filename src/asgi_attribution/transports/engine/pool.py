@@ -35,16 +35,16 @@ __all__ = ["Engine"]
 RESENDS = 2
 
 
-class _Sealed:
-    """Request bytes with a repr that shows nothing of them (they hold credentials)."""
+class _Sealed(tuple[bytes]):
+    """Request bytes (item 0) with a repr that shows nothing of them (they hold credentials).
 
-    __slots__ = ("data",)
+    A tuple: made in C, without the Python ``__init__`` a plain class would run per request.
+    """
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    __slots__ = ()
 
     def __repr__(self) -> str:
-        return f"<request of {len(self.data)} bytes, not shown>"
+        return f"<request of {len(self[0])} bytes, not shown>"
 
 
 def _expire(future: asyncio.Future[Any], error: EngineError) -> None:
@@ -193,7 +193,7 @@ class Engine:
             raise RuntimeError("the engine is closed")
         # Sealed: the bytes carry the Authorization header, and error reporters that capture
         # frame locals (Sentry) must not see it while this frame awaits the answer.
-        sealed = _Sealed(self.encode(method, path, body, headers))
+        sealed = _Sealed((self.encode(method, path, body, headers),))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         resends = 0
@@ -207,7 +207,7 @@ class Engine:
                 conn = await self.acquire(loop, deadline)
             waiter: asyncio.Future[Response] = loop.create_future()
             try:
-                conn.send(sealed.data, waiter, deadline)  # the connection's timer: the deadline
+                conn.send(sealed[0], waiter, deadline)  # the connection's timer: the deadline
                 return await waiter
             except ConnectionClosed:
                 # Closed by the server before it read our request (a keep-alive race): again.
