@@ -26,6 +26,8 @@ __all__ = [
 
 logger = logging.getLogger("asgi_attribution")
 
+_new = object.__new__
+
 #: Reads a raw ``Cookie`` header into (click id, raw partner cookie); the middleware supplies it.
 CookieRead = Callable[[bytes], "tuple[str | None, str | None]"]
 
@@ -166,13 +168,40 @@ class Attribution:
             >>> a.click_id, a.source
             ('c1', 'cookie')
         """
-        self = cls.__new__(cls)
+        self = _new(cls)
         self.provider = provider
         self.captured = self.verified = False
         self._click = self._source = self._partner_raw = None
         self._partner = False
         self._cookies = header if read is not None else None
         self._read = read
+        return self
+
+    @classmethod
+    def from_landing(
+        cls,
+        provider: Provider,
+        click_id: str,
+        partner_raw: str | None = None,
+        *,
+        verified: bool = False,
+    ) -> Attribution:
+        """The attribution of a landing: ``click_id`` from the URL, captured into the cookie.
+
+        Example:
+            >>> a = Attribution.from_landing(DUB, "c1")
+            >>> a.click_id, a.source, a.captured
+            ('c1', 'query', True)
+        """
+        self = _new(cls)
+        self.provider = provider
+        self._click = click_id
+        self._source = "query"
+        self._partner_raw = partner_raw
+        self.captured = True
+        self.verified = verified
+        self._partner = False
+        self._cookies = self._read = None
         return self
 
     def _resolve(self) -> None:
@@ -185,8 +214,14 @@ class Attribution:
     @property
     def click_id(self) -> str | None:
         """The click id, or ``None`` for an organic visit."""
-        if self._cookies is not None:
-            self._resolve()
+        cookies = self._cookies
+        if cookies is not None:  # the read, inline: this is what a tracking handler asks
+            read = self._read
+            assert read is not None
+            click, self._partner_raw = read(cookies)
+            self._click = click
+            self._source = "cookie" if click is not None else None
+            self._cookies = self._read = None
         return self._click
 
     @property

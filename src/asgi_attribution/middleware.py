@@ -22,14 +22,13 @@ from .attribution import Attribution
 from .consent import Consent, ConsentCheck
 from .cookies import (
     NINETY_DAYS,
+    ClickCookies,
     CookiePolicy,
     CookieReader,
     ManagedCookies,
-    host_of,
-    is_https,
     valid_click_id,
 )
-from .landing import CookieSender, LandingQuery
+from .landing import Header, Landing, LandingCookies, LandingQuery, cookie_sender
 from .lifespan import run_lifespan
 from .partner_clicks import PartnerClicks
 from .providers import Provider, get_provider
@@ -39,6 +38,8 @@ from .tracker import Tracker
 __all__ = ["AttributionMiddleware", "ConsentCheck"]
 
 logger = logging.getLogger("asgi_attribution")
+
+_from_header = Attribution.from_cookie_header  # one global lookup per request, not two
 
 AttributionModel = Literal["last-click", "first-click"]
 
@@ -175,6 +176,12 @@ class AttributionMiddleware:
         self._ours = (p.cookie_name.encode() + b"=", self.signed_cookie_name.encode() + b"=")
 
         self._reader = CookieReader(managed)
+        # The lazy read behind `Attribution.click_id`: one call, as the app reads it.
+        self._clicks = ClickCookies(p.cookie_names, p.partner_cookie, p.accepts_click_id)
+        self._read_cookies = self._clicks.read  # bound once, not on every request
+        self._landing_cookies = LandingCookies(
+            p, self.cookie, self.signer, forwarded=forwarded_host
+        )
         # Without signing or consent nothing needs the cookies before the app asks: read them
         # lazily, so requests that never track (most of them) don't pay for parsing.
         self._lazy = self.signer is None and not self._gated
@@ -185,6 +192,7 @@ class AttributionMiddleware:
             needles.append(p.partner_cookie.encode() + b"=")
         self._cookie_needle = re.compile(b"|".join(map(re.escape, needles))).search
         self._landing = LandingQuery(p)
+        self._needle = self._landing.needle if capture_landing else None
         # Partner links on the site itself (`?via=john`) carry no click id: with refer_domain,
         # the server asks the provider for one, as its browser script would.
         self._partners = (
@@ -199,6 +207,12 @@ class AttributionMiddleware:
                 forwarded=forwarded_host,
             )
         )
+        # Nothing to await (no consent, no partner clicks) and nothing read eagerly: the path
+        # of most deployments, written out in __call__.
+        self._plain = self._lazy and self._partners is None
+        self._land = Landing(
+            self._landing, self._clicks, self._landing_cookies, first_click=self.first_click
+        ).attribute
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -210,22 +224,38 @@ class AttributionMiddleware:
             return
 
         try:
-            attribution, set_cookies = self._attribute(scope)
-            # Consent is asked only when there is something to keep: organic traffic pays nothing.
-            if (
-                self._gated
-                and (
-                    set_cookies is not None
-                    or attribution.click_id is not None
-                    or attribution.partner_raw is not None
-                )
-                and not await self._consented(scope)
-            ):
-                attribution, set_cookies = self._organic(), None
-            if self._partners is not None and set_cookies is None and kind == "http":
-                partner = await self._partner_landing(scope, attribution)
-                if partner is not None:
-                    attribution, set_cookies = partner
+            if self._plain:
+                header = None
+                for name, value in scope["headers"]:
+                    if name == b"cookie":
+                        # HTTP/2 may split cookies over several headers.
+                        header = value if header is None else header + b"; " + value
+                needle = self._needle
+                query = scope.get("query_string", b"")
+                at = -1 if needle is None or not query or kind != "http" else query.find(needle)
+                if at >= 0:
+                    attribution, set_cookies = self._land(scope, query, at, header)
+                else:
+                    attribution = _from_header(self.provider, header, self._read_cookies)
+                    set_cookies = None
+            else:
+                attribution, set_cookies = self._attribute(scope)
+                # Consent is asked only when there is something to keep: organic traffic pays
+                # nothing.
+                if (
+                    self._gated
+                    and (
+                        set_cookies is not None
+                        or attribution.click_id is not None
+                        or attribution.partner_raw is not None
+                    )
+                    and not await self._consented(scope)
+                ):
+                    attribution, set_cookies = self._organic(), None
+                if self._partners is not None and set_cookies is None and kind == "http":
+                    partner = await self._partner_landing(scope, attribution)
+                    if partner is not None:
+                        attribution, set_cookies = partner
         except Exception:  # never fail a request because of what a visitor sent
             logger.exception("attribution failed; handling the request without it")
             attribution, set_cookies = self._organic(), None
@@ -237,7 +267,7 @@ class AttributionMiddleware:
         scope[COOKIES_KEY] = self.managed_cookies
 
         if set_cookies is not None:
-            send = CookieSender(send, set_cookies, self._ours)
+            send = cookie_sender(send, set_cookies, self._ours)
         token = current_scope.set(scope)
         try:
             await self.app(scope, receive, send)
@@ -250,7 +280,7 @@ class AttributionMiddleware:
     async def _consented(self, scope: Scope) -> bool:
         return await self._consent.allows(scope)
 
-    def _attribute(self, scope: Scope) -> tuple[Attribution, tuple[str, ...] | None]:
+    def _attribute(self, scope: Scope) -> tuple[Attribution, tuple[Header, ...] | None]:
         provider = self.provider
         cookie_header = None
         for name, value in scope["headers"]:
@@ -259,7 +289,11 @@ class AttributionMiddleware:
                 cookie_header = value if cookie_header is None else cookie_header + b"; " + value
 
         query = scope.get("query_string", b"")
-        landing = self.capture_landing and self._landing.needle in query and scope["type"] == "http"
+        landing = (
+            self.capture_landing
+            and query.find(self._landing.needle) >= 0
+            and scope["type"] == "http"
+        )
         if self._lazy and not landing:
             # Even the check for our cookie's name waits until the app asks.
             return Attribution.from_cookie_header(provider, cookie_header, self._read_cookies), None
@@ -277,16 +311,10 @@ class AttributionMiddleware:
         signer = self.signer
         if query_click is not None and not (self.first_click and cookie_click is not None):
             # Always (re)set, as the providers' scripts do: a landing refreshes the expiry.
-            set_cookies = self._landing_cookies(scope, query_click)
-            attribution = Attribution(
-                provider,
-                click_id=query_click,
-                source="query",
-                partner_raw=partner_raw,
-                captured=True,
-                verified=signer is not None,
-            )
-            return attribution, set_cookies
+            set_cookies = self._landing_cookies.headers(scope, query_click)
+            return Attribution.from_landing(
+                provider, query_click, partner_raw, verified=signer is not None
+            ), set_cookies
 
         # Also on a first-click landing that keeps the older cookie: the companion keeps saying
         # what it said about that click, and the new, unused click is not signed.
@@ -302,27 +330,9 @@ class AttributionMiddleware:
         )
         return attribution, None
 
-    def _landing_cookies(
-        self, scope: Scope, click_id: str, partner_data: str | None = None
-    ) -> tuple[str, ...]:
-        """The Set-Cookie values of a landing on ``click_id`` (and its partner data)."""
-        host = host_of(scope, forwarded=self.forwarded_host)
-        https = is_https(scope, forwarded=self.forwarded_host)
-        cookies = [self.cookie.header(self.provider.cookie_name, click_id, host=host, https=https)]
-        if self.signer is not None:
-            # The server saw this click arrive: vouch for it, and say when.
-            token = self.signer.sign(click_id)
-            cookies.append(
-                self.signed_cookie.header(self.signed_cookie_name, token, host=host, https=https)
-            )
-        partner_cookie = self.provider.partner_cookie
-        if partner_data is not None and partner_cookie is not None:
-            cookies.append(self.cookie.header(partner_cookie, partner_data, host=host, https=https))
-        return tuple(cookies)
-
     async def _partner_landing(
         self, scope: Scope, attribution: Attribution
-    ) -> tuple[Attribution, tuple[str, ...]] | None:
+    ) -> tuple[Attribution, tuple[Header, ...]] | None:
         """A `?via=` landing: a click minted by the provider, within ``click_timeout``."""
         partners = self._partners
         if partners is None or partners.wants_click(scope) is None:
@@ -335,15 +345,10 @@ class AttributionMiddleware:
         if click is None:
             return None
         partner_data = click.partner_data_cookie
-        landed = Attribution(
-            self.provider,
-            click_id=click.click_id,
-            source="query",
-            partner_raw=partner_data,
-            captured=True,
-            verified=self.signer is not None,
+        landed = Attribution.from_landing(
+            self.provider, click.click_id, partner_data, verified=self.signer is not None
         )
-        return landed, self._landing_cookies(scope, click.click_id, partner_data)
+        return landed, self._landing_cookies.headers(scope, click.click_id, partner_data)
 
     def _pick(self, cookies: dict[str, str]) -> tuple[str | None, str | None]:
         """The first valid click cookie (current name, then legacy ones) and the partner cookie."""
@@ -356,11 +361,6 @@ class AttributionMiddleware:
                 click = None
         partner = self.provider.partner_cookie
         return click, cookies.get(partner) if partner else None
-
-    def _read_cookies(self, header: bytes) -> tuple[str | None, str | None]:
-        if not self._cookie_needle(header):
-            return None, None
-        return self._pick(self._reader.read(header))
 
     def _signed_token(self, scope: Scope, cookies: dict[str, str]) -> str | None:
         token = cookies.get(self.signed_cookie_name)
