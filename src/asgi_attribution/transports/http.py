@@ -309,11 +309,15 @@ class HTTPTransport(Transport):
         response = await engine.request(
             request.method, request.target, request.body(), {"Idempotency-Key": event_id}
         )
+        status = response.status
+        target = f"{request.method} {base}{request.target}"
+        if 200 <= status < 300:  # the answer's meaning is in its body: no header to look up
+            return Answer(status, parse_json(response.body), "", target)
         return Answer(
-            response.status,
+            status,
             parse_json(response.body),
             "",
-            f"{request.method} {base}{request.target}",
+            target,
             location=response.header(b"location"),
             retry_after=response.header(b"retry-after"),
         )
