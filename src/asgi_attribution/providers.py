@@ -18,6 +18,10 @@ from .limits import DUB_PAYMENT_PROCESSORS, PIMMS_PAYMENT_PROCESSORS
 __all__ = ["DUB", "PIMMS", "Outcome", "Provider", "ProviderRequest", "get_provider"]
 
 
+# One encoder for every body: json.dumps with options builds a new encoder per call.
+_encode_body = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderRequest:
     """One HTTP request to a provider, without credentials.
@@ -56,9 +60,7 @@ class ProviderRequest:
         """
         if self.method == "GET":
             return b""
-        return json.dumps(
-            self.json, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
+        return _encode_body(self.json).encode()
 
 
 # Event fields -> JSON keys shared by both providers (both speak camelCase).
