@@ -56,7 +56,11 @@ class LandingQuery:
         self.provider = provider
         self._param = provider.query_param
         self._no_track = provider.no_track_param
-        self._accepts = provider.accepts_click_id
+        # Only placeholders are refused: without any (and the method not overridden), nothing
+        # is asked.
+        default = type(provider).accepts_click_id is Provider.accepts_click_id
+        plain = default and not provider.placeholder_click_ids
+        self._accepts = None if plain else provider.accepts_click_id
         #: Bytes whose absence from the query means no landing (a cheap first test).
         self.needle = provider.query_param.encode() + b"="
         self._where = f"query {provider.query_param}"
@@ -97,7 +101,8 @@ class LandingQuery:
                 clean = _CLEAN_CLICK(query, start)
                 if clean is not None:  # the usual landing: a valid id, one regex call
                     click = clean[1].decode()
-                    return click if self._accepts(click) else None
+                    accepts = self._accepts
+                    return click if accepts is None or accepts(click) else None
                 end = query.find(b"&", start)
                 raw = query[start:] if end < 0 else query[start:end]
             else:  # "xdub_id=": the parameter, if any, is further on
@@ -111,7 +116,8 @@ class LandingQuery:
         if is_click_id(click) is None:
             click = valid_click_id(click, where=self._where)  # logs why it is ignored
         # A placeholder (PIMMS' `?pimms_id=1`) never overwrites a real click.
-        return click if click is None or self._accepts(click) else None
+        accepts = self._accepts
+        return click if click is None or accepts is None or accepts(click) else None
 
 
 class LandingCookies:
@@ -153,7 +159,7 @@ class LandingCookies:
         self._forwarded = forwarded
         # The click cookie's attributes, encoded, by raw Host header (or host name) and scheme:
         # a landing then decodes and encodes nothing but the click id.
-        self._attributes: dict[tuple[bytes | str, bool], bytes] = {}
+        self._attributes: dict[tuple[bytes | str, object], bytes] = {}
 
     def headers(
         self,
@@ -169,12 +175,11 @@ class LandingCookies:
             key = named = host_of(scope, forwarded=forwarded)
         else:
             key, named = host, None
-        if forwarded:
-            https = is_https(scope, forwarded=True)
-        else:
-            https = scope.get("scheme") in ("https", "wss")
-        attributes = self._attributes.get((key, https))
+        # Keyed by the scheme itself: whether it is https is asked on a miss only.
+        scheme = scope.get("scheme") if not forwarded else is_https(scope, forwarded=True)
+        attributes = self._attributes.get((key, scheme))
         if attributes is None:
+            https = scheme is True or scheme in ("https", "wss")
             if named is None:
                 named = key.decode("latin-1") if isinstance(key, bytes) else key
             # ASCII (a validated path and domain): UTF-8 is Latin-1 here, by the fastest codec.
@@ -182,12 +187,13 @@ class LandingCookies:
             if len(key) <= 260:  # as the policy's own cache: no hostile giants, no flood
                 if len(self._attributes) >= 256:
                     self._attributes.clear()
-                self._attributes[(key, https)] = attributes
+                self._attributes[(key, scheme)] = attributes
         click = (b"set-cookie", self._prefix + click_id.encode() + attributes)
         if self._signer is None and partner_data is None:
             return (click,)
         if named is None:
             named = key.decode("latin-1") if isinstance(key, bytes) else key
+        https = scheme is True or scheme in ("https", "wss")
         policy = self._policy
         cookies = [click]
         if self._signer is not None:
@@ -213,7 +219,7 @@ class Landing:
         ('c1', ((b'set-cookie', b'dub_id=c1; Max-Age=7776000; Path=/; SameSite=Lax'),))
     """
 
-    __slots__ = ("_clicks", "_cookies", "_first_click", "_provider", "_query")
+    __slots__ = ("_cached", "_clicks", "_cookies", "_first_click", "_prefix", "_provider", "_query")
 
     def __init__(
         self,
@@ -228,6 +234,11 @@ class Landing:
         self._clicks = clicks
         self._cookies = cookies
         self._first_click = first_click
+        # The usual landing (Host header read, nothing to sign, no proxy to ask) looks its
+        # cookie's attributes up here, without a call into `cookies`.
+        plain = not cookies._forwarded and cookies._signer is None
+        self._cached = cookies._attributes if plain else None
+        self._prefix = cookies._prefix
 
     def attribute(
         self, scope: Scope, query: bytes, at: int, header: bytes | None
@@ -248,12 +259,17 @@ class Landing:
                     ), None
             else:
                 partner = self._clicks.partner(header)
-        landed = Attribution.from_landing(provider, click, partner, verified=False)
+        landed = Attribution.from_landing(provider, click, partner)
         host = None
         for name, value in scope["headers"]:
             if name == b"host":  # usually the first header
                 host = value
                 break
+        cached = self._cached
+        if cached is not None and host is not None:
+            attributes = cached.get((host, scope.get("scheme")))
+            if attributes is not None:
+                return landed, ((b"set-cookie", self._prefix + click.encode() + attributes),)
         return landed, self._cookies.headers(scope, click, host=host)
 
 
