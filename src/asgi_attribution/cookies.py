@@ -117,7 +117,7 @@ class ClickCookies:
         self,
         names: Iterable[str],
         partner: str | None = None,
-        accepts: Callable[[str], bool] = bool,
+        accepts: Callable[[str], bool] | None = None,
     ) -> None:
         self._clicks = tuple((*_finder(name), f"cookie {name}") for name in names)
         self._partner = None if partner is None else _finder(partner)
@@ -144,7 +144,7 @@ class ClickCookies:
                 if value is None:
                     continue
                 click = value if is_click_id(value) else valid_click_id(value, where=where)
-            if click is not None and self._accepts(click):
+            if click is not None and (self._accepts is None or self._accepts(click)):
                 break
             click = None
         partner = self._partner

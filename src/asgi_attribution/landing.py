@@ -41,13 +41,13 @@ class LandingQuery:
     """
 
     __slots__ = (
-        "_accepts",
         "_no_track",
         "_no_track_bytes",
         "_no_track_search",
         "_param",
         "_search",
         "_where",
+        "accepts",
         "needle",
         "provider",
     )
@@ -60,7 +60,8 @@ class LandingQuery:
         # is asked.
         default = type(provider).accepts_click_id is Provider.accepts_click_id
         plain = default and not provider.placeholder_click_ids
-        self._accepts = None if plain else provider.accepts_click_id
+        #: The provider's ``accepts_click_id``, or ``None`` when it accepts every valid id.
+        self.accepts = None if plain else provider.accepts_click_id
         #: Bytes whose absence from the query means no landing (a cheap first test).
         self.needle = provider.query_param.encode() + b"="
         self._where = f"query {provider.query_param}"
@@ -101,7 +102,7 @@ class LandingQuery:
                 clean = _CLEAN_CLICK(query, start)
                 if clean is not None:  # the usual landing: a valid id, one regex call
                     click = clean[1].decode()
-                    accepts = self._accepts
+                    accepts = self.accepts
                     return click if accepts is None or accepts(click) else None
                 end = query.find(b"&", start)
                 raw = query[start:] if end < 0 else query[start:end]
@@ -116,7 +117,7 @@ class LandingQuery:
         if is_click_id(click) is None:
             click = valid_click_id(click, where=self._where)  # logs why it is ignored
         # A placeholder (PIMMS' `?pimms_id=1`) never overwrites a real click.
-        accepts = self._accepts
+        accepts = self.accepts
         return click if click is None or accepts is None or accepts(click) else None
 
 

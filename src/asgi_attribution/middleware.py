@@ -177,7 +177,8 @@ class AttributionMiddleware:
 
         self._reader = CookieReader(managed)
         # The lazy read behind `Attribution.click_id`: one call, as the app reads it.
-        self._clicks = ClickCookies(p.cookie_names, p.partner_cookie, p.accepts_click_id)
+        self._landing = LandingQuery(p)
+        self._clicks = ClickCookies(p.cookie_names, p.partner_cookie, self._landing.accepts)
         self._read_cookies = self._clicks.read  # bound once, not on every request
         self._landing_cookies = LandingCookies(
             p, self.cookie, self.signer, forwarded=forwarded_host
@@ -191,7 +192,6 @@ class AttributionMiddleware:
         if p.partner_cookie:
             needles.append(p.partner_cookie.encode() + b"=")
         self._cookie_needle = re.compile(b"|".join(map(re.escape, needles))).search
-        self._landing = LandingQuery(p)
         self._needle = self._landing.needle if capture_landing else None
         # Partner links on the site itself (`?via=john`) carry no click id: with refer_domain,
         # the server asks the provider for one, as its browser script would.
