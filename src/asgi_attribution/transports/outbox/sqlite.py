@@ -288,9 +288,12 @@ class SQLiteOutbox(SQLiteAdmin):
         finally:
             self._now_lock.release()
         self._commits_now += 1
-        if self._commits_now % CHECKPOINT_EVERY == 0 and self._appender is not None:
-            # Fire and forget: a failed checkpoint leaves a longer WAL, the next one retries.
-            self._appender.submit(checkpoint, self._appender)
+        appender = self._appender
+        if self._commits_now % CHECKPOINT_EVERY == 0 and appender is not None:
+            # Fire and forget: a failed checkpoint leaves a longer WAL, the next one retries;
+            # a store closing meanwhile (from another thread's loop) has no thread to take it.
+            with contextlib.suppress(RuntimeError):
+                appender.submit(checkpoint, appender)
         return True
 
     # -- claims and outcomes ------------------------------------------------------------------
