@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._exceptions import DeliveryError, IntegrationError
+from ..providers import Outcome
 from .base import Delivery, TrackResult
 from .faults import per_event_not_found
 from .retry import parse_retry_after
 
-__all__ = ["RETRYABLE_STATUS", "Answer", "delivered", "error_from", "parse_json"]
+__all__ = ["RETRYABLE_STATUS", "Answer", "delivered", "error_from", "parse_json", "sent"]
 
 # Retryable below 500; every 5xx is retryable too.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -65,8 +66,7 @@ def delivered(delivery: Delivery, answer: Answer) -> TrackResult:
         'duplicate'
     """
     event = delivery.event
-    body = answer.body
-    outcome, reason = delivery.provider.outcome(event, body)
+    outcome, reason = delivery.provider.outcome(event, answer.body)
     if reason == "not_json":
         logger.warning(
             "event %s: %s answered HTTP %d with a body that is not JSON (a proxy?): "
@@ -84,11 +84,22 @@ def delivered(delivery: Delivery, answer: Answer) -> TrackResult:
             reason,
             extra={"event_id": event.event_id, "outcome": outcome, "outcome_reason": reason},
         )
+    return sent(delivery, answer, outcome, reason)
+
+
+def sent(delivery: Delivery, answer: Answer, outcome: Outcome, reason: str | None) -> TrackResult:
+    """The result of a delivery the provider answered, with what it says it did.
+
+    Example:
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> sent(Delivery(lead, DUB), Answer(200, {}, "OK", "POST /"), "recorded", None).status
+        'sent'
+    """
     return TrackResult(
         "sent",
-        event,
+        delivery.event,
         status_code=answer.status,
-        response=body,
+        response=answer.body,
         outcome=outcome,
         outcome_reason=reason,
     )

@@ -23,7 +23,7 @@ import time
 from .._exceptions import DeliveryError, IntegrationError
 from ..events import RefundEvent
 from ..providers import Outcome, ProviderRequest
-from .answers import Answer, delivered, error_from
+from .answers import Answer, delivered, error_from, sent
 from .base import Delivery, TrackResult
 from .retry import RetryPolicy
 
@@ -111,14 +111,7 @@ def _finished(delivery: Delivery, answer: Answer, outcome: Outcome, reason: str)
         reason,
         extra={"event_id": event.event_id, "outcome": outcome, "outcome_reason": reason},
     )
-    return TrackResult(
-        "sent",
-        event,
-        status_code=answer.status,
-        response=answer.body,
-        outcome=outcome,
-        outcome_reason=reason,
-    )
+    return sent(delivery, answer, outcome, reason)
 
 
 def after_lookup(
