@@ -6,20 +6,16 @@ provider-neutral event into the exact HTTP request the provider's API expects.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from ._exceptions import InvalidEventError
 from .events import CustomerEvent, Event, LeadEvent, RefundEvent, SaleEvent
+from .jsoncodec import dumps
 from .limits import DUB_PAYMENT_PROCESSORS, PIMMS_PAYMENT_PROCESSORS
 
 __all__ = ["DUB", "PIMMS", "Outcome", "Provider", "ProviderRequest", "get_provider"]
-
-
-# One encoder for every body: json.dumps with options builds a new encoder per call.
-_encode_body = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +56,7 @@ class ProviderRequest:
         """
         if self.method == "GET":
             return b""
-        return _encode_body(self.json).encode()
+        return dumps(self.json)
 
 
 # Event fields -> JSON keys shared by both providers (both speak camelCase).

@@ -8,12 +8,12 @@ event are faults of the whole integration; other 4xx are final for the event.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from .._exceptions import DeliveryError, IntegrationError
+from ..jsoncodec import loads
 from ..providers import Outcome
 from .base import Delivery, TrackResult
 from .faults import per_event_not_found
@@ -34,9 +34,8 @@ def parse_json(body: bytes) -> Any:
         ({'ok': True}, None)
     """
     try:
-        # Decoded first: json.loads(bytes) sniffs the encoding of every answer (JSON is UTF-8).
-        return json.loads(body.decode()) if body else None
-    except ValueError:  # UnicodeDecodeError too
+        return loads(body) if body else None
+    except ValueError:  # not UTF-8 either
         return None
 
 

@@ -14,13 +14,13 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httptools
 
+from ...jsoncodec import loads
 from .errors import AttemptTimeout, ConnectionClosed, EngineError, ProtocolError, ResponseTooLarge
 
 __all__ = ["Connection", "Limits", "Response"]
@@ -89,7 +89,7 @@ class Response:
             True
         """
         try:
-            return json.loads(self.body)
+            return loads(self.body)
         except ValueError:
             return None
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..._exceptions import OutboxError
+from ...jsoncodec import dumps
 from .rows import RETRY_REFUSED, OutboxRow
 
 __all__ = [
@@ -33,8 +33,6 @@ logger = logging.getLogger("asgi_attribution")
 T = TypeVar("T")
 #: WAL frames (pages: 4 KiB each) past which a checkpoint holds writers off to restart it.
 WAL_RESTART_FRAMES = 4096
-# One encoder: json.dumps with options builds a new one per call.
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Worker:
@@ -175,7 +173,7 @@ def insert_rows(conn: sqlite3.Connection, *, rows: list[OutboxRow]) -> None:
                 r.event_id,
                 r.provider,
                 r.kind,
-                _compact(r.event),
+                dumps(r.event).decode(),
                 r.next_attempt_at,
                 r.created_at,
                 r.updated_at,
