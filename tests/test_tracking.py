@@ -24,6 +24,7 @@ from asgi_attribution import (
     MemoryTransport,
     SaleEvent,
     Tracker,
+    TrackResult,
     track_customer,
     track_lead,
     track_sale,
@@ -465,3 +466,26 @@ async def test_a_track_call_can_be_given_to_a_task() -> None:
     )
     assert (await task).status == "sent"
     assert [e.event_id for e in transport.events] == [task.result().event_id]
+
+
+def test_track_result_init_matches_its_fields_and_stays_frozen() -> None:
+    """TrackResult's hand-written __init__ (fast: one dict) takes exactly its fields."""
+    import dataclasses
+    import inspect
+
+    params = list(inspect.signature(TrackResult.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(TrackResult)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, field in zip(params, fields, strict=True):
+        expected = (
+            inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+        )
+        assert param.default == expected, field.name
+    result = TrackResult("sent", None, status_code=200, outcome="recorded")
+    assert dataclasses.asdict(result)["status_code"] == 200
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.status = "queued"  # type: ignore[misc]
+    again = dataclasses.replace(result, status="queued")
+    assert (again.status, again.status_code, again.outcome) == ("queued", 200, "recorded")
+    assert hash(result) == hash(TrackResult("sent", None, status_code=200, outcome="recorded"))
+    assert result == TrackResult("sent", status_code=200, outcome="recorded")

@@ -39,7 +39,8 @@ def parse_json(body: bytes) -> Any:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs an object.__setattr__ per field (bench/README.md).
+@dataclass(slots=True)
 class Answer:
     """One HTTP answer, as much of it as deciding what it means needs.
 
