@@ -22,6 +22,7 @@ from asgi_attribution import (
     Delivery,
     DeliveryError,
     HTTPTransport,
+    IntegrationError,
     MemoryTransport,
     QueueFullError,
     RetryPolicy,
@@ -552,3 +553,27 @@ async def test_each_provider_gets_its_own_key_from_the_environment(
         await transport.aclose()
     assert [r.status for r in dub.requests] == [200, 200]  # after PIMMS, Dub's key again
     assert [r.status for r in pimms.requests] == [200]
+
+
+async def test_a_key_rotated_in_the_environment_is_used_from_the_next_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgi_attribution import DUB, LeadEvent
+
+    lead = LeadEvent(click_id="c", event_name="e", customer_external_id="u")
+    provider = FakeProvider("dub", api_key="dub_new_key")
+    with serve_in_thread(provider) as url:
+        transport = HTTPTransport(base_url=url, retry=FAST)
+        try:
+            monkeypatch.setenv("DUB_API_KEY", "dub_old_key")
+            with pytest.raises(IntegrationError):  # the fake knows only the new key: 401
+                await transport.attempt(Delivery(lead, DUB))
+            monkeypatch.setenv("DUB_API_KEY", "dub_new_key")
+            assert (await transport.attempt(Delivery(lead, DUB))).status == "sent"
+            monkeypatch.delenv("DUB_API_KEY")
+            with pytest.raises(IntegrationError) as missing:
+                await transport.attempt(Delivery(lead, DUB))
+            assert missing.value.code == "missing_api_key"
+        finally:
+            await transport.aclose()
+    assert [r.status for r in provider.requests] == [401, 200]

@@ -31,7 +31,7 @@ from ..events import RefundEvent
 from ..providers import ProviderRequest
 from .answers import RETRYABLE_STATUS, Answer, delivered, error_from, parse_json
 from .base import Delivery, DeliveryStats, TrackResult, Transport
-from .engine import Engine, EngineError, proxies_configured
+from .engine import Engine, EngineError, Response, proxies_configured
 from .refunds import REFUND_WINDOW, CommissionWaits, after_lookup, after_update
 from .retry import RetryPolicy
 
@@ -94,6 +94,10 @@ class HTTPTransport(Transport):
         self._engines: dict[tuple[str, SecretStr], Engine] = {}
         self._engine_loop: asyncio.AbstractEventLoop | None = None
         self._use_engine: bool | None = None
+        self._last_engine: tuple[object, object, object, str, Engine | None] = (
+            None, None, None, "", None)  # fmt: skip
+        # The key read from the environment, as a SecretStr kept while the variable holds it.
+        self._env_keys: dict[str, SecretStr] = {}
         if stats is not None:  # counts ``retried`` (shared with the tracker's stats)
             self.stats = stats
 
@@ -168,13 +172,18 @@ class HTTPTransport(Transport):
         # Looked up per event, never cached: one transport (e.g. an outbox worker) may carry
         # events of several providers, and each must get its own provider's key.
         env = delivery.provider.api_key_env
+        # No local holds the raw key (frame locals, again); the same value, the same SecretStr.
+        known = self._env_keys.get(env)
+        if known is not None and known.get_secret_value() == os.environ.get(env):
+            return known
         if not os.environ.get(env):
             raise IntegrationError(
                 delivery.event.event_id,
                 "missing_api_key",
                 f"no API key: pass api_key= or set {env}",
             )
-        return SecretStr(os.environ[env])
+        known = self._env_keys[env] = SecretStr(os.environ[env])
+        return known
 
     async def attempt(self, delivery: Delivery) -> TrackResult:
         """One request (a refund: its lookup, then its update); failures raise
@@ -226,12 +235,17 @@ class HTTPTransport(Transport):
     ) -> Answer:
         """Send ``request``, counted as an attempt; a network failure raises DeliveryError."""
         event_id = delivery.event.event_id
-        started = time.monotonic()
+        stats = self.stats
+        # An attempt moves no counter: it is timed only for an observer.
+        started = time.monotonic() if stats.observers else None
         status: int | None = None
         try:
             engine = self._shared_engine(base, key, delivery.provider.extra_headers)
             if engine is not None:
-                answer = await self._engine_request(engine, base, request, event_id)
+                response = await engine.request(
+                    request.method, request.target, request.body(), {"Idempotency-Key": event_id}
+                )
+                answer = _engine_answer(response, f"{request.method} {base}{request.target}")
             else:
                 # httpx.Headers masks Authorization in its repr (frame locals, again).
                 headers = httpx.Headers(
@@ -261,9 +275,9 @@ class HTTPTransport(Transport):
         except httpx.InvalidURL as exc:
             raise DeliveryError(event_id, "invalid_url", str(exc)) from None
         finally:
-            self.stats.count(
-                "attempt", delivery, duration=time.monotonic() - started, status_code=status
-            )
+            if started is not None:
+                duration = time.monotonic() - started
+                stats.count("attempt", delivery, duration=duration, status_code=status)
         return answer
 
     def _shared_engine(self, base: str, key: SecretStr, extra: Mapping[str, str]) -> Engine | None:
@@ -281,6 +295,10 @@ class HTTPTransport(Transport):
         if not self._use_engine:
             return None
         loop = asyncio.get_running_loop()
+        # The engine of the previous call, while its table, loop, key and base still hold.
+        last = self._last_engine
+        if last[0] is self._engines and last[1] is loop and last[2] is key and last[3] == base:
+            return last[4]
         with self._lock:
             if self._engine_loop is not loop:
                 home = self._engine_loop
@@ -301,26 +319,8 @@ class HTTPTransport(Transport):
                     base, concurrency=self.concurrency, timeout=self.timeout, headers=headers
                 )
                 self._engines[(base, key)] = engine
+            self._last_engine = (self._engines, loop, key, base, engine)
             return engine
-
-    async def _engine_request(
-        self, engine: Engine, base: str, request: ProviderRequest, event_id: str
-    ) -> Answer:
-        response = await engine.request(
-            request.method, request.target, request.body(), {"Idempotency-Key": event_id}
-        )
-        status = response.status
-        target = f"{request.method} {base}{request.target}"
-        if 200 <= status < 300:  # the answer's meaning is in its body: no header to look up
-            return Answer(status, parse_json(response.body), "", target)
-        return Answer(
-            status,
-            parse_json(response.body),
-            "",
-            target,
-            location=response.header(b"location"),
-            retry_after=response.header(b"retry-after"),
-        )
 
     async def _httpx_request(
         self, request: ProviderRequest, url: str, headers: httpx.Headers, alone: bool = False
@@ -344,3 +344,18 @@ class HTTPTransport(Transport):
             location=response.headers.get("location"),
             retry_after=response.headers.get("retry-after"),
         )
+
+
+def _engine_answer(response: Response, target: str) -> Answer:
+    """The engine's ``response`` as an :class:`Answer` (a 2xx: from its body alone)."""
+    status = response.status
+    if 200 <= status < 300:  # the answer's meaning is in its body: no header to look up
+        return Answer(status, parse_json(response.body), "", target)
+    return Answer(
+        status,
+        parse_json(response.body),
+        "",
+        target,
+        location=response.header(b"location"),
+        retry_after=response.header(b"retry-after"),
+    )
