@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from ._exceptions import InvalidEventError
-from .events import VISITOR_FIELDS, validate_event
+from .events import VISITOR_FIELDS, validate_fields
 from .providers import Provider
 from .transports.base import Delivery
 
@@ -56,9 +56,10 @@ def build_event(
         'u1'
     """
     _external_id(kind, fields, id_field)
+    fields.update(more)
     warnings: tuple[str, ...] = ()
     try:
-        event = validate_event(kind, **fields, **more)
+        event = validate_fields(kind, fields)
     except InvalidEventError as exc:
         # What a visitor typed (a long name, an IDN email) must not cost the lead: the event
         # goes without those fields. A required field still raises.
@@ -67,7 +68,7 @@ def build_event(
         warnings = tuple(f"{name}: {reason}" for name, reason in exc.errors)
         for name in exc.fields:
             fields.pop(name, None)
-        event = validate_event(kind, **fields, **more)
+        event = validate_fields(kind, fields)
         logger.warning(
             "%s %s sent without what broke a limit: %s",
             kind,

@@ -49,6 +49,7 @@ __all__ = [
     "SaleEvent",
     "new_event_id",
     "validate_event",
+    "validate_fields",
 ]
 
 Mode = Literal["async", "wait", "deferred"]
@@ -257,10 +258,22 @@ def validate_event(kind: str, **fields: Any) -> Event:
         ...                customer_external_id="u_1").event_name
         'Sign up'
     """
+    return validate_fields(kind, fields)
+
+
+def validate_fields(kind: str, fields: dict[str, Any]) -> Event:
+    """:func:`validate_event` for fields already in a dict (it may be changed).
+
+    Example:
+        >>> validate_fields("sale", {"customer_external_id": "u_1", "amount": 100}).amount
+        100
+    """
     model = _MODELS[kind]
-    values = {key: value for key, value in fields.items() if value is not None}
+    for key in [key for key, value in fields.items() if value is None]:
+        del fields[key]
     try:
-        return model(**values)
+        # model_validate(dict): the fields as they are, not unpacked into keywords and back.
+        return model.model_validate(fields)
     except ValidationError as exc:
         errors = [
             (".".join(str(part) for part in err["loc"]) or kind, _reason(err))
