@@ -120,6 +120,26 @@ async def test_post_and_patch_with_headers_and_body(uvicorn_url: str) -> None:
     assert (patch.json()["method"], patch.json()["port"]) == ("PATCH", seen["port"])  # reused
 
 
+async def test_the_idempotency_key_is_sent_as_a_header_and_checked_like_one(
+    uvicorn_url: str,
+) -> None:
+    engine = Engine(uvicorn_url, headers={"Authorization": "Bearer k"})
+    try:
+        sent = await engine.request("POST", "/x", b"{}", idempotency_key="evt_1")
+        assert sent.json()["headers"]["idempotency-key"] == "evt_1"
+        with pytest.raises(ValueError, match="CR, LF or NUL"):  # header injection
+            await engine.request("POST", "/x", b"{}", idempotency_key="evt_1\r\nX-Evil: 1")
+        with pytest.raises(UnicodeEncodeError):  # as any other header that is not ASCII
+            await engine.request("POST", "/x", b"{}", idempotency_key="évt")
+        tab = engine.encode("POST", "/x", b"", None, "a\tb")  # printable it is not, valid it is
+        assert b"\r\nIdempotency-Key: a\tb\r\n" in tab
+        assert engine.encode("POST", "/x", b"", None, "k") == engine.encode(
+            "POST", "/x", b"", {"Idempotency-Key": "k"}
+        )
+    finally:
+        await engine.aclose()
+
+
 async def test_chunked_close_and_bodyless_answers(uvicorn_url: str) -> None:
     engine = Engine(uvicorn_url)
     try:

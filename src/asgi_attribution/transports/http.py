@@ -243,7 +243,7 @@ class HTTPTransport(Transport):
             engine = self._shared_engine(base, key, delivery.provider.extra_headers)
             if engine is not None:
                 response = await engine.request(
-                    request.method, request.target, request.body(), {"Idempotency-Key": event_id}
+                    request.method, request.target, request.body(), idempotency_key=event_id
                 )
                 answer = _engine_answer(response, f"{request.method} {base}{request.target}")
             else:

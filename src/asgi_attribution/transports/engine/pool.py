@@ -159,7 +159,12 @@ class Engine:
         return f"Engine('{scheme}://{self.host}:{self.port}{self.prefix}')"
 
     def encode(
-        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        idempotency_key: str | None = None,
     ) -> bytes:
         """The whole request as bytes: request line, headers, ``Content-Length``, body.
 
@@ -176,6 +181,13 @@ class Engine:
             if len(self.heads) < 64:  # a few routes; per-customer PATCH paths are not kept
                 self.heads[(method, path)] = head
         extra = _header_lines(headers) if headers else b""
+        if idempotency_key is not None:
+            # Every attempt's one header of its own, without the general path (a third of the
+            # request's encoding). Anything but printable ASCII takes it, to pass or to raise.
+            if idempotency_key.isascii() and idempotency_key.isprintable():
+                extra += b"Idempotency-Key: " + idempotency_key.encode() + b"\r\n"
+            else:
+                extra += _header_lines({"Idempotency-Key": idempotency_key})
         return b"".join((head, extra, b"Content-Length: %d\r\n\r\n" % len(body), body))
 
     async def request(
@@ -184,16 +196,19 @@ class Engine:
         path: str,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Response:
         """Send one request and return the complete response, or raise an :class:`EngineError`.
 
-        ``path`` is appended to the base URL's path; ``headers`` are added to the engine's.
+        ``path`` is appended to the base URL's path; ``headers`` (and an ``Idempotency-Key``
+        header, when given) are added to the engine's.
         """
         if self.closed:
             raise RuntimeError("the engine is closed")
         # Sealed: the bytes carry the Authorization header, and error reporters that capture
         # frame locals (Sentry) must not see it while this frame awaits the answer.
-        sealed = _Sealed((self.encode(method, path, body, headers),))
+        sealed = _Sealed((self.encode(method, path, body, headers, idempotency_key),))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         resends = 0
