@@ -31,6 +31,7 @@ from asgi_attribution import (
     tracks_lead,
 )
 from asgi_attribution.testing import CapturedEvents, capture_events
+from asgi_attribution.transports.outbox import OutboxRow
 from tests.support.asgi import client_for
 
 pytestmark = pytest.mark.anyio
@@ -468,24 +469,29 @@ async def test_a_track_call_can_be_given_to_a_task() -> None:
     assert [e.event_id for e in transport.events] == [task.result().event_id]
 
 
-def test_track_result_init_matches_its_fields_and_stays_frozen() -> None:
-    """TrackResult's hand-written __init__ (fast: one dict) takes exactly its fields."""
+@pytest.mark.parametrize("cls", [TrackResult, OutboxRow])
+def test_the_cheaper_init_of_frozen_results_takes_their_fields_and_keeps_them_frozen(
+    cls: type[Any],
+) -> None:
+    """dict_init (one dict instead of an object.__setattr__ per field) changes nothing else."""
     import dataclasses
     import inspect
 
-    params = list(inspect.signature(TrackResult.__init__).parameters.values())[1:]
-    fields = dataclasses.fields(TrackResult)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(cls)
     assert [p.name for p in params] == [f.name for f in fields]
     for param, field in zip(params, fields, strict=True):
-        expected = (
-            inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
-        )
-        assert param.default == expected, field.name
-    result = TrackResult("sent", None, status_code=200, outcome="recorded")
-    assert dataclasses.asdict(result)["status_code"] == 200
+        missing = field.default is dataclasses.MISSING
+        assert param.default == (inspect.Parameter.empty if missing else field.default)
+    if cls is TrackResult:
+        value = TrackResult("sent", None, status_code=200, outcome="recorded")
+        assert hash(value) == hash(TrackResult("sent", status_code=200, outcome="recorded"))
+    else:
+        value = OutboxRow("evt_1", "dub", "lead", {"click_id": "c"}, attempts=2)
+    assert value == dataclasses.replace(value) and value.__dict__ == dataclasses.asdict(value)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        result.status = "queued"  # type: ignore[misc]
-    again = dataclasses.replace(result, status="queued")
-    assert (again.status, again.status_code, again.outcome) == ("queued", 200, "recorded")
-    assert hash(result) == hash(TrackResult("sent", None, status_code=200, outcome="recorded"))
-    assert result == TrackResult("sent", status_code=200, outcome="recorded")
+        value.state = "x"
+    first = fields[0].name
+    again = dataclasses.replace(value, **{first: "other"})
+    assert getattr(again, first) == "other" and again != value
+    assert fields[1].name in repr(value)
