@@ -241,6 +241,10 @@ def test_mangled_heads_are_a_response_or_an_error(head: bytes, cuts: list[int]) 
         (Answer([b"HTTP/1.1 200 OK\r\n"], endless=b"X-Pad: " + b"a" * 1000 + b"\r\n"), "headers"),
         (Answer([b"HTTP/1.1 200 OK\r\nX-Long: "], endless=b"a" * 1000), "headers"),
         (Answer([b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 21 + b"\r\n"]), "more than 20 headers"),
+        (  # counted per head: a 1xx answer's own too, split across reads
+            Answer([b"HTTP/1.1 103 Hints\r\n" + b"L: 1\r\n" * 21, b"\r\nHTTP/1.1 200 OK\r\n\r\n"]),
+            "more than 20 headers",
+        ),
         (Answer([b"HTTP/1.1 200 OK\r\nContent-Length: 20001\r\n\r\n" + b"a" * 20001]), "body"),
         (
             Answer(
@@ -266,6 +270,18 @@ async def test_huge_or_endless_answers_are_bounded(answer: Answer, message: str)
     result = await outcome(answer, timeout=5.0)
     assert isinstance(result, ResponseTooLarge)
     assert message in str(result)
+
+
+async def test_headers_up_to_the_limit_pass_whatever_the_lines_around_them() -> None:
+    """Line ends in a 1xx answer and in the body (parsed with the head) are not headers."""
+    hints = b"HTTP/1.1 103 Hints\r\n" + b"L: 1\r\n" * 20 + b"\r\n"
+    body = b"\n" * 200
+    head = b"HTTP/1.1 503 No\r\n" + b"X: 1\r\n" * 18 + b"Retry-After: 7\r\n"
+    wire = hints + head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    result = await outcome(Answer([wire]), timeout=5.0)
+    assert isinstance(result, Response), result
+    assert (result.status, result.body, result.header(b"retry-after")) == (503, body, "7")
+    assert len(result.headers) == 20 and result.headers[-1] == (b"Content-Length", b"200")
 
 
 async def test_a_stalled_answer_times_out_and_the_engine_recovers() -> None:

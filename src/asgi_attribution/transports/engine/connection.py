@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 
 from ...jsoncodec import loads
 from .errors import AttemptTimeout, ConnectionClosed, EngineError, ProtocolError, ResponseTooLarge
+from .heads import header_pairs
 
 __all__ = ["Connection", "Limits", "Response"]
 
@@ -48,22 +49,43 @@ class Limits:
         return self.max_header_bytes + 4 * self.max_body_bytes
 
 
-# Not frozen: a frozen dataclass's __init__ costs three object.__setattr__ calls per response.
-@dataclass(slots=True)
 class Response:
-    """A complete response: status, raw header pairs (as the server sent them), body.
+    """A complete response: status, header pairs (as the server sent them), body.
+
+    The engine's responses keep the raw bytes of their head and parse the pairs only when
+    :attr:`headers` or :meth:`header` is first read (see :mod:`.heads`).
 
     Example:
         >>> Response(204, [], b"").header(b"retry-after") is None
         True
     """
 
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    # Lowercase name -> first value, built by the first header() call (callers ask for two or
-    # three names per response: one pass over the headers instead of one per name).
-    _index: dict[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    __slots__ = ("_head", "_headers", "_index", "body", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | None,
+        body: bytes,
+        head: bytes = b"",
+    ) -> None:
+        self.status = status
+        self.body = body
+        self._headers = headers
+        self._head = head  # the bytes received up to the end of the head, when headers is None
+        # Lowercase name -> first value, built by the first header() call (callers ask for two
+        # or three names per response: one pass over the headers instead of one per name).
+        self._index: dict[bytes, bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}, {len(self.body)} bytes of body>"
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header pairs, names and values as received (names in their own case)."""
+        if self._headers is None:
+            self._headers = header_pairs(self._head)[0]
+        return self._headers
 
     def header(self, name: bytes) -> str | None:
         """The first value of header ``name`` (lowercase bytes), decoded as Latin-1, or None.
@@ -94,11 +116,12 @@ class Response:
             return None
 
 
-def _body_until_close(headers: list[tuple[bytes, bytes]], status: int) -> bool:
-    """True when the body of this response ends when the server closes the connection."""
+def _body_until_close(head: bytes, status: int) -> bool:
+    """True when the body of the response with this head ends when the server closes."""
     if status in (204, 304):
         return False
-    return not any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers)
+    framing = (b"content-length", b"transfer-encoding")
+    return not any(k.lower() in framing for k, _ in header_pairs(head)[0])
 
 
 class Connection(asyncio.Protocol):
@@ -135,11 +158,14 @@ class Connection(asyncio.Protocol):
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        # The bytes of this response up to the end of its head (1xx answers included, so not
+        # forgotten by reset): its headers are parsed from them only when asked for (.heads).
+        self.head: list[bytes] = []
+        self.raw_head = b""
         self.reset()
 
     def reset(self) -> None:
         """Forget the message being parsed (before a request, and after a 1xx answer)."""
-        self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_size = 0
         self.head_size = 0
@@ -165,7 +191,7 @@ class Connection(asyncio.Protocol):
         By ``deadline`` (loop time) the waiter has the response, or fails with
         :class:`AttemptTimeout` and the connection is dropped.
         """
-        self.headers = []
+        self.head = []
         self.body = []
         self.body_size = self.head_size = self.received = 0
         self.headers_done = self.informational = False
@@ -237,6 +263,8 @@ class Connection(asyncio.Protocol):
         if self.received > self.max_response:
             self.fail(ResponseTooLarge(f"response over {self.max_response} bytes"))
             return
+        if not self.headers_done:
+            self.head.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -261,7 +289,7 @@ class Connection(asyncio.Protocol):
             self.timer = None
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            if self.headers_done and _body_until_close(self.headers, self.status):
+            if self.headers_done and _body_until_close(self.raw_head, self.status):
                 self.complete()
             else:
                 reason = f": {exc}" if exc else ""
@@ -286,22 +314,13 @@ class Connection(asyncio.Protocol):
         waiter, self.waiter = self.waiter, None
         body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
         if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self.status, self.headers, body))
+            waiter.set_result(Response(self.status, None, body, self.raw_head))
 
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self.waiter is None:  # a second response to one request
             self.error = ProtocolError("the server sent more than one response")
-            raise self.error
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.headers_done:
-            return  # a trailer (after a chunked body): not kept
-        headers = self.headers
-        headers.append((name, value))
-        if len(headers) > self.max_headers:
-            self.error = ResponseTooLarge(f"more than {self.max_headers} headers")
             raise self.error
 
     def on_headers_complete(self) -> None:
@@ -311,6 +330,11 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self.headers_done = True
+        head = self.raw_head = self.head[0] if len(self.head) == 1 else b"".join(self.head)
+        # A head of N headers has N + 2 line ends: only one with more can break the limit.
+        if head.count(b"\n") > self.max_headers + 2 and header_pairs(head)[1] > self.max_headers:
+            self.error = ResponseTooLarge(f"more than {self.max_headers} headers")
+            raise self.error
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -330,4 +354,4 @@ class Connection(asyncio.Protocol):
         body = self.body
         if waiter is not None and not waiter.done():
             body_bytes = body[0] if len(body) == 1 else b"".join(body)
-            waiter.set_result(Response(self.status, self.headers, body_bytes))
+            waiter.set_result(Response(self.status, None, body_bytes, self.raw_head))
