@@ -237,7 +237,7 @@ def delivery_table(r: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"### 6. Client CPU per delivered event against nginx `return 200` ({d['rounds']} rounds, "
-        "interleaved; medians)",
+        "interleaved; the least of the rounds)",
         "",
         "| Client | CPU/event | vs floor (same transport) |",
         "|---|---:|---:|",
