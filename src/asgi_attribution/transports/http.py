@@ -169,10 +169,11 @@ class HTTPTransport(Transport):
     def _key(self, delivery: Delivery) -> SecretStr:
         if self.api_key is not None:
             return self.api_key
-        # Looked up per event, never cached: one transport (e.g. an outbox worker) may carry
-        # events of several providers, and each must get its own provider's key.
+        # Read per event: one transport (e.g. an outbox worker) may carry events of several
+        # providers, each with its own provider's key, and a key rotated in the environment
+        # holds from the next event. The SecretStr is kept while the value stays (so is the
+        # engine made for it), and no local ever holds the raw key (frame locals, again).
         env = delivery.provider.api_key_env
-        # No local holds the raw key (frame locals, again); the same value, the same SecretStr.
         known = self._env_keys.get(env)
         if known is not None and known.get_secret_value() == os.environ.get(env):
             return known
