@@ -39,8 +39,8 @@ def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
 def build_event(
     provider: Provider, kind: str, fields: dict[str, Any], id_field: str, **more: Any
 ) -> tuple[Delivery, tuple[str, ...]]:
-    """The validated event of ``kind`` with its rendered request, and the warnings of optional
-    fields dropped on the way.
+    """The validated event of ``kind``, checked against what ``provider`` takes, and the
+    warnings of optional fields dropped on the way.
 
     ``fields`` are the call's keyword arguments (changed in place); ``id_field`` is where the
     event keeps the customer's external id. Raises :class:`InvalidEventError` for a required
@@ -76,5 +76,7 @@ def build_event(
             "; ".join(warnings),
             extra={"event_id": event.event_id},
         )
-    # Provider-specific limits, before anything is queued; the rendering is sent as it is.
-    return Delivery(event, provider, provider.render(event)), warnings
+    # What the provider refuses, refused before anything is queued. The request itself is
+    # rendered by the first attempt: off the handler's path, and never for an outbox row.
+    provider.check(event)
+    return Delivery(event, provider), warnings

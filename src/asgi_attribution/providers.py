@@ -140,16 +140,16 @@ class Provider:
         """The cookie the middleware writes on a landing (the first of ``cookie_names``)."""
         return self.cookie_names[0]
 
-    def render(self, event: Event) -> ProviderRequest:
-        """Turn ``event`` into this provider's request: path, method and camelCase JSON.
-
-        Unset optionals are left out (no nulls). Raises :class:`InvalidEventError` when the
-        event uses something this provider does not support.
+    def check(self, event: Event) -> None:
+        """Raise :class:`InvalidEventError` when ``event`` uses something this provider does
+        not support (what :meth:`render` would refuse), without rendering it.
 
         Example:
-            >>> PIMMS.render(LeadEvent(click_id="c1", event_name="Sign up",
-            ...                        customer_external_id="u_1")).json["externalId"]
-            'u_1'
+            >>> try:
+            ...     PIMMS.check(LeadEvent(click_id="", event_name="e", customer_external_id="u"))
+            ... except InvalidEventError as error:
+            ...     print(error.errors)
+            [('click_id', 'pimms refuses an empty click id')]
         """
         if isinstance(event, LeadEvent):
             if event.mode is not None and event.mode not in self.modes:
@@ -160,15 +160,39 @@ class Provider:
                 raise InvalidEventError(
                     "lead", [("click_id", f"{self.name} refuses an empty click id")]
                 )
-            return ProviderRequest("POST", "/track/lead", self._body(event))
-        if isinstance(event, SaleEvent):
-            processor = event.payment_processor
-            processor = self.payment_processor_aliases.get(processor, processor)
-            if processor not in self.payment_processors:
+        elif isinstance(event, SaleEvent):
+            if self._processor(event) not in self.payment_processors:
                 allowed = ", ".join(self.payment_processors)
                 raise InvalidEventError("sale", [("payment_processor", f"{self.name}: {allowed}")])
+        elif isinstance(event, RefundEvent):
+            if not self.refunds:
+                reason = f"{self.name} has no commissions API: refund in its dashboard"
+                raise InvalidEventError("refund", [("refund_sale", reason)])
+        elif not self.legacy_customer_endpoint:
+            for name in ("stripe_customer_id", "country"):
+                if getattr(event, name) is not None and name not in dict(self.customer_update_keys):
+                    raise InvalidEventError("customer", [(name, f"{self.name} does not take it")])
+
+    def _processor(self, event: SaleEvent) -> str:
+        return self.payment_processor_aliases.get(event.payment_processor, event.payment_processor)
+
+    def render(self, event: Event) -> ProviderRequest:
+        """Turn ``event`` into this provider's request: path, method and camelCase JSON.
+
+        Unset optionals are left out (no nulls). Raises :class:`InvalidEventError` when the
+        event uses something this provider does not support (see :meth:`check`).
+
+        Example:
+            >>> PIMMS.render(LeadEvent(click_id="c1", event_name="Sign up",
+            ...                        customer_external_id="u_1")).json["externalId"]
+            'u_1'
+        """
+        self.check(event)
+        if isinstance(event, LeadEvent):
+            return ProviderRequest("POST", "/track/lead", self._body(event))
+        if isinstance(event, SaleEvent):
             body = self._body(event)
-            body["paymentProcessor"] = processor
+            body["paymentProcessor"] = self._processor(event)
             if not self.direct_sales:  # the provider would drop these: never send them
                 for key in ("clickId", "customerName", "customerEmail", "customerAvatar"):
                     body.pop(key, None)
@@ -177,9 +201,6 @@ class Provider:
             body.setdefault("invoiceId", event.event_id)
             return ProviderRequest("POST", "/track/sale", body)
         if isinstance(event, RefundEvent):
-            if not self.refunds:
-                reason = f"{self.name} has no commissions API: refund in its dashboard"
-                raise InvalidEventError("refund", [("refund_sale", reason)])
             # The first step: find the sale's commission (then refund_update() says the PATCH).
             return ProviderRequest("GET", "/commissions", {}, (("invoiceId", event.invoice_id),))
         return self._render_customer(event)
@@ -208,9 +229,6 @@ class Provider:
         for name, key in self.customer_update_keys:
             if (value := getattr(event, name)) is not None:
                 patch[key] = value
-        for name in ("stripe_customer_id", "country"):
-            if getattr(event, name) is not None and name not in dict(self.customer_update_keys):
-                raise InvalidEventError("customer", [(name, f"{self.name} does not take it")])
         # The external id is user data: escape it so it stays one path segment.
         path = "/customers/ext_" + quote(event.customer_id, safe="")
         return ProviderRequest("PATCH", path, patch)

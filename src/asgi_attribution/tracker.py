@@ -383,8 +383,8 @@ class Tracker:
             ...     await tracker.refund_sale(invoice_id=refund.invoice_id, amount=refund.cents)
         """
         event = validate_event("refund", invoice_id=invoice_id, amount=amount, currency=currency)
-        # PIMMS refuses it here, before anything is queued.
-        delivery = Delivery(event, self.provider, self.provider.render(event))
+        self.provider.check(event)  # PIMMS refuses it here, before anything is queued
+        delivery = Delivery(event, self.provider)
         return self._tracking(delivery, (), "refund_sale", None)
 
     def track_customer(self, **fields: Unpack[CustomerFields]) -> Tracking:

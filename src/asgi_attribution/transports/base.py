@@ -47,8 +47,8 @@ class Delivery:
 
     event: Event
     provider: Provider
-    #: The rendered request, when the tracker already rendered it (checking the provider's
-    #: limits at the call): each event is rendered once, not again per attempt.
+    #: The rendered request, made by the first :meth:`request` (or given): each event is
+    #: rendered once, not again per attempt.
     rendered: ProviderRequest | None = field(default=None, repr=False)
 
     def request(self) -> ProviderRequest:
