@@ -31,6 +31,7 @@ from asgi_attribution import (
     tracks_lead,
 )
 from asgi_attribution.testing import CapturedEvents, capture_events
+from asgi_attribution.transports.base import Delivery
 from asgi_attribution.transports.outbox import OutboxRow
 from tests.support.asgi import client_for
 
@@ -469,7 +470,7 @@ async def test_a_track_call_can_be_given_to_a_task() -> None:
     assert [e.event_id for e in transport.events] == [task.result().event_id]
 
 
-@pytest.mark.parametrize("cls", [TrackResult, OutboxRow])
+@pytest.mark.parametrize("cls", [TrackResult, OutboxRow, Delivery])
 def test_the_cheaper_init_of_frozen_results_takes_their_fields_and_keeps_them_frozen(
     cls: type[Any],
 ) -> None:
@@ -483,6 +484,14 @@ def test_the_cheaper_init_of_frozen_results_takes_their_fields_and_keeps_them_fr
     for param, field in zip(params, fields, strict=True):
         missing = field.default is dataclasses.MISSING
         assert param.default == (inspect.Parameter.empty if missing else field.default)
+    if cls is Delivery:  # compared by identity; its rendering is cached once made
+        value = Delivery(LeadEvent(click_id="c", event_name="e", customer_external_id="u"), DUB)
+        other = dataclasses.replace(value, provider=PIMMS)
+        assert value.rendered is None and value.request() is value.request() is value.rendered
+        assert other.request().json["externalId"] == "u"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.event = None
+        return
     if cls is TrackResult:
         value = TrackResult("sent", None, status_code=200, outcome="recorded")
         assert hash(value) == hash(TrackResult("sent", status_code=200, outcome="recorded"))

@@ -32,8 +32,10 @@ __all__ = [
 ]
 
 
-# eq=False: deliveries are compared and hashed by identity (the event holds dicts).
-@dataclass(frozen=True, slots=True, eq=False)
+# eq=False: deliveries are compared and hashed by identity (the event holds dicts). Without
+# slots, for dict_init: one per event (bench/README.md).
+@dict_init
+@dataclass(frozen=True, eq=False)
 class Delivery:
     """One event on its way to one provider (no credentials: those belong to the transport).
 
@@ -214,7 +216,7 @@ class DeliveryStats:
         counter = COUNTERS.get(kind)
         if counter is not None:
             setattr(self, counter, getattr(self, counter) + 1)
-        if not self.observers:
+        if not self.observers.any:
             return
         event = delivery.event if delivery is not None else None
         self.observers.emit(

@@ -238,7 +238,7 @@ class HTTPTransport(Transport):
         event_id = delivery.event.event_id
         stats = self.stats
         # An attempt moves no counter: it is timed only for an observer.
-        started = time.monotonic() if stats.observers else None
+        started = time.monotonic() if stats.observers.any else None
         status: int | None = None
         try:
             engine = self._shared_engine(base, key, delivery.provider.extra_headers)

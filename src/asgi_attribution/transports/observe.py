@@ -71,21 +71,26 @@ class Observers:
         ['sent']
     """
 
-    __slots__ = ("_callbacks",)
+    __slots__ = ("_callbacks", "any")
 
     def __init__(self) -> None:
         self._callbacks: tuple[DeliveryObserver, ...] = ()
+        #: True while a callback is subscribed: an attribute, read for every event without a
+        #: call (``bool(observers)`` says the same).
+        self.any = False
 
     def __bool__(self) -> bool:
-        return bool(self._callbacks)
+        return self.any
 
     def add(self, callback: DeliveryObserver) -> None:
         """Subscribe ``callback`` (a tuple swap: safe against a concurrent :meth:`emit`)."""
         self._callbacks = (*self._callbacks, callback)
+        self.any = True
 
     def remove(self, callback: DeliveryObserver) -> None:
         """Unsubscribe ``callback``; a callback not subscribed is ignored."""
         self._callbacks = tuple(c for c in self._callbacks if c != callback)
+        self.any = bool(self._callbacks)
 
     def emit(
         self,
