@@ -30,6 +30,7 @@ from asgi_attribution import (
     track_sale,
     tracks_lead,
 )
+from asgi_attribution.providers import ProviderRequest
 from asgi_attribution.testing import CapturedEvents, capture_events
 from asgi_attribution.transports.base import Delivery
 from asgi_attribution.transports.outbox import OutboxRow
@@ -470,7 +471,7 @@ async def test_a_track_call_can_be_given_to_a_task() -> None:
     assert [e.event_id for e in transport.events] == [task.result().event_id]
 
 
-@pytest.mark.parametrize("cls", [TrackResult, OutboxRow, Delivery])
+@pytest.mark.parametrize("cls", [TrackResult, OutboxRow, Delivery, ProviderRequest])
 def test_the_cheaper_init_of_frozen_results_takes_their_fields_and_keeps_them_frozen(
     cls: type[Any],
 ) -> None:
@@ -495,6 +496,9 @@ def test_the_cheaper_init_of_frozen_results_takes_their_fields_and_keeps_them_fr
     if cls is TrackResult:
         value = TrackResult("sent", None, status_code=200, outcome="recorded")
         assert hash(value) == hash(TrackResult("sent", status_code=200, outcome="recorded"))
+    elif cls is ProviderRequest:
+        value = ProviderRequest("GET", "/commissions", {}, (("invoiceId", "in 1"),))
+        assert value.target == "/commissions?invoiceId=in+1"
     else:
         value = OutboxRow("evt_1", "dub", "lead", {"click_id": "c"}, attempts=2)
     assert value == dataclasses.replace(value) and value.__dict__ == dataclasses.asdict(value)
