@@ -19,7 +19,7 @@ from .cookies import ClickCookies, CookiePolicy, host_of, is_click_id, is_https,
 from .providers import Provider
 from .signing import ClickSigner
 
-__all__ = ["CookieSender", "Landing", "LandingCookies", "LandingQuery", "cookie_sender"]
+__all__ = ["Landing", "LandingCookies", "LandingQuery", "cookie_sender"]
 
 Header = tuple[bytes, bytes]
 
@@ -137,9 +137,10 @@ class LandingCookies:
         "_name",
         "_partner",
         "_policy",
-        "_prefix",
         "_signed",
         "_signer",
+        "plain",
+        "prefix",
     )
 
     def __init__(
@@ -151,7 +152,8 @@ class LandingCookies:
         forwarded: bool = False,
     ) -> None:
         self._name = provider.cookie_name
-        self._prefix = provider.cookie_name.encode() + b"="
+        #: ``dub_id=``: what each click cookie's bytes start with.
+        self.prefix = provider.cookie_name.encode() + b"="
         self._partner = provider.partner_cookie
         self._policy = policy
         self._signer = signer
@@ -161,6 +163,9 @@ class LandingCookies:
         # The click cookie's attributes, encoded, by raw Host header (or host name) and scheme:
         # a landing then decodes and encodes nothing but the click id.
         self._attributes: dict[tuple[bytes | str, object], bytes] = {}
+        #: That cache when a landing sets the click cookie alone, from the Host header (no
+        #: signing, no proxy headers to read): a hit is the whole answer. Otherwise None.
+        self.plain = self._attributes if signer is None and not forwarded else None
 
     def headers(
         self,
@@ -189,7 +194,7 @@ class LandingCookies:
                 if len(self._attributes) >= 256:
                     self._attributes.clear()
                 self._attributes[(key, scheme)] = attributes
-        click = (b"set-cookie", self._prefix + click_id.encode() + attributes)
+        click = (b"set-cookie", self.prefix + click_id.encode() + attributes)
         if self._signer is None and partner_data is None:
             return (click,)
         if named is None:
@@ -235,11 +240,9 @@ class Landing:
         self._clicks = clicks
         self._cookies = cookies
         self._first_click = first_click
-        # The usual landing (Host header read, nothing to sign, no proxy to ask) looks its
-        # cookie's attributes up here, without a call into `cookies`.
-        plain = not cookies._forwarded and cookies._signer is None
-        self._cached = cookies._attributes if plain else None
-        self._prefix = cookies._prefix
+        # The usual landing looks its cookie's attributes up here, without a call into `cookies`.
+        self._cached = cookies.plain
+        self._prefix = cookies.prefix
 
     def attribute(
         self, scope: Scope, query: bytes, at: int, header: bytes | None
@@ -307,34 +310,3 @@ def cookie_sender(send: Send, headers: Sequence[Header], prefixes: tuple[bytes, 
         await send(message)
 
     return sender
-
-
-class CookieSender:
-    """Appends our Set-Cookie headers to the app's response start, unless the app set ours.
-
-    Example:
-        >>> sent = []
-        >>> async def send(message):
-        ...     sent.append(message)
-        >>> import asyncio
-        >>> asyncio.run(CookieSender(send, ("dub_id=c1; Path=/",), (b"dub_id=",))(
-        ...     {"type": "http.response.start", "status": 200}))
-        >>> sent[0]["headers"]
-        [(b'set-cookie', b'dub_id=c1; Path=/')]
-
-    If the app wrote the click cookie or its companion itself (for example clearing them after
-    a lead), its decision stands and none of ours are added, so the two never disagree. Works
-    on the raw header pairs: a ``MutableHeaders`` view costs more than the whole append. The
-    middleware uses :func:`cookie_sender`, the same without the object.
-    """
-
-    __slots__ = ("_sender", "cookies", "prefixes", "send")
-
-    def __init__(self, send: Send, cookies: tuple[str, ...], prefixes: tuple[bytes, ...]) -> None:
-        self.send = send
-        self.cookies = cookies
-        self.prefixes = prefixes
-        self._sender = cookie_sender(send, [_header(cookie) for cookie in cookies], prefixes)
-
-    async def __call__(self, message: Message) -> None:
-        await self._sender(message)

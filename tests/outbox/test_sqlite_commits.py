@@ -61,6 +61,28 @@ def test_a_row_holds_exactly_what_the_event_dumps_to_json(event: Any) -> None:
     assert row.to_event() == event  # and it makes the same event again
 
 
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_stored_rows_read_back_equal_whatever_json_they_hold(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    """Rows are written by orjson (the stdlib for what it refuses) and read by the stdlib."""
+    metadata = {"name": "Zoë 🎉 \u2028", "big": 2**70 + 1, "neg": -(2**63), "f": 0.1, "k": {}}
+    lead = LeadEvent(
+        click_id=CLICK, event_name="Sign up ✓", customer_external_id="u1", metadata=metadata
+    )
+    store = SQLiteOutbox(tmp_path / "events.db", synchronous=synchronous)
+    await store.open()
+    try:
+        await store.append(OutboxRow.from_delivery(Delivery(lead, DUB)))  # a big int: the stdlib
+        plain = lead.model_copy(update={"event_id": "evt_plain", "metadata": {"n": "é"}})
+        await store.append(OutboxRow.from_delivery(Delivery(plain, DUB)))  # orjson
+        rows = await store.claim(10, lease=30)
+    finally:
+        await store.close()
+    assert [row.to_event() for row in rows] == [lead, plain]
+    assert rows[0].event["metadata"]["big"] == 2**70 + 1  # exact: an int, not a float
+
+
 def test_synchronous_is_normal_by_default_and_either_spelling_is_taken(tmp_path: Path) -> None:
     assert SQLiteOutbox(tmp_path / "a.db").synchronous == "NORMAL"
     assert SQLiteOutbox(tmp_path / "a.db", synchronous="full").synchronous == "FULL"

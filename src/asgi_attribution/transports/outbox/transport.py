@@ -267,7 +267,8 @@ class OutboxTransport(Transport):
             try:
                 row = OutboxRow.from_delivery(delivery, now=self.store.now())
                 bound = self.append_timeout + 0.25
-                if (self.store.append_bound or bound + 1) <= bound:
+                store_bound = self.store.append_bound
+                if store_bound is not None and store_bound <= bound:
                     await self.store.append(row)  # bounded by the store (no task per signup)
                 else:
                     await asyncio.wait_for(self.store.append(row), bound)
