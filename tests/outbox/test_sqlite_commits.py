@@ -91,6 +91,30 @@ def test_synchronous_is_normal_by_default_and_either_spelling_is_taken(tmp_path:
         SQLiteOutbox(tmp_path / "a.db", synchronous="off")  # type: ignore[arg-type]
 
 
+async def test_the_state_check_refuses_an_unknown_state_and_builds_no_table_per_row(
+    tmp_path: Path,
+) -> None:
+    # An IN list in a CHECK costs SQLite a temporary table per row written: spelled with ORs.
+    path = tmp_path / "a.db"
+    tracker = Tracker("dub", api_key="k", outbox=str(path), deliver=False)
+    async with tracker:
+        result = await tracker.track_lead(
+            click_id=CLICK, event_name="Sign up", customer_external_id="u1"
+        )
+    conn = sqlite3.connect(path)
+    try:
+        for state in ("inflight", "delivered", "dead", "pending"):
+            conn.execute("UPDATE outbox SET state = ? WHERE event_id = ?", (state, result.event_id))
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            conn.execute("UPDATE outbox SET state = 'lost' WHERE event_id = ?", (result.event_id,))
+        plan = " ".join(
+            str(row[1]) for row in conn.execute("EXPLAIN UPDATE outbox SET state = 'dead'")
+        )
+        assert "OpenEphemeral" not in plan
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
 async def test_fifty_concurrent_signups_are_all_in_the_file_when_they_return(
     tmp_path: Path, synchronous: Any
