@@ -21,12 +21,15 @@ logger = logging.getLogger("asgi_attribution")
 
 # The names a customer's external id goes by (current first), per event kind's own field.
 _EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
+_OTHER_NAMES = {name: frozenset(_EXTERNAL_ID_NAMES) - {name} for name in _EXTERNAL_ID_NAMES}
 
 
 def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
     """Move the customer's external id from any of its names to ``target``; they must agree."""
+    if target in fields and _OTHER_NAMES[target].isdisjoint(fields):
+        return  # the current name alone (nearly always): nothing to move or compare
     names = [name for name in _EXTERNAL_ID_NAMES if name in fields]
-    if len(names) == 1:  # one name given (nearly always): nothing to compare
+    if len(names) == 1:  # one name given: nothing to compare
         fields[target] = fields.pop(names[0])
         return
     given = {name: fields.pop(name) for name in names if fields.get(name) is not None}

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -329,7 +329,7 @@ class Tracker:
             ...     await tracker.track_lead(click_id=user.click_id, event_name="Sign up",
             ...                              customer_external_id=str(user.id))
         """
-        values = dict(fields)
+        values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
         within = values.pop("within", None)
         delivery, warnings = build_event(
             self.provider,
@@ -357,7 +357,7 @@ class Tracker:
             ...     await tracker.track_sale(customer_external_id=invoice.user_id,
             ...                              amount=invoice.cents, invoice_id=invoice.id)
         """
-        values = dict(fields)
+        values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
         within = values.pop("within", None)
         delivery, warnings = build_event(
             self.provider, "sale", values, "customer_external_id", click_id=click_id
@@ -394,7 +394,7 @@ class Tracker:
             >>> async def on_profile_change(tracker, user):
             ...     await tracker.track_customer(customer_id=str(user.id), customer_name=user.name)
         """
-        values = dict(fields)
+        values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
         within = values.pop("within", None)
         delivery, warnings = build_event(self.provider, "customer", values, "customer_id")
         return self._tracking(delivery, warnings, "track_customer", within)
