@@ -28,31 +28,42 @@ SCHEMA_INSERT = (
 )
 
 
+def open_plain(
+    path: Path, synchronous: str, schema: bool = False
+) -> tuple[sqlite3.Connection, str]:
+    """A WAL connection (autocommit off) and its insert: a one-column table, or the outbox's."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    if schema:
+        from asgi_attribution.transports.outbox.sqlite_schema import prepare
+
+        prepare(conn, path, True)
+        return conn, SCHEMA_INSERT
+    conn.execute("CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, body TEXT)")
+    return conn, "INSERT INTO outbox VALUES (?, ?)"
+
+
+def commit_batches(
+    conn: sqlite3.Connection, insert: str, rows: int, commits: int, tag: str
+) -> list[float]:
+    """Seconds of each of ``commits`` commits of ``rows`` rows (ids unique per ``tag``)."""
+    samples = []
+    for c in range(commits):
+        batch = [(f"evt_{tag}_{c}_{i}", BODY) for i in range(rows)]
+        t0 = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.executemany(insert, batch)
+        conn.execute("COMMIT")
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
 def _commits(path: Path, synchronous: str, rows: int, commits: int, schema: bool = False) -> float:
     """Median seconds per commit of ``rows`` rows (``schema``: into the outbox's own table)."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn, insert = open_plain(path, synchronous, schema)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        if schema:
-            from asgi_attribution.transports.outbox.sqlite_schema import prepare
-
-            prepare(conn, path, True)
-            insert = SCHEMA_INSERT
-        else:
-            conn.execute("CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, body TEXT)")
-            insert = "INSERT INTO outbox VALUES (?, ?)"
-        n = 0
-        samples = []
-        for _ in range(commits):
-            batch = [(f"evt_{n + i}_{synchronous}_{rows}", BODY) for i in range(rows)]
-            n += rows
-            t0 = time.perf_counter()
-            conn.execute("BEGIN")
-            conn.executemany(insert, batch)
-            conn.execute("COMMIT")
-            samples.append(time.perf_counter() - t0)
-        return median(samples)
+        return median(commit_batches(conn, insert, rows, commits, f"{synchronous}_{rows}"))
     finally:
         conn.close()
 
