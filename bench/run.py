@@ -542,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
         ("memory", lambda: memory.run(**({"n": 20_000} if args.quick else {}))),
-        ("outbox", outbox.run),
+        # Quick: fewer appends; the outbox goals come from the paired step below.
+        ("outbox", lambda: outbox.run(**({"n": 600} if args.quick else {}))),
         ("floors", lambda: floors.run(**({"commits": 60} if args.quick else {}))),
         (
             "outbox_paired",
