@@ -43,6 +43,7 @@ logger = logging.getLogger("asgi_attribution")
 ErrorCallback = Callable[[Delivery, Exception], "Awaitable[None] | None"]
 DropCallback = Callable[[Delivery, str], "Awaitable[None] | None"]
 DeliveredCallback = Callable[[Delivery, TrackResult], "Awaitable[None] | None"]
+Loop = asyncio.AbstractEventLoop
 
 
 class BackgroundTransport(Transport):
@@ -119,8 +120,7 @@ class BackgroundTransport(Transport):
         self.stats = stats if stats is not None else inner.stats
         self._jobs = JobQueue()
         self._pause = Pause(pause_interval)
-        # The loop that runs the workers and retry timers. Created in start(), inside the
-        # running loop: nothing at import or fork time.
+        # The loop of the workers and retry timers: set in start(), never at import or fork.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
@@ -140,10 +140,10 @@ class BackgroundTransport(Transport):
         """True while a fault of the whole integration holds delivery."""
         return self._pause.active
 
-    def _foreign_owner(self) -> asyncio.AbstractEventLoop | None:
+    def _foreign_owner(self, loop: Loop | None = None) -> Loop | None:
         """The owner loop if it is running and is not the caller's loop, else None."""
         owner = self._loop
-        if owner is not None and owner is not asyncio.get_running_loop() and alive(owner):
+        if owner is not None and owner is not (loop or asyncio.get_running_loop()) and alive(owner):
             return owner
         return None
 
@@ -183,9 +183,10 @@ class BackgroundTransport(Transport):
 
     async def send(self, delivery: Delivery) -> TrackResult:
         """Enqueue ``delivery`` (from another loop: through the owner); ``mode="wait"`` inline."""
-        owner = self._foreign_owner()
+        loop = asyncio.get_running_loop()  # asked once per event: it costs a getpid()
+        owner = self._foreign_owner(loop)
         if owner is None:
-            return await self._accept(delivery)
+            return await self._accept(delivery, loop)
         return await hand_over(
             owner,
             lambda: self._accept(delivery),
@@ -200,11 +201,11 @@ class BackgroundTransport(Transport):
         held = any(job.delivery is delivery for job in self._jobs)
         return TrackResult("queued", delivery.event) if held else None
 
-    async def _accept(self, delivery: Delivery) -> TrackResult:
+    async def _accept(self, delivery: Delivery, loop: Loop | None = None) -> TrackResult:
         event = delivery.event
         if (isinstance(event, LeadEvent) and event.mode == "wait") or self._closing:
             return await self._send_inline(delivery)
-        if self._loop is not asyncio.get_running_loop():
+        if self._loop is not (loop or asyncio.get_running_loop()):
             await self.start()
         full = self._jobs.count(JobState.QUEUED) >= self.queue_size  # a coroutine only if so
         if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
