@@ -324,24 +324,24 @@ def _rows(quick: bool) -> dict[str, tuple[Callable[..., Awaitable[float]], bool,
     rows: dict[str, Any] = {}
     for tls in (False, True):
         t = "TLS" if tls else "HTTP"
-        rows[f"floor: raw asyncio.Protocol client, {t}, c=10"] = (_floor_awaited, tls, 10, 6000)
+        rows[f"floor: raw asyncio.Protocol client, {t}, c=10"] = (_floor_awaited, tls, 10, 3500)
         rows[f"floor, callbacks only (no coroutine per request), {t}, c=10"] = (
-            _floor, tls, 10, 6000)  # fmt: skip
+            _floor, tls, 10, 3500)  # fmt: skip
         for c in CONCURRENCY:
-            rows[f"engine alone, {t}, c={c}"] = (_engine, tls, c, 4000)
+            rows[f"engine alone, {t}, c={c}"] = (_engine, tls, c, 2500)
             rows[f"ours with the engine (whole path), {t}, c={c}"] = (
-                lambda *a: _path(*a, engine=True), tls, c, 3000)  # fmt: skip
+                lambda *a: _path(*a, engine=True), tls, c, 2000)  # fmt: skip
         for c in CONCURRENCY if not tls else (10,):
             # Fewer events above c=10: 5-13 ms each there (httpcore scans its pool per request).
             rows[f"ours with httpx (whole path, before), {t}, c={c}"] = (
-                lambda *a: _path(*a, engine=False), tls, c, 300 if c == 10 else 100)  # fmt: skip
-        rows[f"httpx alone, {t}, c=10"] = (_httpx, tls, 10, 400)
-        rows[f"aiohttp alone, {t}, c=10"] = (_aiohttp, tls, 10, 2000)
-    rows["dub SDK track.lead_async, HTTP, c=10"] = (_sdk, False, 10, 200)
-    return {k: (f, tls, c, max(100, int(n * scale))) for k, (f, tls, c, n) in rows.items()}
+                lambda *a: _path(*a, engine=False), tls, c, 200 if c == 10 else 60)  # fmt: skip
+        rows[f"httpx alone, {t}, c=10"] = (_httpx, tls, 10, 250)
+        rows[f"aiohttp alone, {t}, c=10"] = (_aiohttp, tls, 10, 1200)
+    rows["dub SDK track.lead_async, HTTP, c=10"] = (_sdk, False, 10, 120)
+    return {k: (f, tls, c, max(60, int(n * scale))) for k, (f, tls, c, n) in rows.items()}
 
 
-def run(*, rounds: int = 5, quick: bool = False) -> dict[str, Any]:
+def run(*, rounds: int = 8, quick: bool = False) -> dict[str, Any]:
     with nginx() as server:
         if server is None:
             return {"available": False, "note": "nginx or openssl is missing"}

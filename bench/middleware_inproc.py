@@ -4,8 +4,8 @@ Every (variant, case) pair runs ``iterations`` requests per round; the pairs of 
 shuffled order and the rounds repeat, so drift (other processes, CPU frequency) hits every variant
 alike. Overhead = the least of a variant's rounds minus the least of the bare app's: on this
 shared VM interference only ever adds time, and the median of per-round differences moved by
-+-5 us between runs (a pass-through measured below the bare app), while the least of 40 short
-rounds repeats within about 0.1 us. The per-round medians stay in the results beside it.
++-5 us between runs (a pass-through measured below the bare app), while the least of 30 short
+rounds repeats within a few tenths of a us. The per-round medians stay in the results beside it.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ async def _run(rounds: int, iterations: int) -> dict[str, Any]:
     return result
 
 
-def run(rounds: int = 40, iterations: int = 300) -> dict[str, Any]:
+def run(rounds: int = 30, iterations: int = 250) -> dict[str, Any]:
     return asyncio.run(_run(rounds, iterations))
 
 
