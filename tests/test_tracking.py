@@ -490,6 +490,12 @@ def test_the_cheaper_init_of_frozen_results_takes_their_fields_and_keeps_them_fr
         other = dataclasses.replace(value, provider=PIMMS)
         assert value.rendered is None and value.request() is value.request() is value.rendered
         assert other.request().json["externalId"] == "u"
+        # Replaced after its first attempt rendered it: the new event's own request, not the old.
+        renamed = dataclasses.replace(
+            value, event=value.event.model_copy(update={"event_name": "f"})
+        )
+        assert renamed.rendered is None and renamed.request().json["eventName"] == "f"
+        assert value.request().json["eventName"] == "e"
         with pytest.raises(dataclasses.FrozenInstanceError):
             value.event = None
         return

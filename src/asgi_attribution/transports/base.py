@@ -49,16 +49,21 @@ class Delivery:
 
     event: Event
     provider: Provider
-    #: The rendered request, made by the first :meth:`request` (or given): each event is
-    #: rendered once, not again per attempt.
-    rendered: ProviderRequest | None = field(default=None, repr=False)
+
+    @property
+    def rendered(self) -> ProviderRequest | None:
+        """The request made by the first :meth:`request` (None before): each event is rendered
+        once, not again per attempt."""
+        return self.__dict__.get("_rendered")
 
     def request(self) -> ProviderRequest:
         """The provider's HTTP request for this event (path, method, JSON body)."""
-        rendered = self.rendered
+        # Kept beside the fields, not as one: dataclasses.replace (another event, another
+        # provider) makes a delivery that renders its own request instead of the old one's.
+        rendered: ProviderRequest | None = self.__dict__.get("_rendered")
         if rendered is None:
             rendered = self.provider.render(self.event)
-            object.__setattr__(self, "rendered", rendered)  # frozen: a cache, set once
+            self.__dict__["_rendered"] = rendered  # frozen fields; this is a cache
         return rendered
 
 
