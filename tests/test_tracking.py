@@ -160,8 +160,21 @@ async def test_invalid_lead_fields_raise_naming_the_field(
     assert transport.events == []
 
 
+class Ambiguous:
+    """As ``pandas.NA``: ``==`` answers itself, whose truth raises (a missing DataFrame cell)."""
+
+    def __eq__(self, other: object) -> Any:
+        return self
+
+    def __bool__(self) -> bool:
+        raise TypeError("boolean value of NA is ambiguous")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 VISITOR_TYPED = [
     ({"customer_name": "n" * 101}, "customer_name", "at most 100"),
+    ({"customer_name": Ambiguous()}, "customer_name", "valid string"),
     ({"customer_email": "not-an-email"}, "customer_email", "email"),
     ({"customer_email": "a" * 95 + "@ex.com"}, "customer_email", "at most 100"),
     ({"customer_avatar": "avatar.png"}, "customer_avatar", "URL"),
@@ -182,6 +195,15 @@ async def test_visitor_typed_fields_that_break_a_limit_are_dropped_not_fatal(
     assert warning.startswith(f"{field}: ") and limit in warning
     assert getattr(transport.events[0], field) is None
     assert f"lead {result.event_id} sent without what broke a limit" in caplog.text
+
+
+async def test_a_value_whose_comparison_raises_is_a_named_invalid_field() -> None:
+    tracker = Tracker("dub", transport=MemoryTransport())
+    with pytest.raises(InvalidEventError) as raised:
+        await tracker.track_lead(
+            click_id="c", event_name="Sign up", customer_external_id="u", metadata=Ambiguous()
+        )
+    assert raised.value.fields == ["metadata"]
 
 
 async def test_event_name_limits() -> None:

@@ -271,7 +271,11 @@ def validate_fields(kind: str, fields: dict[str, Any]) -> Event:
         100
     """
     model = _MODELS[kind]
-    if None in fields.values():  # a scan in C; the comprehension only when there is a None
+    try:
+        has_none = None in fields.values()  # a scan in C; the comprehension only if needed
+    except Exception:  # a value whose == raises (pandas.NA): pydantic names the field
+        has_none = True
+    if has_none:
         for key in [key for key, value in fields.items() if value is None]:
             del fields[key]
     try:

@@ -140,10 +140,10 @@ class BackgroundTransport(Transport):
         """True while a fault of the whole integration holds delivery."""
         return self._pause.active
 
-    def _foreign_owner(self, loop: Loop | None = None) -> Loop | None:
-        """The owner loop if it is running and is not the caller's loop, else None."""
+    def _foreign_owner(self, loop: Loop) -> Loop | None:
+        """The owner loop if it is running and is not ``loop`` (the caller's), else None."""
         owner = self._loop
-        if owner is not None and owner is not (loop or asyncio.get_running_loop()) and alive(owner):
+        if owner is not None and owner is not loop and alive(owner):
             return owner
         return None
 
@@ -153,7 +153,7 @@ class BackgroundTransport(Transport):
         While another loop owns the queue and runs, this does nothing: that loop keeps it.
         """
         loop = asyncio.get_running_loop()
-        if self._loop is loop or self._foreign_owner() is not None:
+        if self._loop is loop or self._foreign_owner(loop) is not None:
             return  # running, or closing (then sends go inline until aclose has finished)
         self._take_over(loop)
         await self.inner.start()
@@ -205,7 +205,7 @@ class BackgroundTransport(Transport):
         event = delivery.event
         if (isinstance(event, LeadEvent) and event.mode == "wait") or self._closing:
             return await self._send_inline(delivery)
-        if self._loop is not (loop or asyncio.get_running_loop()):
+        if self._loop is not (asyncio.get_running_loop() if loop is None else loop):
             await self.start()
         full = self._jobs.count(JobState.QUEUED) >= self.queue_size  # a coroutine only if so
         if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
@@ -342,7 +342,7 @@ class BackgroundTransport(Transport):
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until nothing is queued, in flight or waiting to retry (or ``timeout`` passes)."""
-        owner = self._foreign_owner()
+        owner = self._foreign_owner(asyncio.get_running_loop())
         if owner is not None:
             return await run_on(owner, self.flush(timeout))
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
@@ -358,7 +358,7 @@ class BackgroundTransport(Transport):
 
     async def aclose(self) -> None:
         """Report what is undelivered, deliver it within ``shutdown_timeout``, report the rest."""
-        owner = self._foreign_owner()
+        owner = self._foreign_owner(asyncio.get_running_loop())
         if owner is not None:
             return await run_on(owner, self.aclose())
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
