@@ -18,6 +18,7 @@ from asgi_attribution.events import RefundEvent
 from asgi_attribution.transports import Delivery, OutboxTransport, SQLiteOutbox
 from asgi_attribution.transports.outbox.rows import OutboxRow
 from asgi_attribution.transports.outbox.sqlite import CHECKPOINT_EVERY
+from asgi_attribution.transports.outbox.sqlite_schema import SCHEMA, SCHEMA_VERSION
 from asgi_attribution.transports.outbox.sqlite_tx import WAL_RESTART_FRAMES
 
 from .scripted import Scripted
@@ -111,6 +112,38 @@ async def test_the_state_check_refuses_an_unknown_state_and_builds_no_table_per_
             str(row[1]) for row in conn.execute("EXPLAIN UPDATE outbox SET state = 'dead'")
         )
         assert "OpenEphemeral" not in plan
+    finally:
+        conn.close()
+
+
+async def test_a_file_made_with_the_in_list_check_still_takes_appends_and_deliveries(
+    tmp_path: Path,
+) -> None:
+    # Files made before the CHECK was spelled with ORs keep their IN list: the same rule.
+    path = tmp_path / "events.db"
+    ors = "state = 'pending' OR state = 'inflight' OR state = 'delivered' OR state = 'dead'"
+    assert ors in SCHEMA
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        SCHEMA.replace(ors, "state IN ('pending', 'inflight', 'delivered', 'dead')")
+        + f"PRAGMA user_version = {SCHEMA_VERSION};"
+    )
+    conn.close()
+    inner = Scripted()
+    transport = OutboxTransport(SQLiteOutbox(path), inner, poll_interval=0.05)
+    results = [await transport.send(Delivery(_lead(i), DUB)) for i in range(5)]
+    await transport.flush(10)
+    await transport.aclose()
+    assert all(r.durable for r in results)
+    assert sorted(inner.sent) == sorted(r.event_id for r in results)
+    conn = sqlite3.connect(path)
+    try:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'outbox'").fetchone()
+        assert "state IN (" in sql  # left as it was
+        left = conn.execute("SELECT COUNT(*) FROM outbox WHERE state != 'delivered'").fetchone()
+        assert left == (0,)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            conn.execute("UPDATE outbox SET state = 'lost'")
     finally:
         conn.close()
 
