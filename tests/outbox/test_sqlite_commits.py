@@ -19,7 +19,7 @@ from asgi_attribution.transports import Delivery, OutboxTransport, SQLiteOutbox
 from asgi_attribution.transports.outbox.rows import OutboxRow
 from asgi_attribution.transports.outbox.sqlite import CHECKPOINT_EVERY
 from asgi_attribution.transports.outbox.sqlite_schema import SCHEMA, SCHEMA_VERSION
-from asgi_attribution.transports.outbox.sqlite_tx import WAL_RESTART_FRAMES
+from asgi_attribution.transports.outbox.sqlite_tx import INSERT, WAL_RESTART_FRAMES
 
 from .scripted import Scripted
 
@@ -108,10 +108,10 @@ async def test_the_state_check_refuses_an_unknown_state_and_builds_no_table_per_
             conn.execute("UPDATE outbox SET state = ? WHERE event_id = ?", (state, result.event_id))
         with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
             conn.execute("UPDATE outbox SET state = 'lost' WHERE event_id = ?", (result.event_id,))
-        plan = " ".join(
-            str(row[1]) for row in conn.execute("EXPLAIN UPDATE outbox SET state = 'dead'")
-        )
-        assert "OpenEphemeral" not in plan
+        for statement in ("UPDATE outbox SET state = 'dead'", INSERT):
+            args = () if statement != INSERT else ("e", "dub", "lead", "{}", 1.0, 1.0, 1.0)
+            plan = " ".join(str(row[1]) for row in conn.execute("EXPLAIN " + statement, args))
+            assert "OpenEphemeral" not in plan, statement
     finally:
         conn.close()
 
