@@ -308,7 +308,7 @@ def delivery_table(r: dict[str, Any]) -> list[str]:
             "### 7. Floors of the durable append (plain sqlite3, WAL)",
             "",
             "| synchronous | one-row commit | 50-row commit | per row in 50 |"
-            " one row, the outbox's table |",
+            " one row, the outbox's append |",
             "|---|---:|---:|---:|---:|",
         ]
         for sync, row in fl["sqlite"].items():

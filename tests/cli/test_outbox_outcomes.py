@@ -110,15 +110,15 @@ def test_retry_of_a_click_not_found_dead_letter_is_refused_unless_forced(
 
 
 def damage(path: Path) -> None:
-    """Overwrite one table page in the middle of the file with garbage."""
+    """Overwrite one page of the outbox table, in the middle of it, with garbage (not a free
+    page: appended rows moved into the table leave theirs free)."""
     conn = sqlite3.connect(path)
-    size, count = (
-        conn.execute("PRAGMA page_size").fetchone()[0],
-        conn.execute("PRAGMA page_count").fetchone()[0],
-    )
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    query = "SELECT pageno FROM dbstat WHERE name = 'outbox' AND pagetype = 'leaf' ORDER BY 1"
+    pages = [r[0] for r in conn.execute(query)]
     conn.close()
     data = bytearray(path.read_bytes())
-    page = count // 3
+    page = pages[len(pages) // 2] - 1  # page numbers count from 1
     data[page * size + 8 : (page + 1) * size] = b"\xff" * (size - 8)
     path.write_bytes(bytes(data))
 

@@ -39,11 +39,14 @@ LEAD = {"click_id": "clk", "event_name": "Sign up"}
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
-    """Every row of the outbox, read with a separate plain sqlite3 connection."""
+    """Every row of the outbox, read with a separate plain sqlite3 connection: the outbox
+    table's, then the appended rows not yet moved into it (outbox_new: pending)."""
     conn = sqlite3.connect(path)
     try:
         conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
+        moved = [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
+        new = conn.execute("SELECT * FROM outbox_new ORDER BY id")
+        return moved + [dict(r, state="pending", attempts=0) for r in new]
     finally:
         conn.close()
 

@@ -30,7 +30,10 @@ CLICK = "cm3kf8x2a0001test9yz7q01"
 def stored_ids(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
-        return [row[0] for row in conn.execute("SELECT event_id FROM outbox ORDER BY id")]
+        moved = conn.execute("SELECT event_id FROM outbox ORDER BY id").fetchall()
+        return [
+            row[0] for row in moved + conn.execute("SELECT event_id FROM outbox_new").fetchall()
+        ]
     finally:
         conn.close()
 

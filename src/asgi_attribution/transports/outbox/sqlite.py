@@ -13,10 +13,9 @@ for another process's lock (a signup is never held longer), workers that wait
 
 The store knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
 ``status().problems``), and after each append commit (before it too, on the thread) and at
-each claim the path's
-device and inode are compared with the file opened. A deleted or replaced file stops appends
-(they raise, never report an event stored) and is logged at ERROR; the rows already in the
-deleted file are still delivered by this process while it runs.
+each claim the path's device and inode are compared with the file opened. A deleted or
+replaced file stops appends (they raise, never report an event stored) and is logged at ERROR;
+the rows already in the deleted file are still delivered by this process while it runs.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from .sqlite_schema import (
     prepare,
     to_row,
 )
-from .sqlite_tx import Worker, checkpoint, commit_now, insert_rows
+from .sqlite_tx import Worker, checkpoint, commit_now, has_new, insert_rows, move_new
 
 __all__ = ["SQLiteOutbox"]
 
@@ -214,8 +213,10 @@ class SQLiteOutbox(SQLiteAdmin):
             self._now = now
 
     async def close(self) -> None:
-        """Finish pending appends, close the connections and stop the threads."""
+        """Finish pending appends, move them into the outbox table, close the connections and
+        stop the threads (a file at rest then holds its rows where any version reads them)."""
         await self._batcher.wait()
+        await self._move_appended()
         appender, worker = self._appender, self._worker
         self._appender = self._worker = None
         with self._now_lock:
@@ -310,10 +311,12 @@ class SQLiteOutbox(SQLiteAdmin):
         with contextlib.suppress(OutboxError):  # logged; deliver what the open file holds
             self._check_file()
         # A plain read first: idle workers then never take the write lock.
-        if not due_ids(conn, self.now(), 1, self.unreadable):
+        if not has_new(conn) and not due_ids(conn, self.now(), 1, self.unreadable):
             return []
 
         def claim(conn: sqlite3.Connection, only: int | None = None) -> builtins.list[OutboxRow]:
+            if only is None:
+                move_new(conn, self.problems)  # the appended rows first
             now = self.now()
             ids = [only] if only is not None else due_ids(conn, now, limit, self.unreadable)
             if not ids:

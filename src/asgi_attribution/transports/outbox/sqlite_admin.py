@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from ..._exceptions import OutboxError
 from .rows import NOT_RECORDED_OUTCOMES, STATES, ListState, OutboxRow, OutboxStatus
 from .sqlite_schema import COLUMNS, to_row
-from .sqlite_tx import retry_dead_rows
+from .sqlite_tx import move_new, retry_dead_rows
 from .store import OutboxStore
 
 __all__ = ["SQLiteAdmin"]
@@ -48,6 +48,12 @@ class SQLiteAdmin(OutboxStore):
     def _check_file(self) -> None:
         raise NotImplementedError
 
+    async def _move_appended(self) -> None:
+        """Move the appended rows into the outbox table (where every version of this package
+        reads them). Best effort: they are stored either way, and a failure is in problems."""
+        with contextlib.suppress(OutboxError):
+            await self._run(self._tx, functools.partial(move_new, problems=self.problems))
+
     # -- inspection and maintenance -----------------------------------------------------------
 
     async def unfinished(self) -> int:
@@ -55,16 +61,22 @@ class SQLiteAdmin(OutboxStore):
         query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
         if self.unreadable:  # set aside: named in status().problems, never deliverable here
             query += f" AND id NOT IN ({','.join(map(str, self.unreadable))})"
+        query = f"SELECT ({query}) + (SELECT COUNT(*) FROM outbox_new)"  # appended, not moved
         return int((await self._run(self._read, query, ()))[0][0])
 
     async def status(self) -> OutboxStatus:
         """Counts by state, the age of the oldest unfinished row, and problems with the file."""
         counts: dict[str, int] = dict.fromkeys(STATES, 0)
         # Counted from the index, so a damaged table page still gives counts.
+        # Rows appended and not yet moved into the outbox are pending.
         query = "SELECT state, COUNT(*) FROM outbox INDEXED BY outbox_due GROUP BY state"
+        query += " UNION ALL SELECT 'pending', COUNT(*) FROM outbox_new"
         for state, n in await self._run(self._read, query, ()):
-            counts[state] = n
-        query = "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
+            counts[state] = counts.get(state, 0) + n
+        query = (
+            "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM outbox WHERE state IN"
+            " ('pending', 'inflight') UNION ALL SELECT MIN(created_at) FROM outbox_new)"
+        )
         try:
             oldest = (await self._run(self._read, query, ()))[0][0]
         except OutboxError:
@@ -92,6 +104,8 @@ class SQLiteAdmin(OutboxStore):
         else:
             await super().list(state, limit)  # raises ValueError
             return []
+        if state == "pending":
+            await self._move_appended()
         query = f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?"
         return [to_row(r) for r in await self._run(self._read, query, (*params, limit))]
 

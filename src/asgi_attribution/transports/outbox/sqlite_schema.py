@@ -29,7 +29,7 @@ __all__ = [
     "to_row",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The CHECK is spelled with ORs: SQLite runs an IN list in a CHECK through a temporary table
 # built for every row written (32,000 of an insert's 84,000 instructions). Files made before
 # keep their IN list: same rule, slower writes.
@@ -55,6 +55,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     outcome_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS outbox_new (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Columns added after version 1, with their types (files of version 1 get them at open).
