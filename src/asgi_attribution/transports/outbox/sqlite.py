@@ -110,7 +110,7 @@ class SQLiteOutbox(SQLiteAdmin):
         self.retention = retention
         self.purge_batch = purge_batch
         self.wall = clock
-        self.description = str(self.path)
+        self.description = self._where = str(self.path)  # _where: the path, as os.stat takes it
         #: What is wrong with the file (damage found at open, a deleted file); see ``status``.
         self.problems: builtins.list[str] = []
         #: Row ids that could not be read at open; claims skip them.
@@ -231,7 +231,7 @@ class SQLiteOutbox(SQLiteAdmin):
 
     def _check_file(self) -> None:
         """Raise (and log at ERROR, once) if the path no longer holds the file opened."""
-        if self._lost is None and file_id(self.path) != self._identity:
+        if self._lost is None and file_id(self._where) != self._identity:
             self._lost = (
                 f"outbox file {self.path} was deleted or replaced while open: appends stop "
                 "(nothing more is reported stored); rows already in it are delivered by this "

@@ -82,8 +82,9 @@ DUE = (
 FileId = tuple[int, int]
 
 
-def file_id(path: Path) -> FileId | None:
-    """The (device, inode) of ``path``, or None if nothing is there.
+def file_id(path: str | Path) -> FileId | None:
+    """The (device, inode) of ``path``, or None if nothing is there (a ``str`` spares the
+    ``Path`` conversion: a quarter of the cost of this check, made after every append commit).
 
     Example:
         >>> file_id(Path("/nonexistent/events.db")) is None
