@@ -48,16 +48,21 @@ def open_plain(
 
 
 def commit_batches(
-    conn: sqlite3.Connection, insert: str, rows: int, commits: int, tag: str
+    conn: sqlite3.Connection, insert: str, rows: int, commits: int, tag: str, begin: bool = True
 ) -> list[float]:
-    """Seconds of each of ``commits`` commits of ``rows`` rows (ids unique per ``tag``)."""
+    """Seconds of each of ``commits`` commits of ``rows`` rows (ids unique per ``tag``);
+    ``begin=False``: one autocommit statement per row (as the store commits a lone append)."""
     samples = []
     for c in range(commits):
         batch = [(f"evt_{tag}_{c}_{i}", BODY) for i in range(rows)]
         t0 = time.perf_counter()
-        conn.execute("BEGIN")
-        conn.executemany(insert, batch)
-        conn.execute("COMMIT")
+        if begin:
+            conn.execute("BEGIN")
+            conn.executemany(insert, batch)
+            conn.execute("COMMIT")
+        else:
+            for values in batch:
+                conn.execute(insert, values)
         samples.append(time.perf_counter() - t0)
     return samples
 

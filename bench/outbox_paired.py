@@ -38,12 +38,14 @@ LABELS = {
     "fifty_row_commit": "floor: plain 50-row WAL commit",
     "validate50": "floor: 50 lead validations",
     "gather50": "asyncio.gather of 50 empty coroutines (informational)",
+    "front": "track_lead to a transport that answers at once (informational)",
+    "own_append": "the store's own one-row append commit, alone (informational)",
 }
 
 #: Per round: sequential events, bursts, one-row commits, 50-row commits, blocks of 50
 #: validations, empty gathers. About 0.2 s a round: pieces minutes apart were the problem.
 FULL = {"sequential": 300, "burst50": 8, "one_row_commit": 300, "fifty_row_commit": 30}
-FULL |= {"validate50": 30, "gather50": 60}
+FULL |= {"validate50": 30, "gather50": 60, "front": 300, "own_append": 300}
 QUICK = {k: max(3, v // 5) for k, v in FULL.items()}
 
 
@@ -105,12 +107,42 @@ async def _gathers(n: int) -> list[float]:
     return samples
 
 
+def _answering_tracker() -> Any:
+    """A tracker whose transport answers at once: the front path alone (validation included)."""
+    from asgi_attribution import Tracker
+    from asgi_attribution.transports import TrackResult, Transport
+
+    class Answers(Transport):
+        async def send(self, delivery: Any) -> Any:
+            return TrackResult("queued", delivery.event)
+
+        async def attempt(self, delivery: Any) -> Any:
+            raise NotImplementedError
+
+    return Tracker("dub", transport=Answers())
+
+
+async def _front(tracker: Any, n: int, tag: str) -> list[float]:
+    samples = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        await tracker.track_lead(
+            click_id=CLICK_ID, event_name="Sign up", customer_external_id=f"{tag}_{i}"
+        )
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
 async def _rounds(tmp: Path, sync: str, rounds: int, sizes: dict[str, int]) -> dict[str, Any]:
     from asgi_attribution import Tracker
 
     tracker = Tracker("dub", api_key="k", outbox=str(tmp / "outbox.sqlite3"), deliver=False)
+    front = _answering_tracker()
+    await front.start()
     one, one_insert = open_plain(tmp / "one.db", sync)
     fifty, fifty_insert = open_plain(tmp / "fifty.db", sync)
+    own, own_insert = open_plain(tmp / "own.db", sync, schema=True)
+    own.execute("PRAGMA wal_autocheckpoint = 0")  # as the store's loop connection
     await tracker.start()
     pieces: dict[str, Callable[[str], Any]] = {
         "sequential": lambda tag: _sequential(tracker, sizes["sequential"], tag),
@@ -123,6 +155,11 @@ async def _rounds(tmp: Path, sync: str, rounds: int, sizes: dict[str, int]) -> d
         ),
         "validate50": lambda tag: _validations(sizes["validate50"], tag),
         "gather50": lambda tag: _gathers(sizes["gather50"]),
+        "front": lambda tag: _front(front, sizes["front"], tag),
+        # Autocommit, as the store commits a lone append (the floors use BEGIN/COMMIT).
+        "own_append": lambda tag: commit_batches(
+            own, own_insert, 1, sizes["own_append"], tag, False
+        ),
     }
     per_round: dict[str, list[float]] = {k: [] for k in pieces}
     try:
@@ -137,8 +174,10 @@ async def _rounds(tmp: Path, sync: str, rounds: int, sizes: dict[str, int]) -> d
                     per_round[name].append(median(samples))
     finally:
         await tracker.aclose()
+        await front.aclose()
         one.close()
         fifty.close()
+        own.close()
     return per_round
 
 
