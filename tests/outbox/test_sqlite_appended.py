@@ -7,6 +7,7 @@ lost. Real files, other connections, a real process killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sqlite3
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from asgi_attribution import DUB, LeadEvent, Tracker
+from asgi_attribution import DUB, LeadEvent, OutboxError, Tracker
 from asgi_attribution.transports import Delivery, OutboxTransport, SQLiteOutbox
+from asgi_attribution.transports.outbox.sqlite_appended import MOVE_BATCH
 from asgi_attribution.transports.outbox.sqlite_schema import SCHEMA
+from asgi_attribution.transports.outbox.sqlite_tx import INSERT
 
 from .scripted import Scripted
 
@@ -52,12 +55,16 @@ async def test_an_append_writes_the_append_table_and_a_claim_moves_it_for_delive
     assert count(path, "SELECT COUNT(*) FROM outbox_new") == 20
     assert count(path, "SELECT COUNT(*) FROM outbox") == 0
     store = SQLiteOutbox(path)
+    await store.open()
+    assert await store.unfinished() == 20  # counted where they are
+    assert count(path, "SELECT COUNT(*) FROM outbox_new") == 20
+    status = await store.status()  # moves them first: any process's status sees a stuck move
+    assert status.counts["pending"] == 20 and status.oldest_pending_age is not None
+    assert count(path, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'") == 20
+    assert count(path, "SELECT COUNT(*) FROM outbox_new") == 0
     inner = Scripted()
     deliverer = OutboxTransport(store, inner, poll_interval=0.05)
     await deliverer.start()
-    status = await store.status()  # before any claim: the appended rows are pending
-    assert status.counts["pending"] == 20 and status.oldest_pending_age is not None
-    assert await store.unfinished() == 20
     await deliverer.flush(10)
     more = [await appender.send(Delivery(_lead(100 + i), DUB)) for i in range(5)]
     await deliverer.flush(10)
@@ -211,3 +218,84 @@ def test_rows_of_a_process_killed_before_its_close_are_delivered_by_the_next(
     inner = asyncio.run(deliver())
     assert sorted(inner.sent) == sorted(printed) and set(inner.sent.values()) == {1}
     assert count(path, "SELECT COUNT(*) FROM outbox WHERE state = 'delivered'") == 40
+
+
+def _append_raw(path: Path, n: int, pad: int = 0) -> list[str]:
+    """Rows in outbox_new as a process killed before its close leaves them (file at rest)."""
+    store = SQLiteOutbox(path)  # creates the schema
+    asyncio.run(store.open())
+    asyncio.run(store.close())
+    conn = sqlite3.connect(path, isolation_level=None)
+    ids = [f"evt_raw_{i:05d}" for i in range(n)]
+    rows = []
+    for i, event_id in enumerate(ids):
+        data = _lead(i, event_id).model_dump(mode="json", exclude={"kind"})
+        data["metadata"] = {"pad": "x" * pad} if pad else None
+        rows.append((event_id, "dub", "lead", json.dumps(data), 0.0, 0.0, 0.0))
+    conn.executemany(INSERT, rows)
+    conn.close()
+    return ids
+
+
+async def test_a_backlog_is_moved_a_batch_per_transaction_and_all_delivered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.db"
+    ids = await asyncio.to_thread(_append_raw, path, 2 * MOVE_BATCH + 7)
+    store = SQLiteOutbox(path)
+    await store.open()
+    status = await store.status()  # moved in three transactions, nothing left behind
+    assert status.counts["pending"] == len(ids) and status.problems == ()
+    assert count(path, "SELECT COUNT(*) FROM outbox_new") == 0
+    inner = Scripted()
+    transport = OutboxTransport(store, inner, poll_interval=0.05, concurrency=50)
+    await transport.start()
+    await transport.flush(60)
+    await transport.aclose()
+    assert sorted(inner.sent) == ids and set(inner.sent.values()) == {1}
+
+
+async def test_a_damaged_page_of_appended_rows_stops_only_its_own_rows(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    ids = await asyncio.to_thread(_append_raw, path, 300, 300)
+    conn = sqlite3.connect(path)
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    query = "SELECT pageno, ncell FROM dbstat WHERE name = 'outbox_new' AND pagetype = 'leaf'"
+    leaves = sorted(conn.execute(query))
+    conn.close()
+    page, cells = leaves[len(leaves) // 2]
+    data = bytearray(path.read_bytes())
+    data[(page - 1) * size + 8 : page * size] = b"\xff" * (size - 8)
+    path.write_bytes(bytes(data))
+    store = SQLiteOutbox(path)
+    inner = Scripted()
+    transport = OutboxTransport(store, inner, poll_interval=0.05)
+    await transport.start()
+    await transport.flush(20)  # ends: the unreadable rows are set aside, not waited for
+    status = await store.status()
+    await transport.aclose()
+    assert set(inner.sent.values()) == {1} and set(inner.sent) <= set(ids)
+    assert len(inner.sent) == len(ids) - cells  # every readable row delivered
+    assert any("cannot be read (damaged)" in p for p in status.problems), status.problems
+    assert count(path, "SELECT COUNT(*) FROM outbox_new NOT INDEXED WHERE id < 0") == 0
+
+
+async def test_a_file_of_a_newer_release_is_refused_and_an_older_ones_visit_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.db"
+    store = SQLiteOutbox(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA user_version = 2")  # what a release before the append table leaves
+    conn.close()
+    with caplog.at_level(logging.WARNING, "asgi_attribution"):
+        await store.open()
+        await store.close()
+    assert any("older release" in r.message for r in caplog.records)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(OutboxError, match=r"newer release .*schema version 99"):
+        await SQLiteOutbox(path).open()

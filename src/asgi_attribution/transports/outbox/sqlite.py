@@ -8,10 +8,9 @@ than handing it to a thread: the appends of one loop iteration are committed on 
 connection that never waits for a lock (another writer holding it sends them to the thread
 instead) and never checkpoints (the store's thread does, every ``CHECKPOINT_EVERY`` commits).
 Everything else runs on the store's own threads: appends that wait ``append_timeout`` at most
-for another process's lock (a signup is never held longer), workers that wait
-``busy_timeout``.
-
-The store knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
+for another process's lock (a signup is never held longer), workers that wait ``busy_timeout``.
+Appends write ``outbox_new``; the workers move its rows (:mod:`.sqlite_appended`). The store
+knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
 ``status().problems``), and after each append commit (before it too, on the thread) and at
 each claim the path's device and inode are compared with the file opened. A deleted or
 replaced file stops appends (they raise, never report an event stored) and is logged at ERROR;
@@ -38,6 +37,7 @@ from .batcher import AppendBatcher
 from .clock import AnchoredClock, WallClock
 from .rows import OutboxRow
 from .sqlite_admin import SQLiteAdmin
+from .sqlite_appended import SetAside, damaged, has_new, move_new
 from .sqlite_schema import (
     COLUMNS,
     FileId,
@@ -49,7 +49,7 @@ from .sqlite_schema import (
     prepare,
     to_row,
 )
-from .sqlite_tx import Worker, checkpoint, commit_now, has_new, insert_rows, move_new
+from .sqlite_tx import Worker, checkpoint, commit_now, insert_rows
 
 __all__ = ["SQLiteOutbox"]
 
@@ -113,8 +113,9 @@ class SQLiteOutbox(SQLiteAdmin):
         self.description = self._where = str(self.path)  # _where: the path, as os.stat takes it
         #: What is wrong with the file (damage found at open, a deleted file); see ``status``.
         self.problems: builtins.list[str] = []
-        #: Row ids that could not be read at open; claims skip them.
+        #: Row ids that could not be read at open, and appended ones set aside; claims skip them.
         self.unreadable: builtins.list[int] = []
+        self.set_aside = SetAside()
         # Identifies this store's claims, so a worker whose lease was taken over cannot record.
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._clock: AnchoredClock | None = None
@@ -186,7 +187,7 @@ class SQLiteOutbox(SQLiteAdmin):
             if str(mode).lower() != "wal":
                 raise OutboxError(f"{path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            self.problems, self.unreadable = check_health(conn)
+            (self.problems, self.unreadable), self.set_aside = check_health(conn), SetAside()
             prepare(conn, path, self.create)
             self._clock = load_clock(conn, self.wall)
             self._identity = file_id(path)
@@ -304,19 +305,20 @@ class SQLiteOutbox(SQLiteAdmin):
         return await self._run(self._claim, limit, lease)
 
     def _claim(self, limit: int, lease: float) -> builtins.list[OutboxRow]:
-        worker = self._worker
-        assert worker is not None and worker.conn is not None and self._clock is not None
-        conn = worker.conn
+        assert self._worker is not None and self._worker.conn is not None
+        assert self._clock is not None
+        conn = self._worker.conn
         self._clock.check(self.description)
         with contextlib.suppress(OutboxError):  # logged; deliver what the open file holds
             self._check_file()
+        self._salvage()  # after a damaged page of appended rows: their readable rows, first
         # A plain read first: idle workers then never take the write lock.
-        if not has_new(conn) and not due_ids(conn, self.now(), 1, self.unreadable):
+        if not has_new(conn, self.set_aside) and not due_ids(conn, self.now(), 1, self.unreadable):
             return []
 
         def claim(conn: sqlite3.Connection, only: int | None = None) -> builtins.list[OutboxRow]:
             if only is None:
-                move_new(conn, self.problems)  # the appended rows first
+                move_new(conn, problems=self.problems, aside=self.set_aside)  # appended first
             now = self.now()
             ids = [only] if only is not None else due_ids(conn, now, limit, self.unreadable)
             if not ids:
@@ -334,8 +336,8 @@ class SQLiteOutbox(SQLiteAdmin):
 
         try:
             return self._tx(claim)
-        except sqlite3.DatabaseError:
-            if not self.problems:
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):  # a lock held too long, a full disk: not a damaged row
                 raise
         # A damaged file: claim row by row, and set aside (by id) the rows that fail.
         rows: builtins.list[OutboxRow] = []
@@ -343,6 +345,8 @@ class SQLiteOutbox(SQLiteAdmin):
             try:
                 rows.extend(self._tx(functools.partial(claim, only=rid)))
             except sqlite3.DatabaseError as exc:
+                if not damaged(exc):
+                    raise
                 self.unreadable.append(rid)
                 self.problems.append(f"row {rid} cannot be read or written: {exc}")
                 logger.error("outbox %s: row %d set aside: %s", self.description, rid, exc)
@@ -394,7 +398,3 @@ class SQLiteOutbox(SQLiteAdmin):
             )
 
         await self._run(self._tx, update)
-
-    def _read(self, query: str, params: Sequence[Any]) -> builtins.list[tuple[Any, ...]]:
-        assert self._worker is not None and self._worker.conn is not None
-        return self._worker.conn.execute(query, params).fetchall()

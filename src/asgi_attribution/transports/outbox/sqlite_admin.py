@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 from ..._exceptions import OutboxError
 from .rows import NOT_RECORDED_OUTCOMES, STATES, ListState, OutboxRow, OutboxStatus
+from .sqlite_appended import MOVE_BATCH, SetAside, counted, damaged, listed, move_new, salvage
 from .sqlite_schema import COLUMNS, to_row
-from .sqlite_tx import move_new, retry_dead_rows
+from .sqlite_tx import Worker, retry_dead_rows
 from .store import OutboxStore
 
 __all__ = ["SQLiteAdmin"]
@@ -29,6 +30,8 @@ class SQLiteAdmin(OutboxStore):
 
     problems: builtins.list[str]
     unreadable: builtins.list[int]
+    set_aside: SetAside
+    _worker: Worker | None
     retention: float
     purge_batch: int
 
@@ -43,16 +46,50 @@ class SQLiteAdmin(OutboxStore):
         raise NotImplementedError
 
     def _read(self, query: str, params: Sequence[Any]) -> builtins.list[tuple[Any, ...]]:
-        raise NotImplementedError
+        assert self._worker is not None and self._worker.conn is not None
+        return self._worker.conn.execute(query, params).fetchall()
 
     def _check_file(self) -> None:
         raise NotImplementedError
 
     async def _move_appended(self) -> None:
         """Move the appended rows into the outbox table (where every version of this package
-        reads them). Best effort: they are stored either way, and a failure is in problems."""
+        reads them), a batch per transaction. Best effort: they are stored either way, and a
+        failure is in problems."""
+        move = functools.partial(move_new, problems=self.problems, aside=self.set_aside)
         with contextlib.suppress(OutboxError):
-            await self._run(self._tx, functools.partial(move_new, problems=self.problems))
+            while await self._run(self._tx, move) == MOVE_BATCH:
+                await asyncio.sleep(0)  # let appends and claims take the lock between batches
+            await self._run(self._salvage)
+
+    def _list_appended(self, limit: int) -> builtins.list[tuple[Any, ...]]:
+        assert self._worker is not None and self._worker.conn is not None
+        try:
+            return listed(self._worker.conn, self.set_aside, limit)
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(str(exc)) from exc
+
+    def _salvage(self) -> None:
+        """On the worker's thread: see :func:`.sqlite_appended.salvage`."""
+        assert self._worker is not None and self._worker.conn is not None
+        salvage(self._tx, self._worker.conn, self.problems, self.set_aside)
+
+    def _appended(self) -> tuple[int, float | None]:
+        """How many rows wait in outbox_new (those set aside left out) and the oldest one's
+        time; (0, None) when the table cannot be read, which is then named in problems."""
+        assert self._worker is not None and self._worker.conn is not None
+        try:
+            return counted(self._worker.conn, self.set_aside)
+        except sqlite3.DatabaseError as exc:
+            if damaged(exc):  # the readable rows moved, the damaged page set aside: again
+                self.set_aside.salvage_due = True
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    self._salvage()
+                    return counted(self._worker.conn, self.set_aside)
+            text = f"appended rows cannot be counted (damaged): {exc}"
+            if text not in self.problems:
+                self.problems.append(text)
+            return 0, None
 
     # -- inspection and maintenance -----------------------------------------------------------
 
@@ -61,26 +98,25 @@ class SQLiteAdmin(OutboxStore):
         query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
         if self.unreadable:  # set aside: named in status().problems, never deliverable here
             query += f" AND id NOT IN ({','.join(map(str, self.unreadable))})"
-        query = f"SELECT ({query}) + (SELECT COUNT(*) FROM outbox_new)"  # appended, not moved
-        return int((await self._run(self._read, query, ()))[0][0])
+        moved = int((await self._run(self._read, query, ()))[0][0])
+        return moved + (await self._run(self._appended))[0]  # and those not moved yet
 
     async def status(self) -> OutboxStatus:
         """Counts by state, the age of the oldest unfinished row, and problems with the file."""
+        # Moved first, so a move that cannot be made is in the problems of any process's status.
+        await self._move_appended()
         counts: dict[str, int] = dict.fromkeys(STATES, 0)
         # Counted from the index, so a damaged table page still gives counts.
-        # Rows appended and not yet moved into the outbox are pending.
         query = "SELECT state, COUNT(*) FROM outbox INDEXED BY outbox_due GROUP BY state"
-        query += " UNION ALL SELECT 'pending', COUNT(*) FROM outbox_new"
         for state, n in await self._run(self._read, query, ()):
-            counts[state] = counts.get(state, 0) + n
-        query = (
-            "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM outbox WHERE state IN"
-            " ('pending', 'inflight') UNION ALL SELECT MIN(created_at) FROM outbox_new)"
-        )
-        try:
-            oldest = (await self._run(self._read, query, ()))[0][0]
-        except OutboxError:
-            oldest = None  # on a damaged page: the problems say so
+            counts[state] = n
+        # Rows appended and not yet moved into the outbox are pending.
+        appended, oldest = await self._run(self._appended)
+        counts["pending"] += appended
+        query = "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
+        with contextlib.suppress(OutboxError):  # on a damaged page: the problems say so
+            moved = (await self._run(self._read, query, ()))[0][0]
+            oldest = moved if oldest is None or (moved is not None and moved < oldest) else oldest
         age = None if oldest is None else max(0.0, self.now() - oldest)
         if self.is_open:
             with contextlib.suppress(OutboxError):
@@ -107,7 +143,12 @@ class SQLiteAdmin(OutboxStore):
         if state == "pending":
             await self._move_appended()
         query = f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?"
-        return [to_row(r) for r in await self._run(self._read, query, (*params, limit))]
+        rows = [to_row(r) for r in await self._run(self._read, query, (*params, limit))]
+        if state == "pending" and len(rows) < limit:  # and those that could not be moved
+            with contextlib.suppress(OutboxError):
+                found = await self._run(self._list_appended, limit - len(rows))
+                rows += [to_row(r) for r in found]
+        return rows
 
     async def retry_dead(
         self, event_ids: Sequence[str] | None = None, *, force: bool = False

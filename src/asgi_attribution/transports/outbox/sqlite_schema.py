@@ -6,6 +6,7 @@ Plain functions on a ``sqlite3.Connection``, run on the store's own threads (see
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "to_row",
 ]
 
+logger = logging.getLogger("asgi_attribution")
 SCHEMA_VERSION = 3
 # The CHECK is spelled with ORs: SQLite runs an IN list in a CHECK through a temporary table
 # built for every row written (32,000 of an insert's 84,000 instructions). Files made before
@@ -99,13 +101,24 @@ def file_id(path: str | Path) -> FileId | None:
 
 def prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
     """Create the schema (if ``create``) or check it is an outbox; migrate version 1 files."""
-    found = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
-    ).fetchone()
-    if found is None and not create:
+    if not _has_table(conn, "outbox") and not create:
         raise OutboxError(f"{path} is not an asgi-attribution outbox (no outbox table)")
     conn.execute("BEGIN IMMEDIATE")
     try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"{path} was made by a newer release of asgi-attribution (schema version "
+                f"{version}; this one knows {SCHEMA_VERSION}): upgrade this process"
+            )
+        if version < 3 and _has_table(conn, "outbox_new"):
+            # A release before the append table opened the file after this one: it reads
+            # outbox alone, so rows appended by this release wait for a process of this one.
+            logger.warning(
+                "outbox %s was opened by an older release of asgi-attribution since this one: "
+                "only this release delivers the rows it appends; upgrade every process",
+                path,
+            )
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -119,6 +132,11 @@ def prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return conn.execute(query, (name,)).fetchone() is not None
 
 
 def load_clock(conn: sqlite3.Connection, wall: WallClock) -> AnchoredClock:

@@ -24,10 +24,8 @@ __all__ = [
     "Worker",
     "checkpoint",
     "commit_now",
-    "has_new",
     "insert_rows",
     "locked",
-    "move_new",
     "retry_dead_rows",
 ]
 
@@ -174,52 +172,11 @@ def checkpoint(worker: Worker) -> None:
             worker.conn.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
-# Appends go to outbox_new, which has no index but its row id: one b-tree written per commit,
-# where the outbox's own table writes three (its unique event id and its due index made a
-# lone signup's commit cost 1.9x; bench/README.md). The worker moves them into the outbox,
-# where the event id dedupes as the append did before, at each claim and before a listing.
+# Appends go to outbox_new, moved into the outbox by the worker (see .sqlite_appended).
 INSERT = (
     "INSERT INTO outbox_new (event_id, provider, kind, event, next_attempt_at, created_at,"
     " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-MOVE = (
-    "INSERT INTO outbox (event_id, provider, kind, event, state, attempts, next_attempt_at,"
-    " created_at, updated_at) SELECT event_id, provider, kind, event, 'pending', 0,"
-    " next_attempt_at, created_at, updated_at FROM outbox_new WHERE true ORDER BY id"
-    " ON CONFLICT (event_id) DO NOTHING"
-)
-
-
-def has_new(conn: sqlite3.Connection) -> bool:
-    """True when appended rows wait in outbox_new (a plain read: no lock taken)."""
-    return conn.execute("SELECT 1 FROM outbox_new LIMIT 1").fetchone() is not None
-
-
-def move_new(conn: sqlite3.Connection, problems: list[str]) -> int:
-    """Move the appended rows into the outbox, inside the caller's write transaction; an event
-    id already there keeps its row. Returns how many rows were moved.
-
-    A failure (a damaged page, a full disk) undoes the move alone: the rows stay in outbox_new,
-    the caller's transaction goes on, and the cause is logged at ERROR and kept in
-    ``problems`` (``status().problems``) until a move succeeds.
-    """
-    if not has_new(conn):
-        return 0
-    conn.execute("SAVEPOINT move_new")
-    try:
-        moved = conn.execute(MOVE).rowcount
-        conn.execute("DELETE FROM outbox_new")
-    except sqlite3.DatabaseError as exc:
-        conn.execute("ROLLBACK TO move_new")
-        conn.execute("RELEASE move_new")
-        stuck = f"appended rows wait in outbox_new, not moved into the outbox: {exc}"
-        if stuck not in problems:
-            problems.append(stuck)
-            logger.error("%s", stuck)
-        return 0
-    conn.execute("RELEASE move_new")
-    problems[:] = [p for p in problems if not p.startswith("appended rows wait")]
-    return int(moved)
 
 
 def _values(r: OutboxRow) -> tuple[Any, ...]:
@@ -228,7 +185,7 @@ def _values(r: OutboxRow) -> tuple[Any, ...]:
 
 
 def insert_rows(conn: sqlite3.Connection, *, rows: list[OutboxRow]) -> None:
-    """Append new rows to outbox_new (moved into the outbox by :func:`move_new`)."""
+    """Append new rows to outbox_new (moved into the outbox by the store's worker)."""
     conn.executemany(INSERT, [_values(r) for r in rows])
 
 
