@@ -52,13 +52,16 @@ class SQLiteAdmin(OutboxStore):
     def _check_file(self) -> None:
         raise NotImplementedError
 
-    async def _move_appended(self) -> None:
-        """Move the appended rows into the outbox table (where every version of this package
-        reads them), a batch per transaction. Best effort: they are stored either way, and a
-        failure is in problems."""
+    async def _move_appended(self, batches: int = 10) -> None:
+        """Move appended rows into the outbox table (where every version of this package reads
+        them), a batch per transaction, ``batches`` at most (a backlog past that is left to the
+        claims: a status or a close is not held for seconds). Best effort: they are stored
+        either way, and a failure is in problems."""
         move = functools.partial(move_new, problems=self.problems, aside=self.set_aside)
         with contextlib.suppress(OutboxError):
-            while await self._run(self._tx, move) == MOVE_BATCH:
+            for _ in range(batches):
+                if await self._run(self._tx, move) < MOVE_BATCH:
+                    break
                 await asyncio.sleep(0)  # let appends and claims take the lock between batches
             await self._run(self._salvage)
 
