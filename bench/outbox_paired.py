@@ -193,7 +193,7 @@ def _ratio(ours: float, floor: float, rounds_ours: list[float], rounds_floor: li
     }
 
 
-def run(*, rounds: int = 9, quick: bool = False) -> dict[str, Any]:
+def run(*, rounds: int = 30, quick: bool = False) -> dict[str, Any]:
     if not available():
         return {"available": False, "note": "not yet available: no outbox transport in the package"}
     from asgi_attribution.transports.outbox import SQLiteOutbox
