@@ -264,19 +264,31 @@ async def test_a_damaged_page_of_appended_rows_stops_only_its_own_rows(tmp_path:
     leaves = sorted(conn.execute(query))
     conn.close()
     page, cells = leaves[len(leaves) // 2]
+    # Rows were appended in order, one leaf after another: the row ids this page held.
+    first = sum(n for number, n in leaves if number < page) + 1
+    destroyed = set(range(first, first + cells))
     data = bytearray(path.read_bytes())
     data[(page - 1) * size + 8 : page * size] = b"\xff" * (size - 8)
     path.write_bytes(bytes(data))
     store = SQLiteOutbox(path)
     inner = Scripted()
-    transport = OutboxTransport(store, inner, poll_interval=0.05)
+    transport = OutboxTransport(store, inner, poll_interval=0.05, shutdown_timeout=2)
     await transport.start()
-    await transport.flush(20)  # ends: the unreadable rows are set aside, not waited for
+    await transport.flush(10)
     status = await store.status()
     await transport.aclose()
-    assert set(inner.sent.values()) == {1} and set(inner.sent) <= set(ids)
-    assert len(inner.sent) == len(ids) - cells  # every readable row delivered
-    assert any("cannot be read (damaged)" in p for p in status.problems), status.problems
+    assert set(inner.sent.values()) == {1} and set(inner.sent) <= set(ids)  # none twice
+    # Row id i + 1 holds evt_raw_i. Not delivered: the rows the damage destroyed (the file's
+    # damage is in the problems; SQLite may drop the page from its tree, ids and all), and any
+    # readable row whose move SQLite refused next to it, set aside and named by id.
+    aside = store.set_aside.ranges
+    undelivered = [i + 1 for i, event_id in enumerate(ids) if event_id not in inner.sent]
+    named = [r for r in undelivered if r not in destroyed]
+    assert all(any(a <= r <= b for a, b in aside) for r in named), (undelivered, aside)
+    # SQLite refuses moves next to a damaged page in varying numbers (7-19 rows seen): the
+    # rows away from it are all delivered.
+    assert len(named) <= 50 and len(inner.sent) >= len(ids) - cells - 50, undelivered
+    assert any("damaged" in p or "malformed" in p for p in status.problems), status.problems
 
 
 async def test_a_file_of_a_newer_release_is_refused_and_an_older_ones_visit_is_logged(
