@@ -101,8 +101,8 @@ class SQLiteAdmin(OutboxStore):
         query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
         if self.unreadable:  # set aside: named in status().problems, never deliverable here
             query += f" AND id NOT IN ({','.join(map(str, self.unreadable))})"
-        moved = int((await self._run(self._read, query, ()))[0][0])
-        return moved + (await self._run(self._appended))[0]  # and those not moved yet
+        appended = (await self._run(self._appended))[0]  # first: it may move rows (salvage)
+        return appended + int((await self._run(self._read, query, ()))[0][0])
 
     async def status(self) -> OutboxStatus:
         """Counts by state, the age of the oldest unfinished row, and problems with the file."""
