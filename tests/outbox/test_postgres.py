@@ -12,8 +12,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from asgi_attribution.transports.outbox import open_store
 from asgi_attribution.transports.outbox.postgres import PostgresOutbox, init_schema
 from tests.support.asgi import KEY
 from tests.support.postgres import restart_server, server_url, table_name
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 WORKER = Path(__file__).parents[1] / "support" / "postgres_worker_app.py"
@@ -62,14 +61,6 @@ def start_worker(pg: str, table: str, name: str, url: str, *args: str) -> subpro
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_four_workers_deliver_2000_events_each_exactly_once(

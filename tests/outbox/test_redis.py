@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from asgi_attribution._cli.outbox import main as outbox_main
 from asgi_attribution.testing import FakeProvider, Faults
 from asgi_attribution.transports import Delivery, OutboxTransport
 from tests.support.asgi import KEY
+from tests.support.waiting import wait_until
 
 from .scripted import Scripted
 
@@ -94,14 +95,6 @@ def sync_redis(redis_url: str) -> Any:
     import redis
 
     return redis.Redis.from_url(redis_url, decode_responses=True)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 async def test_append_only_instances_and_a_worker_deliver_everything(

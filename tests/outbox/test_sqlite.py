@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from asgi_attribution import (
 )
 from asgi_attribution.testing import FakeProvider, Faults
 from tests.support.asgi import KEY
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 WORKER = Path(__file__).parents[1] / "support" / "outbox_worker_app.py"
@@ -56,14 +56,6 @@ def states(path: Path) -> dict[str, int]:
     for row in rows(path):
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     return counts
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- in one process -------------------------------------------------------------------------

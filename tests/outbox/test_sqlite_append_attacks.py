@@ -26,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.support.waiting import wait_until as wait
+
 Popen = subprocess.Popen[bytes]
 CLICK = "cm3kf8x2a0001test9yz7q01"
 DELIVERER = """
@@ -110,12 +112,8 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    wait(condition, what, every=0.001)  # the kill points pass in milliseconds
 
 
 def kill(process: Popen) -> None:

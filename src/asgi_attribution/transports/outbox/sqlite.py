@@ -214,8 +214,8 @@ class SQLiteOutbox(SQLiteAdmin):
             self._now = now
 
     async def close(self) -> None:
-        """Finish pending appends, move them into the outbox table, close the connections and
-        stop the threads (a file at rest then holds its rows where any version reads them)."""
+        """Finish pending appends, move appended rows into the outbox table (20,000 at most:
+        where any version reads them), close the connections and stop the threads."""
         await self._batcher.wait()
         await self._move_appended()
         appender, worker = self._appender, self._worker

@@ -105,7 +105,8 @@ class SQLiteAdmin(OutboxStore):
         return appended + int((await self._run(self._read, query, ()))[0][0])
 
     async def status(self) -> OutboxStatus:
-        """Counts by state, the age of the oldest unfinished row, and problems with the file."""
+        """Counts by state, the age of the oldest unfinished row, and problems with the file
+        (appended rows are moved into the outbox table first, 20,000 at most)."""
         # Moved first, so a move that cannot be made is in the problems of any process's status.
         await self._move_appended()
         counts: dict[str, int] = dict.fromkeys(STATES, 0)
