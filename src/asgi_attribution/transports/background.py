@@ -31,7 +31,7 @@ from ..events import LeadEvent
 from .base import Delivery, DeliveryStats, TrackResult, Transport
 from .faults import is_integration_fault
 from .handoff import alive, hand_over, run_on
-from .jobs import Job, JobQueue, JobState
+from .jobs import QUEUED, Job, JobQueue, JobState
 from .pause import Pause
 from .reporting import log_ids, notify, report_undelivered
 from .retry import next_retry
@@ -207,7 +207,7 @@ class BackgroundTransport(Transport):
             return await self._send_inline(delivery)
         if self._loop is not (asyncio.get_running_loop() if loop is None else loop):
             await self.start()
-        full = self._jobs.count(JobState.QUEUED) >= self.queue_size  # a coroutine only if so
+        full = self._jobs.count(QUEUED) >= self.queue_size  # a coroutine only if so
         if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
             return await self._full(delivery)
         self._jobs.add(Job(delivery), wake=not self._pause.active)
@@ -244,7 +244,7 @@ class BackgroundTransport(Transport):
 
     async def _work(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._loop is loop:
-            job = None if self._pause.active else self._jobs.first(JobState.QUEUED)
+            job = None if self._pause.active else self._jobs.first(QUEUED)
             if job is not None:
                 await self._attempt(job, loop)
                 continue
