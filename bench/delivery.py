@@ -25,12 +25,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .bounds import delivery_bound
 from .common import median
 from .nginx import Nginx, nginx
 
 CLICK_ID = "cm3kf8x2a0001bench9yz7q"
 _ids = itertools.count()
 CONCURRENCY = (10, 20, 50)
+BOUND_ROW = "bound: the fewest steps with our blocks (bench/bounds.py)"
 
 
 def _lead_body() -> bytes:
@@ -327,6 +329,8 @@ def _rows(quick: bool) -> dict[str, tuple[Callable[..., Awaitable[float]], bool,
         rows[f"floor: raw asyncio.Protocol client, {t}, c=10"] = (_floor_awaited, tls, 10, 3500)
         rows[f"floor, callbacks only (no coroutine per request), {t}, c=10"] = (
             _floor, tls, 10, 3500)  # fmt: skip
+        rows[f"{BOUND_ROW}, {t}, c=10"] = (
+            delivery_bound, tls, 10, 2000)  # fmt: skip
         for c in CONCURRENCY:
             rows[f"engine alone, {t}, c={c}"] = (_engine, tls, c, 2500)
             rows[f"ours with the engine (whole path), {t}, c={c}"] = (

@@ -9,7 +9,8 @@ a shuffled order per round, as ``bench/delivery.py`` does for its rows:
   and a burst of 50 through ``asyncio.gather`` (median per burst: durable when the last returns);
 - the floors, as issue 16 defines them: a plain one-row WAL commit with the store's default
   ``synchronous``, a plain 50-row commit, 50 lead validations;
-- informational: ``asyncio.gather`` of 50 empty coroutines (what a burst costs the loop alone).
+- informational: ``asyncio.gather`` of 50 empty coroutines (what a burst costs the loop alone),
+  and the burst's bound (``bench/bounds.py``: validation, one future, one 50-row commit).
 
 Each piece's figure is the least of its rounds' medians (interference only ever adds time, so
 the least is the closest to what the code costs; the goals use it) and its median over rounds;
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .bounds import burst_bounds
 from .common import median
 from .floors import commit_batches, open_plain
 from .outbox import CLICK_ID, available
@@ -38,6 +40,7 @@ LABELS = {
     "fifty_row_commit": "floor: plain 50-row WAL commit",
     "validate50": "floor: 50 lead validations",
     "gather50": "asyncio.gather of 50 empty coroutines (informational)",
+    "bound50": "bound: 50 signups, each validated, durable by one 50-row commit (bench/bounds.py)",
     "front": "track_lead to a transport that answers at once (informational)",
     "own_append": "the store's own one-row append commit, alone (informational)",
 }
@@ -45,7 +48,7 @@ LABELS = {
 #: Per round: sequential events, bursts, one-row commits, 50-row commits, blocks of 50
 #: validations, empty gathers. About 0.2 s a round: pieces minutes apart were the problem.
 FULL = {"sequential": 300, "burst50": 8, "one_row_commit": 300, "fifty_row_commit": 30}
-FULL |= {"validate50": 30, "gather50": 60, "front": 300, "own_append": 300}
+FULL |= {"validate50": 30, "gather50": 60, "front": 300, "own_append": 300, "bound50": 8}
 QUICK = {k: max(3, v // 5) for k, v in FULL.items()}
 
 
@@ -143,6 +146,7 @@ async def _rounds(tmp: Path, sync: str, rounds: int, sizes: dict[str, int]) -> d
     fifty, fifty_insert = open_plain(tmp / "fifty.db", sync)
     own, own_insert = open_plain(tmp / "own.db", sync, schema=True)
     own.execute("PRAGMA wal_autocheckpoint = 0")  # as the store's loop connection
+    bound, bound_insert = open_plain(tmp / "bound.db", sync)
     await tracker.start()
     pieces: dict[str, Callable[[str], Any]] = {
         "sequential": lambda tag: _sequential(tracker, sizes["sequential"], tag),
@@ -155,6 +159,7 @@ async def _rounds(tmp: Path, sync: str, rounds: int, sizes: dict[str, int]) -> d
         ),
         "validate50": lambda tag: _validations(sizes["validate50"], tag),
         "gather50": lambda tag: _gathers(sizes["gather50"]),
+        "bound50": lambda tag: burst_bounds(bound, bound_insert, sizes["bound50"], tag),
         "front": lambda tag: _front(front, sizes["front"], tag),
         # Autocommit, as the store commits a lone append (the floors use BEGIN/COMMIT).
         "own_append": lambda tag: commit_batches(
@@ -178,6 +183,7 @@ async def _rounds(tmp: Path, sync: str, rounds: int, sizes: dict[str, int]) -> d
         one.close()
         fifty.close()
         own.close()
+        bound.close()
     return per_round
 
 

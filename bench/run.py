@@ -137,6 +137,11 @@ def _ratio_row(goal: str, ours: float, floor: float, limit: float, unit: str = "
     )
 
 
+def _bound_note(bound: float, floor: float) -> str:
+    """The goal's bound (``bench/bounds.py``: our blocks and nothing else) beside its floor."""
+    return f"; bound (our blocks alone): {bound:,.1f} us = {bound / floor:.2f}x"
+
+
 def _paired_goals(p: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The outbox goals from ``bench/outbox_paired.py``: each piece the least of its rounds."""
     sync, n = p["sqlite_synchronous"], p["rounds"]
@@ -162,6 +167,9 @@ def _paired_goals(p: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{g['round_ratios_median']:.2f}x, {g['round_ratios_min']:.2f}-"
             f"{g['round_ratios_max']:.2f}x)"
         )
+        bound = p["pieces"].get("bound50") if key == "burst50" else None
+        if bound:
+            measured += _bound_note(bound["least_us"], g["floor_us"])
         out.append((goal_, measured, verdict))
     return out
 
@@ -191,6 +199,7 @@ def paired_table(r: dict[str, Any]) -> list[str]:
 def goals16(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(goal, measured, verdict) for every goal of issue 16, as ratios to floors of this run."""
     from . import apps
+    from .delivery import BOUND_ROW
 
     out: list[tuple[str, str, str]] = []
     d = r.get("delivery", {})
@@ -202,6 +211,7 @@ def goals16(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 c: rows.get(f"ours with the engine (whole path), {t}, c={c}") for c in (10, 20, 50)
             }
             before = rows.get(f"ours with httpx (whole path, before), {t}, c=10")
+            bound = rows.get(f"{BOUND_ROW}, {t}, c=10")
             if floor and path[10]:
                 row = _ratio_row(
                     f"Delivery, whole path (track_lead -> queue -> attempt -> response), {t}, "
@@ -210,6 +220,9 @@ def goals16(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                     floor["cpu_us_per_event"],
                     3,
                 )
+                if bound:
+                    note = _bound_note(bound["cpu_us_per_event"], floor["cpu_us_per_event"])
+                    row = (row[0], row[1] + note, row[2])
                 if before:
                     b = before["cpu_us_per_event"]
                     row = (
