@@ -406,6 +406,31 @@ async def test_full_queue_can_raise_instead() -> None:
         upstream.gate.set()
 
 
+async def test_a_sender_waiting_for_room_is_woken_when_a_worker_takes_a_job() -> None:
+    upstream = GatedTransport([])
+    # A long wait: the sender must be woken by the worker taking a job, not by its timeout.
+    transport = BackgroundTransport(
+        upstream, queue_size=1, concurrency=1, queue_full_timeout=60, when_full="raise"
+    )
+    async with Tracker("dub", transport=transport) as tracker:
+        lead = {"click_id": "c", "event_name": "e", "customer_external_id": "u"}
+        first = await tracker.track_lead(**lead)
+        await asyncio.sleep(0)  # the worker takes the first; the queue holds one more
+        second = await tracker.track_lead(**lead)
+        third = asyncio.ensure_future(tracker.track_lead(**lead))
+        await asyncio.sleep(0.05)
+        assert not third.done()  # waiting for room
+        upstream.gate.set()  # the first is delivered, the worker takes the second: room
+        result = await asyncio.wait_for(third, 10)
+        assert (first.status, second.status, result.status) == ("queued",) * 3
+    assert [d.event.event_id for d in upstream.delivered] == [
+        first.event_id,
+        second.event_id,
+        result.event_id,
+    ]
+    assert tracker.stats.sent == 3 and tracker.stats.dropped == 0
+
+
 async def test_events_tracked_during_shutdown_are_sent_inline() -> None:
     memory = MemoryTransport()
     transport = BackgroundTransport(memory)

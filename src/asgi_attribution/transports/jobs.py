@@ -120,10 +120,11 @@ class JobQueue(Registry):
     paused (aclose stops waiting). :meth:`renew` makes them anew in a new owner loop.
     """
 
-    __slots__ = ("idle", "ready", "room", "stalled")
+    __slots__ = ("idle", "ready", "room", "room_wanted", "stalled")
 
     def __init__(self) -> None:
         super().__init__()
+        self.room_wanted = 0  # senders in wait_for_room: only they need ``room`` set
         self.renew()
 
     def renew(self) -> None:
@@ -136,14 +137,16 @@ class JobQueue(Registry):
     def add(self, job: Job, *, wake: bool = True) -> None:
         """Queue a new ``job``; wake a worker unless delivery is paused (``wake=False``)."""
         self.put(job, QUEUED)
-        self.idle.clear()
+        if len(self) == 1:  # it was empty, the only time ``idle`` is set
+            self.idle.clear()
         if wake:
             self.ready.set()
 
     def take(self, job: Job) -> None:
         """A worker takes ``job`` for an attempt."""
         self.put(job, ATTEMPTING)
-        self.room.set()
+        if self.room_wanted:
+            self.room.set()
 
     def finish(self, job: Job) -> bool:
         """Take ``job`` out; True if this call did (so it is counted once)."""
@@ -163,14 +166,18 @@ class JobQueue(Registry):
     async def wait_for_room(self, size: int, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for fewer than ``size`` queued jobs; False if not."""
         deadline = time.monotonic() + timeout
-        while self.count(QUEUED) >= size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.room.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.room.wait(), left)
-        return True
+        self.room_wanted += 1
+        try:
+            while self.count(QUEUED) >= size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.room.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.room.wait(), left)
+            return True
+        finally:
+            self.room_wanted -= 1
 
     async def settled(self, timeout: float) -> None:
         """Wait until no job is left or delivery pauses, at most ``timeout`` seconds."""
