@@ -105,10 +105,8 @@ async def burst_bounds(conn: sqlite3.Connection, insert: str, n: int, tag: str) 
         written.pop().set_result(None)
 
     async def signup(external_id: str) -> None:
-        delivery, _ = build_event(
-            DUB, "lead", {"customer_external_id": external_id}, "customer_external_id",
-            click_id=CLICK_ID, event_name="Sign up",
-        )  # fmt: skip
+        fields = {"customer_external_id": external_id, "event_name": "Sign up"}
+        delivery, _ = build_event(DUB, "lead", fields, "customer_external_id", click_id=CLICK_ID)
         if not rows:  # the first of this loop iteration: one commit for all of them
             written.append(loop.create_future())
             loop.call_soon(commit)

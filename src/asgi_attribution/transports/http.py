@@ -243,10 +243,11 @@ class HTTPTransport(Transport):
         try:
             engine = self._shared_engine(base, key, delivery.provider.extra_headers)
             if engine is not None:
+                method, target = request.method, request.target
                 response = await engine.request(
-                    request.method, request.target, request.body(), idempotency_key=event_id
+                    method, target, request.body(), idempotency_key=event_id
                 )
-                answer = _engine_answer(response, f"{request.method} {base}{request.target}")
+                answer = _engine_answer(response, f"{method} {base}{target}")
             else:
                 # httpx.Headers masks Authorization in its repr (frame locals, again).
                 headers = httpx.Headers(
