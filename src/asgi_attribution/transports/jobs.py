@@ -137,7 +137,7 @@ class JobQueue(Registry):
     def add(self, job: Job, *, wake: bool = True) -> None:
         """Queue a new ``job``; wake a worker unless delivery is paused (``wake=False``)."""
         self.put(job, QUEUED)
-        if len(self) == 1:  # it was empty, the only time ``idle`` is set
+        if self._size == 1:  # it was empty, the only time ``idle`` is set
             self.idle.clear()
         if wake:
             self.ready.set()
@@ -152,7 +152,7 @@ class JobQueue(Registry):
         """Take ``job`` out; True if this call did (so it is counted once)."""
         if not self.remove(job):
             return False
-        if not self:
+        if not self._size:  # the attribute, not len(): a Python call per event
             self.idle.set()
         return True
 
