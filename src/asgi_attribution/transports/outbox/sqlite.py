@@ -113,7 +113,7 @@ class SQLiteOutbox(SQLiteAdmin):
         self.description = self._where = str(self.path)  # _where: the path, as os.stat takes it
         #: What is wrong with the file (damage found at open, a deleted file); see ``status``.
         self.problems: builtins.list[str] = []
-        #: Row ids that could not be read at open, and appended ones set aside; claims skip them.
+        #: Outbox row ids that could not be read (at open, or by a claim); claims skip them.
         self.unreadable: builtins.list[int] = []
         self.set_aside = SetAside()
         # Identifies this store's claims, so a worker whose lease was taken over cannot record.

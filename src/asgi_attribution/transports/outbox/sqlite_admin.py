@@ -15,7 +15,16 @@ from typing import Any, TypeVar
 
 from ..._exceptions import OutboxError
 from .rows import NOT_RECORDED_OUTCOMES, STATES, ListState, OutboxRow, OutboxStatus
-from .sqlite_appended import MOVE_BATCH, SetAside, counted, damaged, listed, move_new, salvage
+from .sqlite_appended import (
+    MOVE_BATCH,
+    SetAside,
+    counted,
+    damaged,
+    listed,
+    move_new,
+    note_problem,
+    salvage,
+)
 from .sqlite_schema import COLUMNS, to_row
 from .sqlite_tx import Worker, retry_dead_rows
 from .store import OutboxStore
@@ -89,9 +98,11 @@ class SQLiteAdmin(OutboxStore):
                 with contextlib.suppress(sqlite3.DatabaseError):
                     self._salvage()
                     return counted(self._worker.conn, self.set_aside)
-            text = f"appended rows cannot be counted (damaged): {exc}"
-            if text not in self.problems:
-                self.problems.append(text)
+            note_problem(
+                self.problems,
+                "appended rows cannot be counted",
+                f"appended rows cannot be counted (damaged): {exc}",
+            )
             return 0, None
 
     # -- inspection and maintenance -----------------------------------------------------------
@@ -120,7 +131,7 @@ class SQLiteAdmin(OutboxStore):
         query = "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
         with contextlib.suppress(OutboxError):  # on a damaged page: the problems say so
             moved = (await self._run(self._read, query, ()))[0][0]
-            oldest = moved if oldest is None or (moved is not None and moved < oldest) else oldest
+            oldest = min((t for t in (oldest, moved) if t is not None), default=None)
         age = None if oldest is None else max(0.0, self.now() - oldest)
         if self.is_open:
             with contextlib.suppress(OutboxError):

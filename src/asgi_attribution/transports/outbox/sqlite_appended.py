@@ -36,6 +36,7 @@ __all__ = [
     "has_new",
     "listed",
     "move_new",
+    "note_problem",
     "salvage",
 ]
 
@@ -140,7 +141,7 @@ def move_new(conn: sqlite3.Connection, *, problems: list[str], aside: SetAside) 
     except sqlite3.DatabaseError as exc:
         if damaged(exc):
             aside.salvage_due = True
-        _note(problems, _WAITING, f"{_WAITING}, not moved into the outbox: {exc}")
+        note_problem(problems, _WAITING, f"{_WAITING}, not moved into the outbox: {exc}")
         return 0
     _clear(problems, _WAITING)
     return taken
@@ -197,7 +198,7 @@ def salvage(
         shown = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in lost[:10])
         text = f"{_SET_ASIDE} (damaged): ids {shown or 'none'}{' ...' if len(lost) > 10 else ''}"
         text += f" kept in outbox_new; {len(aside.copied)} more copied into the outbox"
-        _note(problems, _SET_ASIDE, text + " (their damaged neighbour page cannot be freed)")
+        note_problem(problems, _SET_ASIDE, text + " (their damaged neighbour page cannot be freed)")
     if not aside.salvage_due:
         _clear(problems, _WAITING)
 
@@ -224,8 +225,16 @@ def _readable_ids(conn: sqlite3.Connection, aside: SetAside) -> list[int]:
     return found
 
 
-def _note(problems: list[str], kind: str, text: str) -> None:
-    """Keep one line of ``kind`` in ``problems``: a new text replaces it and is logged."""
+def note_problem(problems: list[str], kind: str, text: str) -> None:
+    """Keep one line of ``kind`` (its first words) in ``problems``: a new text replaces it and
+    is logged at ERROR.
+
+    Example:
+        >>> problems = []
+        >>> note_problem(problems, "disk", "disk full"); note_problem(problems, "disk", "disk ok")
+        >>> problems
+        ['disk ok']
+    """
     if text in problems:
         return
     _clear(problems, kind)
