@@ -31,8 +31,8 @@ CLICK_ID = "cm3kf8x2a0001bench9yz7q"
 async def delivery_bound(url: str, ctx: ssl.SSLContext | None, c: int, n: int) -> float:
     """Client CPU seconds per event of the fewest steps from ``track_lead`` to the answer."""
     from asgi_attribution import DUB, TrackResult
-    from asgi_attribution.building import build_event
-    from asgi_attribution.transports.answers import parse_json
+    from asgi_attribution._tracker import build_event
+    from asgi_attribution.transports._http import parse_json
     from asgi_attribution.transports.engine import Engine
 
     headers = {"Content-Type": "application/json", "Authorization": "Bearer k"}
@@ -91,7 +91,7 @@ async def delivery_bound(url: str, ctx: ssl.SSLContext | None, c: int, n: int) -
 async def burst_bounds(conn: sqlite3.Connection, insert: str, n: int, tag: str) -> list[float]:
     """Seconds of each of ``n`` bursts of 50 signups made durable by one 50-row commit."""
     from asgi_attribution import DUB
-    from asgi_attribution.building import build_event
+    from asgi_attribution._tracker import build_event
 
     loop = asyncio.get_running_loop()
     rows: list[tuple[str, str]] = []

@@ -276,8 +276,8 @@ async def _path(url: str, ctx: ssl.SSLContext | None, c: int, n: int, engine: bo
     import httpx
 
     from asgi_attribution import Tracker
-    from asgi_attribution.transports.background import BackgroundTransport
-    from asgi_attribution.transports.http import USER_AGENT, HTTPTransport
+    from asgi_attribution.transports._background import BackgroundTransport
+    from asgi_attribution.transports._http import USER_AGENT, HTTPTransport
 
     inner: HTTPTransport
     client: httpx.AsyncClient | None = None

@@ -24,7 +24,7 @@ BODY = json.dumps({"clickId": "c" * 25, "eventName": "Sign up", "pad": "x" * 150
 def schema_insert() -> str:
     """The store's own append statement (into ``outbox_new``, its append table), with the
     values that vary in a real append bound and the rest fixed, so it takes (id, body)."""
-    from asgi_attribution.transports.outbox.sqlite_tx import INSERT
+    from asgi_attribution.transports.outbox._sqlite import INSERT
 
     marks = "VALUES (?, ?, ?, ?, ?, ?, ?)"
     assert marks in INSERT, INSERT
@@ -39,7 +39,7 @@ def open_plain(
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     if schema:
-        from asgi_attribution.transports.outbox.sqlite_schema import prepare
+        from asgi_attribution.transports.outbox._sqlite_schema import prepare
 
         prepare(conn, path, True)
         return conn, schema_insert()

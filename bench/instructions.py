@@ -42,9 +42,9 @@ async def _track(tracker: Any, n: int, pause: bool = False) -> None:
 async def _queue(n: int) -> None:
     """track_lead -> background queue -> an attempt answered at once (no network)."""
     from asgi_attribution import Tracker
-    from asgi_attribution.transports import answers
-    from asgi_attribution.transports.background import BackgroundTransport
-    from asgi_attribution.transports.base import Transport
+    from asgi_attribution.transports import _http as answers
+    from asgi_attribution.transports._background import BackgroundTransport
+    from asgi_attribution.transports._base import Transport
 
     body = {"click": {"id": "c"}, "link": {"id": "link_1"}, "customer": {"externalId": "u"}}
 

@@ -25,8 +25,8 @@ from .common import PYTHON, ROOT, rss_bytes
 
 
 def _transports() -> tuple[Any, Any]:
-    from asgi_attribution.transports.background import BackgroundTransport
-    from asgi_attribution.transports.base import TrackResult, Transport
+    from asgi_attribution.transports._background import BackgroundTransport
+    from asgi_attribution.transports._base import TrackResult, Transport
 
     class Stuck(Transport):
         """Never finishes a delivery: everything after the first event stays queued."""

@@ -71,8 +71,8 @@ def run(n: int = 3000) -> dict[str, Any]:
     if not available():
         return {"available": False, "note": "not yet available: no outbox transport in the package"}
     from asgi_attribution import Tracker
-    from asgi_attribution.transports.background import BackgroundTransport
-    from asgi_attribution.transports.base import TrackResult, Transport
+    from asgi_attribution.transports._background import BackgroundTransport
+    from asgi_attribution.transports._base import TrackResult, Transport
 
     class Discard(Transport):
         async def send(self, delivery: Any) -> Any:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_attribution.signing import ClickSigner
+from asgi_attribution._signing import ClickSigner
 from tests.support import fuzz_harness
 from tests.support.fuzz_harness import CONFIGS, PATHS, SECRETS, Case
 
@@ -135,7 +135,8 @@ def test_fuzz_seed_corpus(seed: int) -> None:
 
 def test_the_harness_catches_an_unvalidated_cookie(monkeypatch: pytest.MonkeyPatch) -> None:
     """The properties can fail: with validation switched off, a hostile value is caught."""
-    from asgi_attribution import landing, middleware
+    from asgi_attribution import _landing as landing
+    from asgi_attribution import _middleware as middleware
 
     for module in (middleware, landing):
         monkeypatch.setattr(module, "valid_click_id", lambda value, where="": value or None)
@@ -162,7 +163,7 @@ cookie_text = st.lists(
 def test_cookie_reader_agrees_with_starlettes_parser(header: str) -> None:
     from starlette.requests import cookie_parser
 
-    from asgi_attribution.cookies import CookieReader
+    from asgi_attribution._cookies import CookieReader
 
     # Starlette's parser, one cookie at a time, keeping the first of duplicates (as the
     # providers' scripts read them).
@@ -184,7 +185,7 @@ query_text = st.lists(
 @given(query_text)
 def test_landing_fast_path_agrees_with_parse_qsl(query: str) -> None:
     from asgi_attribution import DUB
-    from asgi_attribution.landing import LandingQuery
+    from asgi_attribution._landing import LandingQuery
 
     raw = query.encode("latin-1")
     landing = LandingQuery(DUB)

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_attribution import DUB, PIMMS, AttributionMiddleware, MemoryTransport, Tracker
-from asgi_attribution.cookies import ClickCookies, CookiePolicy, CookieReader, valid_click_id
-from asgi_attribution.landing import LandingCookies, LandingQuery, cookie_sender
-from asgi_attribution.providers import Provider
+from asgi_attribution._cookies import ClickCookies, CookiePolicy, CookieReader, valid_click_id
+from asgi_attribution._landing import LandingCookies, LandingQuery, cookie_sender
+from asgi_attribution._providers import Provider
 
 FAST = settings(
     max_examples=300,

@@ -19,9 +19,13 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from asgi_attribution.attribution import parse_partner_data
-from asgi_attribution.partner_clicks import PartnerClick, PartnerClicks
-from asgi_attribution.partner_landing import is_bot_user_agent, partner_data_cookie
+from asgi_attribution._attribution import parse_partner_data
+from asgi_attribution._partners import (
+    PartnerClick,
+    PartnerClicks,
+    is_bot_user_agent,
+    partner_data_cookie,
+)
 from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"

@@ -25,7 +25,7 @@ from asgi_attribution import (
     get_attribution,
     track_lead,
 )
-from asgi_attribution.signing import ClickSigner
+from asgi_attribution._signing import ClickSigner
 from tests.support.asgi import client_for, raw_get, websocket_sent
 
 pytestmark = pytest.mark.anyio

@@ -30,9 +30,9 @@ from asgi_attribution import (
     track_sale,
     tracks_lead,
 )
-from asgi_attribution.providers import ProviderRequest
+from asgi_attribution._providers import ProviderRequest
 from asgi_attribution.testing import CapturedEvents, capture_events
-from asgi_attribution.transports.base import Delivery
+from asgi_attribution.transports._base import Delivery
 from asgi_attribution.transports.outbox import OutboxRow
 from tests.support.asgi import client_for
 

@@ -20,10 +20,12 @@ from starlette.routing import Mount, Route
 
 from asgi_attribution import AttributionError
 from asgi_attribution.testing import FakeProvider, serve_in_thread, sign_webhook
-from asgi_attribution.webhook_models import CommissionCreatedData, SaleCreatedData, WebhookData
 from asgi_attribution.webhooks import (
+    CommissionCreatedData,
     InvalidSignatureError,
     InvalidWebhookError,
+    SaleCreatedData,
+    WebhookData,
     WebhookEvent,
     WebhookVerifier,
     compute_signature,

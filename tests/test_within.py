@@ -68,7 +68,7 @@ def signup_site(pg: str, users: str, tracker: Tracker) -> Any:
 async def test_the_lead_commits_with_the_signup_or_not_at_all(
     pg: str, users: str, provider: FakeProvider, url: str
 ) -> None:
-    from asgi_attribution.transports.outbox.postgres import PostgresOutbox
+    from asgi_attribution.transports.outbox._postgres import PostgresOutbox
 
     store = PostgresOutbox(pg, table=table_name("outbox"), notify_wait=0.5)
     fast = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)

@@ -10,6 +10,12 @@ Example:
     ...     await track_lead(request, "Sign up", customer_external_id="user_42")
 """
 
+from __future__ import annotations
+
+from ._attribution import Attribution, Discount, Partner, PartnerData, get_attribution
+from ._clearing import clear_attribution
+from ._cookies import CookiePolicy, valid_click_id
+from ._events import CustomerEvent, Event, LeadEvent, SaleEvent
 from ._exceptions import (
     AttributionError,
     DeliveryError,
@@ -19,15 +25,10 @@ from ._exceptions import (
     OutboxError,
     QueueFullError,
 )
-from .attribution import Attribution, Discount, Partner, PartnerData, get_attribution
-from .clearing import clear_attribution
-from .cookies import CookiePolicy, valid_click_id
-from .events import CustomerEvent, Event, LeadEvent, SaleEvent
-from .middleware import AttributionMiddleware
-from .pending import Tracking
-from .providers import DUB, PIMMS, Provider, ProviderRequest, get_provider
-from .tracker import Tracker
-from .tracking import track_customer, track_lead, track_sale, tracks_lead
+from ._middleware import AttributionMiddleware
+from ._providers import DUB, PIMMS, Provider, ProviderRequest, get_provider
+from ._tracker import Tracker, Tracking
+from ._tracking import track_customer, track_lead, track_sale, tracks_lead
 from .transports import (
     BackgroundTransport,
     Delivery,
@@ -46,8 +47,6 @@ from .transports import (
     TrackResult,
     Transport,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DUB",
@@ -99,3 +98,6 @@ __all__ = [
     "tracks_lead",
     "valid_click_id",
 ]
+
+
+__version__ = "0.1.0"

@@ -31,8 +31,11 @@ __all__ = [
     "current_scope",
 ]
 
+
 SCOPE_KEY = "asgi_attribution"
+
 TRACKER_KEY = "asgi_attribution.tracker"
+
 COOKIES_KEY = "asgi_attribution.cookies"
 
 #: What to say when something is read from a request the middleware never saw.

@@ -22,8 +22,8 @@ from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp
 from starlette.types import Receive, Scope, Send
 
-from .middleware import AttributionMiddleware
-from .tracker import Tracker
+from ._middleware import AttributionMiddleware
+from ._tracker import Tracker
 
 __all__ = ["AttributionPlugin"]
 

@@ -25,13 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .tracker import Tracker
-
-if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import TracerProvider
-
-    from .transports.observe import DeliveryRecord
+from ._tracker import Tracker
 
 __all__ = [
     "DELIVERY_DURATION",
@@ -43,15 +37,29 @@ __all__ = [
     "instrument",
 ]
 
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from .transports._base import DeliveryRecord
+
 EVENTS = "asgi_attribution.events"
+
 QUEUE_DEPTH = "asgi_attribution.queue.depth"
+
 DELIVERY_DURATION = "asgi_attribution.delivery.duration"
+
 PAUSED = "asgi_attribution.delivery.paused"
+
 #: The ``outcome`` attribute values of ``asgi_attribution.events``.
 OUTCOMES = ("queued", "sent", "retried", "failed", "dropped", "duplicate", "not_recorded")
+
 _FINAL = frozenset({"sent", "failed", "dropped"})
+
 # Seconds: from a local provider (milliseconds) to an attempt that hits the 10 s timeout.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
 _SCOPE = "asgi_attribution"
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .testing.capture import CapturedEvents, capture_events
+from .testing._capture import CapturedEvents, capture_events
 
 __all__ = ["attribution_events"]
 

@@ -16,7 +16,7 @@ call ``track_sale`` for the same payment, or the partner is paid twice.
 
 Example:
     >>> from starlette.requests import Request
-    >>> from asgi_attribution.attribution import Attribution
+    >>> from asgi_attribution import Attribution
     >>> request = Request({"type": "http", "asgi_attribution": Attribution(DUB, click_id="c1")})
     >>> checkout_session_params(request, mode="payment")
     {'client_reference_id': 'dub_id_c1', 'customer_creation': 'always'}
@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import HTTPConnection
 
-from .attribution import get_attribution
+from ._attribution import get_attribution
 
 __all__ = [
     "CheckoutMode",
@@ -38,6 +38,7 @@ __all__ = [
     "customer_metadata",
     "payment_link_url",
 ]
+
 
 CheckoutMode = Literal["payment", "subscription", "setup"]
 
@@ -62,7 +63,7 @@ def client_reference_id(request: HTTPConnection) -> str | None:
 
     Example:
         >>> from starlette.requests import Request
-        >>> from asgi_attribution.attribution import Attribution
+        >>> from asgi_attribution import Attribution
         >>> client_reference_id(Request({"type": "http",
         ...                              "asgi_attribution": Attribution(PIMMS, click_id="c1")}))
         'pimms_id_c1'
@@ -103,7 +104,7 @@ def checkout_session_params(
 
     Example:
         >>> from starlette.requests import Request
-        >>> from asgi_attribution.attribution import Attribution
+        >>> from asgi_attribution import Attribution
         >>> request = Request({"type": "http", "asgi_attribution": Attribution(DUB, click_id="c1")})
         >>> checkout_session_params(request, customer_external_id="user_42", lead_tracked=True)
         {'metadata': {'dubCustomerExternalId': 'user_42'}}
@@ -141,7 +142,7 @@ def customer_metadata(request: HTTPConnection, customer_external_id: str) -> dic
 
     Example:
         >>> from starlette.requests import Request
-        >>> from asgi_attribution.attribution import Attribution
+        >>> from asgi_attribution import Attribution
         >>> request = Request({"type": "http", "asgi_attribution": Attribution(DUB, click_id="c1")})
         >>> customer_metadata(request, "user_42")
         {'metadata': {'dubCustomerExternalId': 'user_42', 'dubClickId': 'c1'}}
@@ -161,7 +162,7 @@ def payment_link_url(url: str, request: HTTPConnection) -> str:
 
     Example:
         >>> from starlette.requests import Request
-        >>> from asgi_attribution.attribution import Attribution
+        >>> from asgi_attribution import Attribution
         >>> request = Request({"type": "http", "asgi_attribution": Attribution(DUB, click_id="c1")})
         >>> payment_link_url("https://buy.stripe.com/test_123?prefilled_email=a%40b.co", request)
         'https://buy.stripe.com/test_123?prefilled_email=a%40b.co&client_reference_id=dub_id_c1'

@@ -1,6 +1,6 @@
 """Tracking from sync code: Django sync views, FastAPI ``def`` endpoints, Celery/RQ tasks, scripts.
 
-The same three calls as :mod:`asgi_attribution.tracking`, without ``await``::
+The same three calls as :mod:`asgi_attribution._tracking`, without ``await``::
 
     from asgi_attribution import sync
 
@@ -41,17 +41,17 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from ._args import CustomerFields, LeadFields, SaleFields
+from ._attribution import Attribution, attribution_in
 from ._context import MIDDLEWARE_HINT, TRACKER_KEY, HasScope, current_scope
+from ._events import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError
-from .attribution import Attribution, attribution_in
-from .tracker import Tracker
-from .transports.base import TrackResult
+from ._tracker import Tracker
+from .transports._base import TrackResult
 
 __all__ = ["RequestLike", "track_customer", "track_lead", "track_sale"]
 
-logger = logging.getLogger("asgi_attribution")
 
+logger = logging.getLogger("asgi_attribution")
 
 #: Anything with the ASGI ``scope`` the middleware saw: Starlette, Django (ASGI), Litestar.
 RequestLike = HasScope

@@ -15,7 +15,7 @@ import pytest
 
 from asgi_attribution import Tracker
 from asgi_attribution._cli import main
-from asgi_attribution._cli.outbox_store import ONE_OF
+from asgi_attribution._cli.outbox_parser import ONE_OF
 from asgi_attribution.testing import FakeProvider, Faults
 from tests.support.asgi import KEY
 

@@ -24,7 +24,7 @@ def test_demo_runs_from_the_installed_wheel(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("asgi_attribution-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert "asgi_attribution/_cli/demo_site.py" in names
+    assert "asgi_attribution/_cli/demo.py" in names
     assert "asgi_attribution/py.typed" in names
     assert not any(name.startswith(("examples/", "tests/")) for name in names)
     subprocess.run(

@@ -12,7 +12,7 @@ from collections import Counter
 
 from asgi_attribution import DeliveryError
 from asgi_attribution.transports import Delivery, TrackResult, Transport
-from asgi_attribution.transports.retry import RetryPolicy
+from asgi_attribution.transports._base import RetryPolicy
 
 __all__ = ["FAST", "Integration", "Scripted"]
 

@@ -20,7 +20,7 @@ import pytest
 from asgi_attribution import OutboxError, OutboxTransport, RetryPolicy, Tracker
 from asgi_attribution.testing import FakeProvider, Faults
 from asgi_attribution.transports.outbox import open_store
-from asgi_attribution.transports.outbox.postgres import PostgresOutbox, init_schema
+from asgi_attribution.transports.outbox._postgres import PostgresOutbox, init_schema
 from tests.support.asgi import KEY
 from tests.support.postgres import restart_server, server_url, table_name
 from tests.support.waiting import wait_until

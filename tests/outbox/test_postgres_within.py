@@ -16,8 +16,12 @@ import pytest
 
 from asgi_attribution import DUB, LeadEvent, OutboxTransport, RetryPolicy, Tracker
 from asgi_attribution.testing import FakeProvider
-from asgi_attribution.transports.base import Delivery
-from asgi_attribution.transports.outbox.postgres import WITHIN_REASON, PostgresOutbox, append_within
+from asgi_attribution.transports._base import Delivery
+from asgi_attribution.transports.outbox._postgres import (
+    WITHIN_REASON,
+    PostgresOutbox,
+    append_within,
+)
 from tests.support.asgi import KEY
 from tests.support.postgres import server_url, table_name, users_table
 

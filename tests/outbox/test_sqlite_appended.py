@@ -20,9 +20,8 @@ import pytest
 
 from asgi_attribution import DUB, LeadEvent, OutboxError, Tracker
 from asgi_attribution.transports import Delivery, OutboxTransport, SQLiteOutbox
-from asgi_attribution.transports.outbox.sqlite_appended import MOVE_BATCH
-from asgi_attribution.transports.outbox.sqlite_schema import SCHEMA
-from asgi_attribution.transports.outbox.sqlite_tx import INSERT
+from asgi_attribution.transports.outbox._sqlite import INSERT, MOVE_BATCH
+from asgi_attribution.transports.outbox._sqlite_schema import SCHEMA
 
 from .scripted import Scripted
 

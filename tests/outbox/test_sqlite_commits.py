@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 
 from asgi_attribution import DUB, CustomerEvent, LeadEvent, SaleEvent, Tracker
-from asgi_attribution.events import RefundEvent
+from asgi_attribution._events import RefundEvent
 from asgi_attribution.transports import Delivery, OutboxTransport, SQLiteOutbox
-from asgi_attribution.transports.outbox.rows import OutboxRow
-from asgi_attribution.transports.outbox.sqlite import CHECKPOINT_EVERY
-from asgi_attribution.transports.outbox.sqlite_schema import SCHEMA, SCHEMA_VERSION
-from asgi_attribution.transports.outbox.sqlite_tx import INSERT, WAL_RESTART_FRAMES
+from asgi_attribution.transports.outbox._sqlite import CHECKPOINT_EVERY, INSERT, WAL_RESTART_FRAMES
+from asgi_attribution.transports.outbox._sqlite_schema import SCHEMA, SCHEMA_VERSION
+from asgi_attribution.transports.outbox._store import OutboxRow
 
 from .scripted import Scripted
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 
 from asgi_attribution import OutboxTransport, RetryPolicy, Tracker
-from asgi_attribution.transports.outbox.postgres import PostgresOutbox
+from asgi_attribution.transports.outbox._postgres import PostgresOutbox
 
 KEY = "dub_test_key"
 FAST = RetryPolicy(initial_backoff=0.05, max_backoff=0.2, max_retry_after=0.5, max_elapsed=60)

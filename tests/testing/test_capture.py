@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from asgi_attribution import MemoryTransport, Tracker
-from asgi_attribution.overrides import transport_overrides
+from asgi_attribution._tracker import transport_overrides
 from asgi_attribution.testing import CapturedEvents, capture_events
 
 pytest_plugins = ["pytester"]

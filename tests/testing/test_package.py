@@ -15,7 +15,7 @@ HEAVY = (
     "argparse",
     "uvicorn",
     "asgi_attribution.testing.fake_provider",
-    "asgi_attribution.testing.server",
+    "asgi_attribution.testing._server",
     "asgi_attribution._cli",
 )
 
@@ -53,13 +53,13 @@ def test_the_fake_provider_loads_on_first_use() -> None:
     ]
     # uvicorn itself only when a server starts.
     assert loaded_after("from asgi_attribution.testing import serve_in_thread") == [
-        "asgi_attribution.testing.server"
+        "asgi_attribution.testing._server"
     ]
 
 
 def test_every_public_name_resolves_to_its_home() -> None:
+    from asgi_attribution.testing._server import serve_in_thread
     from asgi_attribution.testing.fake_provider import FakeProvider, Faults, Received
-    from asgi_attribution.testing.server import serve_in_thread
 
     assert testing.FakeProvider is FakeProvider
     assert testing.Faults is Faults

@@ -32,7 +32,7 @@ from asgi_attribution import (
     track_lead,
 )
 from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
-from asgi_attribution.transports.retry import parse_retry_after
+from asgi_attribution.transports._base import parse_retry_after
 from tests.support.asgi import KEY, client_for
 
 pytestmark = pytest.mark.anyio

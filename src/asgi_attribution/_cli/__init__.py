@@ -16,6 +16,7 @@ from .common import EXIT_USAGE, CommandParser, UsageError, error_line, exit_code
 
 __all__ = ["main"]
 
+
 DESCRIPTION = wrap(
     "Credit signups to link clicks for Dub/PIMMS: try the journey locally, fake the "
     "provider's API, operate a durable outbox.",

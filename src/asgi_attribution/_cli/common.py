@@ -25,6 +25,7 @@ __all__ = [
     "wrap",
 ]
 
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 

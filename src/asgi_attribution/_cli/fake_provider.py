@@ -11,6 +11,7 @@ from .common import CommandParser, exit_codes, port, wrap
 
 __all__ = ["check_listen", "main"]
 
+
 DESCRIPTION = wrap(
     "Run a local Dub/PIMMS tracking API that can inject faults (503s, 429s with Retry-After, "
     "slow answers, cut connections), to try a deployment's delivery and retries without the "

@@ -1,27 +1,484 @@
 """The options of ``asgi-attribution outbox ...``: the store options every command shares, and
 each command's own; durations such as ``7d``.
+
+Which outbox a command works on: ``--path``, ``--redis-url`` or ``--postgres-url`` (or
+``ASGI_ATTRIBUTION_OUTBOX``), checked before anything is opened; passwords never echoed.
+
+``asgi-attribution outbox list``: the events of an outbox, as text or JSON Lines.
+
+Undelivered events by state (pending, in flight, dead letters), and ``not-recorded``: delivered
+events whose provider answered 2xx without recording them (a duplicate lead, a sale with no
+customer), with the outcome and its reason. Rows come from the store's read-only
+:meth:`OutboxStore.list_rows`; a store that lists dead letters only makes asking for another
+state a usage error (exit code 2) that says ``--state dead`` works.
+
+``asgi-attribution outbox deliver``: deliver what an outbox holds, once or as a worker.
+
+The provider of each event is read from its stored row at delivery time, so the API keys are
+checked before the store is touched: ``--api-key`` for every event, else each provider's
+environment variable (``DUB_API_KEY``, ``PIMMS_API_KEY``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import inspect
+import json
+import os
 import re
-from collections.abc import Callable, Sequence
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
-from ..transports import RetryPolicy
-from .common import CommandParser, exit_codes, positive_float, positive_int, wrap
-from .outbox_deliver import KEY_VARIABLES, PROG
-from .outbox_list import LISTABLE, NOT_RECORDED
-from .outbox_store import DEFAULT_POSTGRES_TABLE, DEFAULT_REDIS_PREFIX
+from .._providers import DUB, PIMMS
+from ..transports import (
+    OutboxRow,
+    OutboxStore,
+    OutboxTransport,
+    RedisOutbox,
+    RetryPolicy,
+    SQLiteOutbox,
+)
+from ..transports.outbox import PostgresOutbox
+from ..transports.outbox._store import LIST_STATES, STATES, ListState
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandParser,
+    UsageError,
+    error_line,
+    exit_codes,
+    positive_float,
+    positive_int,
+    wrap,
+)
 
-__all__ = ["PROG", "build_parser", "parse_duration", "positive_duration"]
+__all__ = [
+    "DEFAULT_POSTGRES_TABLE",
+    "DEFAULT_REDIS_PREFIX",
+    "KEY_VARIABLES",
+    "LISTABLE",
+    "NOT_RECORDED",
+    "ONE_OF",
+    "PROG",
+    "Progress",
+    "build_parser",
+    "build_store",
+    "choose",
+    "deliver",
+    "list_rows",
+    "missing_key",
+    "parse_duration",
+    "positive_duration",
+    "redact",
+    "row_json",
+    "row_text",
+    "vacuum_problem",
+]
+
+
+#: The stores' own defaults, as the command line shows them.
+DEFAULT_REDIS_PREFIX: str = inspect.signature(RedisOutbox).parameters["prefix"].default
+
+DEFAULT_POSTGRES_TABLE: str = inspect.signature(PostgresOutbox).parameters["table"].default
+
+ONE_OF = "give exactly one of --path FILE, --redis-url URL or --postgres-url URL"
+
+
+def redact(text: str, urls: Iterable[str | None]) -> str:
+    """``text`` with the password of each of ``urls`` replaced by ``***``.
+
+    Example:
+        >>> redact("cannot reach postgresql://app:s3cret@db/app", ["postgresql://app:s3cret@db/app"])
+        'cannot reach postgresql://app:***@db/app'
+    """
+    for url in urls:
+        if not url:
+            continue
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+def choose(args: argparse.Namespace) -> tuple[str, str]:
+    """``(kind, value)``: the one store the options (or the environment) name.
+
+    ``kind`` is ``"sqlite"``, ``"redis"`` or ``"postgres"``. Raises :class:`UsageError` when
+    none or several are given.
+
+    Example:
+        >>> ns = argparse.Namespace(path=None, redis_url=None, postgres_url="postgres://db/app")
+        >>> choose(ns)
+        ('postgres', 'postgres://db/app')
+    """
+    given = [
+        (kind, value)
+        for kind, value in (
+            ("sqlite", args.path),
+            ("redis", args.redis_url),
+            ("postgres", args.postgres_url),
+        )
+        if value is not None
+    ]
+    if not given:
+        env = os.environ.get("ASGI_ATTRIBUTION_OUTBOX")
+        if env and env.startswith(RedisOutbox.option_prefixes):
+            given = [("redis", env)]
+        elif env and env.startswith(PostgresOutbox.option_prefixes):
+            given = [("postgres", env)]
+        elif env is not None:
+            given = [("sqlite", env)]
+    if len(given) != 1:
+        raise UsageError(ONE_OF)
+    return given[0]
+
+
+def _scheme(url: str) -> str:
+    return url.partition(":")[0] if ":" in url else "none"
+
+
+def _check_port(option: str, url: str, what: str) -> None:
+    try:
+        urlsplit(url).port  # noqa: B018 (a port that is not a number raises ValueError)
+    except ValueError as exc:
+        raise UsageError(f"{option} is not a usable {what} URL: {exc}") from None
+
+
+def build_store(args: argparse.Namespace, *, create: bool = False) -> OutboxStore:
+    """The store the options name; nothing is opened (no file, no connection).
+
+    ``create`` applies to PostgreSQL (``deliver`` creates a missing table); the CLI never
+    creates a SQLite file or checks less of a Redis than the app does.
+
+    Example:
+        >>> ns = argparse.Namespace(path="events.db", redis_url=None, postgres_url=None,
+        ...                         allow_eviction=False)
+        >>> build_store(ns)
+        SQLiteOutbox('events.db')
+    """
+    kind, value = choose(args)
+    allow_eviction = bool(getattr(args, "allow_eviction", False))
+    if allow_eviction and kind != "redis":
+        raise UsageError("--allow-eviction is for a Redis outbox (--redis-url)")
+    if kind == "redis":
+        if not value.startswith(RedisOutbox.option_prefixes):
+            raise UsageError(
+                f"--redis-url is not a Redis URL (scheme {_scheme(value)!r}): use "
+                "redis://HOST:PORT/DB, rediss://... or unix://PATH"
+            )
+        _check_port("--redis-url", value, "Redis")
+        try:
+            return RedisOutbox(value, prefix=args.redis_prefix, allow_eviction=allow_eviction)
+        except ValueError as exc:
+            raise UsageError(f"--redis-url is not a usable Redis URL: {exc}") from None
+    if kind == "postgres":
+        if not value.startswith(PostgresOutbox.option_prefixes):
+            raise UsageError(
+                f"--postgres-url is not a PostgreSQL URL (scheme {_scheme(value)!r}): use "
+                "postgresql://USER@HOST:PORT/DB"
+            )
+        _check_port("--postgres-url", value, "PostgreSQL")
+        try:
+            return PostgresOutbox(value, table=args.postgres_table, create=create)
+        except ValueError as exc:
+            raise UsageError(f"--postgres-table: {exc}") from None
+    if not value:
+        raise UsageError("--path is empty: give the outbox file")
+    # create=False: a typo in the path is an error, not a fresh empty outbox.
+    return SQLiteOutbox(value, create=False)
+
+
+def vacuum_problem(store: OutboxStore) -> str | None:
+    """Why ``purge --vacuum`` cannot shrink ``store``, or None when it can (SQLite).
+
+    Example:
+        >>> vacuum_problem(SQLiteOutbox("events.db")) is None
+        True
+        >>> print(vacuum_problem(RedisOutbox()))
+        --vacuum is for SQLite outboxes: Redis frees the memory of purged events itself
+    """
+    if type(store).vacuum is not OutboxStore.vacuum:
+        return None
+    if isinstance(store, RedisOutbox):
+        why = "Redis frees the memory of purged events itself"
+    elif isinstance(store, PostgresOutbox):
+        why = (
+            "PostgreSQL's autovacuum reuses the space of purged rows (run VACUUM FULL on the "
+            "table yourself to give it back to the filesystem)"
+        )
+    else:
+        why = f"{store.description} has nothing to vacuum"
+    return f"--vacuum is for SQLite outboxes: {why}"
+
+
+#: ``--state not-recorded``: delivered, but the provider recorded nothing.
+NOT_RECORDED = "not-recorded"
+
+_UNDELIVERED: tuple[str, ...] = tuple(s.replace("_", "-") for s in STATES if s != "delivered")
+
+#: The states ``--state`` takes, as spelled on the command line (``all`` is every one of them
+#: but ``not-recorded``).
+LISTABLE: tuple[str, ...] = _UNDELIVERED + (
+    (NOT_RECORDED,) if "not_recorded" in LIST_STATES else ()
+)
+
+
+def row_json(row: OutboxRow) -> str:
+    """One JSON Lines line for ``row``: plain data, no API key (the store never has one).
+
+    Example:
+        >>> row = OutboxRow("evt_1", "dub", "lead", {"click_id": "c"}, state="dead",
+        ...                 attempts=3, last_error="HTTP 401 unauthorized")
+        >>> data = json.loads(row_json(row))
+        >>> data["event_id"], data["state"], data["last_error"], data["event"]["click_id"]
+        ('evt_1', 'dead', 'HTTP 401 unauthorized', 'c')
+    """
+    data: dict[str, Any] = {
+        "event_id": row.event_id,
+        "state": row.state,
+        "provider": row.provider,
+        "kind": row.kind,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "error_code": row.error_code,
+        "outcome": row.outcome,
+        "outcome_reason": row.outcome_reason,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "next_attempt_at": row.next_attempt_at,
+        "event": row.event,
+    }
+    return json.dumps(data)
+
+
+def row_text(row: OutboxRow, with_state: bool = False) -> str:
+    """One line for a person: the event id, provider and kind, and its last error (or, for a
+    delivered event, the outcome and its reason).
+
+    Example:
+        >>> row = OutboxRow("evt_1", "dub", "lead", {}, state="dead", last_error="HTTP 401")
+        >>> row_text(row)
+        'evt_1  dub lead  HTTP 401'
+        >>> row_text(OutboxRow("evt_2", "pimms", "sale", {}), with_state=True)
+        'evt_2  pending  pimms sale  -'
+        >>> row_text(OutboxRow("evt_3", "dub", "sale", {}, state="delivered",
+        ...          outcome="not_recorded", outcome_reason="no_customer"), with_state=True)
+        'evt_3  delivered  dub sale  outcome not_recorded (no_customer)'
+    """
+    state = f"  {row.state.replace('_', '-')}" if with_state else ""
+    detail = row.last_error or "-"
+    if row.state == "delivered" and row.outcome is not None:
+        reason = f" ({row.outcome_reason})" if row.outcome_reason else ""
+        detail = f"outcome {row.outcome}{reason}"
+    return f"{row.event_id}{state}  {row.provider} {row.kind}  {detail}"
+
+
+def _states(state: str) -> list[ListState]:
+    chosen = _UNDELIVERED if state == "all" else (state,)
+    found: list[ListState] = []
+    for name in chosen:
+        spelled = name.replace("-", "_")
+        for known in LIST_STATES:
+            if known == spelled:
+                found.append(known)
+    return found
+
+
+async def list_rows(store: OutboxStore, state: str, limit: int, *, as_json: bool = False) -> int:
+    """Print the rows of ``store`` in ``state`` (one of :data:`LISTABLE`, or ``"all"``).
+
+    Example:
+        >>> import asyncio, os, tempfile
+        >>> from asgi_attribution.transports import SQLiteOutbox
+        >>> store = SQLiteOutbox(os.path.join(tempfile.mkdtemp(), "events.db"))
+        >>> asyncio.run(list_rows(store, "not-recorded", 10))  # empty: nothing printed
+        0
+    """
+    wanted = _states(state)
+    if wanted != ["dead"] and type(store).list is OutboxStore.list:
+        # Checked before the store is opened: a usage error touches nothing.
+        raise UsageError(
+            f"{store.description} cannot list {state} events yet (it lists dead letters only): "
+            "use --state dead"
+        )
+    async with store:
+        rows = await store.list_rows(wanted, limit)
+    for row in rows:
+        print(row_json(row) if as_json else row_text(row, with_state=wanted != ["dead"]))
+    return EXIT_OK
+
+
+PROG = "asgi-attribution outbox"
+
+#: The environment variable of each provider's API key, as the HTTP transport reads them.
+KEY_VARIABLES: tuple[str, ...] = (DUB.api_key_env, PIMMS.api_key_env)
+
+
+def missing_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The one-line reason ``deliver`` cannot authenticate, or None when a key is set.
+
+    ``api_key`` (``--api-key``) serves every event; without it, at least one provider's variable
+    must be set (events of a provider without its key become dead letters naming the variable,
+    to ``outbox retry`` once it is set).
+
+    Example:
+        >>> missing_key(None, {"DUB_API_KEY": "dub_xxx"}) is None
+        True
+        >>> missing_key(None, {"DUB_API_KEY": ""})
+        'no API key: set DUB_API_KEY (PIMMS_API_KEY for PIMMS events) or pass --api-key'
+    """
+    environ = os.environ if environ is None else environ
+    if api_key or any(environ.get(name) for name in KEY_VARIABLES):
+        return None
+    first, *others = KEY_VARIABLES
+    also = f" ({', '.join(others)} for PIMMS events)" if others else ""
+    return f"no API key: set {first}{also} or pass --api-key"
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> bar = Progress(4, out, enabled=True)
+        >>> bar.update(done=2, dead=0, left=2, force=True)
+        >>> out.getvalue()
+        '\\r[###############...............] 2 delivered, 0 dead, 2 left '
+    """
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total = max(total, 1)
+        self.stream = stream
+        self.enabled = enabled
+        self._last = 0.0
+
+    def update(self, done: int, dead: int, left: int, force: bool = False) -> None:
+        """Redraw the bar (at most ten times a second unless ``force``)."""
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < 0.1):
+            return
+        self._last = now
+        # Progress is what left the store; counting done + left would count twice an event that
+        # was delivered but not yet marked so. New appends meanwhile grow the total.
+        self.total = max(self.total, left)
+        width = 30
+        filled = int(width * (self.total - left) / self.total)
+        bar = "#" * filled + "." * (width - filled)
+        self.stream.write(f"\r[{bar}] {done} delivered, {dead} dead, {left} left ")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the bar's line."""
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _transport(args: argparse.Namespace, store: OutboxStore) -> OutboxTransport:
+    try:
+        retry = RetryPolicy(
+            max_attempts=args.max_attempts,
+            max_elapsed=args.max_elapsed,
+            initial_backoff=args.initial_backoff,
+            max_backoff=args.max_backoff,
+        )
+        return OutboxTransport(
+            store,
+            api_key=args.api_key,
+            base_url=args.base_url,
+            timeout=args.timeout,
+            retry=retry,
+            concurrency=args.concurrency,
+            lease=args.lease,
+            poll_interval=0.2 if not args.follow else 1.0,
+            shutdown_timeout=0,
+            retry_open=False,  # a store that cannot be opened ends the command (exit 2)
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def deliver(args: argparse.Namespace, store: OutboxStore) -> int:
+    """Deliver until nothing is left (or, with ``--follow``, until SIGINT/SIGTERM).
+
+    Returns 1 when events became dead letters, or (without ``--follow``) were left undelivered,
+    also when delivery paused on a fault of the whole integration (a wrong API key): every
+    event would meet it, so the command stops and says so, the events still pending.
+    """
+    transport = _transport(args, store)
+    # Opened here first: a store that cannot be used is one line and exit code 2.
+    await store.open()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # A worker stops cleanly: in-flight claims are given back, nothing is lost.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    paused: str | None = None
+    try:
+        await transport.start()
+        total = await store.unfinished()
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        progress = Progress(total, sys.stderr, enabled=bool(show) and not args.follow)
+        deadline = None if args.deadline is None else time.monotonic() + args.deadline
+        while not stop.is_set():
+            left = await store.unfinished()
+            stats = transport.stats
+            progress.update(stats.sent, stats.failed, left)
+            if left == 0 and not args.follow:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            paused = transport.paused
+            if paused is not None and not args.follow:
+                break  # every event would meet the same fault: stop, keep them pending
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+        progress.update(transport.stats.sent, transport.stats.failed, left, force=True)
+        progress.finish()
+    finally:
+        await transport.aclose()
+        await store.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+    if paused is not None and not args.follow:
+        print(
+            error_line(
+                PROG,
+                f"delivery paused: {paused}: every event would fail the same way, so they stay "
+                "pending; fix the cause (the API key, --base-url) and run deliver again",
+            ),
+            file=sys.stderr,
+        )
+    stats = transport.stats
+    left = transport.left_in_store
+    summary = f"{stats.sent} delivered, {stats.failed} dead, {stats.retried} retried"
+    print(summary + (f", {left} left in the outbox" if left else ""), file=sys.stderr)
+    # A stopped --follow worker leaves scheduled retries behind by design; only dead letters fail.
+    unfinished = bool(left) and not args.follow
+    return EXIT_FAILED if stats.failed or unfinished else EXIT_OK
+
 
 _DEFAULTS = RetryPolicy()
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
 _FAILED = (
     "some events failed: dead letters, events left undelivered, unknown event ids, refused "
     "retries, problems with the store"
 )
+
 DESCRIPTION = wrap(
     "Inspect and operate a durable outbox. Select the store with --path FILE (SQLite), "
     "--redis-url URL (redis://, rediss:// or unix://) or --postgres-url URL (postgresql://); "

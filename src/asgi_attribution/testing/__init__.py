@@ -20,13 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..transports.memory import MemoryTransport
-from .capture import CapturedEvents, capture_events
-
-if TYPE_CHECKING:
-    from .fake_provider import FakeProvider, Faults, Received
-    from .server import serve_in_thread
-    from .webhooks import sign_webhook
+from ..transports._memory import MemoryTransport
+from ._capture import CapturedEvents, capture_events
 
 __all__ = [
     "CapturedEvents",
@@ -39,14 +34,20 @@ __all__ = [
     "sign_webhook",
 ]
 
+
+if TYPE_CHECKING:
+    from ._server import serve_in_thread
+    from ._webhooks import sign_webhook
+    from .fake_provider import FakeProvider, Faults, Received
+
 # Loaded on first access (PEP 562), so capturing events never imports the fake server or uvicorn.
 # Hidden from type checkers, which see the imports above and so still catch a misspelt name.
 _LAZY = {
     "FakeProvider": ".fake_provider",
     "Faults": ".fake_provider",
     "Received": ".fake_provider",
-    "serve_in_thread": ".server",
-    "sign_webhook": ".webhooks",
+    "serve_in_thread": "._server",
+    "sign_webhook": "._webhooks",
 }
 
 if not TYPE_CHECKING:

@@ -5,15 +5,15 @@ one retry step that :meth:`Transport.send`, :class:`BackgroundTransport` and
 :class:`OutboxTransport` use to schedule the next one.
 """
 
+from __future__ import annotations
+
 from .._exceptions import IntegrationError, OutboxError, QueueFullError
-from .background import BackgroundTransport
-from .base import Delivery, DeliveryStats, TrackResult, Transport
-from .http import HTTPTransport
-from .memory import MemoryTransport
-from .observe import DeliveryRecord
+from ._background import BackgroundTransport
+from ._base import Delivery, DeliveryRecord, DeliveryStats, RetryPolicy, TrackResult, Transport
+from ._http import HTTPTransport
+from ._memory import MemoryTransport
 from .outbox import OutboxRow, OutboxStatus, OutboxStore, OutboxTransport, RedisOutbox, SQLiteOutbox
-from .outbox.postgres import PostgresOutbox
-from .retry import RetryPolicy
+from .outbox._postgres import PostgresOutbox
 
 __all__ = [
     "BackgroundTransport",

@@ -1,7 +1,7 @@
 """A local, fault-injecting stand-in for Dub's and PIMMS' tracking APIs.
 
 :class:`FakeProvider` is an ASGI app that validates request bodies the way the real API does
-(:mod:`.bodies`, from the limits in :mod:`asgi_attribution.limits`), records what it accepted,
+(:mod:`.bodies`, from the limits in :mod:`asgi_attribution._limits`), records what it accepted,
 and can be told to fail (:mod:`.faults`): 503s, 429s with a ``Retry-After`` header, slow answers
 and dropped connections. Point a staging deployment at it, or run it under uvicorn in tests:
 
@@ -26,12 +26,12 @@ Example:
 
 from __future__ import annotations
 
-from .app import FakeProvider
-from .bodies import ProviderName
-from .clicks import Click
-from .faults import ConnectionDropped, Faults, RetryAfterForm
-from .routing import Received
-from .webhooks import SentWebhook
+from ._app import FakeProvider
+from ._bodies import ProviderName
+from ._clicks import Click
+from ._faults import ConnectionDropped, Faults, RetryAfterForm
+from ._webhooks import SentWebhook
+from ._wire import Received
 
 __all__ = [
     "Click",

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import httptools
 
-from ...jsoncodec import loads
+from ..._json import loads
 from .errors import AttemptTimeout, ConnectionClosed, EngineError, ProtocolError, ResponseTooLarge
 from .heads import header_pairs
 

@@ -5,11 +5,13 @@
 :mod:`.postgres` the stores.
 """
 
-from .postgres import PostgresOutbox
-from .redis import RedisOutbox
-from .sqlite import SQLiteOutbox
-from .store import OutboxRow, OutboxStatus, OutboxStore, open_store
-from .transport import OutboxTransport
+from __future__ import annotations
+
+from ._postgres import PostgresOutbox, append_within
+from ._redis import RedisOutbox
+from ._sqlite import SQLiteOutbox
+from ._store import OutboxRow, OutboxStatus, OutboxStore, open_store
+from ._transport import OutboxTransport
 
 __all__ = [
     "OutboxRow",
@@ -19,5 +21,6 @@ __all__ = [
     "PostgresOutbox",
     "RedisOutbox",
     "SQLiteOutbox",
+    "append_within",
     "open_store",
 ]

@@ -1,0 +1,301 @@
+"""What the middleware learned about one request: the click id and the partner behind it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import HTTPConnection
+
+from ._context import MIDDLEWARE_HINT, SCOPE_KEY
+from ._providers import Provider
+
+__all__ = [
+    "Attribution",
+    "Discount",
+    "Partner",
+    "PartnerData",
+    "attribution_in",
+    "get_attribution",
+    "parse_partner_data",
+]
+
+
+logger = logging.getLogger("asgi_attribution")
+
+_new = object.__new__
+
+#: Reads a raw ``Cookie`` header into (click id, raw partner cookie); the middleware supplies it.
+CookieRead = Callable[[bytes], "tuple[str | None, str | None]"]
+
+
+class Partner(BaseModel):
+    """The partner (affiliate) whose link brought the visitor, from ``dub_partner_data``.
+
+    Example:
+        >>> Partner(id="pn_1", name="Ada").name
+        'Ada'
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    id: str | None = None
+    name: str | None = None
+    image: str | None = None
+    groupId: str | None = None
+    tenantId: str | None = None
+
+
+class Discount(BaseModel):
+    """The discount the partner's link carries (``amount`` is a percentage or cents by ``type``).
+
+    Example:
+        >>> Discount(amount=20, type="percentage").amount
+        20.0
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str | None = None
+    amount: float | None = None
+    type: str | None = None
+    maxDuration: int | None = None
+    couponId: str | None = None
+    couponTestId: str | None = None
+
+
+class PartnerData(BaseModel):
+    """The parsed ``dub_partner_data`` cookie: click id, partner and discount.
+
+    Example:
+        >>> PartnerData(clickId="c1", partner={"name": "Ada"}).partner.name
+        'Ada'
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    clickId: str | None = None
+    partner: Partner | None = None
+    discount: Discount | None = None
+
+
+def parse_partner_data(raw: str) -> PartnerData | None:
+    """Parse Dub's partner cookie; ``None`` (logged at debug) when it is not what Dub writes.
+
+    Dub's script writes JSON with the partner name and image URI-encoded, and its cookie library
+    may percent-encode the whole value, so both layers are decoded.
+
+    Example:
+        >>> parse_partner_data('{"partner":{"name":"Ada%20L."}}').partner.name
+        'Ada L.'
+    """
+    text = raw if raw.startswith("{") else unquote(raw)
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        partner = data.get("partner")
+        if isinstance(partner, dict):
+            for key in ("name", "image"):
+                if isinstance(partner.get(key), str):
+                    partner[key] = unquote(partner[key])
+        return PartnerData.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        logger.debug("ignored malformed partner cookie: %s", str(exc)[:200])
+        return None
+
+
+class Attribution:
+    """The click behind one request, as seen by :class:`AttributionMiddleware`: plain data.
+
+    ``click_id`` is ``None`` for an organic visit. ``source`` is ``"cookie"`` or ``"query"`` (a
+    landing). ``captured`` is True when this request landed with the click id in its URL and the
+    cookie was set. ``verified`` is True when the server itself saw this click id arrive in a
+    landing URL (on the landing, or later through the signed companion cookie, within its max
+    age); always False without ``signing_secrets`` on the middleware. The cookies are read on
+    first access of ``click_id`` (most requests never ask), and ``partner_data`` parses Dub's
+    partner cookie on first access only.
+
+    Example:
+        >>> a = Attribution(DUB, click_id="abc", source="cookie")
+        >>> a.click_id, a.is_attributed
+        ('abc', True)
+    """
+
+    __slots__ = (
+        "_click",
+        "_cookies",
+        "_partner",
+        "_partner_raw",
+        "_read",
+        "_source",
+        "captured",
+        "provider",
+        "verified",
+    )
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        click_id: str | None = None,
+        source: Literal["cookie", "query"] | None = None,
+        partner_raw: str | None = None,
+        captured: bool = False,
+        verified: bool = False,
+    ) -> None:
+        self.provider = provider
+        self._click = click_id
+        self._source = source
+        self.captured = captured
+        self.verified = verified
+        self._partner_raw = partner_raw
+        self._partner: PartnerData | Literal[False] | None = False
+        self._cookies: bytes | None = None
+        self._read: CookieRead | None = None
+
+    @classmethod
+    def from_cookie_header(
+        cls, provider: Provider, header: bytes | None = None, read: CookieRead | None = None
+    ) -> Attribution:
+        """An attribution whose ``Cookie`` ``header`` is read by ``read`` on first use.
+
+        The middleware's path for every request that is not a landing; without a header it is
+        an organic visit. Built without keyword parsing: this runs on every request.
+
+        Example:
+            >>> a = Attribution.from_cookie_header(DUB, b"dub_id=c1", lambda h: ("c1", None))
+            >>> a.click_id, a.source
+            ('c1', 'cookie')
+        """
+        self = _new(cls)
+        self.provider = provider
+        self.captured = self.verified = False
+        self._click = self._source = self._partner_raw = None
+        self._partner = False
+        self._cookies = header if read is not None else None
+        self._read = read
+        return self
+
+    @classmethod
+    def from_landing(
+        cls,
+        provider: Provider,
+        click_id: str,
+        partner_raw: str | None = None,
+        *,
+        verified: bool = False,
+    ) -> Attribution:
+        """The attribution of a landing: ``click_id`` from the URL, captured into the cookie.
+
+        Example:
+            >>> a = Attribution.from_landing(DUB, "c1")
+            >>> a.click_id, a.source, a.captured
+            ('c1', 'query', True)
+        """
+        self = _new(cls)
+        self.provider = provider
+        self._click = click_id
+        self._source = "query"
+        self._partner_raw = partner_raw
+        self.captured = True
+        self.verified = verified
+        self._partner = False
+        self._cookies = self._read = None
+        return self
+
+    def _resolve(self) -> None:
+        cookies, read = self._cookies, self._read
+        assert cookies is not None and read is not None
+        self._click, self._partner_raw = read(cookies)
+        self._source = "cookie" if self._click is not None else None
+        self._cookies = self._read = None
+
+    @property
+    def click_id(self) -> str | None:
+        """The click id, or ``None`` for an organic visit."""
+        cookies = self._cookies
+        if cookies is not None:  # the read, inline: this is what a tracking handler asks
+            read = self._read
+            assert read is not None
+            click, self._partner_raw = read(cookies)
+            self._click = click
+            self._source = "cookie" if click is not None else None
+            self._cookies = self._read = None
+        return self._click
+
+    @property
+    def source(self) -> Literal["cookie", "query"] | None:
+        """Where the click id came from: ``"cookie"``, ``"query"`` (a landing) or ``None``."""
+        if self._cookies is not None:
+            self._resolve()
+        return self._source
+
+    @property
+    def partner_raw(self) -> str | None:
+        """The raw partner cookie (``dub_partner_data``) as the browser sent it, if any."""
+        if self._cookies is not None:
+            self._resolve()
+        return self._partner_raw
+
+    @property
+    def is_attributed(self) -> bool:
+        """Whether this request carries a click id."""
+        return self.click_id is not None
+
+    @property
+    def partner_data(self) -> PartnerData | None:
+        """Dub's ``dub_partner_data`` cookie, parsed and decoded on first access."""
+        if self._partner is False:
+            raw = self.partner_raw
+            self._partner = parse_partner_data(raw) if raw else None
+        return self._partner
+
+    @property
+    def partner(self) -> Partner | None:
+        """The referring partner, if Dub's partner cookie names one."""
+        data = self.partner_data
+        return data.partner if data else None
+
+    @property
+    def discount(self) -> Discount | None:
+        """The partner's discount, if Dub's partner cookie carries one."""
+        data = self.partner_data
+        return data.discount if data else None
+
+    def __repr__(self) -> str:
+        return (
+            f"Attribution(provider={self.provider.name!r}, click_id={self.click_id!r}, "
+            f"source={self.source!r}, verified={self.verified})"
+        )
+
+
+def get_attribution(request: HTTPConnection) -> Attribution:
+    """The :class:`Attribution` the middleware attached to ``request`` (HTTP or WebSocket).
+
+    Works as a FastAPI dependency: ``attribution: Attribution = Depends(get_attribution)``.
+    Raises ``RuntimeError`` when :class:`AttributionMiddleware` is not installed, because that
+    is a setup mistake to fix, not a visitor to ignore.
+
+    Example:
+        >>> from starlette.requests import Request
+        >>> get_attribution(Request({"type": "http"}))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        RuntimeError: no attribution on this request: add AttributionMiddleware to the app ...
+    """
+    return attribution_in(request.scope)
+
+
+def attribution_in(scope: Mapping[str, Any]) -> Attribution:
+    """The :class:`Attribution` in an ASGI ``scope``; ``RuntimeError`` naming the fix if none.
+
+    Example:
+        >>> attribution_in({"asgi_attribution": Attribution(DUB, click_id="c1")}).click_id
+        'c1'
+    """
+    attribution = scope.get(SCOPE_KEY)
+    if not isinstance(attribution, Attribution):
+        raise RuntimeError("no attribution on this request: " + MIDDLEWARE_HINT)
+    return attribution

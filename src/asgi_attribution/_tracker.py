@@ -1,0 +1,841 @@
+"""The :class:`Tracker`: one per app, it knows the provider and how events reach it.
+
+It validates each event once, then hands it to its transport stack (built here from the
+options, or given), or to an active override (:mod:`asgi_attribution.overrides`, used by
+``capture_events`` in tests).
+
+``Tracking``: what a ``track_*`` call returns, an awaitable that reports if it is dropped.
+
+A forgotten ``await`` (``track_lead(request, ...)`` without it) only warns in Python, and
+warnings are often off in production: the lead would be lost without a word. The event is
+built (and validated) when ``track_*`` is called, so a ``Tracking`` that is never awaited can
+name the event it would have sent, in an ERROR, when it is collected.
+
+Replace every tracker's delivery for a while (tests): the named hook behind ``capture_events``.
+
+Like FastAPI's ``app.dependency_overrides``: the app's code is untouched, and while an override
+is active every :class:`~asgi_attribution.Tracker` in the process hands its events to it instead
+of its own transport. A plain list, not a ContextVar: a capture must see events tracked from
+any task or thread of the process, like Django's ``mail.outbox``.
+
+From the arguments of a ``track_*`` call to one validated event, before anything is queued.
+
+The customer's external id is taken from any of its names; optional fields a visitor typed
+(name, email, avatar) that break a limit are dropped with a warning instead of costing the
+lead; the provider's own limits are checked by rendering its request, once: the delivery keeps it.
+
+Calls that send nothing: their result is known when the call is made.
+
+An organic lead (no click id) and a sale the provider would answer without recording (an
+amount of zero) are reported at once, as a :class:`Tracking` that is ready.
+
+How a :class:`~asgi_attribution.Tracker`'s options become its transport stack.
+
+One place decides which delivery the options ask for (background queue, outbox, inline, or
+the user's own transport), refuses an option that delivery would ignore (``TypeError`` naming
+both), checks the values, and builds the stack around one :class:`HTTPTransport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+from typing_extensions import Unpack
+
+from ._events import (
+    VISITOR_FIELDS,
+    CustomerFields,
+    Event,
+    LeadEvent,
+    LeadFields,
+    SaleEvent,
+    SaleFields,
+    validate_event,
+    validate_fields,
+)
+from ._exceptions import DeliveryError, InvalidEventError, MissingClickIdError
+from ._options import callable_or_none, flag, number
+from ._providers import Provider, get_provider
+from .transports import (
+    BackgroundTransport,
+    Delivery,
+    DeliveryStats,
+    HTTPTransport,
+    OutboxStore,
+    OutboxTransport,
+    RetryPolicy,
+    TrackResult,
+    Transport,
+)
+from .transports._background import DeliveredCallback, DropCallback, ErrorCallback
+
+__all__ = [
+    "DELIVERY_OPTIONS",
+    "Stack",
+    "Tracker",
+    "Tracking",
+    "TransportOverrides",
+    "as_configured",
+    "build_event",
+    "build_stack",
+    "ready",
+    "transport_overrides",
+    "unrecorded_sale",
+]
+
+
+logger = logging.getLogger("asgi_attribution")
+
+
+class Tracking(Coroutine[Any, Any, TrackResult]):
+    """The pending result of a ``track_*`` call: ``await`` it (or give it to a task).
+
+    A real coroutine as far as asyncio is concerned (``asyncio.run``, ``create_task`` and
+    ``run_coroutine_threadsafe`` accept it). Collected without ever running, it logs an ERROR
+    with the event id.
+
+    Example:
+        >>> import asyncio
+        >>> async def answer():
+        ...     return TrackResult("skipped", reason="no click id")
+        >>> asyncio.run(Tracking(answer(), None, "track_lead")).status
+        'skipped'
+    """
+
+    __slots__ = ("_coroutine", "_event_id", "_taken", "_what")
+
+    def __init__(
+        self, coroutine: Coroutine[Any, Any, TrackResult], event_id: str | None, what: str
+    ) -> None:
+        self._coroutine = coroutine
+        self._event_id = event_id
+        self._what = what
+        # Set once something will drive the coroutine: `await` drops this object before the
+        # coroutine takes its first step.
+        self._taken = False
+
+    @property
+    def event_id(self) -> str | None:
+        """The id of the event this call sends (``None`` when there is nothing to send)."""
+        return self._event_id
+
+    def send(self, value: Any) -> Any:
+        """Step the coroutine (asyncio's interface)."""
+        self._taken = True
+        return self._coroutine.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        """Raise inside the coroutine (asyncio's interface)."""
+        return self._coroutine.throw(*args)
+
+    def close(self) -> None:
+        """Close the coroutine."""
+        self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, None, TrackResult]:
+        self._taken = True
+        return self._coroutine.__await__()
+
+    def __del__(self) -> None:
+        coroutine = self._coroutine
+        if self._taken or inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED:
+            return
+        coroutine.close()  # reported here, instead of Python's "never awaited" warning
+        if self._event_id is not None:
+            logger.error(
+                "event %s was never sent: %s(...) was called but not awaited",
+                self._event_id,
+                self._what,
+                extra={"event_id": self._event_id},
+            )
+
+
+class TransportOverrides:
+    """A stack of transports that stand in for every tracker's own; the innermost wins.
+
+    Example:
+        >>> from asgi_attribution import MemoryTransport
+        >>> memory = MemoryTransport()
+        >>> with transport_overrides.use(memory):
+        ...     transport_overrides.current is memory
+        True
+        >>> transport_overrides.current is None
+        True
+    """
+
+    __slots__ = ("_stack",)
+
+    def __init__(self) -> None:
+        self._stack: list[Transport] = []
+
+    @property
+    def current(self) -> Transport | None:
+        """The transport every tracker uses now, or ``None`` (each uses its own)."""
+        return self._stack[-1] if self._stack else None
+
+    @contextmanager
+    def use(self, transport: Transport) -> Iterator[Transport]:
+        """Route every tracker's events to ``transport`` inside the ``with`` block."""
+        self._stack.append(transport)
+        try:
+            yield transport
+        finally:
+            self._stack.remove(transport)
+
+
+#: The process-wide overrides that :class:`~asgi_attribution.Tracker` consults on each event.
+transport_overrides = TransportOverrides()
+
+
+def as_configured(result: TrackResult, transport: Transport, *, started: bool) -> TrackResult:
+    """An override's ``result`` as a tracker with ``transport`` would have returned it.
+
+    So code that branches on the result takes the same branch in tests as in production:
+    ``queued`` (and ``durable`` with an outbox) where the tracker queues, ``sent`` inline.
+
+    Example:
+        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        >>> queue = BackgroundTransport(MemoryTransport())
+        >>> as_configured(TrackResult("sent", lead), queue, started=True).status
+        'queued'
+    """
+    if result.status != "sent" or result.event is None:
+        return result
+    if isinstance(transport, OutboxTransport):
+        return replace(result, status="queued", durable=True, status_code=None, response=None)
+    event = result.event
+    inline = isinstance(event, LeadEvent) and event.mode == "wait"
+    if isinstance(transport, BackgroundTransport) and started and not inline:
+        return replace(result, status="queued", status_code=None, response=None)
+    return result
+
+
+# The names a customer's external id goes by (current first), per event kind's own field.
+_EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
+
+_OTHER_NAMES = {name: frozenset(_EXTERNAL_ID_NAMES) - {name} for name in _EXTERNAL_ID_NAMES}
+
+
+def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
+    """Move the customer's external id from any of its names to ``target``; they must agree."""
+    if target in fields and _OTHER_NAMES[target].isdisjoint(fields):
+        return  # the current name alone (nearly always): nothing to move or compare
+    names = [name for name in _EXTERNAL_ID_NAMES if name in fields]
+    if len(names) == 1:  # one name given: nothing to compare
+        fields[target] = fields.pop(names[0])
+        return
+    given = {name: fields.pop(name) for name in names if fields.get(name) is not None}
+    if len(set(given.values())) > 1:
+        both = " and ".join(given)
+        raise InvalidEventError(kind, [(both, "give the customer's external id once")])
+    fields[target] = next(iter(given.values()), None)
+
+
+def build_event(
+    provider: Provider, kind: str, fields: dict[str, Any], id_field: str, **more: Any
+) -> tuple[Delivery, tuple[str, ...]]:
+    """The validated event of ``kind``, checked against what ``provider`` takes, and the
+    warnings of optional fields dropped on the way.
+
+    ``fields`` are the call's keyword arguments (changed in place); ``id_field`` is where the
+    event keeps the customer's external id. Raises :class:`InvalidEventError` for a required
+    field.
+
+    Example:
+        >>> delivery, warnings = build_event(DUB, "lead", {"customer_external_id": "u1",
+        ...     "customer_name": "x" * 101}, "customer_external_id",
+        ...     click_id="c1", event_name="Sign up")
+        >>> delivery.event.customer_name, warnings
+        (None, ('customer_name: must be at most 100 characters (got 101)',))
+        >>> delivery.request().json["customerExternalId"]
+        'u1'
+    """
+    _external_id(kind, fields, id_field)
+    fields.update(more)
+    warnings: tuple[str, ...] = ()
+    try:
+        event = validate_fields(kind, fields)
+    except InvalidEventError as exc:
+        # What a visitor typed (a long name, an IDN email) must not cost the lead: the event
+        # goes without those fields. A required field still raises.
+        if not exc.errors or not set(exc.fields) <= VISITOR_FIELDS:
+            raise
+        warnings = tuple(f"{name}: {reason}" for name, reason in exc.errors)
+        for name in exc.fields:
+            fields.pop(name, None)
+        event = validate_fields(kind, fields)
+        logger.warning(
+            "%s %s sent without what broke a limit: %s",
+            kind,
+            event.event_id,
+            "; ".join(warnings),
+            extra={"event_id": event.event_id},
+        )
+    # What the provider refuses, refused before anything is queued. The request itself is
+    # rendered by the first attempt: off the handler's path, and never for an outbox row.
+    provider.check(event)
+    return Delivery(event, provider), warnings
+
+
+async def _result(result: TrackResult) -> TrackResult:
+    return result
+
+
+def ready(result: TrackResult, what: str) -> Tracking:
+    """A :class:`Tracking` of ``what`` (``"track_lead"``...) that sent nothing: ``result``.
+
+    Example:
+        >>> import asyncio
+        >>> asyncio.run(ready(TrackResult("skipped", reason="no click id"), "track_lead")).status
+        'skipped'
+    """
+    return Tracking(_result(result), None, what)
+
+
+def unrecorded_sale(
+    provider: Provider, event: SaleEvent, warnings: tuple[str, ...]
+) -> TrackResult | None:
+    """The skipped result of a sale ``provider`` would answer 200 and not record, else None.
+
+    Example:
+        >>> unrecorded_sale(DUB, SaleEvent(customer_external_id="u", amount=0), ()).reason
+        'amount 0: dub records no sale for it'
+        >>> unrecorded_sale(DUB, SaleEvent(customer_external_id="u", amount=1), ()) is None
+        True
+    """
+    if event.amount > 0 or provider.records_zero_amounts:
+        return None
+    logger.warning(
+        "sale %s not recorded by %s: amount_zero (not sent)",
+        event.event_id,
+        provider.name,
+        extra={"event_id": event.event_id, "outcome_reason": "amount_zero"},
+    )
+    return TrackResult(
+        "skipped",
+        event,
+        reason=f"amount {event.amount}: {provider.name} records no sale for it",
+        outcome="not_recorded",
+        outcome_reason="amount_zero",
+        warnings=warnings,
+    )
+
+
+# Which options each delivery uses; one given to a delivery that ignores it is a TypeError.
+_QUEUE_OPTIONS = ("queue_size", "queue_full_timeout", "on_drop")
+
+_OUTBOX_OPTIONS = (
+    "deliver",
+    "outbox_fallback",
+    "append_timeout",
+    "outbox_retention",
+    "allow_eviction",
+)
+
+# Options of the deliveries that run in the background (queue or outbox), not inline.
+_BACKGROUND_OPTIONS = ("on_error", "on_delivered", "pause_interval", "shutdown_timeout")
+
+#: Every option that shapes delivery (``api_key``/``base_url`` only matter over HTTP).
+DELIVERY_OPTIONS = (
+    "api_key",
+    "base_url",
+    "outbox",
+    "background",
+    "timeout",
+    "retry",
+    "concurrency",
+    *_BACKGROUND_OPTIONS,
+    *_QUEUE_OPTIONS,
+    *_OUTBOX_OPTIONS,
+)
+
+# (name, minimum, integer) of the numeric options.
+_NUMBERS = (
+    ("timeout", 0.001, False),
+    ("concurrency", 1, True),
+    ("queue_size", 1, True),
+    ("queue_full_timeout", 0, False),
+    ("shutdown_timeout", 0, False),
+    ("pause_interval", 0.001, False),
+    ("append_timeout", 0.001, False),
+    ("outbox_retention", 0, False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """A tracker's delivery: the transport it sends through, and its HTTP layer if it built one.
+
+    ``new_http`` makes another HTTP transport with the same settings (for sends that must not
+    share the long-lived client).
+    """
+
+    transport: Transport
+    stats: DeliveryStats
+    http: HTTPTransport | None = None
+    new_http: Callable[[], HTTPTransport] | None = None
+
+
+def _refuse(head: str, given: Mapping[str, Any], ignored: tuple[str, ...], why: str) -> None:
+    for name in ignored:
+        if name in given:
+            raise TypeError(f"{head} ignores {name}=: {why}")
+
+
+def build_stack(
+    provider: Provider,
+    api_key: SecretStr | None,
+    base_url: str,
+    transport: Transport | None,
+    given: Mapping[str, Any],
+) -> Stack:
+    """The stack for ``given`` (the delivery options passed, ``None`` ones left out).
+
+    Example:
+        >>> stack = build_stack(DUB, None, "https://api.dub.co", None, {"concurrency": 5})
+        >>> type(stack.transport).__name__, stack.http.concurrency
+        ('BackgroundTransport', 5)
+        >>> build_stack(DUB, None, "https://api.dub.co", None, {"deliver": False})
+        Traceback (most recent call last):
+        ...
+        TypeError: Tracker(...) ignores deliver=: it needs outbox=
+    """
+    if transport is not None:
+        _refuse("Tracker(transport=...)", given, DELIVERY_OPTIONS, "configure the transport")
+        own = getattr(transport, "stats", None)
+        return Stack(transport, own if isinstance(own, DeliveryStats) else DeliveryStats())
+    outbox, background = given.get("outbox"), given.get("background")
+    ignored: tuple[str, ...]
+    if outbox is not None:
+        ignored = (*_QUEUE_OPTIONS, "background") if background is False else _QUEUE_OPTIONS
+        _refuse("Tracker(outbox=...)", given, ignored, "events wait in the outbox")
+    else:
+        _refuse("Tracker(...)", given, _OUTBOX_OPTIONS, "it needs outbox=")
+        if background is False:
+            ignored = (*_QUEUE_OPTIONS, *_BACKGROUND_OPTIONS)
+            _refuse("Tracker(background=False)", given, ignored, "events are sent inline")
+    for name, minimum, integer in _NUMBERS:
+        if name in given:
+            number("Tracker", name, given[name], minimum, integer=integer)
+    retry = given.get("retry")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"Tracker(retry=...) must be a RetryPolicy, got {retry!r}")
+    for name in ("on_error", "on_drop", "on_delivered"):
+        callable_or_none("Tracker", name, given.get(name))
+    fallback = given.get("outbox_fallback", "memory")
+    if fallback not in ("memory", "none"):
+        raise ValueError(f"Tracker(outbox_fallback=...) must be 'memory' or None, got {fallback!r}")
+
+    stats = DeliveryStats()
+    concurrency = given.get("concurrency")
+    new_http = functools.partial(
+        HTTPTransport,
+        api_key,
+        base_url=base_url,
+        timeout=given.get("timeout", 10.0),
+        retry=retry,
+        concurrency=concurrency,
+        stats=stats,
+    )
+    http = new_http()
+    drain = given.get("shutdown_timeout", 20.0)
+    stack: Transport = http
+    if outbox is not None:
+        stack = OutboxTransport(
+            outbox,
+            http,
+            deliver=given.get("deliver", True),
+            concurrency=concurrency,
+            shutdown_timeout=drain,
+            append_timeout=given.get("append_timeout", 2.0),
+            fallback="memory" if fallback == "memory" else None,
+            pause_interval=given.get("pause_interval", 30.0),
+            retention=given.get("outbox_retention"),
+            allow_eviction=given.get("allow_eviction"),
+            on_error=given.get("on_error"),
+            on_delivered=given.get("on_delivered"),
+            stats=stats,
+            providers=[provider],
+        )
+    elif background is not False:
+        stack = BackgroundTransport(
+            http,
+            queue_size=given.get("queue_size", 10_000),
+            concurrency=concurrency,
+            queue_full_timeout=given.get("queue_full_timeout", 1.0),
+            shutdown_timeout=drain,
+            pause_interval=given.get("pause_interval", 30.0),
+            on_error=given.get("on_error"),
+            on_drop=given.get("on_drop"),
+            on_delivered=given.get("on_delivered"),
+            stats=stats,
+        )
+    return Stack(stack, stats, http, new_http)
+
+
+class Tracker:
+    """Knows the provider and how events reach it; one per app.
+
+    ``provider`` is ``"dub"``, ``"pimms"`` or a :class:`Provider`. ``api_key`` defaults to
+    ``DUB_API_KEY`` / ``PIMMS_API_KEY`` and is never shown. Delivery, by the options given:
+
+    - default: queued in memory and delivered in the background over HTTP with retries
+      (:class:`BackgroundTransport`: ``queue_size``, ``queue_full_timeout``, ``on_drop``);
+    - ``outbox=`` (a SQLite file path, a ``redis://`` URL or an :class:`OutboxStore`): stored
+      durably before ``track_*`` returns and delivered from the store (:class:`OutboxTransport`);
+      ``deliver=False`` only appends, for instances whose events a separate
+      ``asgi-attribution outbox deliver --follow`` worker delivers;
+    - ``background=False``: sent inline, returning the provider's answer;
+    - ``transport=``: your own transport (for example :class:`MemoryTransport`), as is.
+
+    Shared by the built deliveries: ``timeout`` (seconds per HTTP attempt, default 10),
+    ``retry`` (:class:`RetryPolicy`), ``concurrency`` (requests at once, default 10),
+    ``shutdown_timeout`` (seconds the drain may take, default 20) and ``on_error(delivery,
+    exc)`` for final failures. An option the chosen delivery would ignore raises ``TypeError``
+    naming both. With ``require_click_id=True`` a lead without a click id raises instead of
+    being skipped; ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to
+    the metadata of events tracked from a request. ``tracker.stats`` counts what happened.
+
+    Example:
+        >>> tracker = Tracker("dub", api_key="dub_xxx")
+        >>> Tracker("dub", transport=MemoryTransport(), retry=RetryPolicy())
+        Traceback (most recent call last):
+        ...
+        TypeError: Tracker(transport=...) ignores retry=: configure the transport
+    """
+
+    def __init__(
+        self,
+        provider: str | Provider = "dub",
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: Transport | None = None,
+        outbox: str | os.PathLike[str] | OutboxStore | None = None,
+        deliver: bool | None = None,
+        background: bool | None = None,
+        require_click_id: bool = False,
+        verified_metadata_key: str | None = None,
+        inline_timeout: float = 10.0,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        concurrency: int | None = None,
+        queue_size: int | None = None,
+        queue_full_timeout: float | None = None,
+        shutdown_timeout: float | None = None,
+        on_error: ErrorCallback | None = None,
+        on_drop: DropCallback | None = None,
+        on_delivered: DeliveredCallback | None = None,
+        pause_interval: float | None = None,
+        outbox_fallback: Literal["memory"] | None = "memory",
+        append_timeout: float | None = None,
+        outbox_retention: float | None = None,
+        allow_eviction: bool | None = None,
+    ) -> None:
+        given = {k: v for k, v in locals().items() if k in DELIVERY_OPTIONS and v is not None}
+        if outbox_fallback == "memory":
+            del given["outbox_fallback"]  # the default: not "given" to a delivery without outbox
+        elif outbox_fallback is None:
+            given["outbox_fallback"] = "none"
+        self.provider = get_provider(provider)
+        key = api_key if api_key is not None else os.environ.get(self.provider.api_key_env)
+        self._api_key = SecretStr(key) if key else None
+        self.base_url = base_url or self.provider.base_url
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"Tracker(base_url=...) must be an http:// or https:// URL with a host, "
+                f"got {self.base_url!r}"
+            )
+        number("Tracker", "inline_timeout", inline_timeout, 0.001)
+        flag("Tracker", "require_click_id", require_click_id)
+        flag("Tracker", "background", background, none=True)
+        flag("Tracker", "deliver", deliver, none=True)
+        if transport is not None and not isinstance(transport, Transport):
+            raise TypeError(f"Tracker(transport=...) must be a Transport, got {transport!r}")
+        stack = build_stack(self.provider, self._api_key, self.base_url, transport, given)
+        self.transport = stack.transport
+        self.stats = stack.stats
+        self._http = stack.http
+        self._new_http = stack.new_http
+        self.inline_timeout = float(inline_timeout)
+        self.require_click_id = require_click_id
+        self.verified_metadata_key = verified_metadata_key
+        self._started = False
+        self._closing = False
+        self._warned_unowned = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        key = "'**********'" if self._api_key else "None"
+        return (
+            f"Tracker(provider={self.provider.name!r}, base_url={self.base_url!r}, "
+            f"api_key={key}, transport={type(self.transport).__name__})"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start delivery (the middleware calls this at lifespan startup); idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        if self._http is not None and self._api_key is None:
+            logger.warning(
+                "no %s API key: set %s or pass api_key=; events will fail to deliver",
+                self.provider.name,
+                self.provider.api_key_env,
+            )
+        await self.transport.start()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event accepted so far is delivered or reported (or ``timeout``)."""
+        await self.transport.flush(timeout)
+
+    async def aclose(self) -> None:
+        """Deliver what is pending, then release connections. The tracker can start again."""
+        if not self._started or self._closing:
+            return
+        # Still "started" while draining: events tracked meanwhile (shutdown handlers, jobs)
+        # must reach the closing transport, which sends them inline, not a fresh one.
+        self._closing = True
+        try:
+            await self.transport.aclose()
+        finally:
+            self._started = self._closing = False
+            self._loop = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that owns delivery while the tracker is started, else ``None``.
+
+        Code on another thread (a sync view, a task queue worker) hands its events to it.
+
+        Example:
+            >>> Tracker("dub", transport=MemoryTransport()).loop is None
+            True
+        """
+        return self._loop
+
+    async def __aenter__(self) -> Tracker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- tracking ----------------------------------------------------------------------------
+
+    async def send(self, event: Event) -> TrackResult:
+        """Hand a validated event to the transport (or to an active override).
+
+        Example:
+            >>> async def resend(tracker):
+            ...     event = LeadEvent(click_id="c1", event_name="Sign up", customer_external_id="u")
+            ...     return await tracker.send(event)
+        """
+        return await self._deliver(Delivery(event, self.provider))
+
+    async def _deliver(self, delivery: Delivery) -> TrackResult:
+        override = transport_overrides.current
+        if override is not None:
+            return self._as_configured(await override.send(delivery))
+        if self.transport is self._http:  # background=False
+            return await self._send_inline(delivery)
+        if not self._started:
+            if isinstance(self.transport, BackgroundTransport) and self._http is not None:
+                # Nobody owns a background queue here (no lifespan, no `async with`): a queue
+                # would die with this event loop, so the event goes out before we return.
+                self._warn_unowned("each event is sent inline, before track_* returns")
+                return await self._send_inline(delivery)
+            self._warn_unowned("it was started on first use")
+            await self.start()
+        transport = self.transport
+        if transport.counts_outcomes:
+            return await transport.send(delivery)
+        try:
+            result = await transport.send(delivery)
+        except DeliveryError:
+            self.stats.count("failed", delivery)
+            raise
+        if result.status == "sent":
+            self.stats.delivered(delivery, result)
+        elif result.status == "queued":
+            self.stats.count("queued", delivery)
+        return result
+
+    def _as_configured(self, result: TrackResult) -> TrackResult:
+        return as_configured(result, self.transport, started=self._started)
+
+    def _warn_unowned(self, what: str) -> None:
+        if not self._warned_unowned:
+            self._warned_unowned = True
+            logger.warning(
+                "the %s tracker is not started (no lifespan, no `async with tracker`): %s. "
+                "Start it with the app's lifespan, `async with tracker:`, or "
+                "`await tracker.start()` ... `await tracker.aclose()`",
+                self.provider.name,
+                what,
+            )
+
+    async def _send_inline(self, delivery: Delivery) -> TrackResult:
+        """Deliver now, retrying within ``inline_timeout`` seconds in all; raise if not."""
+        assert self._http is not None
+        event_id = delivery.event.event_id
+        # Without an owner nothing would ever close a shared client, and its connections
+        # would outlive this event loop (asyncio.run per job): one client per send then.
+        assert self._new_http is not None
+        http = self._http if self._started else self._new_http()
+        try:
+            result = await asyncio.wait_for(http.send(delivery), self.inline_timeout)
+        except asyncio.TimeoutError:
+            self.stats.count("failed", delivery, reason="inline_timeout")
+            raise DeliveryError(
+                event_id,
+                "inline_timeout",
+                f"not delivered within inline_timeout={self.inline_timeout:g}s",
+                retryable=True,
+            ) from None
+        except DeliveryError as exc:
+            self.stats.count("failed", delivery, reason=exc.code)
+            raise
+        finally:
+            if http is not self._http:
+                await http.aclose()
+        self.stats.delivered(delivery, result)
+        return result
+
+    def _tracking(
+        self, delivery: Delivery, warnings: tuple[str, ...], what: str, within: object | None
+    ) -> Tracking:
+        event = delivery.event
+        if within is not None:
+            if not isinstance(self.transport, OutboxTransport):
+                raise TypeError(
+                    f"{what}(within=...) needs Tracker(outbox='postgresql://...'): only a store "
+                    "in your database can join your transaction"
+                )
+            return Tracking(self._send_within(delivery, warnings, within), event.event_id, what)
+        if not warnings:
+            return Tracking(self._deliver(delivery), event.event_id, what)
+        return Tracking(self._send_noting(delivery, warnings), event.event_id, what)
+
+    async def _send_noting(self, delivery: Delivery, warnings: tuple[str, ...]) -> TrackResult:
+        result = await self._deliver(delivery)
+        return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
+
+    async def _send_within(
+        self, delivery: Delivery, warnings: tuple[str, ...], connection: object
+    ) -> TrackResult:
+        """Insert the event on the caller's connection: their commit stores it."""
+        from .transports.outbox._postgres import append_within
+
+        override = transport_overrides.current
+        if override is not None:
+            result = self._as_configured(await override.send(delivery))
+        else:
+            assert isinstance(self.transport, OutboxTransport)
+            if not self._started:
+                self._warn_unowned("it was started on first use")
+                await self.start()
+            # Not counted as queued: a rollback would leave it counted and never finished.
+            result = await append_within(self.transport.store, delivery, connection)
+        return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
+
+    def track_lead(
+        self, *, click_id: str | None, event_name: str, **fields: Unpack[LeadFields]
+    ) -> Tracking:
+        """Track a lead (a signup) for ``click_id``; await the result.
+
+        The event is validated at the call (``InvalidEventError`` names the field). With
+        ``click_id=None`` (an organic visit) it is then skipped, unless the tracker has
+        ``require_click_id=True``. ``click_id=""`` is sent as is (Dub's deferred flow).
+        ``external_id`` and ``customer_id`` are accepted legacy names of
+        ``customer_external_id``.
+
+        Example:
+            >>> async def on_signup(tracker, user):
+            ...     await tracker.track_lead(click_id=user.click_id, event_name="Sign up",
+            ...                              customer_external_id=str(user.id))
+        """
+        values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
+        within = values.pop("within", None)
+        delivery, warnings = build_event(
+            self.provider,
+            "lead",
+            values,
+            "customer_external_id",
+            click_id="" if click_id is None else click_id,
+            event_name=event_name,
+        )
+        if click_id is None:
+            if self.require_click_id:
+                raise MissingClickIdError("lead")
+            logger.debug("lead %r skipped: no click id (organic visit)", event_name)
+            skipped = TrackResult(
+                "skipped", delivery.event, reason="no click id (organic visit)", warnings=warnings
+            )
+            return ready(skipped, "track_lead")
+        return self._tracking(delivery, warnings, "track_lead", within)
+
+    def track_sale(self, *, click_id: str | None = None, **fields: Unpack[SaleFields]) -> Tracking:
+        """Track a sale; ``amount`` is an integer in cents. ``click_id`` enables direct sales.
+
+        Example:
+            >>> async def on_paid(tracker, invoice):
+            ...     await tracker.track_sale(customer_external_id=invoice.user_id,
+            ...                              amount=invoice.cents, invoice_id=invoice.id)
+        """
+        values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
+        within = values.pop("within", None)
+        delivery, warnings = build_event(
+            self.provider, "sale", values, "customer_external_id", click_id=click_id
+        )
+        assert isinstance(delivery.event, SaleEvent)
+        # The provider would answer 200 and record nothing: say so now, send nothing.
+        if (skipped := unrecorded_sale(self.provider, delivery.event, warnings)) is not None:
+            return ready(skipped, "track_sale")
+        return self._tracking(delivery, warnings, "track_sale", within)
+
+    def refund_sale(
+        self, *, invoice_id: str, amount: int | None = None, currency: str | None = None
+    ) -> Tracking:
+        """Refund the partner commission of the sale ``invoice_id``: all, or ``amount`` cents.
+
+        Delivered like any event (queued, or stored in the outbox). The result's ``outcome`` is
+        ``"recorded"``, ``"duplicate"`` (refunded already) or ``"not_recorded"`` (reason
+        ``"no_commission"``: none appeared within ``HTTPTransport.refund_window``). Dub only:
+        PIMMS raises :class:`InvalidEventError`.
+
+        Example:
+            >>> async def on_refund(tracker, refund):
+            ...     await tracker.refund_sale(invoice_id=refund.invoice_id, amount=refund.cents)
+        """
+        event = validate_event("refund", invoice_id=invoice_id, amount=amount, currency=currency)
+        self.provider.check(event)  # PIMMS refuses it here, before anything is queued
+        delivery = Delivery(event, self.provider)
+        return self._tracking(delivery, (), "refund_sale", None)
+
+    def track_customer(self, **fields: Unpack[CustomerFields]) -> Tracking:
+        """Update a customer's name, email or avatar by their external id; await the result.
+
+        Example:
+            >>> async def on_profile_change(tracker, user):
+            ...     await tracker.track_customer(customer_id=str(user.id), customer_name=user.name)
+        """
+        values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
+        within = values.pop("within", None)
+        delivery, warnings = build_event(self.provider, "customer", values, "customer_id")
+        return self._tracking(delivery, warnings, "track_customer", within)

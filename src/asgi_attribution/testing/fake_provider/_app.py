@@ -1,0 +1,506 @@
+"""The fake provider's ASGI app: routes, auth, faults, recording; the logic lives next door.
+
+Example:
+    >>> FakeProvider("dub", known_clicks={"c1"}).clicks()
+    []
+
+The fake's control endpoints (``/_fake/*``): another process reads and steers it over HTTP.
+
+- ``GET /_fake/events``: the requests handled and the ones recorded;
+- ``GET``/``PUT /_fake/faults``: the :class:`~.faults.Faults` in force;
+- ``POST /_fake/reset``: forget events and state (faults stay);
+- ``GET /_fake/clicks``, ``GET /_fake/customers``: what ``/track/click`` and leads created;
+- ``POST /_fake/clock`` ``{"advance": seconds}``: step the clock of the dedup windows;
+- ``POST /_fake/webhooks`` ``{"url", "event", "data"}``: send one signed webhook.
+
+They need no API key and are never faulted.
+
+Example:
+    >>> import asyncio
+    >>> from asgi_attribution.testing import FakeProvider
+    >>> asyncio.run(control(FakeProvider(), "POST", "/_fake/reset", b""))
+    (200, {'ok': True})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol, get_args
+
+import anyio
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from ._bodies import BodyError, ProviderName, validate_body, validation_message
+from ._clicks import CORS_HEADERS, Click, ClickBook, LinkSettings, SteppedClock
+from ._faults import FaultKind, FaultPlan, Faults, drop_connection, parse_faults, send_rate_limited
+from ._ledger import Answer, CommissionBook, Ledger
+from ._webhooks import SentWebhook, deliver_webhook
+from ._wire import (
+    INVALID_JSON,
+    Received,
+    Request,
+    Route,
+    bearer_problem,
+    error_body,
+    find_route,
+    lifespan,
+    parse_json,
+    public_record,
+    read_body,
+    send_empty,
+    send_json,
+)
+
+__all__ = ["Controlled", "FakeProvider", "Received", "control"]
+
+
+class Controlled(Protocol):
+    """What the control endpoints need of the fake (``FakeProvider`` has it all).
+
+    Example:
+        >>> from asgi_attribution.testing import FakeProvider
+        >>> provider: Controlled = FakeProvider()
+    """
+
+    faults: Faults
+
+    def events(self) -> dict[str, Any]: ...
+    def reset(self) -> None: ...
+    def clicks(self) -> list[Click]: ...
+    def customers(self) -> list[dict[str, Any]]: ...
+    def advance(self, seconds: float) -> None: ...
+    def now(self) -> float: ...
+    async def send_webhook(self, url: str, event: str = ..., data: Any = ...) -> SentWebhook: ...
+
+
+def _unprocessable(message: str) -> tuple[int, dict[str, Any]]:
+    return 422, error_body("unprocessable_entity", message)
+
+
+def _object(raw: bytes) -> dict[str, Any] | tuple[int, dict[str, Any]]:
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        return 400, error_body("bad_request", "Request body is not valid JSON.")
+    if not isinstance(data, dict):
+        return _unprocessable("body: must be a JSON object")
+    return data
+
+
+async def control(
+    fake: Controlled, method: str, path: str, raw: bytes
+) -> tuple[int, dict[str, Any]]:
+    """Answer one ``/_fake/*`` request: (status, JSON body).
+
+    Example:
+        >>> import asyncio
+        >>> from asgi_attribution.testing import FakeProvider
+        >>> asyncio.run(control(FakeProvider(), "GET", "/_fake/nothing", b""))[0]
+        404
+    """
+    if method == "GET" and path == "/_fake/events":
+        return 200, fake.events()
+    if method == "GET" and path == "/_fake/faults":
+        return 200, dataclasses.asdict(fake.faults)
+    if method == "GET" and path == "/_fake/clicks":
+        return 200, {"clicks": [dataclasses.asdict(c) for c in fake.clicks()]}
+    if method == "GET" and path == "/_fake/customers":
+        return 200, {"customers": fake.customers()}
+    if method == "POST" and path == "/_fake/reset":
+        fake.reset()
+        return 200, {"ok": True}
+    if method not in ("PUT", "POST") or path not in (
+        "/_fake/faults",
+        "/_fake/clock",
+        "/_fake/webhooks",
+    ):
+        return 404, error_body("not_found", f"{method} {path} not found")
+    data = _object(raw)
+    if isinstance(data, tuple):
+        return data
+    if method == "PUT" and path == "/_fake/faults":
+        try:
+            faults = parse_faults(data)
+        except ValidationError as exc:
+            return _unprocessable(validation_message(exc))
+        except ValueError as exc:
+            return _unprocessable(str(exc))
+        fake.faults = faults
+        return 200, dataclasses.asdict(faults)
+    if method == "POST" and path == "/_fake/clock":
+        seconds = data.get("advance", 0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            return _unprocessable("advance: must be a number of seconds >= 0")
+        fake.advance(seconds)
+        return 200, {"now": fake.now()}
+    if method == "POST" and path == "/_fake/webhooks":
+        url, event = data.get("url"), data.get("event", "sale.created")
+        if not isinstance(url, str) or not isinstance(event, str):
+            return _unprocessable("url: must be a string; event: must be a string")
+        try:
+            sent = await fake.send_webhook(url, event, data.get("data", {}))
+        except ValueError as exc:
+            return _unprocessable(str(exc))
+        return 200, {"status": sent.status, "error": sent.error, "payload": sent.payload}
+    return 404, error_body("not_found", f"{method} {path} not found")
+
+
+class FakeProvider:
+    """ASGI app speaking Dub's (or PIMMS') API as their servers behave, with fault injection.
+
+    Routes: ``POST /track/lead``, ``POST /track/sale``, ``PATCH /customers/{id}``,
+    ``POST /track/click``; for Dub also ``GET /commissions`` and ``PATCH /commissions/{id}``,
+    and, with ``legacy_routes=True``, the ``POST /track/customer`` Dub removed in December 2024.
+    Requests need ``Authorization: Bearer <token>`` (exactly ``api_key`` if given), except
+    ``/track/click``. Bodies are checked like the real API (400 bad JSON, 422 naming the field;
+    with ``strict``, unknown keys too). What each valid request does is :mod:`.ledger`'s: 200s
+    that record nothing (a repeated lead, a sale without customer) are in ``requests`` only;
+    ``accepted`` holds the recorded ones.
+
+    Options: ``known_clicks`` (``None``: every well-formed id is a real click) plus the clicks
+    made through ``/track/click`` on ``links`` (``{(domain, key): {"partner": ..., "discount":
+    ...}}``) from ``allowed_hostnames`` (``None``: all); ``clock`` (Unix time, stepped with
+    :meth:`advance`) for the 7-day windows; ``webhook_secret`` to sign webhooks and
+    ``webhook_url`` to send ``lead.created``/``sale.created`` on each record; ``commissions``,
+    ``commission_rate`` and ``commission_delay`` (seconds until a sale's commission shows).
+
+    Another process can read and steer it through ``/_fake/*`` (:mod:`.control`).
+
+    Example:
+        >>> from asgi_attribution.testing import FakeProvider, Faults
+        >>> provider = FakeProvider("pimms", api_key="test", faults=Faults(fail_first=1))
+        >>> provider.accepted, provider.leads()
+        ([], [])
+    """
+
+    def __init__(
+        self,
+        provider: ProviderName = "dub",
+        *,
+        faults: Faults | None = None,
+        api_key: str | None = None,
+        strict: bool = True,
+        known_clicks: Collection[str] | None = None,
+        links: Mapping[tuple[str, str], LinkSettings] | None = None,
+        allowed_hostnames: Collection[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        legacy_routes: bool = False,
+        webhook_secret: str | None = None,
+        webhook_url: str | None = None,
+        commissions: bool = True,
+        commission_rate: float = 0.1,
+        commission_delay: float = 0.0,
+    ) -> None:
+        if provider not in get_args(ProviderName):
+            raise ValueError(f"provider: must be 'dub' or 'pimms', got {provider!r}")
+        if legacy_routes and provider != "dub":
+            raise ValueError("legacy_routes: only Dub ever had POST /track/customer")
+        if webhook_url is not None and not webhook_secret:
+            raise ValueError("webhook_url: needs webhook_secret= to sign the webhooks")
+        self.provider: ProviderName = provider
+        self.api_key = api_key
+        self.strict = strict
+        self.legacy_routes = legacy_routes
+        self.webhook_secret = webhook_secret
+        self.webhook_url = webhook_url
+        self.requests: list[Received] = []
+        self.accepted: list[Received] = []
+        # Tests read state from another thread while the server thread writes it.
+        self._lock = threading.Lock()
+        self._clock = SteppedClock(clock)
+        self._clicks = ClickBook(
+            provider,
+            known_clicks=known_clicks,
+            links=links,
+            allowed_hostnames=allowed_hostnames,
+            clock=self._clock,
+        )
+        self._commissions = CommissionBook(
+            self._clock, delay=commission_delay, rate=commission_rate
+        )
+        with_commissions = commissions and provider == "dub"
+        self._ledger = Ledger(
+            provider,
+            self._clicks,
+            clock=self._clock,
+            commissions=self._commissions if with_commissions else None,
+        )
+        self._webhooks: list[SentWebhook] = []
+        self.faults = faults or Faults()
+
+    # -- configuration and inspection -------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        """The faults in force. Assigning new ones restarts ``fail_first`` and the seeded draws.
+
+        Example:
+            >>> provider = FakeProvider()
+            >>> provider.faults = Faults(error_rate=1.0)
+            >>> provider.faults.error_rate
+            1.0
+        """
+        return self._plan.faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        with self._lock:
+            self._plan = FaultPlan(faults)
+
+    def now(self) -> float:
+        """The fake's clock: ``clock()`` plus every :meth:`advance`.
+
+        Example:
+            >>> FakeProvider(clock=lambda: 100.0).now()
+            100.0
+        """
+        return self._clock()
+
+    def advance(self, seconds: float) -> None:
+        """Step the fake's clock, e.g. past a 7-day dedup window or a commission delay.
+
+        Example:
+            >>> provider = FakeProvider(clock=lambda: 0.0)
+            >>> provider.advance(7 * 86400); provider.now()
+            604800.0
+        """
+        with self._lock:
+            self._clock.advance(seconds)
+
+    def leads(self) -> list[dict[str, Any]]:
+        """Bodies of the recorded lead requests (deferred ones included), oldest first.
+
+        Example:
+            >>> FakeProvider().leads()
+            []
+        """
+        return self._accepted_bodies("/track/lead")
+
+    def sales(self) -> list[dict[str, Any]]:
+        """Bodies of the recorded sale requests, oldest first.
+
+        Example:
+            >>> FakeProvider().sales()
+            []
+        """
+        return self._accepted_bodies("/track/sale")
+
+    def customers(self) -> list[dict[str, Any]]:
+        """The customers that leads, direct sales and updates made, oldest first.
+
+        Example:
+            >>> FakeProvider().customers()
+            []
+        """
+        with self._lock:
+            return self._ledger.customers()
+
+    def clicks(self) -> list[Click]:
+        """The clicks recorded through ``POST /track/click`` (bots' are not), oldest first.
+
+        Example:
+            >>> FakeProvider().clicks()
+            []
+        """
+        with self._lock:
+            return self._clicks.clicks()
+
+    def commissions(self, **query: str) -> list[dict[str, Any]]:
+        """What ``GET /commissions`` would answer now (``invoiceId=``, ``status=`` filter).
+
+        Example:
+            >>> FakeProvider().commissions(invoiceId="in_1")
+            []
+        """
+        with self._lock:
+            return self._commissions.list(query)
+
+    def webhooks(self) -> list[SentWebhook]:
+        """The webhooks sent so far, oldest first.
+
+        Example:
+            >>> FakeProvider().webhooks()
+            []
+        """
+        with self._lock:
+            return list(self._webhooks)
+
+    async def send_webhook(
+        self, url: str, event: str = "sale.created", data: Any = None
+    ) -> SentWebhook:
+        """Send one webhook to ``url``, signed with ``webhook_secret`` as the provider signs it.
+
+        Example:
+            >>> import asyncio
+            >>> asyncio.run(FakeProvider().send_webhook("http://127.0.0.1:9/hook"))
+            Traceback (most recent call last):
+            ...
+            ValueError: webhook_secret: FakeProvider(webhook_secret="whsec_...") signs webhooks
+        """
+        if not self.webhook_secret:
+            raise ValueError(
+                'webhook_secret: FakeProvider(webhook_secret="whsec_...") signs webhooks'
+            )
+        payload = {} if data is None else data
+        sent = await deliver_webhook(
+            self.provider, url, event, payload, secret=self.webhook_secret, now=self.now()
+        )
+        with self._lock:
+            self._webhooks.append(sent)
+        return sent
+
+    def events(self) -> dict[str, Any]:
+        """The requests handled and the recorded ones, as ``GET /_fake/events`` shows them.
+
+        Example:
+            >>> FakeProvider().events()
+            {'accepted': [], 'requests': []}
+        """
+        with self._lock:
+            accepted = [public_record(r) for r in self.accepted]
+            requests = [public_record(r) for r in self.requests]
+        return {"accepted": accepted, "requests": requests}
+
+    def count_by_idempotency_key(self) -> dict[str, int]:
+        """How many requests per ``Idempotency-Key`` were answered 200 (recorded or not).
+
+        A key seen more than once means the client retried, and the provider's dedup absorbed it.
+
+        Example:
+            >>> FakeProvider().count_by_idempotency_key()
+            {}
+        """
+        counts: dict[str, int] = {}
+        with self._lock:
+            for request in self.requests:
+                if request.idempotency_key is not None and request.status == 200:
+                    key = request.idempotency_key
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def reset(self) -> None:
+        """Forget requests, customers, clicks, dedup keys, commissions and sent webhooks.
+
+        Restarts ``fail_first`` and the seeded draws; keeps the faults and the clock.
+
+        Example:
+            >>> provider = FakeProvider()
+            >>> provider.reset()
+            >>> provider.requests
+            []
+        """
+        with self._lock:
+            self.requests.clear()
+            self.accepted.clear()
+            self._ledger.reset()
+            self._clicks.reset()
+            self._commissions.reset()
+            self._webhooks.clear()
+            self._plan = FaultPlan(self._plan.faults)
+
+    def _accepted_bodies(self, path: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r.body for r in self.accepted if r.path == path and r.body is not None]
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here; the server closes the connection
+        body = await read_body(receive)
+        if body is None:
+            return  # client went away while sending
+        request = Request.from_scope(scope, body)
+        method, path = request.method, request.path
+        if path.startswith("/_fake/"):
+            await send_json(send, *await control(self, method, path, body))
+            return
+        if method == "OPTIONS" and path == "/track/click":  # the browser's CORS preflight
+            await send_empty(send, 204, CORS_HEADERS)
+            return
+        route = find_route(self.provider, method, path, legacy_routes=self.legacy_routes)
+        if route is None:
+            await send_json(send, 404, error_body("not_found", f"{method} {path} not found"))
+            return
+        extra = CORS_HEADERS if route == "click" else []
+
+        fault, faults = self._draw_fault()
+        if fault == "error":
+            message = "The provider is temporarily unavailable (injected fault)."
+            await send_json(send, 503, error_body("internal_server_error", message), extra)
+            return
+        if fault == "rate_limit":
+            await send_rate_limited(send, faults)
+            return
+        if fault == "drop":
+            await drop_connection(send)
+            return
+
+        answer = self._handle(route, request)
+        if fault == "slow":
+            # Recorded already: a client that times out now cannot know the event landed.
+            await anyio.sleep(faults.slow_seconds)
+        await send_json(send, answer.status, answer.payload, extra)
+        if answer.webhook is not None and self.webhook_url is not None:
+            # After the answer, as Dub's waitUntil: the caller never waits for the webhook.
+            await self.send_webhook(self.webhook_url, *answer.webhook)
+
+    def _draw_fault(self) -> tuple[FaultKind | None, Faults]:
+        """Pick this request's fault, with the settings it was drawn from."""
+        with self._lock:
+            plan = self._plan
+            return plan.draw(), plan.faults
+
+    # -- handling -----------------------------------------------------------------------------
+
+    def _handle(self, route: Route, request: Request) -> Answer:
+        parsed = parse_json(request.raw, empty=None if route == "commissions" else INVALID_JSON)
+        body = parsed if isinstance(parsed, dict) else None
+        headers = request.headers
+        with self._lock:
+            answer = self._answer(route, request, parsed)
+            key = headers.get("idempotency-key")
+            received = Received(request.method, request.path, body, headers, key, answer.status)
+            self.requests.append(received)
+            if answer.recorded:
+                self.accepted.append(received)
+        return answer
+
+    def _answer(self, route: Route, request: Request, parsed: Any) -> Answer:
+        """Auth, then validation, then the provider's logic. Called under the lock."""
+        path, headers = request.path, request.headers
+        if route != "click" and (problem := bearer_problem(self.api_key, headers)) is not None:
+            return Answer(401, error_body("unauthorized", problem))
+        if parsed is INVALID_JSON:
+            return Answer(400, error_body("bad_request", "Request body is not valid JSON."))
+        if route == "click":
+            status, payload, recorded = self._clicks.track(parsed, headers, request.ip)
+            return Answer(status, payload, recorded=recorded)
+        if route == "commissions":
+            return Answer(200, self._commissions.list(request.query))
+        if route == "commission":
+            ref = path.removeprefix("/commissions/")
+            status, payload = self._commissions.update(ref, parsed, strict=self.strict)
+            return Answer(status, payload, recorded=status == 200)
+        if route == "customer" and path == "/customers/ext_":
+            message = "id: empty external id after ext_"
+            return Answer(422, error_body("unprocessable_entity", message))
+        try:
+            fields = validate_body(self.provider, route, parsed, strict=self.strict)
+        except BodyError as exc:
+            return Answer(422, error_body("unprocessable_entity", str(exc)))
+        if route == "lead":
+            return self._ledger.lead(fields)
+        if route == "sale":
+            return self._ledger.sale(fields)
+        if route == "customer":
+            return self._ledger.update_customer(path.removeprefix("/customers/"), fields)
+        return self._ledger.legacy_customer(fields)

@@ -1,0 +1,381 @@
+"""The SQLite outbox's file: its schema and migrations, its clock, its identity and its health.
+
+Plain functions on a ``sqlite3.Connection``, run on the store's own threads (see :mod:`.sqlite`).
+
+One clock per store: due times, leases and retry budgets never read the wall clock directly.
+
+A wall clock can be stepped (NTP, a VM resumed, an operator) or run ahead on one machine. An
+outbox that scheduled by it would dead-letter every retrying event after a +1 h step, stall
+retries for an hour after a -1 h step, and let a worker whose clock runs ahead take over live
+leases. So each store keeps its own clock:
+
+- :class:`AnchoredClock`: the wall time read once, then advanced by ``time.monotonic()``
+  (which steps never touch). Steps of the wall clock are detected and logged, not followed.
+  The SQLite store keeps the anchor in its file, so every process on the machine (one
+  monotonic clock) reads the same store time, whatever its own wall clock says.
+- The Redis store reads the server's ``TIME`` (see :mod:`.redis`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..._exceptions import OutboxError
+from ._store import OutboxRow
+
+__all__ = [
+    "COLUMNS",
+    "DUE",
+    "SCHEMA_VERSION",
+    "AnchoredClock",
+    "FileId",
+    "WallClock",
+    "boot_id",
+    "check_health",
+    "due_ids",
+    "file_id",
+    "load_clock",
+    "note_time",
+    "prepare",
+    "to_row",
+]
+
+
+logger = logging.getLogger("asgi_attribution")
+
+#: A wall clock: seconds since the epoch (``time.time`` unless a test injects another).
+WallClock = Callable[[], float]
+
+#: A difference between the wall clock and the store's clock larger than this is a step.
+STEP_TOLERANCE = 2.0
+
+
+def boot_id() -> str:
+    """An id of this boot of the machine (Linux), or ``""`` where there is none.
+
+    ``time.monotonic()`` restarts at each boot, so an anchor is only valid for the boot that
+    wrote it.
+
+    Example:
+        >>> isinstance(boot_id(), str)
+        True
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+class AnchoredClock:
+    """Store time: ``anchor + time.monotonic()``, never stepped by the wall clock.
+
+    ``anchor`` is wall time minus monotonic time at the moment the clock was anchored (by this
+    process or, for a shared file, by the first process of this boot). ``wall`` is only read to
+    notice a step (logged once per step, at WARNING) and to anchor a new clock.
+
+    Example:
+        >>> wall = [1_800_000_000.0]
+        >>> clock = AnchoredClock(wall=lambda: wall[0])
+        >>> before = clock.now()
+        >>> wall[0] += 3600  # the wall clock jumps an hour ahead
+        >>> clock.now() - before < 1  # the store's clock does not
+        True
+        >>> round(clock.skew())  # noticed, not followed
+        3600
+    """
+
+    def __init__(self, anchor: float | None = None, *, wall: WallClock = time.time) -> None:
+        self.wall = wall
+        self.anchor = wall() - time.monotonic() if anchor is None else anchor
+        self._reported_skew = 0.0
+
+    @classmethod
+    def resume(
+        cls, anchor: float, high_water: float, *, wall: WallClock = time.time
+    ) -> AnchoredClock:
+        """A clock that continues a stored one and never reads earlier than ``high_water``.
+
+        Used when the stored anchor belongs to another boot (the monotonic clock restarted):
+        the new anchor is the wall time, or the last store time seen if the wall clock is
+        behind it, so store time never runs backwards.
+
+        Example:
+            >>> clock = AnchoredClock.resume(0.0, high_water=2e9, wall=lambda: 1e9)
+            >>> clock.now() >= 2e9
+            True
+        """
+        del anchor  # another boot's anchor means nothing on this one
+        start = max(wall(), high_water)
+        return cls(start - time.monotonic(), wall=wall)
+
+    def now(self) -> float:
+        """The store's time in seconds (comparable to Unix time, immune to wall-clock steps)."""
+        return self.anchor + time.monotonic()
+
+    def skew(self) -> float:
+        """Wall clock minus store time, in seconds (0 when nothing stepped)."""
+        return self.wall() - self.now()
+
+    def check(self, description: str) -> float:
+        """Log (once per step) a wall clock that left the store's clock; return the skew."""
+        skew = self.skew()
+        if abs(skew - self._reported_skew) > STEP_TOLERANCE:
+            self._reported_skew = skew
+            logger.warning(
+                "outbox %s: the wall clock is %+.0fs from the outbox's clock (stepped, or "
+                "another clock anchored it); due times and leases keep the outbox's clock",
+                description,
+                skew,
+            )
+        return skew
+
+
+SCHEMA_VERSION = 3
+
+# The CHECK is spelled with ORs: SQLite runs an IN list in a CHECK through a temporary table
+# built for every row written (32,000 of an insert's 84,000 instructions). Files made before
+# keep their IN list: same rule, slower writes.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state = 'pending' OR state = 'inflight' OR state = 'delivered' OR state = 'dead'),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until REAL,
+    lease_owner TEXT,
+    last_error TEXT,
+    first_attempt_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    error_code TEXT,
+    outcome TEXT,
+    outcome_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS outbox_new (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Columns added after version 1, with their types (files of version 1 get them at open).
+ADDED = {"error_code": "TEXT", "outcome": "TEXT", "outcome_reason": "TEXT"}
+
+COLUMNS = (
+    "id, event_id, provider, kind, event, state, attempts, next_attempt_at, last_error, "
+    "created_at, updated_at, first_attempt_at, error_code, outcome, outcome_reason"
+)
+
+DUE = (
+    "((state = 'pending' AND next_attempt_at <= :now)"
+    " OR (state = 'inflight' AND lease_until <= :now))"
+)
+
+#: The identity of a file: (device, inode). Another file at the path has another identity.
+FileId = tuple[int, int]
+
+
+def file_id(path: str | Path) -> FileId | None:
+    """The (device, inode) of ``path``, or None if nothing is there (a ``str`` spares the
+    ``Path`` conversion: a quarter of the cost of this check, made after every append commit).
+
+    Example:
+        >>> file_id(Path("/nonexistent/events.db")) is None
+        True
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    """Create the schema (if ``create``) or check it is an outbox; migrate version 1 files."""
+    if not _has_table(conn, "outbox") and not create:
+        raise OutboxError(f"{path} is not an asgi-attribution outbox (no outbox table)")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"{path} was made by a newer release of asgi-attribution (schema version "
+                f"{version}; this one knows {SCHEMA_VERSION}): upgrade this process"
+            )
+        if version < 3 and _has_table(conn, "outbox_new"):
+            # A release before the append table opened the file after this one: it reads
+            # outbox alone, so rows appended by this release wait for a process of this one.
+            logger.warning(
+                "outbox %s was opened by an older release of asgi-attribution since this one: "
+                "only this release delivers the rows it appends; upgrade every process",
+                path,
+            )
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
+        for column, kind in ADDED.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return conn.execute(query, (name,)).fetchone() is not None
+
+
+def load_clock(conn: sqlite3.Connection, wall: WallClock) -> AnchoredClock:
+    """The file's clock: the anchor of this boot stored in the file, or a new one.
+
+    Every process on the machine shares ``time.monotonic()``, so the stored anchor gives them
+    one store time, whatever each one's wall clock says. After a reboot (another boot id, or a
+    monotonic clock behind the last store time seen) the clock is anchored again, never
+    earlier than the last store time seen.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM outbox_meta").fetchall())
+        boot = boot_id()
+        anchor = meta.get("clock_anchor")
+        high = float(meta.get("clock_high", 0.0))
+        if anchor is not None and meta.get("clock_boot") == boot:
+            clock = AnchoredClock(float(anchor), wall=wall)
+            if clock.now() >= high - STEP_TOLERANCE:
+                conn.execute("COMMIT")
+                return clock
+        clock = AnchoredClock.resume(float(anchor or 0.0), high, wall=wall)
+        conn.executemany(
+            "INSERT INTO outbox_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [("clock_anchor", repr(clock.anchor)), ("clock_boot", boot)],
+        )
+        conn.execute("COMMIT")
+        return clock
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def due_ids(conn: sqlite3.Connection, now: float, limit: int, skip: list[int]) -> list[int]:
+    """Ids of up to ``limit`` due rows: pending and due, or in flight with an expired lease.
+
+    Pending rows are found in the index alone (state, due time, id), never reading the table,
+    so a damaged table page stops only its own rows; ``skip`` lists unreadable ids.
+    """
+    without = f" AND id NOT IN ({','.join(map(str, skip))})" if skip else ""
+    expired = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM outbox WHERE state = 'inflight' AND lease_until <= ?"
+            f"{without} ORDER BY lease_until LIMIT ?",
+            (now, limit),
+        )
+    ]
+    due = conn.execute(
+        "SELECT id FROM outbox INDEXED BY outbox_due WHERE state = 'pending'"
+        f" AND next_attempt_at <= ?{without} ORDER BY next_attempt_at LIMIT ?",
+        (now, limit - len(expired)),
+    )
+    return expired + [r[0] for r in due]
+
+
+def note_time(conn: sqlite3.Connection, now: float) -> None:
+    """Record ``now`` as the latest store time seen (inside a write transaction)."""
+    conn.execute(
+        "INSERT INTO outbox_meta (key, value) VALUES ('clock_high', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS REAL), excluded.value)",
+        (now,),
+    )
+
+
+def check_health(conn: sqlite3.Connection, limit: int = 100) -> tuple[list[str], list[int]]:
+    """``PRAGMA quick_check``; if it finds damage, the ids of rows that cannot be read.
+
+    Ids come from the index (which holds every row id), so rows on a damaged table page are
+    named by id when the index is readable. Returns (problems, unreadable ids).
+    """
+    try:
+        found = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({limit})")]
+    except sqlite3.DatabaseError as exc:
+        found = [f"failed: {exc}"]
+    if found == ["ok"]:
+        return [], []
+    text = "; ".join(line.replace("\n", "; ") for line in found)
+    problems = [f"quick_check: {text[:500]}{' ...' if len(text) > 500 else ''}"]
+    ids: list[int] = []
+    for query in (
+        "SELECT id FROM outbox INDEXED BY outbox_due",
+        "SELECT id FROM outbox NOT INDEXED",
+    ):
+        try:
+            ids = [r[0] for r in conn.execute(query)]
+            break
+        except sqlite3.DatabaseError as exc:
+            error = exc
+    else:
+        problems.append(f"row ids unreadable: {error}")
+        return problems, []
+    bad: list[int] = []
+    for rid in ids:
+        try:
+            row = conn.execute(f"SELECT {COLUMNS} FROM outbox WHERE id = ?", (rid,)).fetchone()
+            if row is None:
+                raise sqlite3.DatabaseError("row missing from the table")
+            to_row(row)
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            del exc
+            bad.append(int(rid))
+    if bad:
+        shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
+        problems.append(f"{len(bad)} rows unreadable (ids {shown})")
+    return problems, bad
+
+
+def to_row(r: tuple[Any, ...]) -> OutboxRow:
+    """An :class:`OutboxRow` from the columns :data:`COLUMNS` names."""
+    (rid, event_id, provider, kind, event, state, attempts, next_at, error, created, updated,
+     first, code, outcome, reason) = r  # fmt: skip
+    return OutboxRow(
+        event_id=event_id,
+        provider=provider,
+        kind=kind,
+        event=json.loads(event),
+        state=state,
+        attempts=attempts,
+        next_attempt_at=next_at,
+        last_error=error,
+        created_at=created,
+        updated_at=updated,
+        first_attempt_at=first,
+        handle=str(rid),
+        error_code=code,
+        outcome=outcome,
+        outcome_reason=reason,
+    )
