@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,3 +96,12 @@ async def test_within_without_a_postgresql_outbox_is_a_clear_error() -> None:
         tracker.track_lead(
             click_id="c1", event_name="Sign up", customer_external_id="u1", within=object()
         )
+
+
+async def test_within_on_an_outbox_whose_store_cannot_join_a_transaction_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    tracker = Tracker("dub", api_key="dub_test", outbox=tmp_path / "events.db")
+    with pytest.raises(TypeError, match=r"track_sale\(within=\.\.\.\): .*SQLiteOutbox cannot"):
+        tracker.track_sale(customer_external_id="u1", amount=100, within=object())
+    assert tracker.stats.queued == 0  # refused at the call: nothing was accepted

@@ -12,15 +12,12 @@ from urllib.parse import quote, urlencode
 
 from ._events import CustomerEvent, Event, LeadEvent, RefundEvent, SaleEvent
 from ._exceptions import InvalidEventError
-from ._frozen import dict_init
 from ._json import dumps
 from ._limits import DUB_PAYMENT_PROCESSORS, PIMMS_PAYMENT_PROCESSORS
 
 __all__ = ["DUB", "PIMMS", "Outcome", "Provider", "ProviderRequest", "get_provider"]
 
 
-# Without slots, for dict_init: one per event (bench/README.md).
-@dict_init
 @dataclass(frozen=True)
 class ProviderRequest:
     """One HTTP request to a provider, without credentials.

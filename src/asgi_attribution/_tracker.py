@@ -662,19 +662,8 @@ class Tracker:
                 return await self._send_inline(delivery)
             self._warn_unowned("it was started on first use")
             await self.start()
-        transport = self.transport
-        if transport.counts_outcomes:
-            return await transport.send(delivery)
-        try:
-            result = await transport.send(delivery)
-        except DeliveryError:
-            self.stats.count("failed", delivery)
-            raise
-        if result.status == "sent":
-            self.stats.delivered(delivery, result)
-        elif result.status == "queued":
-            self.stats.count("queued", delivery)
-        return result
+        # The transport counts what it finishes (or queues) in the stats it shares with us.
+        return await self.transport.send(delivery)
 
     def _as_configured(self, result: TrackResult) -> TrackResult:
         return as_configured(result, self.transport, started=self._started)
@@ -701,6 +690,7 @@ class Tracker:
         try:
             result = await asyncio.wait_for(http.send(delivery), self.inline_timeout)
         except asyncio.TimeoutError:
+            # Cancelled here, so finished here: the transport never saw an end to count.
             self.stats.count("failed", delivery, reason="inline_timeout")
             raise DeliveryError(
                 event_id,
@@ -708,13 +698,9 @@ class Tracker:
                 f"not delivered within inline_timeout={self.inline_timeout:g}s",
                 retryable=True,
             ) from None
-        except DeliveryError as exc:
-            self.stats.count("failed", delivery, reason=exc.code)
-            raise
         finally:
             if http is not self._http:
                 await http.aclose()
-        self.stats.delivered(delivery, result)
         return result
 
     def _tracking(
@@ -722,11 +708,11 @@ class Tracker:
     ) -> Tracking:
         event = delivery.event
         if within is not None:
-            if not isinstance(self.transport, OutboxTransport):
-                raise TypeError(
-                    f"{what}(within=...) needs Tracker(outbox='postgresql://...'): only a store "
-                    "in your database can join your transaction"
-                )
+            if transport_overrides.current is None:
+                try:
+                    self.transport.check_within()
+                except TypeError as exc:
+                    raise TypeError(f"{what}(within=...): {exc}") from None
             return Tracking(self._send_within(delivery, warnings, within), event.event_id, what)
         if not warnings:
             return Tracking(self._deliver(delivery), event.event_id, what)
@@ -740,18 +726,14 @@ class Tracker:
         self, delivery: Delivery, warnings: tuple[str, ...], connection: object
     ) -> TrackResult:
         """Insert the event on the caller's connection: their commit stores it."""
-        from .transports.outbox._postgres import append_within
-
         override = transport_overrides.current
         if override is not None:
             result = self._as_configured(await override.send(delivery))
         else:
-            assert isinstance(self.transport, OutboxTransport)
             if not self._started:
                 self._warn_unowned("it was started on first use")
                 await self.start()
-            # Not counted as queued: a rollback would leave it counted and never finished.
-            result = await append_within(self.transport.store, delivery, connection)
+            result = await self.transport.append_within(delivery, connection)
         return dataclasses.replace(result, warnings=(*result.warnings, *warnings))
 
     def track_lead(

@@ -17,11 +17,8 @@ import pytest
 from asgi_attribution import DUB, LeadEvent, OutboxTransport, RetryPolicy, Tracker
 from asgi_attribution.testing import FakeProvider
 from asgi_attribution.transports._base import Delivery
-from asgi_attribution.transports.outbox._postgres import (
-    WITHIN_REASON,
-    PostgresOutbox,
-    append_within,
-)
+from asgi_attribution.transports.outbox import PostgresOutbox, append_within
+from asgi_attribution.transports.outbox._store import WITHIN_REASON
 from tests.support.asgi import KEY
 from tests.support.postgres import server_url, table_name, users_table
 
@@ -166,7 +163,7 @@ async def test_anything_else_is_refused_with_the_accepted_types(pg: str, tmp_pat
             with pytest.raises(ValueError, match="would commit on its own"):
                 await append_within(store, lead("u"), conn)
         sqlite = Tracker("dub", outbox=str(tmp_path / "events.db"), deliver=False)
-        with pytest.raises(TypeError, match="needs a PostgresOutbox"):
+        with pytest.raises(TypeError, match=r"SQLiteOutbox cannot"):
             await append_within(sqlite.transport.store, lead("u"), conn)  # type: ignore[attr-defined]
         assert (await store.status()).counts["pending"] == 0
     finally:

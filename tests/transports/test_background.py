@@ -166,30 +166,8 @@ async def test_a_retryable_refusal_is_retried_with_the_inner_transports_policy()
     await transport.aclose()
 
 
-class OldStyle(Transport):
-    """A transport of the old contract: ``send`` only, retrying on its own."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def send(self, delivery: Delivery) -> TrackResult:
-        self.calls += 1
-        raise DeliveryError(delivery.event.event_id, "http_503", "later", retryable=True)
-
-
-async def test_a_transport_of_the_old_contract_is_taken_as_one_attempt() -> None:
-    errors: list[Exception] = []
-    inner = OldStyle()
-    transport = BackgroundTransport(inner, on_error=lambda d, exc: errors.append(exc))
-    await transport.send(lead("u1"))
-    await transport.flush()
-    assert inner.calls == 1 and transport.stats.failed == 1 and transport.stats.retried == 0
-    assert "gave up" not in str(errors[0])  # nothing was given up: it never retried here
-    await transport.aclose()
-
-
 class OneTry(Transport):
-    """The new contract: ``attempt`` only; refuses the first two tries."""
+    """Implements ``attempt`` only; refuses the first two tries."""
 
     retry = FAST
 
@@ -209,6 +187,7 @@ async def test_send_of_an_attempt_only_transport_retries_inline() -> None:
     transport.stats = stats
     result = await transport.send(lead("u1"))
     assert result.status == "sent" and transport.tries == 3 and stats.retried == 2
+    assert (stats.sent, stats.failed) == (1, 0)  # send finished it, so send counted it
 
 
 async def test_a_transport_that_implements_neither_method_says_so() -> None:
@@ -219,15 +198,13 @@ async def test_a_transport_that_implements_neither_method_says_so() -> None:
         await Nothing().send(lead("u1"))
 
 
-def test_concurrency_is_the_one_name_and_the_old_names_still_work() -> None:
+def test_concurrency_is_the_one_name() -> None:
     assert BackgroundTransport(MemoryTransport(), concurrency=3).concurrency == 3
     assert HTTPTransport(KEY, concurrency=4).concurrency == 4
-    with pytest.warns(DeprecationWarning, match=r"workers=\.\.\.\) is deprecated"):
-        assert BackgroundTransport(MemoryTransport(), workers=2).concurrency == 2
-    with pytest.warns(DeprecationWarning, match=r"max_connections=\.\.\.\) is deprecated"):
-        assert HTTPTransport(KEY, max_connections=5).concurrency == 5
-    with pytest.raises(TypeError, match="not both"):
-        BackgroundTransport(MemoryTransport(), workers=2, concurrency=2)
+    with pytest.raises(TypeError, match="workers"):
+        BackgroundTransport(MemoryTransport(), workers=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="max_connections"):
+        HTTPTransport(KEY, max_connections=5)  # type: ignore[call-arg]
 
 
 def test_layers_read_retry_and_timeout_from_the_transport_contract() -> None:

@@ -241,7 +241,7 @@ class GatedTransport(Transport):
         self.log = log
         self.delivered: list[Delivery] = []
 
-    async def send(self, delivery: Delivery) -> TrackResult:
+    async def attempt(self, delivery: Delivery) -> TrackResult:
         self.log.append("delivery started")
         await self.gate.wait()
         self.delivered.append(delivery)

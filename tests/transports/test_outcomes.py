@@ -102,12 +102,14 @@ async def test_a_2xx_that_is_not_json_is_unknown_with_a_warning(caplog: Any) -> 
     assert (result.status, result.outcome, result.outcome_reason) == ("sent", "unknown", "not_json")
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert delivery.event.event_id in warning.getMessage() and "not JSON" in warning.getMessage()
-    [attempt] = records
+    # The attempt, then the end of the event, counted by send: it finished it.
+    attempt, sent = records
     assert (attempt.kind, attempt.status_code, attempt.event_id) == (
         "attempt",
         200,
         delivery.event.event_id,
     )
+    assert (sent.kind, sent.event_id, transport.stats.sent) == ("sent", delivery.event.event_id, 1)
 
 
 async def test_a_network_error_is_an_attempt_without_a_status_code() -> None:
@@ -119,4 +121,4 @@ async def test_a_network_error_is_an_attempt_without_a_status_code() -> None:
     with pytest.raises(DeliveryError):
         await transport.send(lead("u1"))
     await transport.aclose()
-    assert [(r.kind, r.status_code) for r in records] == [("attempt", None)]
+    assert [(r.kind, r.status_code) for r in records] == [("attempt", None), ("failed", None)]

@@ -55,7 +55,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Literal, TypeVar
 
-from .._deprecation import renamed
 from .._events import Event, LeadEvent
 from .._exceptions import DeliveryError, QueueFullError
 from ._base import (
@@ -71,9 +70,6 @@ from ._base import (
 from ._pause import Pause, is_integration_fault
 
 __all__ = [
-    "ATTEMPTING",
-    "QUEUED",
-    "WAITING",
     "BackgroundTransport",
     "DeliveredCallback",
     "DropCallback",
@@ -97,15 +93,6 @@ class JobState(enum.Enum):
     QUEUED = "queued"  # waiting for a worker
     ATTEMPTING = "attempting"  # a worker is making an attempt
     WAITING = "waiting"  # waiting out a backoff; its timer puts it back in QUEUED
-
-    # Members are singletons: hashed by identity in C, not by name in Python (Enum's
-    # __hash__), as the registry looks its states up several times per event.
-    __hash__ = object.__hash__
-
-
-# The members as module names: ``JobState.QUEUED`` goes through EnumType's attribute lookup,
-# about 100 ns a time on Python 3.11, and the queue names a state six times per event.
-QUEUED, ATTEMPTING, WAITING = JobState.QUEUED, JobState.ATTEMPTING, JobState.WAITING
 
 
 class Job:
@@ -161,7 +148,7 @@ class Registry:
             self._size += 1
         job.state = state
         self._by_state[state][job] = None
-        if state is not WAITING and job.timer is not None:
+        if state is not JobState.WAITING and job.timer is not None:
             job.timer.cancel()
             job.timer = None
 
@@ -202,7 +189,7 @@ class JobQueue(Registry):
 
     def add(self, job: Job, *, wake: bool = True) -> None:
         """Queue a new ``job``; wake a worker unless delivery is paused (``wake=False``)."""
-        self.put(job, QUEUED)
+        self.put(job, JobState.QUEUED)
         if self._size == 1:  # it was empty, the only time ``idle`` is set
             self.idle.clear()
         if wake:
@@ -210,7 +197,7 @@ class JobQueue(Registry):
 
     def take(self, job: Job) -> None:
         """A worker takes ``job`` for an attempt."""
-        self.put(job, ATTEMPTING)
+        self.put(job, JobState.ATTEMPTING)
         if self.room_wanted:
             self.room.set()
 
@@ -234,7 +221,7 @@ class JobQueue(Registry):
         deadline = time.monotonic() + timeout
         self.room_wanted += 1
         try:
-            while self.count(QUEUED) >= size:
+            while self.count(JobState.QUEUED) >= size:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -430,7 +417,7 @@ class BackgroundTransport(Transport):
     """Queue events in memory and deliver them through ``inner`` from worker tasks.
 
     Options: ``queue_size`` (events waiting for a worker), ``concurrency`` (attempts at once;
-    an event waiting to retry holds no worker; ``workers`` is its deprecated name),
+    an event waiting to retry holds no worker),
     ``when_full`` (``"drop"`` after waiting ``queue_full_timeout`` seconds, or ``"raise"``),
     ``shutdown_timeout`` (seconds ``aclose`` spends delivering what is queued),
     ``pause_interval`` (seconds between probes while an integration fault pauses delivery),
@@ -453,8 +440,6 @@ class BackgroundTransport(Transport):
         ('queued', 1, 1, None)
     """
 
-    counts_outcomes = True
-
     def __init__(
         self,
         inner: Transport,
@@ -470,11 +455,8 @@ class BackgroundTransport(Transport):
         on_drop: DropCallback | None = None,
         on_delivered: DeliveredCallback | None = None,
         stats: DeliveryStats | None = None,
-        workers: int | None = None,
     ) -> None:
-        concurrency = renamed(
-            "BackgroundTransport", "workers", workers, "concurrency", concurrency, 10
-        )
+        concurrency = 10 if concurrency is None else concurrency
         if queue_size < 1 or concurrency < 1:
             raise ValueError(
                 f"queue_size and concurrency must be at least 1, got {queue_size} and {concurrency}"
@@ -587,7 +569,7 @@ class BackgroundTransport(Transport):
             return await self._send_inline(delivery)
         if self._loop is not (asyncio.get_running_loop() if loop is None else loop):
             await self.start()
-        full = self._jobs.count(QUEUED) >= self.queue_size  # a coroutine only if so
+        full = self._jobs.count(JobState.QUEUED) >= self.queue_size  # a coroutine only if so
         if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
             return await self._full(delivery)
         self._jobs.add(Job(delivery), wake=not self._pause.active)
@@ -608,13 +590,9 @@ class BackgroundTransport(Transport):
         return TrackResult("dropped", delivery.event, reason="dropped: " + reason)
 
     async def _send_inline(self, delivery: Delivery) -> TrackResult:
-        try:
-            result = await self.inner.send(delivery)
-        except Exception as exc:
-            self.stats.count("failed", delivery, reason=getattr(exc, "code", None))
-            raise
-        self.stats.delivered(delivery, result)
-        return result
+        # The inline send of the contract, through this queue's attempt (the inner's) and the
+        # inner's retry policy: it finishes the event, so it counts it in this queue's stats.
+        return await Transport.send(self, delivery)
 
     async def attempt(self, delivery: Delivery) -> TrackResult:
         """One attempt straight through ``inner``, bypassing the queue."""
@@ -624,7 +602,7 @@ class BackgroundTransport(Transport):
 
     async def _work(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._loop is loop:
-            job = None if self._pause.active else self._jobs.first(QUEUED)
+            job = None if self._pause.active else self._jobs.first(JobState.QUEUED)
             if job is not None:
                 await self._attempt(job, loop)
                 continue

@@ -36,17 +36,15 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .._events import Event
 from .._exceptions import DeliveryError
-from .._frozen import dict_init
 from .._providers import Outcome, Provider, ProviderRequest
 
 __all__ = [
     "COUNTERS",
     "MAX_LINE_BYTES",
-    "ONE_ATTEMPT",
     "Delivery",
     "DeliveryObserver",
     "DeliveryRecord",
@@ -353,9 +351,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return number
 
 
-# eq=False: deliveries are compared and hashed by identity (the event holds dicts). Without
-# slots, for dict_init: one per event (bench/README.md).
-@dict_init
+# eq=False: deliveries are compared and hashed by identity (the event holds dicts).
 @dataclass(frozen=True, eq=False)
 class Delivery:
     """One event on its way to one provider (no credentials: those belong to the transport).
@@ -388,8 +384,6 @@ class Delivery:
         return rendered
 
 
-# Without slots, for dict_init: two results per event (bench/README.md).
-@dict_init
 @dataclass(frozen=True)
 class TrackResult:
     """What happened to a tracking call: ``queued``, ``sent``, ``skipped`` or ``dropped``.
@@ -570,11 +564,6 @@ class DeliveryStats:
             self.count(result.outcome, delivery, reason=result.outcome_reason)
 
 
-#: The retry policy of a class that implements only the old ``send``: it retries on its own,
-#: so its ``send`` counts as one attempt and the layers never repeat it.
-ONE_ATTEMPT = RetryPolicy(max_attempts=1)
-
-
 class Transport:
     """Delivers events. Subclass it and implement :meth:`attempt`: one try, no retries.
 
@@ -583,8 +572,10 @@ class Transport:
     bound of one attempt) are read by whatever schedules its attempts: :meth:`send` inline,
     :class:`BackgroundTransport` and :class:`OutboxTransport` in the background.
 
-    A subclass written for the old contract, implementing only :meth:`send`, still works: its
-    ``send`` is taken as one attempt, never repeated by the layers (``retry`` allows one).
+    Whoever finishes an event counts it in :attr:`stats`: :meth:`send` counts what it delivered
+    or failed inline; the background and outbox layers count what they queue and finish.
+    :meth:`append_within` stores an event inside the caller's database transaction; only an
+    outbox over a store in that database can (the others raise ``TypeError``).
 
     Example:
         >>> import asyncio
@@ -598,25 +589,16 @@ class Transport:
         'sent'
     """
 
-    #: True for transports that count sent/failed in their own ``stats`` (the tracker counts
-    #: for the others).
-    counts_outcomes: ClassVar[bool] = False
     #: When :meth:`send` and the background layers try a failed attempt again.
     retry: RetryPolicy = RetryPolicy()
     #: Seconds one attempt may take (the outbox's shutdown grace for attempts on the wire).
     timeout: float = 10.0
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        legacy = cls.attempt is Transport.attempt and cls.send is not Transport.send
-        if legacy and "retry" not in cls.__dict__:
-            cls.retry = ONE_ATTEMPT
-
     _stats: DeliveryStats | None = None
 
     @property
     def stats(self) -> DeliveryStats:
-        """This transport's counters: ``retried``, and the outcomes if it ``counts_outcomes``.
+        """This transport's counters: what it retried, and the events it finished.
 
         Created on first use unless a transport is given one (shared with the tracker's).
         """
@@ -631,11 +613,9 @@ class Transport:
     async def attempt(self, delivery: Delivery) -> TrackResult:
         """Make exactly one try; raise :class:`DeliveryError` (``retryable``, ``retry_after``).
 
-        Subclasses implement this. (For a class of the old contract, it is its ``send``.)
+        Subclasses implement this.
         """
-        if type(self).send is Transport.send:
-            raise TypeError(f"{type(self).__name__} must implement attempt()")
-        return await self.send(delivery)
+        raise TypeError(f"{type(self).__name__} must implement attempt()")
 
     async def send(self, delivery: Delivery) -> TrackResult:
         """Deliver one event inline: attempts, retried within ``retry``, then the answer.
@@ -643,14 +623,15 @@ class Transport:
         Raises the last :class:`DeliveryError` when the error is final or the budget is spent;
         a fault of the whole integration (``integration=True``: 401, 403, a wrong path, a
         redirect) is final, so it raises at once.
-        The background and outbox layers override this to queue or store the event instead.
+        The event is counted here (``sent``, or ``failed``): this call finishes it. The
+        background and outbox layers override this to queue or store the event instead.
         """
         started = time.monotonic()
         attempts = 0
         while True:
             attempts += 1
             try:
-                return await self.attempt(delivery)
+                result = await self.attempt(delivery)
             except DeliveryError as error:
                 wait = next_retry(
                     error,
@@ -662,8 +643,36 @@ class Transport:
                     event_kind=delivery.event.kind,
                 )
                 if wait is None:
+                    self.stats.count("failed", delivery, reason=error.code)
                     raise
+            else:
+                if result.status == "sent":
+                    self.stats.delivered(delivery, result)
+                return result
             await asyncio.sleep(wait)
+
+    def check_within(self) -> None:
+        """Raise ``TypeError`` unless :meth:`append_within` can store events in the caller's
+        database transaction. Only an outbox over a store in that database can.
+
+        Example:
+            >>> try:
+            ...     Transport().check_within()
+            ... except TypeError as exc:
+            ...     print("needs Tracker(outbox='postgresql://...')" in str(exc))
+            True
+        """
+        raise TypeError(
+            "within= needs Tracker(outbox='postgresql://...'): only a store in your database "
+            f"can join your transaction ({type(self).__name__} cannot)"
+        )
+
+    async def append_within(self, delivery: Delivery, connection: object) -> TrackResult:
+        """Store ``delivery`` on ``connection``, inside the caller's open transaction: their
+        commit stores it, their rollback discards it. Raises ``TypeError`` (see
+        :meth:`check_within`) unless the transport can."""
+        self.check_within()
+        raise NotImplementedError  # a transport whose check passes implements this
 
     async def start(self) -> None:
         """Prepare to deliver (called at lifespan startup or first use); idempotent."""
@@ -674,9 +683,6 @@ class Transport:
     async def aclose(self) -> None:
         """Deliver what is pending within the transport's limits, then release resources."""
 
-
-if TYPE_CHECKING:
-    pass  # MERGED-IMPORT
 
 #: The longest log line written with event ids (shippers split or cut longer ones).
 MAX_LINE_BYTES = 8 * 1024

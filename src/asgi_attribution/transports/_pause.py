@@ -1,33 +1,24 @@
-"""Pausing an outbox on a fault of the whole integration (a revoked key, a wrong path).
-
-Such a fault says nothing about the event that met it: every event would meet it. So the
-outbox stops claiming (for every worker of the store in this process), leaves the rows pending
-with their budgets untouched, probes with one row every ``pause_interval`` seconds, and resumes
-on the first 2xx. While paused it logs one ERROR at most once a minute with the cause and the
-number of events held.
-
-Faults of the whole integration, told apart from answers about one event.
+"""Pausing delivery on a fault of the whole integration, for the queue and the outbox alike.
 
 A revoked key (401), a key without the right (403), a wrong ``base_url`` (a 404 that names no
 event, a 405) or a moved API (3xx) say nothing about the event that met them: every event would
 meet them. They are raised as :class:`IntegrationError` (a :class:`DeliveryError` with
-``integration=True``, never retryable by the per-event retry step), and the background queue
-pauses on them instead of discarding events. Per-event answers (400, 409, 422, a 404 "click not
-found") stay final failures of their event.
+``integration=True``, never retryable by the per-event retry step). Per-event answers (400,
+409, 422, a 404 "click not found") stay final failures of their event.
 
-Pausing delivery on a fault of the whole integration, and saying so (at most once a minute).
-
-A revoked key or a wrong ``base_url`` fails every event the same way. Instead of discarding
-them one by one, :class:`BackgroundTransport` holds them and probes with one attempt every
-``pause_interval`` seconds; this module keeps the state and the log lines of that pause.
+On such a fault, delivery pauses instead of discarding events one by one: the background queue
+holds its jobs, an outbox stops claiming (every worker of the store in this process) and leaves
+its rows pending with their budgets untouched. One attempt probes every ``pause_interval``
+seconds, and the first 2xx resumes delivery. While paused, one ERROR at most once a minute gives
+the cause and the number of events held. :class:`Pause` is that state, used by both.
 
 Example:
     >>> from asgi_attribution import IntegrationError
     >>> pause = Pause(interval=30.0)
     >>> pause.begin(IntegrationError("evt_1", "unauthorized", "bad key", status_code=401), 3)
     True
-    >>> pause.active, pause.cause.code
-    (True, 'unauthorized')
+    >>> pause.active, pause.describe()
+    (True, 'HTTP 401 unauthorized: bad key')
     >>> pause.end(3) >= 0, pause.active
     (True, False)
 """
@@ -45,12 +36,20 @@ from .._exceptions import DeliveryError
 
 __all__ = [
     "LOG_EVERY",
-    "OutboxPause",
     "Pause",
+    "describe",
     "is_integration_fault",
     "pause_for",
     "per_event_not_found",
 ]
+
+logger = logging.getLogger("asgi_attribution")
+
+#: At most one ERROR per this many seconds while paused.
+LOG_EVERY = 60.0
+
+# One pause per store (by description) in this process: every outbox over it stops together.
+_PAUSES: dict[str, Pause] = {}
 
 
 # A 404 about the event names what was not found: Dub's "Click event not found for clickId: x",
@@ -102,21 +101,67 @@ def per_event_not_found(body: Any) -> str | None:
 logger = logging.getLogger("asgi_attribution")
 
 #: At most one ERROR per this many seconds while paused.
-LOG_EVERY = 60.0
+
+
+def describe(error: BaseException | None) -> str:
+    """An error in a few words: ``HTTP 401 unauthorized: bad key``.
+
+    Example:
+        >>> describe(DeliveryError("evt_1", "unauthorized", "bad key", status_code=401))
+        'HTTP 401 unauthorized: bad key'
+        >>> describe(OSError("disk full"))
+        'OSError: disk full'
+    """
+    if error is None:
+        return "no cause"
+    if isinstance(error, DeliveryError):
+        status = f"HTTP {error.status_code} " if error.status_code is not None else ""
+        return f"{status}{error.code}: {error.message}"
+    return f"{type(error).__name__}: {error}"
 
 
 class Pause:
-    """Whether delivery is paused, why, since when; and its rate-limited ERROR lines."""
+    """Whether delivery is paused, why, since when, when to probe; and its ERROR lines.
 
-    __slots__ = ("_logged", "active", "cause", "interval", "probe", "since")
+    The background queue probes on a timer (:meth:`schedule`); an outbox's claim loop asks
+    :meth:`probe_due` between claims. ``store`` names the outbox in the log lines (None for the
+    in-memory queue).
 
-    def __init__(self, interval: float) -> None:
+    Example:
+        >>> pause = Pause(30.0, store="events.db")
+        >>> pause.begin(OSError("x"), held=3), pause.probe_due(), pause.wait() > 29
+        (True, False, True)
+    """
+
+    __slots__ = ("_logged", "_next_probe", "active", "cause", "interval", "probe", "since", "store")
+
+    def __init__(self, interval: float, store: str | None = None) -> None:
         self.interval = interval
-        self.probe: asyncio.TimerHandle | None = None  # the next probe, while paused
+        self.store = store
+        self.probe: asyncio.TimerHandle | None = None  # the next timed probe, while paused
         self.active = False
-        self.cause: DeliveryError | None = None
+        self.cause: BaseException | None = None
         self.since = 0.0
+        self._next_probe = 0.0
         self._logged = float("-inf")
+
+    def describe(self) -> str:
+        """The cause in a few words, e.g. ``HTTP 401 unauthorized: check the API key``."""
+        return describe(self.cause)
+
+    def begin(self, cause: BaseException, held: int) -> bool:
+        """Pause (or stay paused) on ``cause``; True if delivery was running until now.
+
+        The next probe is due ``interval`` seconds from now.
+        """
+        now = time.monotonic()
+        self.cause = cause
+        self._next_probe = now + self.interval
+        started = not self.active
+        if started:
+            self.active, self.since, self._logged = True, now, float("-inf")
+        self.still(held)
+        return started
 
     def schedule(
         self,
@@ -129,96 +174,10 @@ class Pause:
         self.probe = loop.call_later(delay, lambda: loop.create_task(run()))
 
     def cancel_probe(self) -> None:
-        """Forget the pending probe, if any."""
+        """Forget the pending timed probe, if any."""
         if self.probe is not None:
             self.probe.cancel()
             self.probe = None
-
-    def describe(self) -> str:
-        """The cause in a few words, e.g. ``HTTP 401 unauthorized: check the API key``."""
-        cause = self.cause
-        if cause is None:
-            return "no cause"
-        status = f"HTTP {cause.status_code} " if cause.status_code is not None else ""
-        return f"{status}{cause.code}: {cause.message}"
-
-    def begin(self, cause: DeliveryError, held: int) -> bool:
-        """Pause (or stay paused) on ``cause``; True if delivery was running until now."""
-        self.cause = cause
-        if self.active:
-            self.still(held)
-            return False
-        self.active = True
-        self.since = time.monotonic()
-        self._logged = float("-inf")
-        self.still(held)
-        return True
-
-    def still(self, held: int) -> None:
-        """A probe failed again: log the ERROR if the last one is a minute old."""
-        now = time.monotonic()
-        if now - self._logged < LOG_EVERY:
-            return
-        self._logged = now
-        logger.error(
-            "delivery paused for %.0fs: %s; %d events held (none discarded), "
-            "probing every %gs; delivery resumes by itself once the provider accepts",
-            now - self.since,
-            self.describe(),
-            held,
-            self.interval,
-            extra={"paused": True, "cause": self.cause.code if self.cause else None, "held": held},
-        )
-
-    def end(self, held: int) -> float:
-        """Resume; returns how long the pause lasted (seconds) and logs it."""
-        lasted = time.monotonic() - self.since
-        if self.active:
-            logger.warning(
-                "delivery resumed after %.0fs paused (%s); delivering %d held events",
-                lasted,
-                self.describe(),
-                held,
-            )
-        self.active = False
-        self.cause = None
-        self.cancel_probe()
-        return lasted
-
-
-# One pause per store (by description) in this process: every outbox over it stops together.
-_PAUSES: dict[str, OutboxPause] = {}
-
-
-class OutboxPause:
-    """Whether claiming is paused, why, and when the next probe is due (monotonic time).
-
-    Example:
-        >>> pause = OutboxPause("events.db", interval=30.0)
-        >>> pause.begin("HTTP 401 unauthorized: bad key", held=3)
-        >>> pause.active, pause.probe_due()
-        (True, False)
-        >>> round(pause.end(held=3)) >= 0, pause.active
-        (True, False)
-    """
-
-    def __init__(self, description: str, interval: float) -> None:
-        self.description = description
-        self.interval = interval
-        self.active = False
-        self.cause = ""
-        self.since = 0.0
-        self._next_probe = 0.0
-        self._logged = float("-inf")
-
-    def begin(self, cause: str, held: int) -> None:
-        """Pause (or stay paused) on ``cause``; the next probe is ``interval`` from now."""
-        now = time.monotonic()
-        if not self.active:
-            self.active, self.since, self._logged = True, now, float("-inf")
-        self.cause = cause
-        self._next_probe = now + self.interval
-        self.still(held)
 
     def probe_due(self) -> bool:
         """True when a probe may run now (it then holds the slot for one interval)."""
@@ -229,49 +188,54 @@ class OutboxPause:
         return True
 
     def wait(self) -> float:
-        """Seconds until the next probe."""
+        """Seconds until the next probe is due."""
         return max(0.0, self._next_probe - time.monotonic())
 
     def still(self, held: int) -> None:
-        """Log the ERROR if the last one is a minute old."""
+        """Still paused: log the ERROR if the last one is a minute old."""
         now = time.monotonic()
         if now - self._logged < LOG_EVERY:
             return
         self._logged = now
+        where = f"outbox {self.store}: " if self.store is not None else ""
         logger.error(
-            "outbox %s: delivery paused for %.0fs: %s; %d events held in the outbox (none "
-            "discarded), probing every %gs; it resumes by itself once the provider accepts",
-            self.description,
+            "%sdelivery paused for %.0fs: %s; %d events held%s (none discarded), probing every "
+            "%gs; delivery resumes by itself once the provider accepts",
+            where,
             now - self.since,
-            self.cause,
+            self.describe(),
             held,
+            " in the outbox" if self.store is not None else "",
             self.interval,
-            extra={"paused": True, "held": held},
+            extra={"paused": True, "cause": getattr(self.cause, "code", None), "held": held},
         )
 
     def end(self, held: int) -> float:
         """Resume; returns how long the pause lasted (seconds) and logs it."""
         lasted = time.monotonic() - self.since
         if self.active:
+            where = f"outbox {self.store}: " if self.store is not None else ""
             logger.warning(
-                "outbox %s: delivery resumed after %.0fs paused (%s); delivering %d held events",
-                self.description,
+                "%sdelivery resumed after %.0fs paused (%s); delivering %d held events",
+                where,
                 lasted,
-                self.cause,
+                self.describe(),
                 held,
             )
         self.active = False
+        self.cause = None
+        self.cancel_probe()
         return lasted
 
 
-def pause_for(description: str, interval: float) -> OutboxPause:
-    """The pause shared by every outbox over the store ``description`` in this process.
+def pause_for(store: str, interval: float) -> Pause:
+    """The pause shared by every outbox over the store ``store`` in this process.
 
     Example:
         >>> pause_for("events.db", 30.0) is pause_for("events.db", 30.0)
         True
     """
-    pause = _PAUSES.get(description)
+    pause = _PAUSES.get(store)
     if pause is None:
-        pause = _PAUSES[description] = OutboxPause(description, interval)
+        pause = _PAUSES[store] = Pause(interval, store=store)
     return pause

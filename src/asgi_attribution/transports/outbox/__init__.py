@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-from ._postgres import PostgresOutbox, append_within
+from ._postgres import PostgresOutbox
 from ._redis import RedisOutbox
 from ._sqlite import SQLiteOutbox
-from ._store import OutboxRow, OutboxStatus, OutboxStore, open_store
+from ._store import OutboxRow, OutboxStatus, OutboxStore, append_within, open_store
 from ._transport import OutboxTransport
 
 __all__ = [

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..._exceptions import OutboxError
-from .._base import Delivery, TrackResult
 from ._postgres_schema import (
     COLUMNS,
     SECONDS,
@@ -71,7 +70,6 @@ __all__ = [
     "Listener",
     "PostgresMaintenance",
     "PostgresOutbox",
-    "append_within",
     "init_schema",
     "psycopg_connection",
 ]
@@ -384,7 +382,6 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
 #: What :func:`append_within` returns as ``reason``: the event is stored when you commit.
-WITHIN_REASON = "stored when your transaction commits"
 
 
 def _safe_url(url: str) -> str:
@@ -590,6 +587,13 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
         except psycopg.Error as exc:
             raise OutboxError(f"{self.description}: {exc}") from exc
 
+    def check_within(self) -> None:
+        """Pass: a PostgreSQL outbox joins the caller's transaction in the same database.
+
+        Example:
+            >>> PostgresOutbox("postgresql://localhost/app").check_within()
+        """
+
     async def append_within(self, row: OutboxRow, connection: object) -> None:
         """Insert ``row`` on ``connection``, in the caller's open transaction (see
         :func:`append_within`): the caller's commit stores it and wakes the workers."""
@@ -693,32 +697,3 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
             " SELECT pg_notify(%s, '') FROM (SELECT count(*) AS n FROM back) c WHERE n > 0",
             ([int(r.handle) for r in rows], self.worker, self.tables.channel),
         )
-
-
-async def append_within(store: OutboxStore, delivery: Delivery, connection: object) -> TrackResult:
-    """Store ``delivery``'s event in ``store`` as part of the caller's open transaction.
-
-    ``store`` is a :class:`PostgresOutbox` (the tracker's ``transport.store``); ``connection``
-    a psycopg ``AsyncConnection``, or a SQLAlchemy ``AsyncConnection`` / ``AsyncSession``, in
-    the same database. The row is inserted on that connection: your commit stores the event and
-    wakes the workers (``NOTIFY``), your rollback discards it, and no worker can see it before.
-
-    The result is ``queued`` with ``durable=False`` and ``reason`` :data:`WITHIN_REASON`:
-    nothing is stored yet when this returns. Once your ``commit()`` returns without error the
-    event is as durable as your own rows; :meth:`PostgresOutbox.is_stored` checks afterwards.
-
-    Example:
-        >>> async def signup(conn, email):  # doctest: +SKIP
-        ...     async with conn.transaction():
-        ...         await conn.execute("INSERT INTO users (email) VALUES (%s)", (email,))
-        ...         lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id=email)
-        ...         result = await append_within(store, Delivery(lead, DUB), conn)
-        ...     return result  # committed here: the lead is stored with the user
-    """
-    if not isinstance(store, PostgresOutbox):
-        raise TypeError(
-            f"append_within needs a PostgresOutbox (outbox='postgresql://...'), got"
-            f" {type(store).__name__}: only a store in your database can join your transaction"
-        )
-    await store.append_within(OutboxRow.from_delivery(delivery), connection)
-    return TrackResult("queued", delivery.event, reason=WITHIN_REASON, durable=False)

@@ -35,20 +35,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, cast
 
 from ..._events import Event, validate_event
-from ..._frozen import dict_init
-from .._base import Delivery
+from .._base import Delivery, TrackResult
 
 __all__ = [
     "LIST_STATES",
     "NOT_RECORDED_OUTCOMES",
     "RETRY_REFUSED",
     "STATES",
+    "WITHIN_REASON",
     "AppendBatcher",
     "ListState",
     "OutboxRow",
     "OutboxStatus",
     "OutboxStore",
     "State",
+    "append_within",
     "open_store",
     "refused_retry",
     "restart_budget",
@@ -77,8 +78,6 @@ RETRY_REFUSED = {
 }
 
 
-# Without slots, for dict_init: one row per append, fifteen fields (bench/README.md).
-@dict_init
 @dataclass(frozen=True)
 class OutboxRow:
     """One event as the outbox stores it: plain JSON-able data, never a pickle or an API key.
@@ -253,6 +252,27 @@ class OutboxStore(abc.ABC):
         skewed wall clock cannot move (SQLite: anchored to ``time.monotonic()``; Redis ``TIME``).
         """
         return time.time()
+
+    def check_within(self) -> None:
+        """Raise ``TypeError`` unless :meth:`append_within` can insert rows in the caller's
+        own database transaction (only a store in that database can: PostgreSQL).
+
+        Example:
+            >>> try:
+            ...     SQLiteOutbox("events.db").check_within()
+            ... except TypeError as exc:
+            ...     print("outbox='postgresql://...'" in str(exc))
+            True
+        """
+        raise TypeError(
+            "within= needs Tracker(outbox='postgresql://...'): only a store in your database "
+            f"can join your transaction ({type(self).__name__} cannot)"
+        )
+
+    async def append_within(self, row: OutboxRow, connection: object) -> None:
+        """Insert ``row`` on ``connection``, inside the caller's open transaction (their
+        commit stores it). Stores that cannot raise ``TypeError`` (see :meth:`check_within`)."""
+        self.check_within()
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -509,3 +529,33 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+#: The ``reason`` of an event appended inside the caller's transaction.
+WITHIN_REASON = "stored when your transaction commits"
+
+
+async def append_within(store: OutboxStore, delivery: Delivery, connection: object) -> TrackResult:
+    """Store ``delivery``'s event in ``store`` as part of the caller's open transaction.
+
+    ``store`` is a :class:`PostgresOutbox` (the tracker's ``transport.store``; another store
+    raises ``TypeError``); ``connection`` a psycopg ``AsyncConnection``, or a SQLAlchemy
+    ``AsyncConnection`` / ``AsyncSession``, in the same database. The row is inserted on that
+    connection: your commit stores the event and wakes the workers (``NOTIFY``), your rollback
+    discards it, and no worker can see it before.
+
+    The result is ``queued`` with ``durable=False`` and ``reason`` :data:`WITHIN_REASON`:
+    nothing is stored yet when this returns. Once your ``commit()`` returns without error the
+    event is as durable as your own rows; :meth:`PostgresOutbox.is_stored` checks afterwards.
+
+    Example:
+        >>> async def signup(conn, email):  # doctest: +SKIP
+        ...     async with conn.transaction():
+        ...         await conn.execute("INSERT INTO users (email) VALUES (%s)", (email,))
+        ...         lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id=email)
+        ...         result = await append_within(store, Delivery(lead, DUB), conn)
+        ...     return result  # committed here: the lead is stored with the user
+    """
+    store.check_within()
+    await store.append_within(OutboxRow.from_delivery(delivery), connection)
+    return TrackResult("queued", delivery.event, reason=WITHIN_REASON, durable=False)

@@ -34,7 +34,8 @@ The outbox's delivery loop: claim due rows, one attempt each, record what happen
 Each claimed row gets one attempt through the inner transport. Then, in the store's clock:
 delivered (with the provider's outcome), due again later (the one retry step, counting
 attempts and elapsed store time), or a dead letter. A fault of the whole integration pauses
-claiming (:mod:`.pause`) instead of spending any event's budget.
+claiming (:class:`~asgi_attribution.transports._pause.Pause`) instead of spending any
+event's budget.
 
 The life of an :class:`OutboxTransport` around its store: opening again, shutting down.
 
@@ -59,8 +60,8 @@ from ..._providers import DUB, PIMMS, Provider, get_provider
 from .._background import BackgroundTransport, ErrorCallback, notify
 from .._base import Delivery, DeliveryStats, RetryPolicy, TrackResult, Transport, next_retry
 from .._http import HTTPTransport
-from .._pause import OutboxPause, is_integration_fault, pause_for
-from ._store import OutboxRow, OutboxStore, open_store
+from .._pause import Pause, is_integration_fault, pause_for
+from ._store import OutboxRow, OutboxStore, append_within, open_store
 
 __all__ = [
     "DeliveredCallback",
@@ -194,19 +195,6 @@ class MemoryFallback:
 DeliveredCallback = Callable[[Delivery, TrackResult], Any]
 
 
-def describe(error: Exception) -> str:
-    """An error in a few words: ``HTTP 401 unauthorized: bad key``.
-
-    Example:
-        >>> describe(DeliveryError("evt_1", "unauthorized", "bad key", status_code=401))
-        'HTTP 401 unauthorized: bad key'
-    """
-    if isinstance(error, DeliveryError):
-        status = f"HTTP {error.status_code} " if error.status_code is not None else ""
-        return f"{status}{error.code}: {error.message}"
-    return f"{type(error).__name__}: {error}"
-
-
 class DeliveryLoop:
     """The claim-attempt-record loop of one :class:`OutboxTransport` in one event loop.
 
@@ -220,7 +208,7 @@ class DeliveryLoop:
         inner: Transport,
         stats: DeliveryStats,
         provider: Callable[[str], Provider],
-        pause: OutboxPause,
+        pause: Pause,
         *,
         concurrency: int,
         lease: float,
@@ -345,7 +333,7 @@ class DeliveryLoop:
             if callable(count):
                 with contextlib.suppress(Exception):
                     count("paused", reason=getattr(exc, "code", None))
-        self.pause.begin(describe(exc), await self._held())
+        self.pause.begin(exc, await self._held())
 
     async def _failed(self, row: OutboxRow, delivery: Delivery, exc: Exception) -> None:
         if not isinstance(exc, DeliveryError):
@@ -530,8 +518,6 @@ class OutboxTransport(Transport):
         >>> asyncio.run(signup()), len(memory.events), transport.stats.sent
         (True, 1, 1)
     """
-
-    counts_outcomes = True
 
     def __init__(
         self,
@@ -764,7 +750,7 @@ class OutboxTransport(Transport):
                 logger.warning(
                     "outbox %s: delivery is paused (%s); %s events wait in the store",
                     self.store.description,
-                    self.delivery.pause.cause,
+                    self.delivery.pause.describe(),
                     "some" if left < 0 else left,
                 )
                 return
@@ -793,6 +779,21 @@ class OutboxTransport(Transport):
                 await opener
         await close_transport(self)
 
+    def check_within(self) -> None:
+        """Pass when the store can join the caller's database transaction (PostgreSQL).
+
+        Example:
+            >>> OutboxTransport("postgresql://localhost/app").check_within()
+        """
+        self.store.check_within()
+
+    async def append_within(self, delivery: Delivery, connection: object) -> TrackResult:
+        """Insert the event on the caller's connection: their commit stores it.
+
+        Not counted as queued: a rollback would leave it counted and never finished.
+        """
+        return await append_within(self.store, delivery, connection)
+
     @property
     def paused(self) -> str | None:
         """The cause while delivery is paused on an integration fault (None when delivering).
@@ -805,7 +806,7 @@ class OutboxTransport(Transport):
             True
         """
         pause = pause_for(self.store.description, self.pause_interval)
-        return pause.cause if pause.active else None
+        return pause.describe() if pause.active else None
 
     def in_running_loop(self) -> bool:
         """True when called from the event loop this transport was started in."""
