@@ -1,41 +1,29 @@
 """The :class:`Tracker`: one per app, it knows the provider and how events reach it.
 
-It validates each event once, then hands it to its transport stack (built here from the
-options, or given), or to an active override (:mod:`asgi_attribution.overrides`, used by
-``capture_events`` in tests).
+From the arguments of a ``track_*`` call to a result, in the order a call goes:
 
-``Tracking``: what a ``track_*`` call returns, an awaitable that reports if it is dropped.
+- **Building** (:func:`build_event`): the customer's external id is taken from any of its names
+  (``customer_external_id``, ``external_id``, ``customer_id``); optional fields a visitor typed
+  (name, email, avatar) that break a limit are dropped with a warning instead of costing the
+  lead; the provider's own limits are checked by rendering its request once (the delivery
+  keeps it).
+- **Calls that send nothing** (an organic lead, a sale the provider would answer without
+  recording) are answered at once, as a ready :class:`Tracking`.
+- **The delivery** the options ask for (background queue, outbox, inline, or the user's own
+  transport) is built once, at construction (:func:`build_stack`); an option that delivery
+  would ignore raises ``TypeError`` naming both. The tracker then talks to it through the
+  :class:`~asgi_attribution.Transport` contract only.
+- **Overrides** (:data:`transport_overrides`, the named hook behind ``capture_events``): like
+  FastAPI's ``app.dependency_overrides``, while one is active every tracker in the process
+  hands its events to it. A plain list, not a ContextVar: a capture sees events tracked from
+  any task or thread, like Django's ``mail.outbox``.
+- **Tracking**: what a ``track_*`` call returns, an awaitable that reports the event it would
+  have sent (an ERROR naming its id) if it is collected without being awaited; warnings are
+  often off in production, and a forgotten ``await`` would lose the lead without a word.
 
-A forgotten ``await`` (``track_lead(request, ...)`` without it) only warns in Python, and
-warnings are often off in production: the lead would be lost without a word. The event is
-built (and validated) when ``track_*`` is called, so a ``Tracking`` that is never awaited can
-name the event it would have sent, in an ERROR, when it is collected.
-
-Replace every tracker's delivery for a while (tests): the named hook behind ``capture_events``.
-
-Like FastAPI's ``app.dependency_overrides``: the app's code is untouched, and while an override
-is active every :class:`~asgi_attribution.Tracker` in the process hands its events to it instead
-of its own transport. A plain list, not a ContextVar: a capture must see events tracked from
-any task or thread of the process, like Django's ``mail.outbox``.
-
-From the arguments of a ``track_*`` call to one validated event, before anything is queued.
-
-The customer's external id is taken from any of its names; optional fields a visitor typed
-(name, email, avatar) that break a limit are dropped with a warning instead of costing the
-lead; the provider's own limits are checked by rendering its request, once: the delivery keeps it.
-
-Calls that send nothing: their result is known when the call is made.
-
-An organic lead (no click id) and a sale the provider would answer without recording (an
-amount of zero) are reported at once, as a :class:`Tracking` that is ready.
-
-How a :class:`~asgi_attribution.Tracker`'s options become its transport stack.
-
-One place decides which delivery the options ask for (background queue, outbox, inline, or
-the user's own transport), refuses an option that delivery would ignore (``TypeError`` naming
-both), checks the values, and builds the stack around one :class:`HTTPTransport`.
+One concept, the tracker's call from arguments to result: each part above is a step of it, and
+none is used elsewhere.
 """
-
 from __future__ import annotations
 
 import asyncio

@@ -13,35 +13,26 @@ Guarantees, in plain words:
   to ``on_delivered``. ``mode="wait"`` events are sent inline (the handler gets the answer).
 - ``aclose`` logs the ids not yet delivered (WARNING) first, then sends later events inline,
   delivers what is held within ``shutdown_timeout`` and reports the rest (ERROR, ``on_drop``).
-- Every accepted event is one job in one registry, in one state at a time, until it is
-  finished: sent, failed or dropped, each counted once.
+- Every accepted event is one :class:`Job` in one :class:`Registry`, in one state at a time,
+  until it is finished: sent, failed or dropped, each counted once.
 
-The background queue's bookkeeping: one registry of jobs, each in one state at a time.
+The hand-off from another loop or thread: the caller schedules the work on the owner with
+:func:`asyncio.run_coroutine_threadsafe` and awaits the answer; if the owner does not take it
+within the timeout (blocked, or stopping), the caller withdraws it and does it itself. A
+:class:`Ticket` makes sure exactly one of the two does.
 
 Example:
-    >>> from asgi_attribution import DUB, LeadEvent
-    >>> from asgi_attribution import Delivery
+    >>> from asgi_attribution import DUB, Delivery, LeadEvent
     >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
     >>> jobs = Registry()
     >>> job = Job(Delivery(lead, DUB))
     >>> jobs.put(job, JobState.QUEUED)
     >>> len(jobs), jobs.remove(job), jobs.remove(job)
     (1, True, False)
-
-Handing work to the event loop that owns a queue, from another loop or thread.
-
-One loop owns the background queue. A caller on another loop (``asyncio.run`` in a sync view,
-a job thread) never touches the queue: it schedules the work on the owner with
-:func:`asyncio.run_coroutine_threadsafe` and awaits the answer. If the owner does not take the
-work within ``timeout`` seconds (blocked, or stopping), the caller withdraws it and does it
-itself; a :class:`Ticket` makes sure exactly one of the two does.
-
-Example:
     >>> ticket = Ticket()
     >>> ticket.take(), ticket.withdraw()
     (True, False)
 """
-
 from __future__ import annotations
 
 import asyncio

@@ -1,31 +1,25 @@
-"""Reporting event ids in log lines a log shipper keeps whole (at most 8 KB each).
+"""The transport contract, and what every transport shares: how a validated event leaves the process.
+
+- :class:`Transport`, as small as httpx's: :meth:`Transport.attempt` makes exactly one try at
+  one :class:`Delivery`, :meth:`Transport.aclose` releases what it holds. Retrying is not the
+  transport's business: :meth:`Transport.send` (inline), the background queue and the outbox
+  schedule attempts with the transport's ``retry`` policy, through the one retry step,
+  :func:`next_retry` (how long to wait, counted in ``stats.retried`` and logged, or the error
+  marked as given up; only *how* a layer waits differs: a sleep, a timer, a row due later).
+- :class:`TrackResult`: what a tracking call returns.
+- :class:`DeliveryStats`: the counters, and the observer hook (``stats.subscribe(callback)``,
+  called synchronously with a :class:`DeliveryRecord`; nothing is built when nobody listens).
+  Whoever finishes an event counts it.
+- Event ids in log lines a log shipper keeps whole (at most 8 KB each), for the reports of
+  events not delivered.
+
+One concept, the contract and the records every layer writes through it: the retry step, the
+counters and the id lines are what ``send``, the queue and the outbox have in common.
 
 Example:
     >>> id_lines("2 events not delivered", ["evt_1", "evt_2"])
     ['2 events not delivered: evt_1, evt_2']
-
-The observer hook of :class:`DeliveryStats`: one small record per thing that happened.
-
-Metrics exporters (OpenTelemetry, Prometheus, a log line) subscribe a callable with
-``stats.subscribe(callback)``; it is called synchronously, in the thread that did the work, with
-a :class:`DeliveryRecord`. Nothing is built when nobody subscribes.
-
-When to try a failed attempt again: the :class:`RetryPolicy`, and the one retry step.
-
-Every layer that retries (inline :meth:`Transport.send`, the background queue, the outbox) runs
-the same step, :func:`next_retry`, after a retryable failure: how long to wait, counted in
-``stats.retried`` and logged, or the error marked as given up. Only *how* the layer waits
-differs (a sleep, a timer, a row due later in the store).
-
-The transport contract: how a validated event leaves the process.
-
-As small as httpx's transport: :meth:`Transport.attempt` makes exactly one try at one delivery,
-and :meth:`Transport.aclose` releases what the transport holds. Retrying is not the
-transport's business: :meth:`Transport.send` (inline) and the background and outbox layers
-schedule attempts with the transport's own ``retry`` policy, through the one retry step of
-:mod:`.retry`.
 """
-
 from __future__ import annotations
 
 import asyncio

@@ -4,44 +4,29 @@ Guarantees, in plain words:
 - ``send`` returns ``durable=True`` only after the event is written to a store that can keep
   that promise (:attr:`OutboxStore.durable`), so a crash, a deploy or an OOM kill after that
   point cannot lose it. A store that cannot take the event within ``append_timeout`` never
-  fails the signup: the event goes to the in-memory ``fallback`` (``durable=False``), or, with
+  fails the signup: the event goes to the in-memory fallback (``durable=False``), or, with
   ``fallback=None``, ``send`` raises :class:`DeliveryError` ``code="outbox_write_failed"``.
+- The fallback (:class:`MemoryFallback`) is a :class:`BackgroundTransport` over the same inner
+  transport. An outage (Redis down, a full disk, a lock held too long, a deleted file) is
+  logged at ERROR once when it starts and once when it ends; meanwhile the store is tried
+  again at most every ``probe_interval`` seconds and the events in between go to memory.
 - A store that cannot be opened at startup does not stop the app: the failure is logged at
-  ERROR and the store is opened again in the background; events meanwhile go to the fallback.
-- Workers claim due events with a lease, make one attempt per claim (``inner.attempt``), and
-  then mark the event delivered (with the provider's outcome), schedule its next attempt, or
-  keep it as a dead letter with its last error. Times are the store's clock, never the wall
-  clock of the process. A fault of the whole integration (401, 403, a wrong path) pauses
-  claiming instead of spending the events' budgets.
+  ERROR and the store is opened again in the background (:class:`OutboxLife`).
+- The delivery loop (:class:`DeliveryLoop`) claims due rows with a lease, makes one attempt per
+  claim (``inner.attempt``), then marks the row delivered (with the provider's outcome),
+  schedules its next attempt (the one retry step), or keeps it as a dead letter with its last
+  error, in the store's clock. A fault of the whole integration pauses claiming (the one
+  :class:`~asgi_attribution.transports._pause.Pause`) instead of spending any event's budget.
 - A process that dies mid-delivery leaves its claims behind; once their lease expires any worker
   claims them again. Delivery is therefore at-least-once, and every attempt of an event carries
   the same ``Idempotency-Key``.
 - ``flush``/``aclose`` deliver what they can within a timeout; what is left stays in the store
   (reported, not lost) for the next worker.
 
-Where events go while the outbox's store cannot take them: an in-memory queue.
-
-A store outage (Redis down, a full disk, a lock held too long, a deleted file) must not fail
-the signup. With ``fallback="memory"`` (the default) each event the store refused goes to a
-:class:`BackgroundTransport` over the same inner transport and is delivered from there; its
-result says ``durable=False`` (``accepted`` False), and the outage is logged at ERROR once
-when it starts (naming the cause) and once when it ends (naming how many events went to
-memory). While the outage lasts, the store is tried again at most every ``probe_interval``
-seconds; the events in between go straight to memory, so no signup waits on a dead store.
-
-The outbox's delivery loop: claim due rows, one attempt each, record what happened.
-
-Each claimed row gets one attempt through the inner transport. Then, in the store's clock:
-delivered (with the provider's outcome), due again later (the one retry step, counting
-attempts and elapsed store time), or a dead letter. A fault of the whole integration pauses
-claiming (:class:`~asgi_attribution.transports._pause.Pause`) instead of spending any
-event's budget.
-
-The life of an :class:`OutboxTransport` around its store: opening again, shutting down.
-
-Kept apart from :mod:`.transport` (which writes and delivers) so each stays small.
+One concept, the outbox as a transport: appending, the fallback it needs when appending fails,
+the loop that delivers the rows, and its opening and shutdown are one life cycle sharing one
+state; a reader follows an event through it in one file.
 """
-
 from __future__ import annotations
 
 import asyncio
