@@ -24,6 +24,7 @@ From the arguments of a ``track_*`` call to a result, in the order a call goes:
 One concept, the tracker's call from arguments to result: each part above is a step of it, and
 none is used elsewhere.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -33,6 +33,7 @@ Example:
     >>> ticket.take(), ticket.withdraw()
     (True, False)
 """
+
 from __future__ import annotations
 
 import asyncio

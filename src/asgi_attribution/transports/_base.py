@@ -1,4 +1,4 @@
-"""The transport contract, and what every transport shares: how a validated event leaves the process.
+"""The transport contract, and what every transport shares: how an event leaves the process.
 
 - :class:`Transport`, as small as httpx's: :meth:`Transport.attempt` makes exactly one try at
   one :class:`Delivery`, :meth:`Transport.aclose` releases what it holds. Retrying is not the
@@ -20,6 +20,7 @@ Example:
     >>> id_lines("2 events not delivered", ["evt_1", "evt_2"])
     ['2 events not delivered: evt_1, evt_2']
 """
+
 from __future__ import annotations
 
 import asyncio

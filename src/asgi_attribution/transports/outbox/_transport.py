@@ -27,6 +27,7 @@ One concept, the outbox as a transport: appending, the fallback it needs when ap
 the loop that delivers the rows, and its opening and shutdown are one life cycle sharing one
 state; a reader follows an event through it in one file.
 """
+
 from __future__ import annotations
 
 import asyncio
