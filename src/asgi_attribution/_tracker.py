@@ -17,6 +17,12 @@ From the arguments of a ``track_*`` call to a result, in the order a call goes:
   FastAPI's ``app.dependency_overrides``, while one is active every tracker in the process
   hands its events to it. A plain list, not a ContextVar: a capture sees events tracked from
   any task or thread, like Django's ``mail.outbox``.
+- **The owner of the event loop**: the loop the tracker started in owns delivery; its
+  transports are used on that loop alone. A call from another loop or thread is handed to it
+  (:func:`on_owner`, with a :class:`Ticket` so exactly one side does the work); if the owner
+  does not take it within ``handoff_timeout`` it is sent inline on the caller's loop, and if
+  the owner loop ended without ``aclose``, the caller's loop closes the tracker (delivering
+  what it held) and carries on as for a tracker never started.
 - **Tracking**: what a ``track_*`` call returns, an awaitable that reports the event it would
   have sent (an ERROR naming its id) if it is collected without being awaited; warnings are
   often off in production, and a forgotten ``await`` would lose the lead without a word.
@@ -28,15 +34,17 @@ none is used elsewhere.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import inspect
 import logging
 import os
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -46,7 +54,6 @@ from ._events import (
     VISITOR_FIELDS,
     CustomerFields,
     Event,
-    LeadEvent,
     LeadFields,
     SaleEvent,
     SaleFields,
@@ -201,13 +208,7 @@ def as_configured(result: TrackResult, transport: Transport, *, started: bool) -
     """
     if result.status != "sent" or result.event is None:
         return result
-    if isinstance(transport, OutboxTransport):
-        return replace(result, status="queued", durable=True, status_code=None, response=None)
-    event = result.event
-    inline = isinstance(event, LeadEvent) and event.mode == "wait"
-    if isinstance(transport, BackgroundTransport) and started and not inline:
-        return replace(result, status="queued", status_code=None, response=None)
-    return result
+    return transport.as_returned(result, started=started)
 
 
 # The names a customer's external id goes by (current first), per event kind's own field.
@@ -362,18 +363,136 @@ _NUMBERS = (
 )
 
 
+T = TypeVar("T")
+
+
+def alive(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """True while ``loop`` is running (and so owns what it started).
+
+    Example:
+        >>> loop = asyncio.new_event_loop()
+        >>> alive(None), alive(loop)
+        (False, False)
+        >>> loop.close()
+    """
+    return loop is not None and loop.is_running() and not loop.is_closed()
+
+
+class Ticket:
+    """Work offered to the owner: either the owner takes it, or the caller withdraws it."""
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "offered"
+
+    def take(self) -> bool:
+        """For the owner: True if the work is now the owner's to do."""
+        return self._settle("taken")
+
+    def withdraw(self) -> bool:
+        """For the caller: True if the owner never took it (the caller does it now)."""
+        return self._settle("withdrawn")
+
+    @property
+    def taken(self) -> bool:
+        """True once the owner took the work."""
+        return self._state == "taken"
+
+    def _settle(self, state: str) -> bool:
+        with self._lock:
+            if self._state != "offered":
+                return False
+            self._state = state
+            return True
+
+
+async def on_owner(
+    owner: asyncio.AbstractEventLoop,
+    work: Callable[[], Awaitable[T]],
+    timeout: float,
+) -> tuple[bool, T | None]:
+    """Run ``work()`` on ``owner``; ``(True, result)``, or ``(False, None)`` if not taken.
+
+    Not taken means: the owner did not start it within ``timeout`` seconds, closed, or ended
+    before taking it; the caller must do it itself. ``(True, None)``: taken, but the owner's
+    loop ended before it finished (the caller checks what became of it).
+
+    Example:
+        >>> async def main():
+        ...     async def work():
+        ...         return "done"
+        ...     return await on_owner(asyncio.get_running_loop(), work, 1.0)
+        >>> asyncio.run(main())
+        (True, 'done')
+    """
+    ticket = Ticket()
+
+    async def run() -> T | None:
+        if not ticket.take():
+            return None
+        return await work()
+
+    try:
+        future: concurrent.futures.Future[T | None] = asyncio.run_coroutine_threadsafe(run(), owner)
+    except RuntimeError:  # the owner closed in the meantime
+        return False, None
+    waiting = asyncio.wrap_future(future)
+    try:
+        return True, await asyncio.wait_for(asyncio.shield(waiting), timeout)
+    except asyncio.TimeoutError:
+        if ticket.withdraw():
+            future.cancel()
+            return False, None
+    except asyncio.CancelledError:
+        if not _owner_cancelled(future):
+            raise
+        return (False, None) if ticket.withdraw() or not ticket.taken else (True, None)
+    # Taken, still running on the owner (waiting for room in a full queue, say): its answer.
+    try:
+        return True, await waiting
+    except asyncio.CancelledError:
+        if not _owner_cancelled(future):
+            raise
+        return True, None
+
+
+def _owner_cancelled(future: concurrent.futures.Future[Any]) -> bool:
+    """True if the work was cancelled on the owner's side (its loop ended), not ours."""
+    if not future.cancelled():
+        return False
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+    return cancelling is None or cancelling() == 0
+
+
+async def run_on(owner: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` on the ``owner`` loop (another thread's) and await its result here.
+
+    Example:
+        >>> async def main():
+        ...     return await run_on(asyncio.get_running_loop(), asyncio.sleep(0, "ok"))
+        >>> asyncio.run(main())
+        'ok'
+    """
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, owner))
+
+
 @dataclass(frozen=True, slots=True)
 class Stack:
     """A tracker's delivery: the transport it sends through, and its HTTP layer if it built one.
 
     ``new_http`` makes another HTTP transport with the same settings (for sends that must not
-    share the long-lived client).
+    share the long-lived client: on another event loop than the owner's). ``memory_queue``: the
+    stack holds events in this process's memory (the background queue), so a tracker nobody
+    started sends inline rather than queue events on a loop that may end with them.
     """
 
     transport: Transport
     stats: DeliveryStats
     http: HTTPTransport | None = None
     new_http: Callable[[], HTTPTransport] | None = None
+    memory_queue: bool = False
 
 
 def _refuse(head: str, given: Mapping[str, Any], ignored: tuple[str, ...], why: str) -> None:
@@ -458,17 +577,23 @@ def build_stack(
             providers=[provider],
         )
     elif background is not False:
-        stack = BackgroundTransport(
+        return Stack(
+            BackgroundTransport(
+                http,
+                queue_size=given.get("queue_size", 10_000),
+                concurrency=concurrency,
+                queue_full_timeout=given.get("queue_full_timeout", 1.0),
+                shutdown_timeout=drain,
+                pause_interval=given.get("pause_interval", 30.0),
+                on_error=given.get("on_error"),
+                on_drop=given.get("on_drop"),
+                on_delivered=given.get("on_delivered"),
+                stats=stats,
+            ),
+            stats,
             http,
-            queue_size=given.get("queue_size", 10_000),
-            concurrency=concurrency,
-            queue_full_timeout=given.get("queue_full_timeout", 1.0),
-            shutdown_timeout=drain,
-            pause_interval=given.get("pause_interval", 30.0),
-            on_error=given.get("on_error"),
-            on_drop=given.get("on_drop"),
-            on_delivered=given.get("on_delivered"),
-            stats=stats,
+            new_http,
+            memory_queue=True,
         )
     return Stack(stack, stats, http, new_http)
 
@@ -496,6 +621,10 @@ class Tracker:
     being skipped; ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to
     the metadata of events tracked from a request. ``tracker.stats`` counts what happened.
 
+    The loop the tracker starts in owns delivery (:attr:`loop`). A ``track_*`` call on another
+    loop or thread is handed to it; one the owner does not take within ``handoff_timeout``
+    seconds (default 5: the loop is blocked) is sent inline, bounded by ``inline_timeout``.
+
     Example:
         >>> tracker = Tracker("dub", api_key="dub_xxx")
         >>> Tracker("dub", transport=MemoryTransport(), retry=RetryPolicy())
@@ -517,6 +646,7 @@ class Tracker:
         require_click_id: bool = False,
         verified_metadata_key: str | None = None,
         inline_timeout: float = 10.0,
+        handoff_timeout: float = 5.0,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         concurrency: int | None = None,
@@ -548,6 +678,7 @@ class Tracker:
                 f"got {self.base_url!r}"
             )
         number("Tracker", "inline_timeout", inline_timeout, 0.001)
+        number("Tracker", "handoff_timeout", handoff_timeout, 0.001)
         flag("Tracker", "require_click_id", require_click_id)
         flag("Tracker", "background", background, none=True)
         flag("Tracker", "deliver", deliver, none=True)
@@ -558,12 +689,17 @@ class Tracker:
         self.stats = stack.stats
         self._http = stack.http
         self._new_http = stack.new_http
+        self._memory_queue = stack.memory_queue
         self.inline_timeout = float(inline_timeout)
+        self.handoff_timeout = float(handoff_timeout)
         self.require_click_id = require_click_id
         self.verified_metadata_key = verified_metadata_key
         self._started = False
         self._closing = False
         self._warned_unowned = False
+        self._warned_ended = False
+        # The one owner of delivery: the loop the tracker started in. Every other loop or
+        # thread hands its events to it; transports are used on it alone.
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -591,10 +727,20 @@ class Tracker:
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every event accepted so far is delivered or reported (or ``timeout``)."""
+        owner = self._foreign_owner()
+        if owner is not None:
+            return await run_on(owner, self.flush(timeout))
+        await self._adopt_if_ended()
         await self.transport.flush(timeout)
 
     async def aclose(self) -> None:
-        """Deliver what is pending, then release connections. The tracker can start again."""
+        """Deliver what is pending, then release connections. The tracker can start again.
+
+        Called from another loop or thread while the owner loop runs, it runs on the owner.
+        """
+        owner = self._foreign_owner()
+        if owner is not None:
+            return await run_on(owner, self.aclose())
         if not self._started or self._closing:
             return
         # Still "started" while draining: events tracked meanwhile (shutdown handlers, jobs)
@@ -617,6 +763,38 @@ class Tracker:
             True
         """
         return self._loop
+
+    def _foreign_owner(self) -> asyncio.AbstractEventLoop | None:
+        """The owner loop, if it runs and is not the running loop (the caller's), else None."""
+        owner = self._loop
+        if owner is not None and owner is not asyncio.get_running_loop() and alive(owner):
+            return owner
+        return None
+
+    async def _adopt_if_ended(self) -> None:
+        """The owner loop ended without ``aclose``: the running loop takes delivery over.
+
+        An in-memory queue is closed here (what it held is delivered or reported now, not
+        left to a loop that may end as the last one did), and the tracker carries on as one
+        never started. Any other transport is started again on this loop (an outbox's rows
+        wait in its store; its claims come back when their lease expires).
+        """
+        owner = self._loop
+        if owner is None or owner is asyncio.get_running_loop() or alive(owner):
+            return
+        self._loop = asyncio.get_running_loop()
+        if not self._memory_queue:
+            await self.transport.start()
+            return
+        if not self._warned_ended:
+            self._warned_ended = True
+            logger.warning(
+                "the %s tracker was started on an event loop that has ended without "
+                "`await tracker.aclose()`: its pending events are delivered now and it is "
+                "closed; start and close it in the same loop (`async with tracker:`)",
+                self.provider.name,
+            )
+        await self.aclose()
 
     async def __aenter__(self) -> Tracker:
         await self.start()
@@ -643,8 +821,12 @@ class Tracker:
             return self._as_configured(await override.send(delivery))
         if self.transport is self._http:  # background=False
             return await self._send_inline(delivery)
+        owner = self._foreign_owner()
+        if owner is not None:
+            return await self._hand_over(owner, delivery)
+        await self._adopt_if_ended()
         if not self._started:
-            if isinstance(self.transport, BackgroundTransport) and self._http is not None:
+            if self._memory_queue:
                 # Nobody owns a background queue here (no lifespan, no `async with`): a queue
                 # would die with this event loop, so the event goes out before we return.
                 self._warn_unowned("each event is sent inline, before track_* returns")
@@ -668,16 +850,47 @@ class Tracker:
                 what,
             )
 
+    async def _hand_over(self, owner: asyncio.AbstractEventLoop, delivery: Delivery) -> TrackResult:
+        """Hand ``delivery`` to the owner loop; if it does not take it, deliver it here.
+
+        Not taken within ``handoff_timeout`` while the owner runs (blocked): sent inline on
+        the caller's loop. The owner ended first: this loop takes delivery over.
+        """
+        answers: list[TrackResult] = []  # filled on the owner: its answer, even if it ends
+
+        async def accept() -> TrackResult:
+            result = await self.transport.send(delivery)
+            answers.append(result)
+            return result
+
+        _, result = await on_owner(owner, accept, self.handoff_timeout)
+        if result is not None or answers:
+            return result if result is not None else answers[0]
+        if not alive(owner):
+            return await self._deliver(delivery)  # the owner ended: adopted on this loop
+        logger.warning(
+            "event %s: the event loop owning delivery did not take it within %gs: sent inline",
+            delivery.event.event_id,
+            self.handoff_timeout,
+        )
+        return await self._send_inline(delivery)
+
     async def _send_inline(self, delivery: Delivery) -> TrackResult:
         """Deliver now, retrying within ``inline_timeout`` seconds in all; raise if not."""
-        assert self._http is not None
         event_id = delivery.event.event_id
-        # Without an owner nothing would ever close a shared client, and its connections
-        # would outlive this event loop (asyncio.run per job): one client per send then.
-        assert self._new_http is not None
-        http = self._http if self._started else self._new_http()
+        fresh = None
+        if self._new_http is not None:
+            # Off the owner loop (or with no owner) nothing would close a shared client on
+            # this loop, and its connections would outlive it: one transport per send then.
+            owned = self._started and self._loop is asyncio.get_running_loop()
+            sending: Transport = self._http if owned and self._http else self._new_http()
+            fresh = None if sending is self._http else sending
+            attempts = sending.send(delivery)
+        else:
+            # The user's transport: the contract's inline send, through its one attempt.
+            attempts = Transport.send(self.transport, delivery)
         try:
-            result = await asyncio.wait_for(http.send(delivery), self.inline_timeout)
+            return await asyncio.wait_for(attempts, self.inline_timeout)
         except asyncio.TimeoutError:
             # Cancelled here, so finished here: the transport never saw an end to count.
             self.stats.count("failed", delivery, reason="inline_timeout")
@@ -688,9 +901,8 @@ class Tracker:
                 retryable=True,
             ) from None
         finally:
-            if http is not self._http:
-                await http.aclose()
-        return result
+            if fresh is not None:
+                await fresh.aclose()
 
     def _tracking(
         self, delivery: Delivery, warnings: tuple[str, ...], what: str, within: object | None

@@ -35,7 +35,6 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -98,27 +97,17 @@ def _with_verified(
     return fields
 
 
-_warned: weakref.WeakSet[Tracker] = weakref.WeakSet()
-
-
-def _warn_ended(tracker: Tracker) -> None:
-    if tracker not in _warned:
-        _warned.add(tracker)
-        logger.warning(
-            "the %s tracker was started on an event loop that has ended without "
-            "`await tracker.aclose()`: its pending events are delivered now and it is closed; "
-            "start and close it in the same loop (`async with tracker:`)",
-            tracker.provider.name,
-        )
-
-
 def _run(
     tracker: Tracker,
     call: Callable[[], Coroutine[Any, Any, TrackResult]],
     name: str,
     timeout: float | None,
 ) -> TrackResult:
-    """Run ``call()`` on the tracker's loop when it runs elsewhere, else in a fresh loop."""
+    """Run ``call()`` on the tracker's loop when it runs elsewhere, else in a fresh loop.
+
+    The tracker answers which loop owns delivery (:attr:`Tracker.loop`); in a fresh loop, a
+    tracker whose loop ended without ``aclose`` is closed there first (see ``Tracker``).
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -145,12 +134,6 @@ def _run(
             ) from None
 
     async def inline() -> TrackResult:
-        if loop is not None:
-            # Started on a loop that has ended without aclose(): nothing can deliver for it
-            # any more. Deliver what it holds here and leave it unowned, so this event (and
-            # the next) is sent inline instead of queued on a loop about to end too.
-            _warn_ended(tracker)
-            await tracker.aclose()
         return await call()
 
     return asyncio.run(inline())

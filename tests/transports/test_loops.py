@@ -1,8 +1,9 @@
-"""One event loop owns the queue: other loops and threads hand their events to it.
+"""One event loop owns delivery: the tracker's. Other loops and threads hand events to it.
 
 A real uvicorn server (in a thread, on a real socket) runs an app whose ``def`` endpoint calls
-``asyncio.run(track_lead(...))``, while another thread calls ``asyncio.run(transport.send(...))``.
-Every event is delivered once, reported once, and the counters add up.
+``asyncio.run(track_lead(...))``, while another thread calls ``asyncio.run(tracker.send(...))``.
+Every event is delivered once, reported once, and the counters add up. Transports are used on
+the owner loop alone: a direct call from another loop while it runs is refused.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def test_sync_endpoints_and_threads_hand_events_to_the_owner_loop(
 
     def job(i: int) -> None:  # a job thread with its own event loop
         event = LeadEvent(click_id=f"clk{i}", event_name="Sign up", customer_external_id=f"u{i}")
-        statuses.append(asyncio.run(transport.send(Delivery(event, DUB))).status)
+        statuses.append(asyncio.run(tracker.send(event)).status)
 
     with serve_in_thread(app) as app_url:
         owner = transport.loop
@@ -99,17 +100,16 @@ async def test_an_owner_that_does_not_take_the_event_leads_to_an_inline_send(
     """The owner loop runs but is blocked: after handoff_timeout the caller sends inline."""
     from asgi_attribution import HTTPTransport
 
-    transport = BackgroundTransport(
-        HTTPTransport(KEY, base_url=url, retry=FAST), handoff_timeout=0.2
-    )
+    transport = BackgroundTransport(HTTPTransport(KEY, base_url=url, retry=FAST))
+    tracker = Tracker("dub", transport=transport, handoff_timeout=0.2)
     ready, release = threading.Event(), threading.Event()
 
     def owner_thread() -> None:
         async def owner() -> None:
-            await transport.start()
+            await tracker.start()
             ready.set()
             await asyncio.to_thread(release.wait)  # keeps the loop running, but ...
-            await transport.aclose()
+            await tracker.aclose()
 
         asyncio.run(owner())
 
@@ -121,7 +121,7 @@ async def test_an_owner_that_does_not_take_the_event_leads_to_an_inline_send(
     blocked = threading.Event()
     owner.call_soon_threadsafe(lambda: blocked.wait(5))  # ... blocks it for a while
     event = LeadEvent(click_id="clk1", event_name="Sign up", customer_external_id="u1")
-    result = await transport.send(Delivery(event, DUB))
+    result = await tracker.send(event)
     blocked.set()
     release.set()
     thread.join(timeout=30)
@@ -129,3 +129,67 @@ async def test_an_owner_that_does_not_take_the_event_leads_to_an_inline_send(
     assert provider.count_by_idempotency_key() == {result.event_id: 1}
     stats = transport.stats
     assert (stats.queued, stats.sent, stats.failed) == (0, 1, 0)
+
+
+def run_owner(tracker: Tracker) -> tuple[threading.Thread, asyncio.AbstractEventLoop]:
+    """Start ``tracker`` on a loop of its own thread, kept running until the loop is stopped."""
+    started: list[asyncio.AbstractEventLoop] = []
+    ready = threading.Event()
+
+    def owner_thread() -> None:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(tracker.start())
+        started.append(loop)
+        ready.set()
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=owner_thread)
+    thread.start()
+    assert ready.wait(10)
+    return thread, started[0]
+
+
+def test_flush_and_aclose_from_another_thread_run_on_the_owner(
+    provider: FakeProvider, url: str
+) -> None:
+    tracker = Tracker("dub", api_key=KEY, base_url=url, retry=FAST)
+    thread, owner = run_owner(tracker)
+    try:
+
+        async def elsewhere() -> None:
+            for i in range(5):
+                event = LeadEvent(
+                    click_id=f"c{i}", event_name="Sign up", customer_external_id=f"u{i}"
+                )
+                assert (await tracker.send(event)).status == "queued"  # the owner's queue
+            await tracker.flush(10)
+            assert len(provider.leads()) == 5
+            await tracker.aclose()  # runs on the owner: its loop's tasks and connections
+
+        asyncio.run(elsewhere())
+        assert tracker.loop is None and tracker.transport.loop is None  # type: ignore[attr-defined]
+    finally:
+        owner.call_soon_threadsafe(owner.stop)
+        thread.join(10)
+    stats = tracker.stats
+    assert (stats.queued, stats.sent, stats.failed, stats.dropped) == (5, 5, 0, 0)
+
+
+def test_a_queue_called_directly_from_another_loop_while_its_owner_runs_is_refused(
+    url: str,
+) -> None:
+    from asgi_attribution import HTTPTransport
+
+    transport = BackgroundTransport(HTTPTransport(KEY, base_url=url, retry=FAST))
+    tracker = Tracker("dub", transport=transport)
+    thread, owner = run_owner(tracker)
+    try:
+        event = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+        with pytest.raises(RuntimeError, match="through a Tracker"):
+            asyncio.run(transport.send(Delivery(event, DUB)))
+        assert transport.loop is owner  # nobody took the queue over
+    finally:
+        asyncio.run_coroutine_threadsafe(tracker.aclose(), owner).result(10)
+        owner.call_soon_threadsafe(owner.stop)
+        thread.join(10)

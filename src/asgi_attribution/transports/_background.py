@@ -2,9 +2,9 @@
 
 Guarantees, in plain words:
 - ``send`` returns once the event is in the in-memory queue (``status="queued"``). One event loop
-  owns the queue (the one it started in); a ``send`` from another loop or thread is handed to
-  the owner thread-safely (or, if the owner does not take it within ``handoff_timeout``, sent
-  inline on the caller's loop). Only after the owner loop ends does another take the jobs over.
+  owns the queue (the one it started in) and is the only one that may call it: the
+  :class:`~asgi_attribution.Tracker` hands events from other loops and threads to it. Only
+  after the owner loop ends does another take the jobs over.
 - A full queue waits up to ``queue_full_timeout``, then drops the event with a warning,
   ``on_drop`` and ``status="dropped"`` (or raises :class:`QueueFullError`). Never silently.
 - A fault of the whole integration (401, 403, a wrong path, a redirect) pauses delivery: events
@@ -16,11 +16,6 @@ Guarantees, in plain words:
 - Every accepted event is one :class:`Job` in one :class:`Registry`, in one state at a time,
   until it is finished: sent, failed or dropped, each counted once.
 
-The hand-off from another loop or thread: the caller schedules the work on the owner with
-:func:`asyncio.run_coroutine_threadsafe` and awaits the answer; if the owner does not take it
-within the timeout (blocked, or stopping), the caller withdraws it and does it itself. A
-:class:`Ticket` makes sure exactly one of the two does.
-
 Example:
     >>> from asgi_attribution import DUB, Delivery, LeadEvent
     >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
@@ -29,25 +24,21 @@ Example:
     >>> jobs.put(job, JobState.QUEUED)
     >>> len(jobs), jobs.remove(job), jobs.remove(job)
     (1, True, False)
-    >>> ticket = Ticket()
-    >>> ticket.take(), ticket.withdraw()
-    (True, False)
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import enum
 import logging
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from typing import Literal
 
-from .._events import Event, LeadEvent
+from .._events import LeadEvent
 from .._exceptions import DeliveryError, QueueFullError
 from ._base import (
     Delivery,
@@ -70,12 +61,7 @@ __all__ = [
     "JobQueue",
     "JobState",
     "Registry",
-    "Ticket",
-    "alive",
-    "hand_over",
     "notify",
-    "on_owner",
-    "run_on",
 ]
 
 
@@ -234,173 +220,14 @@ class JobQueue(Registry):
                 future.cancel()
 
 
-T = TypeVar("T")
-
 logger = logging.getLogger("asgi_attribution")
-
-
-def alive(loop: asyncio.AbstractEventLoop | None) -> bool:
-    """True while ``loop`` is running (and so owns what it started).
-
-    Example:
-        >>> loop = asyncio.new_event_loop()
-        >>> alive(None), alive(loop)
-        (False, False)
-        >>> loop.close()
-    """
-    return loop is not None and loop.is_running() and not loop.is_closed()
-
-
-class Ticket:
-    """Work offered to the owner: either the owner takes it, or the caller withdraws it."""
-
-    __slots__ = ("_lock", "_state")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = "offered"
-
-    def take(self) -> bool:
-        """For the owner: True if the work is now the owner's to do."""
-        return self._settle("taken")
-
-    def withdraw(self) -> bool:
-        """For the caller: True if the owner never took it (the caller does it now)."""
-        return self._settle("withdrawn")
-
-    @property
-    def taken(self) -> bool:
-        """True once the owner took the work."""
-        return self._state == "taken"
-
-    def _settle(self, state: str) -> bool:
-        with self._lock:
-            if self._state != "offered":
-                return False
-            self._state = state
-            return True
-
-
-async def on_owner(
-    owner: asyncio.AbstractEventLoop,
-    work: Callable[[], Awaitable[T]],
-    timeout: float,
-) -> tuple[bool, T | None]:
-    """Run ``work()`` on ``owner``; ``(True, result)``, or ``(False, None)`` if not taken.
-
-    Not taken means: the owner did not start it within ``timeout`` seconds, closed, or ended
-    before taking it; the caller must do it itself. ``(True, None)``: taken, but the owner's
-    loop ended before it finished (the caller checks what became of it).
-
-    Example:
-        >>> async def main():
-        ...     async def work():
-        ...         return "done"
-        ...     return await on_owner(asyncio.get_running_loop(), work, 1.0)
-        >>> asyncio.run(main())
-        (True, 'done')
-    """
-    ticket = Ticket()
-
-    async def run() -> T | None:
-        if not ticket.take():
-            return None
-        return await work()
-
-    try:
-        future: concurrent.futures.Future[T | None] = asyncio.run_coroutine_threadsafe(run(), owner)
-    except RuntimeError:  # the owner closed in the meantime
-        return False, None
-    waiting = asyncio.wrap_future(future)
-    try:
-        return True, await asyncio.wait_for(asyncio.shield(waiting), timeout)
-    except asyncio.TimeoutError:
-        if ticket.withdraw():
-            future.cancel()
-            return False, None
-    except asyncio.CancelledError:
-        if not _owner_cancelled(future):
-            raise
-        return (False, None) if ticket.withdraw() or not ticket.taken else (True, None)
-    # Taken, still running on the owner (waiting for room in a full queue, say): its answer.
-    try:
-        return True, await waiting
-    except asyncio.CancelledError:
-        if not _owner_cancelled(future):
-            raise
-        return True, None
-
-
-def _owner_cancelled(future: concurrent.futures.Future[Any]) -> bool:
-    """True if the work was cancelled on the owner's side (its loop ended), not ours."""
-    if not future.cancelled():
-        return False
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
-    return cancelling is None or cancelling() == 0
-
-
-async def run_on(owner: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` on the ``owner`` loop (another thread's) and await its result here.
-
-    Example:
-        >>> async def main():
-        ...     return await run_on(asyncio.get_running_loop(), asyncio.sleep(0, "ok"))
-        >>> asyncio.run(main())
-        'ok'
-    """
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, owner))
-
-
-async def hand_over(
-    owner: asyncio.AbstractEventLoop,
-    accept: Callable[[], Awaitable[T]],
-    *,
-    timeout: float,
-    queued: Callable[[], T | None],
-    inline: Callable[[], Awaitable[T]],
-    take_over: Callable[[], Awaitable[T]],
-    event: Event,
-) -> T:
-    """Hand an event to the owner loop; what to do when the owner does not take it.
-
-    ``accept()`` runs on the owner, and its answer is returned. If the owner took the event but
-    ended before answering, ``queued()`` answers if the event is held in the queue. Otherwise:
-    if the owner still runs (it did not take the event within ``timeout``), ``inline()``
-    delivers it on the caller's loop; if it has ended, ``take_over()`` (the caller's loop takes
-    the queue over).
-
-    Example:
-        >>> from asgi_attribution import LeadEvent
-        >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
-        >>> async def main():
-        ...     async def answer():
-        ...         return "queued"
-        ...     return await hand_over(asyncio.get_running_loop(), answer, timeout=1.0,
-        ...         queued=lambda: None, inline=answer, take_over=answer, event=lead)
-        >>> asyncio.run(main())
-        'queued'
-    """
-    taken, result = await on_owner(owner, accept, timeout)
-    if result is not None:
-        return result
-    held = queued() if taken else None
-    if held is not None:
-        return held
-    if not alive(owner):
-        return await take_over()
-    logger.warning(
-        "event %s: the event loop owning the queue did not take it within %gs: sent inline",
-        event.event_id,
-        timeout,
-    )
-    return await inline()
-
 
 ErrorCallback = Callable[[Delivery, Exception], "Awaitable[None] | None"]
 
 DropCallback = Callable[[Delivery, str], "Awaitable[None] | None"]
 
 DeliveredCallback = Callable[[Delivery, TrackResult], "Awaitable[None] | None"]
+
 
 Loop = asyncio.AbstractEventLoop
 
@@ -413,7 +240,6 @@ class BackgroundTransport(Transport):
     ``when_full`` (``"drop"`` after waiting ``queue_full_timeout`` seconds, or ``"raise"``),
     ``shutdown_timeout`` (seconds ``aclose`` spends delivering what is queued),
     ``pause_interval`` (seconds between probes while an integration fault pauses delivery),
-    ``handoff_timeout`` (seconds a send from another loop waits for the owner to take it),
     ``on_error(delivery, exc)``, ``on_drop(delivery, reason)`` and
     ``on_delivered(delivery, result)`` (sync or async callables; their errors are logged).
     Failed attempts are retried with ``inner.retry``. ``stats`` defaults to ``inner.stats``.
@@ -442,7 +268,6 @@ class BackgroundTransport(Transport):
         queue_full_timeout: float = 1.0,
         shutdown_timeout: float = 20.0,
         pause_interval: float = 30.0,
-        handoff_timeout: float = 5.0,
         on_error: ErrorCallback | None = None,
         on_drop: DropCallback | None = None,
         on_delivered: DeliveredCallback | None = None,
@@ -455,11 +280,8 @@ class BackgroundTransport(Transport):
             )
         if when_full not in ("drop", "raise"):
             raise ValueError(f"when_full must be 'drop' or 'raise', got {when_full!r}")
-        if not (pause_interval > 0 and handoff_timeout > 0):
-            raise ValueError(
-                "pause_interval and handoff_timeout must be > 0 seconds, "
-                f"got {pause_interval!r} and {handoff_timeout!r}"
-            )
+        if not pause_interval > 0:
+            raise ValueError(f"pause_interval must be > 0 seconds, got {pause_interval!r}")
         self.inner = inner
         self.retry, self.timeout = inner.retry, inner.timeout  # one attempt is inner's
         self.queue_size = queue_size
@@ -467,7 +289,6 @@ class BackgroundTransport(Transport):
         self.when_full = when_full
         self.queue_full_timeout = queue_full_timeout
         self.shutdown_timeout = shutdown_timeout
-        self.handoff_timeout = handoff_timeout
         self.on_error, self.on_drop, self.on_delivered = on_error, on_drop, on_delivered
         self.pause_interval = pause_interval
         # One set of counters with inner (which counts retries inline and attempts).
@@ -494,21 +315,24 @@ class BackgroundTransport(Transport):
         """True while a fault of the whole integration holds delivery."""
         return self._pause.active
 
-    def _foreign_owner(self, loop: Loop) -> Loop | None:
-        """The owner loop if it is running and is not ``loop`` (the caller's), else None."""
+    def _check_loop(self, loop: Loop) -> None:
+        """One loop owns the queue: a call from another while it runs is a bug of the caller."""
         owner = self._loop
-        if owner is not None and owner is not loop and alive(owner):
-            return owner
-        return None
+        if owner is not None and owner is not loop and owner.is_running():
+            raise RuntimeError(
+                "BackgroundTransport belongs to the event loop it started in, which still runs: "
+                "hand events to it through a Tracker (which owns that loop), not directly"
+            )
 
     async def start(self) -> None:
         """Start the workers in the running loop (again after ``aclose``); idempotent.
 
-        While another loop owns the queue and runs, this does nothing: that loop keeps it.
+        A queue whose loop ended without ``aclose`` is taken over by the running loop.
         """
         loop = asyncio.get_running_loop()
-        if self._loop is loop or self._foreign_owner(loop) is not None:
+        if self._loop is loop:
             return  # running, or closing (then sends go inline until aclose has finished)
+        self._check_loop(loop)
         self._take_over(loop)
         await self.inner.start()
 
@@ -536,30 +360,14 @@ class BackgroundTransport(Transport):
     # -- accepting ---------------------------------------------------------------------------
 
     async def send(self, delivery: Delivery) -> TrackResult:
-        """Enqueue ``delivery`` (from another loop: through the owner); ``mode="wait"`` inline."""
-        loop = asyncio.get_running_loop()  # asked once per event: it costs a getpid()
-        owner = self._foreign_owner(loop)
-        if owner is None:
-            return await self._accept(delivery, loop)
-        return await hand_over(
-            owner,
-            lambda: self._accept(delivery),
-            timeout=self.handoff_timeout,
-            queued=lambda: self._held(delivery),
-            inline=lambda: self._send_inline(delivery),
-            take_over=lambda: self._accept(delivery),
-            event=delivery.event,
-        )
+        """Enqueue ``delivery`` on the queue's loop; ``mode="wait"`` (or while closing) inline."""
+        return await self._accept(delivery)
 
-    def _held(self, delivery: Delivery) -> TrackResult | None:
-        held = any(job.delivery is delivery for job in self._jobs)
-        return TrackResult("queued", delivery.event) if held else None
-
-    async def _accept(self, delivery: Delivery, loop: Loop | None = None) -> TrackResult:
+    async def _accept(self, delivery: Delivery) -> TrackResult:
         event = delivery.event
         if (isinstance(event, LeadEvent) and event.mode == "wait") or self._closing:
             return await self._send_inline(delivery)
-        if self._loop is not (asyncio.get_running_loop() if loop is None else loop):
+        if self._loop is not asyncio.get_running_loop():  # asked once per event: a getpid()
             await self.start()
         full = self._jobs.count(JobState.QUEUED) >= self.queue_size  # a coroutine only if so
         if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
@@ -585,6 +393,20 @@ class BackgroundTransport(Transport):
         # The inline send of the contract, through this queue's attempt (the inner's) and the
         # inner's retry policy: it finishes the event, so it counts it in this queue's stats.
         return await Transport.send(self, delivery)
+
+    def as_returned(self, result: TrackResult, *, started: bool) -> TrackResult:
+        """``queued`` while started, as :meth:`send` answers (a ``mode="wait"`` lead: as is).
+
+        Example:
+            >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+            >>> queue = BackgroundTransport(MemoryTransport())
+            >>> queue.as_returned(TrackResult("sent", lead), started=True).status
+            'queued'
+        """
+        event = result.event
+        if not started or (isinstance(event, LeadEvent) and event.mode == "wait"):
+            return result
+        return replace(result, status="queued", status_code=None, response=None)
 
     async def attempt(self, delivery: Delivery) -> TrackResult:
         """One attempt straight through ``inner``, bypassing the queue."""
@@ -692,9 +514,7 @@ class BackgroundTransport(Transport):
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until nothing is queued, in flight or waiting to retry (or ``timeout`` passes)."""
-        owner = self._foreign_owner(asyncio.get_running_loop())
-        if owner is not None:
-            return await run_on(owner, self.flush(timeout))
+        self._check_loop(asyncio.get_running_loop())
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
             await self.start()  # the owner ended: take its jobs over
         if self._loop is None or not self._jobs:
@@ -708,9 +528,7 @@ class BackgroundTransport(Transport):
 
     async def aclose(self) -> None:
         """Report what is undelivered, deliver it within ``shutdown_timeout``, report the rest."""
-        owner = self._foreign_owner(asyncio.get_running_loop())
-        if owner is not None:
-            return await run_on(owner, self.aclose())
+        self._check_loop(asyncio.get_running_loop())
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
             await self.start()
         if self._loop is None:

@@ -646,6 +646,17 @@ class Transport:
                 return result
             await asyncio.sleep(wait)
 
+    def as_returned(self, result: TrackResult, *, started: bool) -> TrackResult:
+        """``result``, a delivery the provider answered elsewhere (an override, in tests), as
+        this transport's :meth:`send` would have returned it: as is for an inline send.
+
+        Example:
+            >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+            >>> Transport().as_returned(TrackResult("sent", lead), started=True).status
+            'sent'
+        """
+        return result
+
     def check_within(self) -> None:
         """Raise ``TypeError`` unless :meth:`append_within` can store events in the caller's
         database transaction. Only an outbox over a store in that database can.

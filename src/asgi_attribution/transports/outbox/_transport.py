@@ -621,6 +621,11 @@ class OutboxTransport(Transport):
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
+        if self._loop is not None and self._loop.is_running():
+            raise RuntimeError(
+                "OutboxTransport belongs to the event loop it started in, which still runs: "
+                "hand events to it through a Tracker (which owns that loop), not directly"
+            )
         # A new event loop without a clean shutdown: the old loop's claims come back when their
         # lease expires; nothing was only in the store's memory.
         self._loop, self._open, self.delivery, self._opener = loop, False, None, None
@@ -764,6 +769,17 @@ class OutboxTransport(Transport):
             with contextlib.suppress(BaseException):
                 await opener
         await close_transport(self)
+
+    def as_returned(self, result: TrackResult, *, started: bool) -> TrackResult:
+        """``queued`` and durable, as :meth:`send` answers once the store has the event.
+
+        Example:
+            >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+            >>> outbox = OutboxTransport("events.db")
+            >>> outbox.as_returned(TrackResult("sent", lead), started=False).durable
+            True
+        """
+        return replace(result, status="queued", durable=True, status_code=None, response=None)
 
     def check_within(self) -> None:
         """Pass when the store can join the caller's database transaction (PostgreSQL).
