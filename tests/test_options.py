@@ -27,7 +27,6 @@ from asgi_attribution import AttributionMiddleware, MemoryTransport, RetryPolicy
         ({"base_url": "api.dub.co"}, ValueError, "base_url"),
         ({"transport": "memory"}, TypeError, "transport"),
         ({"transport": MemoryTransport(), "retry": RetryPolicy()}, TypeError, "retry"),
-        ({"transport": MemoryTransport(), "api_key": "k"}, TypeError, "api_key"),
         ({"outbox": "events.db", "queue_size": 5}, TypeError, "queue_size"),
         ({"outbox": "events.db", "on_drop": print}, TypeError, "on_drop"),
         ({"outbox": "events.db", "background": False}, TypeError, "background"),
@@ -85,3 +84,12 @@ def test_a_provider_that_disagrees_with_the_tracker_is_refused() -> None:
         AttributionMiddleware(
             Starlette(), provider="pimms", tracker=Tracker("dub", transport=MemoryTransport())
         )
+
+
+def test_an_api_key_is_accepted_beside_a_transport_and_stays_available() -> None:
+    # An app factory passes its key whatever the transport (a MemoryTransport in tests).
+    tracker = Tracker("dub", api_key="dub_factory", transport=MemoryTransport())
+    assert tracker.api_key is not None and tracker.api_key.get_secret_value() == "dub_factory"
+    assert "dub_factory" not in repr(tracker)
+    with pytest.raises(TypeError, match=r"Tracker\(transport=\.\.\.\) ignores base_url="):
+        Tracker("dub", base_url="https://api.dub.co", transport=MemoryTransport())

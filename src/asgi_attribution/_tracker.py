@@ -520,7 +520,10 @@ def build_stack(
         TypeError: Tracker(...) ignores deliver=: it needs outbox=
     """
     if transport is not None:
-        _refuse("Tracker(transport=...)", given, DELIVERY_OPTIONS, "configure the transport")
+        # The key is the tracker's (an app factory passes it whatever the transport); the
+        # rest would configure a delivery the given transport replaces.
+        ignored = tuple(name for name in DELIVERY_OPTIONS if name != "api_key")
+        _refuse("Tracker(transport=...)", given, ignored, "configure the transport")
         own = getattr(transport, "stats", None)
         return Stack(transport, own if isinstance(own, DeliveryStats) else DeliveryStats())
     outbox, background = given.get("outbox"), given.get("background")
@@ -751,6 +754,19 @@ class Tracker:
         finally:
             self._started = self._closing = False
             self._loop = None
+
+    @property
+    def api_key(self) -> SecretStr | None:
+        """The API key given (or read from the provider's environment variable), kept secret.
+
+        Available with any delivery, ``transport=`` included.
+
+        Example:
+            >>> tracker = Tracker("dub", api_key="dub_xxx", transport=MemoryTransport())
+            >>> tracker.api_key, tracker.api_key.get_secret_value()
+            (SecretStr('**********'), 'dub_xxx')
+        """
+        return self._api_key
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
