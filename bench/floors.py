@@ -3,8 +3,9 @@
 Plain ``sqlite3`` in WAL mode on a temporary file, the outbox's row size (a 216-byte lead),
 autocommit off, ``BEGIN``/``COMMIT`` around each batch: what no outbox can beat on this disk.
 Also the time to validate one lead (the part of a signup no store can skip), a one-row commit
-into the outbox's own append table (its append statement, one b-tree), and ``asyncio.gather`` of
-50 empty coroutines (what a burst of 50 costs the loop before any work).
+of the outbox's own append (its ``INSERT`` into its table: the row, its unique event id and its
+due index), and ``asyncio.gather`` of 50 empty coroutines (what a burst of 50 costs the loop
+before any work).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ BODY = json.dumps({"clickId": "c" * 25, "eventName": "Sign up", "pad": "x" * 150
 
 
 def schema_insert() -> str:
-    """The store's own append statement (into ``outbox_new``, its append table), with the
-    values that vary in a real append bound and the rest fixed, so it takes (id, body)."""
+    """The store's own append statement, with the values that vary in a real append bound
+    and the rest fixed, so it takes (id, body)."""
     from asgi_attribution.transports.outbox._sqlite import INSERT
 
     marks = "VALUES (?, ?, ?, ?, ?, ?, ?)"

@@ -39,14 +39,11 @@ LEAD = {"click_id": "clk", "event_name": "Sign up"}
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
-    """Every row of the outbox, read with a separate plain sqlite3 connection: the outbox
-    table's, then the appended rows not yet moved into it (outbox_new: pending)."""
+    """Every row of the outbox, read with a separate plain sqlite3 connection."""
     conn = sqlite3.connect(path)
     try:
         conn.row_factory = sqlite3.Row
-        moved = [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
-        new = conn.execute("SELECT * FROM outbox_new ORDER BY id")
-        return moved + [dict(r, state="pending", attempts=0) for r in new]
+        return [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
     finally:
         conn.close()
 
@@ -370,3 +367,54 @@ async def test_stopping_lets_an_attempt_on_the_wire_finish_instead_of_sending_it
         await store.close()
     # Recorded as delivered: a next worker will not send it again.
     assert status.counts["delivered"] == 1 and status.counts["pending"] == 0
+
+
+async def test_an_event_id_appended_twice_is_stored_and_delivered_once(tmp_path: Path) -> None:
+    # The unique event id keeps the first row; the second append is stored all the same.
+    from asgi_attribution import DUB, LeadEvent
+
+    from .scripted import Scripted
+
+    path = tmp_path / "events.db"
+    inner = Scripted()
+    transport = OutboxTransport(SQLiteOutbox(path), inner, poll_interval=0.05)
+    same = [LeadEvent(**LEAD, customer_external_id=f"u{i}", event_id="evt_same_1") for i in (1, 2)]
+    first, again = [await transport.send(Delivery(event, DUB)) for event in same]
+    other = await transport.send(Delivery(LeadEvent(**LEAD, customer_external_id="u3"), DUB))
+    await transport.flush(10)
+    await transport.aclose()
+    assert first.durable and again.durable and other.durable
+    assert inner.sent == {"evt_same_1": 1, other.event_id: 1}
+    [kept] = [row for row in rows(path) if row["event_id"] == "evt_same_1"]
+    assert json.loads(kept["event"])["customer_external_id"] == "u1"  # the first one kept
+
+
+@pytest.mark.parametrize("version", [3, 99])
+async def test_a_file_of_another_schema_version_is_refused_naming_it(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "events.db"
+    async with Tracker("dub", outbox=path, deliver=False) as tracker:
+        await tracker.track_lead(**LEAD, customer_external_id="u1")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {version}")  # an earlier or a later version's file
+    conn.close()
+    which = "an older" if version == 3 else "a newer"
+    with pytest.raises(OutboxError, match=rf"schema version {version}, made by {which} version"):
+        await SQLiteOutbox(path).open()
+    assert states(path) == {"pending": 1}  # left as it was
+
+
+async def test_a_sqlite_file_without_an_outbox_is_refused_without_create(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(OutboxError, match=r"app\.db is not an asgi-attribution outbox"):
+        await SQLiteOutbox(path, create=False).open()
+    conn = sqlite3.connect(path)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert names == {"users"}  # nothing created in it

@@ -17,7 +17,6 @@ from asgi_attribution import DUB, CustomerEvent, LeadEvent, SaleEvent, Tracker
 from asgi_attribution._events import RefundEvent
 from asgi_attribution.transports import Delivery, OutboxTransport, SQLiteOutbox
 from asgi_attribution.transports.outbox._sqlite import CHECKPOINT_EVERY, INSERT, WAL_RESTART_FRAMES
-from asgi_attribution.transports.outbox._sqlite_schema import SCHEMA, SCHEMA_VERSION
 from asgi_attribution.transports.outbox._store import OutboxRow
 
 from .scripted import Scripted
@@ -29,10 +28,7 @@ CLICK = "cm3kf8x2a0001test9yz7q01"
 def stored_ids(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
-        moved = conn.execute("SELECT event_id FROM outbox ORDER BY id").fetchall()
-        return [
-            row[0] for row in moved + conn.execute("SELECT event_id FROM outbox_new").fetchall()
-        ]
+        return [row[0] for row in conn.execute("SELECT event_id FROM outbox ORDER BY id")]
     finally:
         conn.close()
 
@@ -114,38 +110,6 @@ async def test_the_state_check_refuses_an_unknown_state_and_builds_no_table_per_
             args = () if statement != INSERT else ("e", "dub", "lead", "{}", 1.0, 1.0, 1.0)
             plan = " ".join(str(row[1]) for row in conn.execute("EXPLAIN " + statement, args))
             assert "OpenEphemeral" not in plan, statement
-    finally:
-        conn.close()
-
-
-async def test_a_file_made_with_the_in_list_check_still_takes_appends_and_deliveries(
-    tmp_path: Path,
-) -> None:
-    # Files made before the CHECK was spelled with ORs keep their IN list: the same rule.
-    path = tmp_path / "events.db"
-    ors = "state = 'pending' OR state = 'inflight' OR state = 'delivered' OR state = 'dead'"
-    assert ors in SCHEMA
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(
-        SCHEMA.replace(ors, "state IN ('pending', 'inflight', 'delivered', 'dead')")
-        + f"PRAGMA user_version = {SCHEMA_VERSION};"
-    )
-    conn.close()
-    inner = Scripted()
-    transport = OutboxTransport(SQLiteOutbox(path), inner, poll_interval=0.05)
-    results = [await transport.send(Delivery(_lead(i), DUB)) for i in range(5)]
-    await transport.flush(10)
-    await transport.aclose()
-    assert all(r.durable for r in results)
-    assert sorted(inner.sent) == sorted(r.event_id for r in results)
-    conn = sqlite3.connect(path)
-    try:
-        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'outbox'").fetchone()
-        assert "state IN (" in sql  # left as it was
-        left = conn.execute("SELECT COUNT(*) FROM outbox WHERE state != 'delivered'").fetchone()
-        assert left == (0,)
-        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
-            conn.execute("UPDATE outbox SET state = 'lost'")
     finally:
         conn.close()
 

@@ -187,3 +187,35 @@ async def test_without_fallback_a_store_failure_is_outbox_write_failed(tmp_path:
         await transport.send(lead(0))
     await transport.aclose()
     assert caught.value.code == "outbox_write_failed" and caught.value.retryable
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])  # on the loop; on the thread
+async def test_an_append_the_file_refuses_goes_to_the_fallback_and_is_delivered(
+    tmp_path: Path, caplog: Any, synchronous: Any
+) -> None:
+    # A trigger refuses every insert, as a full disk or a damaged page would: the append fails,
+    # the signup does not, and the event is delivered from memory instead.
+    path = tmp_path / "events.db"
+    inner = Scripted()
+    transport = OutboxTransport(
+        SQLiteOutbox(path, synchronous=synchronous), inner, poll_interval=0.05
+    )
+    before = [await transport.send(lead(i)) for i in range(5)]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    refused = [await transport.send(lead(i)) for i in range(5, 15)]
+    conn.execute("DROP TRIGGER refuse")
+    conn.close()
+    await asyncio.sleep(1.1)  # the store is tried again at most every second
+    after = [await transport.send(lead(i)) for i in range(15, 20)]
+    await transport.flush(timeout=30)
+    await transport.aclose()
+    assert all(r.durable for r in before + after)
+    assert not any(r.durable for r in refused) and all(r.status == "queued" for r in refused)
+    assert "refused" in caplog.text
+    everything = before + refused + after
+    assert set(inner.sent) == {r.event_id for r in everything}  # none lost
+    assert all(n == 1 for n in inner.sent.values())
+    assert silently_lost(everything, inner) == []

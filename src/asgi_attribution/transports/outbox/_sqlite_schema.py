@@ -1,19 +1,18 @@
-"""The SQLite outbox's file: its schema and migrations, its clock, its identity and its health.
+"""The SQLite outbox's file: its schema, its clock, its identity and its health.
 
-Plain functions on a ``sqlite3.Connection``, run on the store's own threads (see :mod:`.sqlite`).
+Plain functions on a ``sqlite3.Connection``, run on the store's own threads (see :mod:`._sqlite`).
+A file holds one table of rows (``outbox``), with a unique event id and an index of due rows,
+and a table of the store's own values (``outbox_meta``); ``PRAGMA user_version`` is the schema
+version, and a file of another version is refused at open with an error naming it.
 
-One clock per store: due times, leases and retry budgets never read the wall clock directly.
-
-A wall clock can be stepped (NTP, a VM resumed, an operator) or run ahead on one machine. An
-outbox that scheduled by it would dead-letter every retrying event after a +1 h step, stall
-retries for an hour after a -1 h step, and let a worker whose clock runs ahead take over live
-leases. So each store keeps its own clock:
-
-- :class:`AnchoredClock`: the wall time read once, then advanced by ``time.monotonic()``
-  (which steps never touch). Steps of the wall clock are detected and logged, not followed.
-  The SQLite store keeps the anchor in its file, so every process on the machine (one
-  monotonic clock) reads the same store time, whatever its own wall clock says.
-- The Redis store reads the server's ``TIME`` (see :mod:`.redis`).
+Due times, leases and retry budgets never read the wall clock directly. A wall clock can be
+stepped (NTP, a VM resumed, an operator) or run ahead on one machine. An outbox that scheduled
+by it would dead-letter every retrying event after a +1 h step, stall retries for an hour after
+a -1 h step, and let a worker whose clock runs ahead take over live leases. So the store keeps
+its own clock, :class:`AnchoredClock`: the wall time read once, then advanced by
+``time.monotonic()`` (which steps never touch). Steps of the wall clock are detected and
+logged, not followed. The anchor is kept in the file, so every process on the machine (one
+monotonic clock) reads the same store time, whatever its own wall clock says.
 """
 
 from __future__ import annotations
@@ -138,13 +137,12 @@ class AnchoredClock:
         return skew
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The CHECK is spelled with ORs: SQLite runs an IN list in a CHECK through a temporary table
-# built for every row written (32,000 of an insert's 84,000 instructions). Files made before
-# keep their IN list: same rule, slower writes.
+# built for every row written (32,000 of an insert's 84,000 instructions).
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+CREATE TABLE outbox (
     id INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
     provider TEXT NOT NULL,
@@ -164,22 +162,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     outcome TEXT,
     outcome_reason TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS outbox_new (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    event TEXT NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-# Columns added after version 1, with their types (files of version 1 get them at open).
-ADDED = {"error_code": "TEXT", "outcome": "TEXT", "outcome_reason": "TEXT"}
 
 COLUMNS = (
     "id, event_id, provider, kind, event, state, attempts, next_attempt_at, last_error, "
@@ -211,33 +196,44 @@ def file_id(path: str | Path) -> FileId | None:
 
 
 def prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
-    """Create the schema (if ``create``) or check it is an outbox; migrate version 1 files."""
-    if not _has_table(conn, "outbox") and not create:
-        raise OutboxError(f"{path} is not an asgi-attribution outbox (no outbox table)")
+    """Create the schema in a new file (if ``create``), or check that the file holds an outbox
+    of :data:`SCHEMA_VERSION`; any other version raises :class:`OutboxError` naming it.
+
+    Example:
+        >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+        >>> prepare(conn, Path("events.db"), create=True)
+        >>> conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        True
+        >>> _ = conn.execute("PRAGMA user_version = 3")
+        >>> prepare(conn, Path("events.db"), create=True)
+        Traceback (most recent call last):
+        ...
+        asgi_attribution._exceptions.OutboxError: events.db holds an outbox of schema version 3, ...
+    """
+    # One transaction: two processes opening a new file at once create the schema once.
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        has_outbox = _has_table(conn, "outbox")
+        if not has_outbox and version == 0:
+            if not create:
+                raise OutboxError(f"{path} is not an asgi-attribution outbox (no outbox table)")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif not has_outbox:
             raise OutboxError(
-                f"{path} was made by a newer release of asgi-attribution (schema version "
-                f"{version}; this one knows {SCHEMA_VERSION}): upgrade this process"
+                f"{path} is not an asgi-attribution outbox (no outbox table; its"
+                f" user_version is {version})"
             )
-        if version < 3 and _has_table(conn, "outbox_new"):
-            # A release before the append table opened the file after this one: it reads
-            # outbox alone, so rows appended by this release wait for a process of this one.
-            logger.warning(
-                "outbox %s was opened by an older release of asgi-attribution since this one: "
-                "only this release delivers the rows it appends; upgrade every process",
-                path,
+        elif version != SCHEMA_VERSION:
+            which = "a newer" if version > SCHEMA_VERSION else "an older"
+            raise OutboxError(
+                f"{path} holds an outbox of schema version {version}, made by {which} version"
+                f" of asgi-attribution; this one reads version {SCHEMA_VERSION} only: open it"
+                " with the version that made it (to deliver its rows), or use a new file"
             )
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        have = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
-        for column, kind in ADDED.items():
-            if column not in have:
-                conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
