@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from ._attribution import Attribution, Discount, Partner, PartnerData, get_attribution
 from ._clearing import clear_attribution
 from ._cookies import CookiePolicy, valid_click_id
@@ -99,5 +101,8 @@ __all__ = [
     "valid_click_id",
 ]
 
-
-__version__ = "0.1.0"
+try:
+    # The version is written once, in pyproject.toml; the installed metadata carries it.
+    __version__ = _metadata.version("asgi-attribution")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
