@@ -18,7 +18,8 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import packages_distributions
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,12 @@ def undeclared(
     return problems
 
 
+@cache
+def packages_distributions() -> Mapping[str, list[str]]:
+    # Scans every installed distribution's file list: about a second, so once per run.
+    return metadata.packages_distributions()
+
+
 def module_path(name: str) -> str:
     path = SRC.joinpath(*name.split("."))
     file = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
@@ -209,6 +216,4 @@ def test_the_version_is_read_from_the_package_metadata() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     source = (SRC / PACKAGE / "__init__.py").read_text()
     assert project["version"] not in source, "the version is written in __init__.py again"
-    from importlib.metadata import version
-
-    assert asgi_attribution.__version__ == version("asgi-attribution")
+    assert asgi_attribution.__version__ == metadata.version("asgi-attribution")
