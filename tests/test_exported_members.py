@@ -35,3 +35,33 @@ def test_every_name_of_all_is_importable() -> None:
     for module in (asgi_attribution, asgi_attribution.transports, asgi_attribution.testing):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+
+
+def test_every_error_of_the_tree_is_exported_at_the_top() -> None:
+    # The whole hierarchy of _exceptions.py is public API, as httpx exports all its errors.
+    errors = {
+        name
+        for name, value in vars(asgi_attribution).items()
+        if isinstance(value, type) and issubclass(value, asgi_attribution.AttributionError)
+    }
+    assert errors == {
+        "AttributionError",
+        "DeliveryError",
+        "IntegrationError",
+        "InvalidEventError",
+        "InvalidSignatureError",
+        "InvalidWebhookError",
+        "MissingClickIdError",
+        "OutboxError",
+        "QueueFullError",
+    }
+    assert errors <= set(asgi_attribution.__all__)
+
+
+def test_webhook_errors_are_the_same_classes_from_the_webhooks_module() -> None:
+    import asgi_attribution.webhooks as webhooks
+
+    assert webhooks.InvalidSignatureError is asgi_attribution.InvalidSignatureError
+    assert webhooks.InvalidWebhookError is asgi_attribution.InvalidWebhookError
+    assert issubclass(webhooks.InvalidWebhookError, ValueError)
+    assert {"InvalidSignatureError", "InvalidWebhookError"} <= set(webhooks.__all__)

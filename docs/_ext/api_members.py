@@ -11,6 +11,9 @@ Griffe, so nothing is imported), under a heading per group: Classes, Exceptions,
 then Constants and types; within a group the order is ``__all__``'s. A name added to
 ``__all__`` appears without editing the page; a module without ``__all__``, or a name that
 does not resolve, is a warning (an error under ``mkdocs build --strict``).
+
+``except=asgi_attribution`` leaves out the names that module's ``__all__`` also lists (so
+``asgi_attribution.transports`` shows only what the top-level package does not already show).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from mkdocs.plugins import get_plugin_logger
 log = get_plugin_logger(__name__)
 
 MARKER = re.compile(
-    r"^<!-- members: (?P<module>[\w.]+)(?: heading_level=(?P<level>[1-5]))? -->[ \t]*$",
+    r"^<!-- members: (?P<module>[\w.]+)(?: heading_level=(?P<level>[1-5]))?"
+    r"(?: except=(?P<skip>[\w.]+))? -->[ \t]*$",
     re.MULTILINE,
 )
 GROUPS = ("Classes", "Exceptions", "Functions", "Constants and types")
@@ -51,15 +55,22 @@ def _group(member: griffe.Object | griffe.Alias) -> str:
     return "Constants and types"
 
 
-def _members(module_path: str, level: int, load: Any) -> str:
+def _module(module_path: str, load: Any) -> Any:
     package = load(module_path.split(".")[0])
-    module = package if "." not in module_path else package[module_path.split(".", 1)[1]]
+    return package if "." not in module_path else package[module_path.split(".", 1)[1]]
+
+
+def _members(module_path: str, level: int, load: Any, skip: str | None = None) -> str:
+    module = _module(module_path, load)
     if not module.exports:
         log.warning("%s has no __all__: nothing to list in the API reference", module_path)
         return ""
+    shown = {str(name) for name in _module(skip, load).exports or ()} if skip else set()
     groups: dict[str, list[str]] = {group: [] for group in GROUPS}
     for export in module.exports:
         name = str(export)
+        if name in shown:
+            continue
         try:
             groups[_group(module[name])].append(name)
         except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError) as exc:
@@ -88,5 +99,6 @@ def on_page_markdown(markdown: str, *, page: Any, config: Any, files: Any) -> st
         return packages[package]
 
     return MARKER.sub(
-        lambda match: _members(match["module"], int(match["level"] or 2), load), markdown
+        lambda match: _members(match["module"], int(match["level"] or 2), load, match["skip"]),
+        markdown,
     )

@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from ._attribution import Attribution, Discount, Partner, PartnerData, get_attribution
 from ._clearing import clear_attribution
 from ._cookies import CookiePolicy, valid_click_id
@@ -21,6 +23,8 @@ from ._exceptions import (
     DeliveryError,
     IntegrationError,
     InvalidEventError,
+    InvalidSignatureError,
+    InvalidWebhookError,
     MissingClickIdError,
     OutboxError,
     QueueFullError,
@@ -66,6 +70,8 @@ __all__ = [
     "HTTPTransport",
     "IntegrationError",
     "InvalidEventError",
+    "InvalidSignatureError",
+    "InvalidWebhookError",
     "LeadEvent",
     "MemoryTransport",
     "MissingClickIdError",
@@ -99,5 +105,8 @@ __all__ = [
     "valid_click_id",
 ]
 
-
-__version__ = "0.1.0"
+try:
+    # The version is written once, in pyproject.toml; the installed metadata carries it.
+    __version__ = _metadata.version("asgi-attribution")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"

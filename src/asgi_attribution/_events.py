@@ -1,13 +1,14 @@
-"""Provider-neutral conversion events, validated once with the providers' limits.
+"""Conversion events: the per-call fields of ``track_*``, the provider-neutral models, and their
+validation, done once.
 
-An event is built by the tracker, checked here before anything is queued, and turned into a
-provider's JSON only at the edge (see :mod:`asgi_attribution.providers`).
-
-The per-call fields of ``track_*``, declared once (PostHog's ``args.py`` is the model).
-
-The :class:`~asgi_attribution.Tracker` methods and the request helpers take these with
-``Unpack``, so the list exists once and type checkers still check every call. ``None`` means
-"not given" for every field.
+The fields a caller passes are declared once as ``TypedDict``s (:class:`LeadFields`,
+:class:`SaleFields`, ...; PostHog's ``args.py`` is the model): the
+:class:`~asgi_attribution.Tracker` methods and the request helpers take them with ``Unpack``, so
+the list exists once and type checkers still check every call; ``None`` means "not given". The
+tracker builds a :class:`LeadEvent`, :class:`SaleEvent`, :class:`CustomerEvent` or
+:class:`RefundEvent` from them and validates it here, with the providers' limits from
+:mod:`._limits`, before anything is queued; a provider turns it into its JSON only at the edge
+(:mod:`._providers`).
 """
 
 from __future__ import annotations

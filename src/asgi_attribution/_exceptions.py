@@ -2,13 +2,18 @@
 
 The hierarchy (each class says in one line when it is raised)::
 
-    AttributionError                    base class of every error of this package
-    ├── InvalidEventError (ValueError)  an event field breaks a provider limit; nothing was sent
-    │   └── MissingClickIdError         a lead without a click id, with ``require_click_id=True``
-    ├── DeliveryError                   the provider refused an event, or could not be reached
-    │   ├── IntegrationError            a fault of the whole integration (401, 403, wrong path)
-    │   └── QueueFullError              the background queue stayed full (``when_full="raise"``)
-    └── OutboxError                     an outbox store cannot be used (path, file, server)
+    AttributionError                      base class of every error of this package
+    ├── InvalidEventError (ValueError)    an event field breaks a provider limit; nothing was sent
+    │   └── MissingClickIdError           a lead without a click id, with ``require_click_id=True``
+    ├── DeliveryError                     the provider refused an event, or could not be reached
+    │   ├── IntegrationError              a fault of the whole integration (401, 403, wrong path)
+    │   └── QueueFullError                the background queue stayed full (``when_full="raise"``)
+    ├── OutboxError                       an outbox store cannot be used (path, file, server)
+    ├── InvalidSignatureError             a webhook's signature is missing or matches no secret
+    └── InvalidWebhookError (ValueError)  a signed webhook whose body is not one (not JSON, no id)
+
+The two webhook errors are also importable from :mod:`asgi_attribution.webhooks`, which raises
+them.
 
 This module imports nothing from the package, so every module may import it.
 """
@@ -20,6 +25,8 @@ __all__ = [
     "DeliveryError",
     "IntegrationError",
     "InvalidEventError",
+    "InvalidSignatureError",
+    "InvalidWebhookError",
     "MissingClickIdError",
     "OutboxError",
     "QueueFullError",
@@ -161,4 +168,37 @@ class OutboxError(AttributionError):
     Example:
         >>> str(OutboxError("no outbox at /tmp/missing.db"))
         'no outbox at /tmp/missing.db'
+    """
+
+
+class InvalidSignatureError(AttributionError):
+    """A webhook's signature header is missing or matches none of the secrets.
+
+    Raised by :class:`~asgi_attribution.webhooks.WebhookVerifier`; the webhook endpoint answers
+    it with 401 and runs no handler.
+
+    Example:
+        >>> from asgi_attribution.webhooks import WebhookVerifier
+        >>> try:
+        ...     WebhookVerifier(secrets="whsec_x").verify_body(b"{}", {"Dub-Signature": "00"})
+        ... except InvalidSignatureError as exc:
+        ...     print(exc)
+        Dub-Signature does not match any secret
+    """
+
+
+class InvalidWebhookError(AttributionError, ValueError):
+    """A correctly signed webhook whose body is not a webhook (not JSON, no id or event).
+
+    Raised by :class:`~asgi_attribution.webhooks.WebhookVerifier` after the signature matched.
+
+    Example:
+        >>> from asgi_attribution.testing import sign_webhook
+        >>> from asgi_attribution.webhooks import WebhookVerifier
+        >>> body, headers = sign_webhook(b"[1]", "whsec_x")
+        >>> try:
+        ...     WebhookVerifier(secrets="whsec_x").verify_body(body, headers)
+        ... except InvalidWebhookError as exc:
+        ...     print(exc)
+        webhook body is not a JSON object
     """

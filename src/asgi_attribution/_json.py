@@ -1,10 +1,10 @@
 """JSON as this package sends and stores it: compact UTF-8 bytes, and back.
 
 orjson does both in a few thousand instructions; the standard library's encoder and decoder
-cost 23,000 and 36,000 per event body and answer here (``bench/README.md``, "JSON"), on the
-web app's own event loop. What orjson refuses (an integer beyond 64 bits) goes through the
-standard library instead, so every value that encoded before still encodes, the same way.
-Values reach here validated: a float that is not finite was refused at the call.
+cost 23,000 and 36,000 per event body and answer (``docs/performance.md``), on the web app's
+own event loop. What orjson refuses (an integer beyond 64 bits) goes through the standard
+library instead, so every value that encoded before still encodes, the same way. Values reach
+here validated: a float that is not finite was refused at the call.
 """
 
 from __future__ import annotations

@@ -1,10 +1,27 @@
-"""Verified webhooks from Dub and PIMMS, and an ASGI endpoint that runs your handlers once.
+"""Verified webhooks from Dub and PIMMS: the signature, the payload models, the dedupe of
+redeliveries, and an ASGI endpoint that runs your handlers once.
 
-Dub signs each webhook with ``Dub-Signature: hex(HMAC-SHA256(secret, raw body))`` (PIMMS:
-``Pimms-Signature``), keyed with the secret exactly as the dashboard shows it (``whsec_...``).
-It delivers at least once, unordered, retries non-2xx answers for days and disables an endpoint
-after 20 failures in a row. So: verify the raw bytes in constant time, answer 2xx to
-redeliveries and to events you don't handle, and 5xx only when a retry could help.
+Why one module of about 800 lines: it is one concept, receiving a provider's webhooks; each part
+exists only for the endpoint, and a reader follows one webhook through them top to bottom.
+
+- **Payloads**: an envelope (:class:`WebhookEvent`) and typed ``data`` for the common events,
+  with the providers' own field names (camelCase, as in
+  :class:`~asgi_attribution.PartnerData`). Every model keeps unknown fields
+  (``extra="allow"``): the providers add fields without notice, and a webhook must never be
+  refused because of one.
+- **Dedupe**: providers deliver at least once and retry for days, so the endpoint answers 2xx
+  to an id it already handled without running the handler again. An id is remembered (in
+  memory, a SQLite file or Redis) only after its handler succeeded, since a failed one must run
+  again on the retry, for ``ttl`` seconds (30 days by default, longer than any provider
+  retries).
+- **Signature**: Dub signs each webhook with ``Dub-Signature: hex(HMAC-SHA256(secret, raw
+  body))`` (PIMMS: ``Pimms-Signature``), keyed with the secret exactly as the dashboard shows it
+  (``whsec_...``). :class:`WebhookVerifier` checks the raw bytes in constant time against every
+  secret (rotation) and raises :class:`~asgi_attribution.InvalidSignatureError` or
+  :class:`~asgi_attribution.InvalidWebhookError`.
+- **Endpoint**: :func:`webhook_endpoint` answers 2xx to redeliveries and to events you don't
+  handle, and 5xx only when a retry could help (Dub disables an endpoint after 20 failures in a
+  row).
 
 Example:
     >>> from asgi_attribution.testing import sign_webhook
@@ -12,28 +29,11 @@ Example:
     >>> body, headers = sign_webhook({"event": "lead.created", "data": {}}, "whsec_old")
     >>> verifier.verify_body(body, headers).event
     'lead.created'
-
-The webhook payloads Dub and PIMMS post: an envelope and typed ``data`` for the common events.
-
-Field names are the providers' own (camelCase), as in :class:`~asgi_attribution.PartnerData`.
-Every model keeps unknown fields (``extra="allow"``): the providers add fields without notice,
-and a webhook must never be refused because of one.
-
-Example:
     >>> event = parse_event({"id": "evt_1", "event": "sale.created",
     ...                      "createdAt": "2025-01-14T04:49:30.459Z",
     ...                      "data": {"sale": {"amount": 100, "currency": "usd"}}})
     >>> type(event.data).__name__, event.data.sale.amount
     ('SaleCreatedData', 100)
-
-Remembering which webhook ids were handled: in memory, in a SQLite file, or in Redis.
-
-Providers deliver webhooks at least once and retry for days, so an endpoint answers 2xx to an id
-it already handled without running the handler again. An id is remembered only after its
-handler succeeded (a failed one must run again on the retry), for ``ttl`` seconds (30 days by
-default, longer than any provider retries).
-
-Example:
     >>> import asyncio
     >>> store = open_dedupe(None)
     >>> async def demo():
@@ -67,7 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from ._exceptions import AttributionError
+from ._exceptions import AttributionError, InvalidSignatureError, InvalidWebhookError
 from ._providers import Provider, get_provider
 
 __all__ = [
@@ -536,31 +536,6 @@ WebhookHandler = Callable[[WebhookEvent], "Awaitable[object] | object"]
 """A handler: ``handler(event)``, a plain or an ``async`` function; raising means "retry"."""
 
 
-class InvalidSignatureError(AttributionError):
-    """A webhook's signature header is missing or matches none of the secrets.
-
-    Example:
-        >>> verifier = WebhookVerifier(secrets="whsec_x")
-        >>> verifier.verify_body(b"{}", {"Dub-Signature": "00"})
-        Traceback (most recent call last):
-        ...
-        asgi_attribution.webhooks.InvalidSignatureError: Dub-Signature does not match any secret
-    """
-
-
-class InvalidWebhookError(AttributionError, ValueError):
-    """A correctly signed webhook whose body is not a webhook (not JSON, no id or event).
-
-    Example:
-        >>> from asgi_attribution.testing import sign_webhook
-        >>> body, headers = sign_webhook(b"[1]", "whsec_x")
-        >>> WebhookVerifier(secrets="whsec_x").verify_body(body, headers)
-        Traceback (most recent call last):
-        ...
-        asgi_attribution.webhooks.InvalidWebhookError: webhook body is not a JSON object
-    """
-
-
 def compute_signature(body: bytes, secret: str) -> str:
     """The signature Dub and PIMMS send: hex HMAC-SHA256 of the raw ``body``, keyed with
     ``secret`` as given (its ``whsec_`` prefix included).
@@ -618,10 +593,11 @@ class WebhookVerifier:
         """Raise :class:`InvalidSignatureError` unless ``body`` is signed by one of the secrets.
 
         Example:
-            >>> WebhookVerifier(secrets="whsec_x").check(b"{}", {})
-            Traceback (most recent call last):
-            ...
-            asgi_attribution.webhooks.InvalidSignatureError: no Dub-Signature header
+            >>> try:
+            ...     WebhookVerifier(secrets="whsec_x").check(b"{}", {})
+            ... except InvalidSignatureError as exc:
+            ...     print(exc)
+            no Dub-Signature header
         """
         given = _header(headers, self.header)
         if not given:

@@ -1,15 +1,13 @@
 """The demo journey: click -> landing with ?dub_id= -> cookie -> signup -> the lead for Dub.
 
-Runs the package's own demo site (:mod:`.demo_site`, or another app with ``--app``) in-process,
-captures the events in place of Dub (no account, no network) and prints each step and the exact
-JSON that would be sent.
-
-The demo's own tiny site, shipped in the package: a landing, a pricing page, a signup.
-
-A Starlette app with :class:`~asgi_attribution.AttributionMiddleware`; the signup credits the
-lead to the click with :func:`~asgi_attribution.track_lead`. With no tracker given, leads go to
-a :class:`~asgi_attribution.MemoryTransport` (nothing leaves the process). The richer example
-site, with a partner banner and form validation, is ``examples/app.py`` in the repository.
+``asgi-attribution demo`` runs a tiny site shipped in the package (or another app with
+``--app``) in-process, captures the events in place of Dub (no account, no network) and prints
+each step and the exact JSON that would be sent. The site (:func:`create_app`) is a Starlette
+app with :class:`~asgi_attribution.AttributionMiddleware`: a landing, a pricing page, and a
+signup that credits the lead to the click with :func:`~asgi_attribution.track_lead`. With no
+tracker given, leads go to a :class:`~asgi_attribution.MemoryTransport` (nothing leaves the
+process). The richer example site, with a partner banner and form validation, is
+``examples/app.py`` in the repository.
 
 Example:
     >>> import httpx

@@ -2,18 +2,14 @@
 
 Commands: ``status``, ``list [--state STATE | --dead | --not-recorded]``, ``retry [--force]``,
 ``purge --delivered --older-than 7d [--vacuum]``, ``deliver`` (``--follow`` to run as a
-long-lived worker) and ``init`` (create a PostgreSQL outbox table). Select the store with
-``--path FILE`` (SQLite), ``--redis-url URL`` or ``--postgres-url URL``
-(``ASGI_ATTRIBUTION_OUTBOX`` in the environment works too). Exit codes: 0 ok, 1 failures (dead
-letters, undelivered events, unknown event ids, refused retries, problems with the store), 2
-usage error or unusable store; an error is one line on stderr, never a traceback, never a
-password.
+long-lived worker) and ``init`` (create a PostgreSQL outbox table); their options are parsed in
+:mod:`.outbox_parser`. ``status`` prints the problems the store reports about itself;
+``retry`` names the dead letters a retry cannot help (``click_not_found``) and leaves them dead
+unless ``--force``; ``purge --vacuum`` shrinks a SQLite file after purging.
 
-``outbox status``, ``retry``, ``purge`` and ``init``: reading and operating an outbox.
-
-``status`` prints the problems the store reports about itself (exit 1 when there are any);
-``retry`` names the dead letters a retry cannot help (``click_not_found``) and leaves them
-dead unless ``--force``; ``purge --vacuum`` shrinks a SQLite file after purging.
+Exit codes: 0 ok, 1 failures (dead letters, undelivered events, unknown event ids, refused
+retries, problems with the store), 2 usage error or unusable store; an error is one line on
+stderr, never a traceback, never a password.
 """
 
 from __future__ import annotations

@@ -1,22 +1,21 @@
-"""The options of ``asgi-attribution outbox ...``: the store options every command shares, and
-each command's own; durations such as ``7d``.
+"""The options of ``asgi-attribution outbox ...``, and the ``list`` and ``deliver`` commands that
+are mostly options.
 
-Which outbox a command works on: ``--path``, ``--redis-url`` or ``--postgres-url`` (or
-``ASGI_ATTRIBUTION_OUTBOX``), checked before anything is opened; passwords never echoed.
+Which outbox a command works on: ``--path`` (SQLite), ``--redis-url`` or ``--postgres-url`` (or
+``ASGI_ATTRIBUTION_OUTBOX``), checked before anything is opened, passwords never echoed; each
+command's own options; durations such as ``7d``.
 
-``asgi-attribution outbox list``: the events of an outbox, as text or JSON Lines.
+``list`` prints the events of an outbox as text or JSON Lines: undelivered ones by state
+(pending, in flight, dead letters), and ``--not-recorded``: delivered events whose provider
+answered 2xx without recording them (a duplicate lead, a sale with no customer), with the
+outcome and its reason. Rows come from the store's read-only :meth:`OutboxStore.list_rows`; a
+store that lists dead letters only makes asking for another state a usage error (exit code 2)
+that says ``--state dead`` works.
 
-Undelivered events by state (pending, in flight, dead letters), and ``not-recorded``: delivered
-events whose provider answered 2xx without recording them (a duplicate lead, a sale with no
-customer), with the outcome and its reason. Rows come from the store's read-only
-:meth:`OutboxStore.list_rows`; a store that lists dead letters only makes asking for another
-state a usage error (exit code 2) that says ``--state dead`` works.
-
-``asgi-attribution outbox deliver``: deliver what an outbox holds, once or as a worker.
-
-The provider of each event is read from its stored row at delivery time, so the API keys are
-checked before the store is touched: ``--api-key`` for every event, else each provider's
-environment variable (``DUB_API_KEY``, ``PIMMS_API_KEY``).
+``deliver`` delivers what an outbox holds, once or as a worker (``--follow``). The provider of
+each event is read from its stored row, so the API keys are checked before the store is
+touched: ``--api-key`` for every event, else each provider's environment variable
+(``DUB_API_KEY``, ``PIMMS_API_KEY``).
 """
 
 from __future__ import annotations

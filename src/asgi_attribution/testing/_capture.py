@@ -1,8 +1,8 @@
 """Capture every tracked event instead of delivering it.
 
-Built on the named hook :data:`asgi_attribution.overrides.transport_overrides`: while a capture
-is open, every :class:`~asgi_attribution.Tracker` in the process hands its events to it, so the
-app's code is untouched and no HTTP is mocked.
+Built on the tracker's transport override hook: while a capture is open, every
+:class:`~asgi_attribution.Tracker` in the process hands its events to it, so the app's code is
+untouched and no HTTP is mocked.
 """
 
 from __future__ import annotations

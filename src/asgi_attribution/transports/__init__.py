@@ -1,8 +1,11 @@
 """Transports: how events leave the process (memory, HTTP, background queue, outbox).
 
-A transport makes one attempt per call of :meth:`Transport.attempt`; :mod:`.retry` holds the
-one retry step that :meth:`Transport.send`, :class:`BackgroundTransport` and
-:class:`OutboxTransport` use to schedule the next one.
+A transport makes one attempt per call of :meth:`Transport.attempt`, as an httpx transport
+makes one request; :meth:`Transport.send`, :class:`BackgroundTransport` and
+:class:`OutboxTransport` are layers that schedule attempts with the one retry step of
+:class:`RetryPolicy`. Implement :class:`Transport` for a custom delivery; tests swap the
+transport (:class:`MemoryTransport`), never patch HTTP. Every name here is also exported by
+:mod:`asgi_attribution`.
 """
 
 from __future__ import annotations

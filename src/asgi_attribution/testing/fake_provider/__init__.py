@@ -1,20 +1,20 @@
 """A local, fault-injecting stand-in for Dub's and PIMMS' tracking APIs.
 
 :class:`FakeProvider` is an ASGI app that validates request bodies the way the real API does
-(:mod:`.bodies`, from the limits in :mod:`asgi_attribution._limits`), records what it accepted,
-and can be told to fail (:mod:`.faults`): 503s, 429s with a ``Retry-After`` header, slow answers
-and dropped connections. Point a staging deployment at it, or run it under uvicorn in tests:
+(with the limits in :mod:`asgi_attribution._limits`), records what it accepted, and can be told
+to fail (:class:`Faults`): 503s, 429s with a ``Retry-After`` header, slow answers and dropped
+connections. Point a staging deployment at it, or run it under uvicorn in tests:
 
     provider = FakeProvider("dub", faults=Faults(error_rate=0.2, seed=1))
     with serve_in_thread(provider) as base_url:
         httpx.post(f"{base_url}/track/lead", json={...}, headers={"Authorization": "Bearer k"})
     assert provider.leads()[0]["eventName"] == "Sign up"
 
-It answers as the providers' servers do, not only as their specs say (:mod:`.ledger`): a
-repeated lead is 200 with ``"link": null``, a click it does not know is 404 and still reserves
-the lead's key, a sale without customer is 200 with nulls, windows last 7 days on a clock tests
-can step (``advance``). It also serves ``/track/click`` (:mod:`.clicks`), sends signed webhooks
-(:mod:`.webhooks`) and keeps commissions for refunds (:mod:`.commissions`).
+It answers as the providers' servers do, not only as their specs say: a repeated lead is 200
+with ``"link": null``, a click it does not know is 404 and still reserves the lead's key, a sale
+without customer is 200 with nulls, windows last 7 days on a clock tests can step
+(``advance``). It also serves ``/track/click`` (:class:`Click`), sends signed webhooks
+(:class:`SentWebhook`) and keeps commissions for refunds.
 
 From a shell: ``asgi-attribution fake-provider --provider pimms --error-rate 0.1``.
 

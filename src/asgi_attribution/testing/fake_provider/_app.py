@@ -1,23 +1,20 @@
-"""The fake provider's ASGI app: routes, auth, faults, recording; the logic lives next door.
+"""The fake provider's ASGI app: routes, auth, faults, recording, and its control endpoints; the
+providers' logic lives next door (:mod:`._ledger`, :mod:`._clicks`).
 
-Example:
-    >>> FakeProvider("dub", known_clicks={"c1"}).clicks()
-    []
-
-The fake's control endpoints (``/_fake/*``): another process reads and steers it over HTTP.
+The control endpoints (``/_fake/*``) let another process read and steer the fake over HTTP;
+they need no API key and are never faulted:
 
 - ``GET /_fake/events``: the requests handled and the ones recorded;
-- ``GET``/``PUT /_fake/faults``: the :class:`~.faults.Faults` in force;
+- ``GET``/``PUT /_fake/faults``: the :class:`~.Faults` in force;
 - ``POST /_fake/reset``: forget events and state (faults stay);
 - ``GET /_fake/clicks``, ``GET /_fake/customers``: what ``/track/click`` and leads created;
 - ``POST /_fake/clock`` ``{"advance": seconds}``: step the clock of the dedup windows;
 - ``POST /_fake/webhooks`` ``{"url", "event", "data"}``: send one signed webhook.
 
-They need no API key and are never faulted.
-
 Example:
+    >>> FakeProvider("dub", known_clicks={"c1"}).clicks()
+    []
     >>> import asyncio
-    >>> from asgi_attribution.testing import FakeProvider
     >>> asyncio.run(control(FakeProvider(), "POST", "/_fake/reset", b""))
     (200, {'ok': True})
 """

@@ -1,4 +1,5 @@
-"""Clicks: which click ids the fake knows, and Dub's ``POST /track/click`` for ``?via=`` links.
+"""Clicks and time: which click ids the fake knows, Dub's ``POST /track/click`` for ``?via=``
+links, and the clock its expiring keys live on.
 
 Dub's browser script calls ``/track/click`` with ``{domain, key, url, referrer}`` when a visitor
 lands through a partner link that carries no click id. Dub looks the link up (404 if unknown),
@@ -6,20 +7,16 @@ checks the page's ``Referer``/``Origin`` host against the workspace's allowed ho
 reuses the click id of the same visitor (SHA-256 of IP and User-Agent) on the same link for an
 hour, and records the click unless the User-Agent looks like a bot (the id is answered anyway).
 
+That hour is one of the keys the providers keep in Redis with an expiry: Dub also reserves a
+lead's (customer, event name) key for a week with ``SET NX EX`` and caches a sale's answer under
+its invoice id for a week; PIMMS keeps the lead key forever. :class:`ExpiringKeys` holds such
+keys against a :class:`SteppedClock` that tests move forward instead of waiting.
+
 Example:
     >>> book = ClickBook("dub", links={("go.acme.com", "john"): {}})
     >>> status, answer, recorded = book.track({"domain": "go.acme.com", "key": "john"}, {}, "::1")
     >>> status, recorded, book.known(answer["clickId"]), book.known("not a click id")
     (200, True, True, False)
-
-The fake's clock and its expiring keys, as the providers keep them in Redis.
-
-Dub reserves a lead's (customer, event name) key for a week with ``SET NX EX``, caches a sale's
-answer under its invoice id for a week, and caches a click id per visitor for an hour. PIMMS keeps
-the lead key forever. :class:`ExpiringKeys` holds such keys against a :class:`SteppedClock` that
-tests move forward instead of waiting.
-
-Example:
     >>> clock = SteppedClock(lambda: 1000.0)
     >>> keys = ExpiringKeys(clock)
     >>> keys.reserve(("lead", "u1", "sign-up"), WEEK), keys.reserve(("lead", "u1", "sign-up"), WEEK)

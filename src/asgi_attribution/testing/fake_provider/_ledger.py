@@ -1,4 +1,5 @@
-"""What the fake does with a valid lead, sale or customer update: the providers' server logic.
+"""What the fake does with a valid lead, sale, customer update or refund: the providers' server
+logic, and the partner commissions that refunds act on.
 
 Read from Dub's ``track-lead.ts`` / ``track-sale.ts`` and PIMMS' routes (a Dub fork):
 
@@ -13,6 +14,13 @@ Read from Dub's ``track-lead.ts`` / ``track-sale.ts`` and PIMMS' routes (a Dub f
   tracking); ``amount <= 0`` answers nulls. PIMMS reserves the invoice id first (a repeat answers
   nulls), ignores ``clickId``, answers nulls for an unknown customer and records ``amount`` 0.
 - Customers: ``PATCH /customers/ext_<external id>`` (or Dub's ``cus_`` id) updates a known one.
+- Commissions (Dub's ``GET /commissions`` and ``PATCH /commissions/{id}``): each recorded sale
+  earns one ``pending`` sale commission (``earnings`` is the ``commission_rate`` share of the
+  amount). Dub queues commission creation after the sale, so a refund handler that looks the
+  commission up right away may find nothing: a commission appears ``delay`` seconds after its
+  sale on the fake's clock. A PATCH sets a new absolute ``amount`` (a partial refund; ``0`` is
+  ignored, as Dub's falsy check does), shifts it by ``modifyAmount``, or sets ``status``
+  (``refunded``, ``duplicate``, ``canceled``, ``fraud``); a paid commission cannot change.
 
 Example:
     >>> from asgi_attribution.testing.fake_provider._clicks import ClickBook
@@ -22,19 +30,6 @@ Example:
     ...         "mode": "async", "metadata": None}
     >>> ledger.lead(lead).payload["link"] is None, ledger.lead(lead).payload["link"] is None
     (False, True)
-
-Partner commissions, for refunds: Dub's ``GET /commissions`` and ``PATCH /commissions/{id}``.
-
-Each recorded sale of the fake earns one ``pending`` sale commission (``earnings`` is the
-``commission_rate`` share of the amount). Dub queues commission creation after the sale, so a
-refund handler that looks the commission up right away may find nothing: a commission appears
-``delay`` seconds after its sale on the fake's clock.
-
-A PATCH sets a new absolute ``amount`` (a partial refund; ``0`` is ignored, as Dub's falsy check
-does), shifts it by ``modifyAmount``, or sets ``status`` (``refunded``, ``duplicate``,
-``canceled``, ``fraud``); a paid commission cannot change.
-
-Example:
     >>> book = CommissionBook(lambda: 0.0)
     >>> made = book.create(amount=4900, currency="usd", invoice_id="in_1", customer=None)
     >>> [c["earnings"] for c in book.list({"invoiceId": "in_1"})]

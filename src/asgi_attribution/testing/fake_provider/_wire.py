@@ -1,12 +1,9 @@
-"""Which route a request takes, whether its key is good, and how the fake records it.
+"""The fake's ASGI plumbing: which route a request takes, whether its key is good, how it is
+recorded, and reading requests and answering JSON.
 
 Example:
     >>> find_route("dub", "PATCH", "/customers/ext_u1"), find_route("pimms", "GET", "/commissions")
     ('customer', None)
-
-The ASGI plumbing of the fake: lifespan, reading a request, answering JSON.
-
-Example:
     >>> error_body("not_found", "GET /x not found")
     {'error': {'code': 'not_found', 'message': 'GET /x not found'}}
 """

@@ -1,8 +1,10 @@
 """The durable outbox: events stored before ``track_*`` returns, delivered from the store.
 
-:mod:`.store` holds the row and the store contract, :mod:`.transport` the
-:class:`OutboxTransport` that writes and delivers, :mod:`.sqlite`, :mod:`.redis` and
-:mod:`.postgres` the stores.
+:class:`OutboxTransport` writes each event to a store and delivers from it; the stores are
+:class:`SQLiteOutbox` (one file, one machine), :class:`RedisOutbox` (Redis Streams, many hosts)
+and :class:`PostgresOutbox` (a table next to your data; :func:`append_within` commits an event
+with your own rows). :class:`OutboxStore` is the contract a store implements, and
+:func:`open_store` picks a store from an option value (a path or a URL).
 """
 
 from __future__ import annotations

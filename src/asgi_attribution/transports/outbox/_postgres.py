@@ -1,33 +1,23 @@
 """The transactional outbox: events in a PostgreSQL table, appended with the caller's own rows.
 
 - :func:`append_within` inserts the event on the caller's connection, inside the caller's
-  transaction: the signup and its lead commit together, or neither does.
+  transaction: the signup and its lead commit together, or neither does. It accepts a psycopg 3
+  ``AsyncConnection``, or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession`` (on the
+  ``postgresql+psycopg`` driver), checked to be inside (or about to start) a transaction the
+  caller will commit; SQLAlchemy is never imported unless the object given comes from it.
 - Workers claim due rows with ``FOR UPDATE SKIP LOCKED`` and a lease, all times from the
   database clock (``now()``), so any number of workers on any number of hosts share the table
   without stepping on each other; a killed worker's rows come back when its lease ends.
-- Workers are woken by ``LISTEN``/``NOTIFY`` (sent by a trigger, delivered at commit), polling
-  being the fallback. The table is created on first use (:func:`init_schema`), versioned.
+- Workers are woken by ``LISTEN``/``NOTIFY`` on one connection per store: PostgreSQL delivers a
+  ``NOTIFY`` when the inserting transaction commits, so a worker hears of an event as soon as it
+  can be claimed, and never of a rolled-back one. A lost connection (a database restart) is
+  reopened with a growing pause and counts as a wake-up, since notifications sent meanwhile
+  were missed; polling remains the fallback.
+- The CLI's ``status``, ``list``, ``retry`` and ``purge`` run single autocommit statements on
+  the same table, each short. The table is created on first use, versioned
+  (:mod:`._postgres_schema`).
 
 Needs ``pip install 'asgi-attribution[postgres]'`` (psycopg 3 and psycopg-pool).
-
-The caller's database connection, for appends that commit with the caller's transaction.
-
-:func:`psycopg_connection` accepts a psycopg 3 ``AsyncConnection``, a SQLAlchemy
-``AsyncConnection`` or ``AsyncSession`` (on the ``postgresql+psycopg`` driver), and returns the
-psycopg connection underneath, checked to be inside (or about to start) a transaction that the
-caller will commit. SQLAlchemy is never imported unless the object given comes from it.
-
-Wake-ups for PostgreSQL outbox workers: one ``LISTEN`` connection per store.
-
-PostgreSQL delivers a ``NOTIFY`` when the transaction that sent it commits, so a worker hears of
-an event as soon as it can be claimed, and never of a rolled-back one. A lost connection (a
-database restart) is reopened with a growing pause; each reconnection counts as a wake-up, since
-notifications sent meanwhile were missed. Polling remains the fallback.
-
-Inspection and maintenance of a PostgreSQL outbox table: counts, listings, retries, purges.
-
-:class:`PostgresMaintenance` is the part of :class:`PostgresOutbox` that the CLI's ``status``,
-``list``, ``retry`` and ``purge`` use; it runs single autocommit statements, each short.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The outbox across machines: Redis Streams with a consumer group.
 
-Layout under ``prefix`` (default ``asgi-attribution:outbox``):
+Layout under ``prefix`` (default ``asgi-attribution:outbox``), each row one JSON field:
 - ``{prefix}:stream``: events to deliver (``XADD``); workers read them through the consumer group
   ``delivery`` (``XREADGROUP``), ``XACK`` + ``XDEL`` them once delivered, and take over entries a
   dead consumer left pending for longer than the lease (``XAUTOCLAIM``, the server's clock).
@@ -10,29 +10,23 @@ Layout under ``prefix`` (default ``asgi-attribution:outbox``):
 - ``{prefix}:delivered``: a counter; ``{prefix}:done``: the latest delivered rows with their
   outcome (capped at ``keep_delivered``, trimmed to ``retention``).
 
-Each move between these keys is one Lua script flagged ``allow-oom`` that first checks this
-consumer still holds the entry, so an event is never in two places nor in none, and a Redis at
-``maxmemory`` still drains. Attempt counts are the row's plus the entry's delivery count, so an
-event whose attempt kills its worker still runs out of budget. A consumer group lost with the
-server's data is created again (logged at ERROR). Needs ``pip install 'asgi-attribution[redis]'``.
+Each move between these keys is one Lua script that first checks this consumer still holds the
+entry, so an event is never in two places nor in none. Attempt counts are the row's plus the
+entry's delivery count, so an event whose attempt kills its worker still runs out of budget. A
+consumer group lost with the server's data is created again (logged at ERROR).
 
-What the Redis outbox needs from the server, checked at open, and its Lua scripts.
-
+What the server must provide, checked at open:
 - ``maxmemory-policy``: an ``allkeys-*`` policy evicts the outbox's keys when memory is full
   and loses events silently: refused unless ``allow_eviction=True``. (``volatile-*`` policies
   evict only keys with a TTL; the outbox sets none.)
 - Persistence: without the append-only file (``appendonly yes``) a restart of redis-server
   loses what it held (RDB snapshots keep only what was saved): appends return
   ``durable=False`` and a WARNING says so.
-- Scripts are flagged ``allow-oom`` (Redis 7+), so that a Redis at ``maxmemory`` with
+- Redis 7+: the scripts are flagged ``allow-oom``, so a Redis at ``maxmemory`` with
   ``noeviction`` still acknowledges and moves entries: a full Redis drains.
 
-Rows as Redis stream entries (one JSON field), and small helpers of the Redis outbox.
-
-Reading and operating a Redis outbox: counts, listing rows by state, retrying dead letters.
-
-A mixin of :class:`RedisOutbox` (which holds the connection and the keys); kept apart from the
-delivery path so each module stays small.
+The same store answers the CLI: counts, listing rows by state, retrying dead letters. Needs
+``pip install 'asgi-attribution[redis]'``.
 """
 
 from __future__ import annotations

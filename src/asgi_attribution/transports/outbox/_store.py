@@ -1,25 +1,21 @@
-"""Group commit: the appends arriving together share one write (one commit, one round trip).
+"""What every outbox store shares: the rows it keeps, the :class:`OutboxStore` contract, and group
+commit.
 
-Each caller returns once the write holding its row succeeded, or raises what it raised. Two
-ways to write: ``write`` (a coroutine: a thread's commit, a pipeline) for every store, and for
-a store whose commit is cheap enough to run on the event loop (SQLite with
-``synchronous="normal"``), ``write_now``: called on the loop with the first row of a loop
-iteration, then with the rows added after it in that iteration, it commits them without
-waiting (True) or declines (False: another writer holds the lock), and the rows then take
-``write``. ``timeout`` bounds each row's wait on ``write``
-with one timer per batch, so a hung store never holds a signup longer.
+A store keeps each event as plain JSON-able data (:class:`OutboxRow`: never a pickle, never an
+API key) until it is delivered or becomes a dead letter; :class:`OutboxStatus` is what a status
+reports, with the rules about retrying dead letters. :class:`~asgi_attribution.SQLiteOutbox`
+keeps rows in a file on one machine, :class:`~asgi_attribution.RedisOutbox` in Redis across
+machines, :class:`~asgi_attribution.PostgresOutbox` in a table next to your own;
+:func:`open_store` picks one from an option value.
 
-The rows an outbox keeps, what a status reports, and the rules about retrying dead letters.
-
-Plain data only (JSON-able, never a pickle or an API key); :mod:`.store` holds the contract that
-stores implement and re-exports these names.
-
-The outbox's store: the :class:`OutboxStore` contract, and helpers for stores.
-
-A store keeps each event as plain JSON-able data (:class:`OutboxRow`, from :mod:`.rows`) until
-it is delivered or becomes a dead letter. :class:`SQLiteOutbox` keeps them in a file on one
-machine, :class:`RedisOutbox` in Redis across machines; :func:`open_store` picks one from an
-option value.
+Group commit: the appends arriving together share one write (one commit, one round trip). Each
+caller returns once the write holding its row succeeded, or raises what it raised. A store
+writes with ``write`` (a coroutine: a thread's commit, a pipeline); a store whose commit is
+cheap enough to run on the event loop (SQLite with ``synchronous="normal"``) also has
+``write_now``: called on the loop with the first row of a loop iteration, then with the rows
+added after it in that iteration, it commits them without waiting (True) or declines (False:
+another writer holds the lock), and the rows then take ``write``. ``timeout`` bounds each row's
+wait on ``write`` with one timer per batch, so a hung store never holds a signup longer.
 """
 
 from __future__ import annotations
