@@ -224,8 +224,8 @@ def test_concurrency_is_the_one_name_and_the_old_names_still_work() -> None:
     assert HTTPTransport(KEY, concurrency=4).concurrency == 4
     with pytest.warns(DeprecationWarning, match=r"workers=\.\.\.\) is deprecated"):
         assert BackgroundTransport(MemoryTransport(), workers=2).concurrency == 2
-    with pytest.warns(DeprecationWarning, match=r"max_connections=\.\.\.\) is deprecated"):
-        assert HTTPTransport(KEY, max_connections=5).concurrency == 5
+    with pytest.raises(TypeError, match="max_connections"):
+        HTTPTransport(KEY, max_connections=5)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="not both"):
         BackgroundTransport(MemoryTransport(), workers=2, concurrency=2)
 
