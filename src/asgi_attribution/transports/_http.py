@@ -1,15 +1,15 @@
 """HTTP delivery to the provider's API: one attempt, made with httpx, and what its answer means.
 
 **One attempt, one request** (a refund's attempt is two, see below), made with an
-:class:`httpx.AsyncClient`. The client belongs to the event loop that made it: its connections
-are kept alive for the next attempts on that loop, and closed once idle for
-``keepalive_expiry`` seconds (5 by default), so a connection a NAT or a load balancer dropped
-silently while it sat idle is never written to. Another loop sending while the client's loop
-runs (a thread with ``asyncio.run``) gets a client of its own for the attempt, closed after it;
-a client whose loop has ended is dropped, never reused. A client given by the caller
-(``client=``) is used as it is and never closed here. Proxies and the CA bundle come from the
-environment as httpx reads them (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``,
-``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
+:class:`httpx.AsyncClient`. Each event loop that sends gets a client of its own (a thread
+with ``asyncio.run`` too), closed by :meth:`HTTPTransport.aclose` on that loop or, failing
+that, when the loop shuts down; a client whose loop has ended is dropped, never reused. Its
+connections are kept alive for the next attempts, and closed once idle for
+``keepalive_expiry`` seconds (5 by default), so a connection that a NAT or a load balancer
+dropped silently while it sat idle is never written to. A client given by the caller
+(``client=``) is used as it is, on every loop, and never closed here. Proxies and the CA
+bundle come from the environment as httpx reads them (``HTTP_PROXY``, ``HTTPS_PROXY``,
+``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
 
 **Bounds.** ``timeout`` bounds each phase (connect, write, each read) and the whole attempt,
 so an answer that drips a byte at a time cannot hold an attempt longer. An answer's head is
@@ -48,6 +48,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,6 +361,17 @@ class _TooLarge(Exception):
     """An answer's body went past :data:`MAX_ANSWER_BYTES` (turned into a DeliveryError)."""
 
 
+@dataclass(slots=True)
+class _LoopClient:
+    """The client of one event loop, its slots and what closes it with the loop."""
+
+    client: httpx.AsyncClient
+    # Requests in flight, bounded to the pool size: callers wait here (cheap) rather than in
+    # httpcore's pool, and events sleeping between retries hold no slot at all.
+    slots: asyncio.Semaphore
+    closer: AsyncGenerator[None, None] | None
+
+
 class HTTPTransport(Transport):
     """Send each event to the provider's API, retrying transient failures.
 
@@ -367,10 +379,10 @@ class HTTPTransport(Transport):
     ``PIMMS_API_KEY``, read per event) and is kept as a secret: never in ``repr``, logs or
     errors. ``base_url`` defaults to the provider's. ``timeout`` bounds one attempt, ``retry``
     says when a failed one is tried again, ``concurrency`` bounds requests in flight and
-    keep-alive connections (10 when None), ``keepalive_expiry`` how long an idle connection is
-    kept.
-    ``client`` replaces the client this transport makes (it is used as is, never closed here).
-    A refund looks for its sale's commission for at most ``refund_window`` seconds.
+    keep-alive connections (10 when None), and ``keepalive_expiry`` is how long an idle
+    connection is kept. ``client`` replaces the clients this transport makes (it is used as
+    is, never closed here). A refund looks for its sale's commission for at most
+    ``refund_window`` seconds.
 
     Example:
         >>> transport = HTTPTransport(api_key="dub_xxx", retry=RetryPolicy(max_elapsed=60))
@@ -407,13 +419,9 @@ class HTTPTransport(Transport):
         self._commission_waits = CommissionWaits(refund_window)
         self.refund_window = self._commission_waits.window
         self._given = client
-        # The client of the home loop (the one that sends) and its slots: requests in flight
-        # bounded to the pool size, so callers wait here (cheap) rather than in httpcore's
-        # pool, and events sleeping between retries hold no slot at all.
-        self._client: httpx.AsyncClient | None = client
-        self._slots: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()  # loops on several threads may ask for the client
+        # The client of each event loop that sends (the given one, or one made for it).
+        self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+        self._lock = threading.Lock()  # loops on several threads may ask for their client
         # The key read from the environment, as a SecretStr kept while the variable holds it.
         self._env_keys: dict[str, SecretStr] = {}
         if stats is not None:  # counts ``retried`` (shared with the tracker's stats)
@@ -435,40 +443,48 @@ class HTTPTransport(Transport):
             trust_env=True,  # proxies, NO_PROXY and the CA bundle from the environment
         )
 
-    def _home(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore] | None:
-        """The client of the running loop and its slots, or None: this loop is not its home.
-
-        The running loop becomes the home when there is none, or when the home has ended
-        (``asyncio.run`` per job): the old client is dropped with its connections, never
-        reused. Another loop sending while the home runs gets None.
-        """
+    async def _loop_client(self) -> _LoopClient:
+        """The client of the running loop, made on first use (never at import or fork)."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
+        mine = self._clients.get(loop)
+        if mine is not None:
+            return mine
+        client = self._given or self._new_client()
+        mine = _LoopClient(client, asyncio.Semaphore(self.concurrency), None)
+        with self._lock:
+            for ended in [other for other in self._clients if other.is_closed()]:
+                del self._clients[ended]  # dropped with its loop, never reused
+            self._clients[loop] = mine
+        if client is not self._given:
+            mine.closer = self._closed_with(loop, mine)
+            await mine.closer.asend(None)
+        return mine
+
+    async def _closed_with(
+        self, loop: asyncio.AbstractEventLoop, mine: _LoopClient
+    ) -> AsyncGenerator[None, None]:
+        """Started once, it closes the client of ``loop`` when it is closed itself: by
+        :meth:`aclose`, or else by the loop's ``shutdown_asyncgens()``, which ``asyncio.run``
+        calls before it closes the loop: the sockets never outlive their loop."""
+        try:
+            yield
+        finally:
             with self._lock:
-                home = self._loop
-                if home is not loop:
-                    if home is not None and home.is_running() and not home.is_closed():
-                        return None
-                    self._client, self._slots, self._loop = self._given, None, loop
-        if self._client is None:  # made on first use, inside its loop: never at import or fork
-            self._client = self._new_client()
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.concurrency)
-        return self._client, self._slots
+                if self._clients.get(loop) is mine:
+                    del self._clients[loop]
+            await mine.client.aclose()
 
     async def start(self) -> None:
-        """Make the client in the running loop, which becomes its home (if it has none)."""
-        self._home()
+        """Make the client of the running loop."""
+        await self._loop_client()
 
     async def aclose(self) -> None:
-        """Close the client of the running loop (if this transport made it)."""
+        """Close the client of the running loop (unless it was given); a later send makes
+        a new one. Another loop's client is closed with that loop."""
         with self._lock:
-            if self._loop is not asyncio.get_running_loop():
-                return  # another loop's client cannot be closed from here
-            # Detached first: a send during the close gets a fresh client, not a closed one.
-            client, self._client, self._slots, self._loop = self._client, None, None, None
-        if client is not None and client is not self._given:
-            await client.aclose()
+            mine = self._clients.pop(asyncio.get_running_loop(), None)
+        if mine is not None and mine.closer is not None:
+            await mine.closer.aclose()  # closes the client
 
     def _key(self, delivery: Delivery) -> SecretStr:
         if self.api_key is not None:
@@ -558,14 +574,11 @@ class HTTPTransport(Transport):
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            home = self._home()
-            if home is None:  # another loop is the client's home: a client of our own, closed after
-                async with self._new_client() as client:
-                    answer = await self._bounded(client, request.method, url, body, headers)
-            else:
-                client, slots = home
-                async with slots:
-                    answer = await self._bounded(client, request.method, url, body, headers)
+            mine = await self._loop_client()
+            async with mine.slots:
+                answer = await asyncio.wait_for(
+                    _read(mine.client, request.method, url, body, headers), self.timeout
+                )
             status = answer.status
         except asyncio.TimeoutError:
             # Ambiguous once sent: the retry reuses the idempotency key.
@@ -588,17 +601,6 @@ class HTTPTransport(Transport):
                 duration = time.monotonic() - started
                 stats.count("attempt", delivery, duration=duration, status_code=status)
         return answer
-
-    async def _bounded(
-        self,
-        client: httpx.AsyncClient,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: httpx.Headers,
-    ) -> Answer:
-        """The answer to one request, within ``timeout`` in all (httpx bounds each phase only)."""
-        return await asyncio.wait_for(_read(client, method, url, body, headers), self.timeout)
 
 
 async def _read(
