@@ -46,9 +46,10 @@ import asyncio
 import importlib.metadata
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -576,8 +577,8 @@ class HTTPTransport(Transport):
         try:
             mine = await self._loop_client()
             async with mine.slots:
-                answer = await asyncio.wait_for(
-                    _read(mine.client, request.method, url, body, headers), self.timeout
+                answer = await _within(
+                    self.timeout, _read(mine.client, request.method, url, body, headers)
                 )
             status = answer.status
         except asyncio.TimeoutError:
@@ -601,6 +602,16 @@ class HTTPTransport(Transport):
                 duration = time.monotonic() - started
                 stats.count("attempt", delivery, duration=duration, status_code=status)
         return answer
+
+
+async def _within(seconds: float, exchange: Coroutine[Any, Any, Answer]) -> Answer:
+    """``exchange``, ended by ``asyncio.TimeoutError`` after ``seconds`` in all."""
+    if sys.version_info >= (3, 11):
+        # In this task: wait_for runs each attempt in a task of its own, which about doubled
+        # the CPU of a delivered event (bench/delivery.py, c=10: 2.8 ms against 1.3 ms).
+        async with asyncio.timeout(seconds):
+            return await exchange
+    return await asyncio.wait_for(exchange, seconds)
 
 
 async def _read(
