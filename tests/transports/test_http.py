@@ -304,6 +304,24 @@ async def test_a_huge_answer_costs_at_most_the_limit(
         assert lines[0].startswith(b"POST http://127.0.0.1:")  # absolute form: a proxy request
 
 
+async def test_an_endless_head_is_bounded_too() -> None:
+    async def headers(n: int, idle: float, writer: asyncio.StreamWriter, seen: Seen) -> None:
+        await endless(b"HTTP/1.1 200 OK\r\n", writer, seen, b"X-Pad: " + b"a" * 1000 + b"\r\n")
+
+    async with raw_server(headers) as (url, seen):
+        transport = HTTPTransport(KEY, base_url=url, timeout=30)
+        tracemalloc.start()
+        try:
+            with pytest.raises(DeliveryError) as caught:
+                await transport.attempt(lead())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            await transport.aclose()
+    assert caught.value.retryable and caught.value.code == "RemoteProtocolError"
+    assert peak < 4 * MAX_ANSWER_BYTES and seen.written < HUGE // 4
+
+
 async def test_an_answer_of_exactly_the_limit_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     body = json.dumps({"pad": "a" * (MAX_ANSWER_BYTES - 11)}).encode()
     assert len(body) == MAX_ANSWER_BYTES
