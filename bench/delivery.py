@@ -1,15 +1,15 @@
 """Client CPU per delivered event against a fixed fast server (nginx ``return 200``), by client.
 
 The floor is a raw ``asyncio.Protocol`` HTTP/1.1 client (keep-alive connections, one
-precomputed request, the least parsing that finds the end of the answer). Then: our engine
-alone; the whole path (``track_lead`` -> background queue -> attempt -> response) with
-``HTTPTransport`` as it is (the engine) and given an httpx client (as before the engine); httpx
-alone; aiohttp alone; the dub SDK. Concurrency 10/20/50, plain HTTP and TLS 1.3. CPU is
-``time.process_time()`` of this process (the client's loop); nginx runs in its own process.
-Rows are interleaved (shuffled per round); each row's figure is the least of its rounds: on
-this shared VM, interference only ever adds CPU time (the same code's medians moved 30% from
-one run to the next), so the least is the closest to what the code itself costs. The median is
-kept in ``results.json`` beside it.
+precomputed request, the least parsing that finds the end of the answer). Then: the whole path
+(``track_lead`` -> background queue -> attempt -> response) with ``HTTPTransport`` as it is
+(httpx); httpx alone; aiohttp alone; the dub SDK. Concurrency 10/20/50, plain HTTP and TLS 1.3.
+Delivery CPU per event is reported, not a goal: the providers accept at most 60 to 3,000
+tracking requests a minute per key. CPU is ``time.process_time()`` of this process (the
+client's loop); nginx runs in its own process. Rows are interleaved (shuffled per round); each
+row's figure is the least of its rounds: on this shared VM, interference only ever adds CPU
+time (the same code's medians moved 30% from one run to the next), so the least is the closest
+to what the code itself costs. The median is kept in ``results.json`` beside it.
 """
 
 from __future__ import annotations
@@ -25,14 +25,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .bounds import delivery_bound
 from .common import median
 from .nginx import Nginx, nginx
 
 CLICK_ID = "cm3kf8x2a0001bench9yz7q"
 _ids = itertools.count()
 CONCURRENCY = (10, 20, 50)
-BOUND_ROW = "bound: the fewest steps with our blocks (bench/bounds.py)"
 
 
 def _lead_body() -> bytes:
@@ -194,25 +192,6 @@ async def _workers(call: Callable[[], Awaitable[Any]], c: int, n: int) -> float:
     return (time.process_time() - cpu) / (n // c * c)
 
 
-async def _engine(url: str, ctx: ssl.SSLContext | None, c: int, n: int) -> float:
-    from asgi_attribution.transports.engine import Engine
-
-    body = _lead_body()
-    headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
-    engine = Engine(url, concurrency=c, ssl=ctx, headers=headers)
-
-    async def call() -> None:
-        r = await engine.request("POST", "/track/lead", body, {"Idempotency-Key": "evt_1"})
-        if r.status != 200:
-            raise RuntimeError(r.status)
-        r.json()
-
-    try:
-        return await _workers(call, c, n)
-    finally:
-        await engine.aclose()
-
-
 async def _httpx(url: str, ctx: ssl.SSLContext | None, c: int, n: int) -> float:
     import httpx
 
@@ -272,26 +251,13 @@ async def _sdk(url: str, ctx: ssl.SSLContext | None, c: int, n: int) -> float:
 # -- the whole path -----------------------------------------------------------------------------
 
 
-async def _path(url: str, ctx: ssl.SSLContext | None, c: int, n: int, engine: bool) -> float:
-    import httpx
-
+async def _path(url: str, ctx: ssl.SSLContext | None, c: int, n: int) -> float:
     from asgi_attribution import Tracker
     from asgi_attribution.transports._background import BackgroundTransport
-    from asgi_attribution.transports._http import USER_AGENT, HTTPTransport
+    from asgi_attribution.transports._http import HTTPTransport
 
-    inner: HTTPTransport
-    client: httpx.AsyncClient | None = None
-    if engine:  # the default: the engine verifies TLS with SSL_CERT_FILE (the run's CA)
-        inner = HTTPTransport("k", base_url=url, concurrency=c)
-    else:  # httpx, as HTTPTransport used before the engine, with the run's CA
-        limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-        client = httpx.AsyncClient(
-            verify=ctx if ctx is not None else True,
-            limits=limits,
-            timeout=httpx.Timeout(10.0, pool=None),
-            headers={"User-Agent": USER_AGENT},
-        )
-        inner = HTTPTransport("k", base_url=url, concurrency=c, client=client)
+    # As shipped: httpx verifies TLS with SSL_CERT_FILE (the run's CA, set by run()).
+    inner = HTTPTransport("k", base_url=url, concurrency=c)
     tracker = Tracker("dub", transport=BackgroundTransport(inner, concurrency=c))
     await tracker.start()
 
@@ -313,8 +279,6 @@ async def _path(url: str, ctx: ssl.SSLContext | None, c: int, n: int, engine: bo
         return cpu / n
     finally:
         await tracker.aclose()
-        if client is not None:  # given to HTTPTransport: ours to close
-            await client.aclose()
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -329,16 +293,10 @@ def _rows(quick: bool) -> dict[str, tuple[Callable[..., Awaitable[float]], bool,
         rows[f"floor: raw asyncio.Protocol client, {t}, c=10"] = (_floor_awaited, tls, 10, 3500)
         rows[f"floor, callbacks only (no coroutine per request), {t}, c=10"] = (
             _floor, tls, 10, 3500)  # fmt: skip
-        rows[f"{BOUND_ROW}, {t}, c=10"] = (
-            delivery_bound, tls, 10, 2000)  # fmt: skip
-        for c in CONCURRENCY:
-            rows[f"engine alone, {t}, c={c}"] = (_engine, tls, c, 2500)
-            rows[f"ours with the engine (whole path), {t}, c={c}"] = (
-                lambda *a: _path(*a, engine=True), tls, c, 2000)  # fmt: skip
         for c in CONCURRENCY if not tls else (10,):
-            # Fewer events above c=10: 5-13 ms each there (httpcore scans its pool per request).
-            rows[f"ours with httpx (whole path, before), {t}, c={c}"] = (
-                lambda *a: _path(*a, engine=False), tls, c, 200 if c == 10 else 60)  # fmt: skip
+            # Fewer events above c=10: httpcore's pool checks every connection for each idle
+            # one at each request (O(c²); about 9 ms of CPU per event at c=50 on our VM).
+            rows[f"ours (whole path), {t}, c={c}"] = (_path, tls, c, 200 if c == 10 else 60)
         rows[f"httpx alone, {t}, c=10"] = (_httpx, tls, 10, 250)
         rows[f"aiohttp alone, {t}, c=10"] = (_aiohttp, tls, 10, 1200)
     rows["dub SDK track.lead_async, HTTP, c=10"] = (_sdk, False, 10, 120)
@@ -349,7 +307,7 @@ def run(*, rounds: int = 8, quick: bool = False) -> dict[str, Any]:
     with nginx() as server:
         if server is None:
             return {"available": False, "note": "nginx or openssl is missing"}
-        # HTTPTransport's engine trusts what SSL_CERT_FILE names, as httpx does.
+        # HTTPTransport trusts what SSL_CERT_FILE names (httpx's trust_env).
         os.environ["SSL_CERT_FILE"] = server.ca_file
         rows = _rows(quick)
         samples: dict[str, list[float]] = {k: [] for k in rows}

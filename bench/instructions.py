@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 CLICK_ID = "cm3kf8x2a0001bench9yz7q"
-SCENARIOS = ("floor", "engine", "bound", "whole", "floor-tls", "whole-tls", "queue", "outbox")
+SCENARIOS = ("floor", "whole", "floor-tls", "whole-tls", "queue", "outbox")
 
 
 async def _track(tracker: Any, n: int, pause: bool = False) -> None:
@@ -71,7 +71,6 @@ def _child(name: str, n: int) -> None:
         asyncio.run((_queue if name == "queue" else _outbox)(n))
         return
     from . import delivery
-    from .bounds import delivery_bound
     from .nginx import nginx
 
     tls = name.endswith("-tls")
@@ -82,9 +81,7 @@ def _child(name: str, n: int) -> None:
         ctx = delivery._context(server, tls)
         run: dict[str, Callable[..., Coroutine[Any, Any, float]]] = {
             "floor": delivery._floor_awaited,
-            "engine": delivery._engine,
-            "bound": delivery_bound,  # our blocks alone (bench/bounds.py)
-            "whole": lambda *a: delivery._path(*a, engine=True),
+            "whole": delivery._path,
         }
         asyncio.run(run[name.removesuffix("-tls")](url, ctx, 10, n))
 

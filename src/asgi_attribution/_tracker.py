@@ -522,8 +522,8 @@ def build_stack(
     if transport is not None:
         # The key is the tracker's (an app factory passes it whatever the transport); the
         # rest would configure a delivery the given transport replaces.
-        ignored = tuple(name for name in DELIVERY_OPTIONS if name != "api_key")
-        _refuse("Tracker(transport=...)", given, ignored, "configure the transport")
+        replaced = tuple(name for name in DELIVERY_OPTIONS if name != "api_key")
+        _refuse("Tracker(transport=...)", given, replaced, "configure the transport")
         own = getattr(transport, "stats", None)
         return Stack(transport, own if isinstance(own, DeliveryStats) else DeliveryStats())
     outbox, background = given.get("outbox"), given.get("background")

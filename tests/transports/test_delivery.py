@@ -470,7 +470,7 @@ def test_no_tasks_or_clients_are_created_at_construction() -> None:
     transport = tracker.transport
     assert isinstance(transport, BackgroundTransport)
     assert transport._loop is None and transport._workers == []
-    assert isinstance(transport.inner, HTTPTransport) and transport.inner._client is None
+    assert isinstance(transport.inner, HTTPTransport) and transport.inner._clients == {}
 
 
 def test_background_options_are_validated() -> None:

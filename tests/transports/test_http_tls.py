@@ -1,4 +1,7 @@
-"""The engine over TLS against nginx, with a CA made for the test: verification and SNI.
+"""HTTPTransport over TLS against nginx, with a CA made for the test: verification and SNI.
+
+The CA reaches httpx through ``SSL_CERT_FILE`` (read with ``trust_env``), as a user behind a
+TLS-inspecting proxy would give theirs.
 
 nginx runs on a free port with a temporary configuration (``return 200`` with the SNI it saw).
 Without nginx the tests are skipped with the reason, unless ``CI`` is set: then they fail.
@@ -9,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from asgi_attribution.transports.engine import ConnectError, Engine
+from asgi_attribution import DUB, DeliveryError, HTTPTransport, LeadEvent
+from asgi_attribution.transports import Delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -108,33 +111,44 @@ def nginx_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
         proc.stderr.close()  # type: ignore[union-attr]
 
 
+def lead(user: str = "u1") -> Delivery:
+    return Delivery(LeadEvent(click_id="c", event_name="Sign up", customer_external_id=user), DUB)
+
+
 async def test_verified_tls_with_sni_and_keepalive_past_the_servers_limit(
-    nginx_tls: tuple[int, Path],
+    nginx_tls: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port, tmp = nginx_tls
-    context = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
-    engine = Engine(f"https://localhost:{port}", ssl=context, concurrency=2)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp / "ca.pem"))
+    transport = HTTPTransport("k", base_url=f"https://localhost:{port}", concurrency=2)
     try:
         # nginx closes a connection after 3 requests (keepalive_requests 3): 20 still succeed.
-        for _ in range(20):
-            answer = await engine.request("POST", "/track/lead", b'{"a": 1}')
-            assert (answer.status, answer.json()) == (200, {"sni": "localhost"})
+        for i in range(20):
+            result = await transport.attempt(lead(f"u{i}"))
+            assert (result.status_code, result.response) == (200, {"sni": "localhost"})
     finally:
-        await engine.aclose()
+        await transport.aclose()
 
 
-async def test_unknown_ca_is_refused_as_httpx_does(nginx_tls: tuple[int, Path]) -> None:
+async def test_unknown_ca_is_refused(
+    nginx_tls: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     port, _ = nginx_tls
-    engine = Engine(f"https://localhost:{port}")  # certifi's bundle: our CA is not in it
-    with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        await engine.request("POST", "/x", b"")
-    await engine.aclose()
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    transport = HTTPTransport("k", base_url=f"https://localhost:{port}")  # certifi: not our CA
+    with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+        await transport.attempt(lead())
+    await transport.aclose()
+    assert caught.value.code == "ConnectError"
 
 
-async def test_host_name_not_in_the_certificate_is_refused(nginx_tls: tuple[int, Path]) -> None:
+async def test_host_name_not_in_the_certificate_is_refused(
+    nginx_tls: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     port, tmp = nginx_tls
-    context = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
-    engine = Engine(f"https://127.0.0.1:{port}", ssl=context)  # the SAN says localhost only
-    with pytest.raises(ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
-        await engine.request("POST", "/x", b"")
-    await engine.aclose()
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp / "ca.pem"))
+    transport = HTTPTransport("k", base_url=f"https://127.0.0.1:{port}")  # the SAN: localhost
+    with pytest.raises(DeliveryError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
+        await transport.attempt(lead())
+    await transport.aclose()
