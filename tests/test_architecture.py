@@ -20,7 +20,6 @@ LONG = 800
 # The modules users import by name; every other module is internal and named with a ``_``.
 PUBLIC_MODULES = {
     "asgi_attribution",
-    "asgi_attribution.__main__",
     "asgi_attribution.litestar",
     "asgi_attribution.metrics",
     "asgi_attribution.pytest_plugin",
