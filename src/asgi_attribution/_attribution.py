@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
 
 from ._context import MIDDLEWARE_HINT, SCOPE_KEY
+from ._cookies import CookieReader
 from ._providers import Provider
 
 __all__ = [
@@ -26,11 +27,6 @@ __all__ = [
 
 
 logger = logging.getLogger("asgi_attribution")
-
-_new = object.__new__
-
-#: Reads a raw ``Cookie`` header into (click id, raw partner cookie); the middleware supplies it.
-CookieRead = Callable[[bytes], "tuple[str | None, str | None]"]
 
 
 class Partner(BaseModel):
@@ -128,7 +124,7 @@ class Attribution:
         "_cookies",
         "_partner",
         "_partner_raw",
-        "_read",
+        "_reader",
         "_source",
         "captured",
         "provider",
@@ -152,31 +148,28 @@ class Attribution:
         self.verified = verified
         self._partner_raw = partner_raw
         self._partner: PartnerData | Literal[False] | None = False
+        # A Cookie header not read yet, and what reads it (see from_cookie_header).
         self._cookies: bytes | None = None
-        self._read: CookieRead | None = None
+        self._reader: CookieReader | None = None
 
     @classmethod
     def from_cookie_header(
-        cls, provider: Provider, header: bytes | None = None, read: CookieRead | None = None
+        cls, provider: Provider, header: bytes | None, reader: CookieReader
     ) -> Attribution:
-        """An attribution whose ``Cookie`` ``header`` is read by ``read`` on first use.
+        """An attribution whose ``Cookie`` ``header`` is read by ``reader`` on first use.
 
-        The middleware's path for every request that is not a landing; without a header it is
-        an organic visit. Built without keyword parsing: this runs on every request.
+        The middleware's answer for a request that is not a landing: most requests never ask
+        for their click, and then the header is never parsed. No header: an organic visit.
 
         Example:
-            >>> a = Attribution.from_cookie_header(DUB, b"dub_id=c1", lambda h: ("c1", None))
+            >>> a = Attribution.from_cookie_header(DUB, b"dub_id=c1", CookieReader(["dub_id"]))
             >>> a.click_id, a.source
             ('c1', 'cookie')
         """
-        self = _new(cls)
-        self.provider = provider
-        self.captured = self.verified = False
-        self._click = self._source = self._partner_raw = None
-        self._partner = False
-        self._cookies = header if read is not None else None
-        self._read = read
-        return self
+        attribution = cls(provider)
+        if header is not None:
+            attribution._cookies, attribution._reader = header, reader
+        return attribution
 
     @classmethod
     def from_landing(
@@ -194,49 +187,41 @@ class Attribution:
             >>> a.click_id, a.source, a.captured
             ('c1', 'query', True)
         """
-        self = _new(cls)
-        self.provider = provider
-        self._click = click_id
-        self._source = "query"
-        self._partner_raw = partner_raw
-        self.captured = True
-        self.verified = verified
-        self._partner = False
-        self._cookies = self._read = None
-        return self
+        return cls(
+            provider,
+            click_id=click_id,
+            source="query",
+            partner_raw=partner_raw,
+            captured=True,
+            verified=verified,
+        )
 
-    def _resolve(self) -> None:
-        cookies, read = self._cookies, self._read
-        assert cookies is not None and read is not None
-        self._click, self._partner_raw = read(cookies)
+    def _read_cookies(self) -> None:
+        header, reader = self._cookies, self._reader
+        if header is None or reader is None:
+            return
+        cookies = reader.read(header)
+        self._click = reader.click_id(cookies)
         self._source = "cookie" if self._click is not None else None
-        self._cookies = self._read = None
+        self._partner_raw = cookies.get(reader.partner) if reader.partner else None
+        self._cookies = self._reader = None
 
     @property
     def click_id(self) -> str | None:
         """The click id, or ``None`` for an organic visit."""
-        cookies = self._cookies
-        if cookies is not None:  # the read, inline: this is what a tracking handler asks
-            read = self._read
-            assert read is not None
-            click, self._partner_raw = read(cookies)
-            self._click = click
-            self._source = "cookie" if click is not None else None
-            self._cookies = self._read = None
+        self._read_cookies()
         return self._click
 
     @property
     def source(self) -> Literal["cookie", "query"] | None:
         """Where the click id came from: ``"cookie"``, ``"query"`` (a landing) or ``None``."""
-        if self._cookies is not None:
-            self._resolve()
+        self._read_cookies()
         return self._source
 
     @property
     def partner_raw(self) -> str | None:
         """The raw partner cookie (``dub_partner_data``) as the browser sent it, if any."""
-        if self._cookies is not None:
-            self._resolve()
+        self._read_cookies()
         return self._partner_raw
 
     @property
