@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
 
-from ._context import MIDDLEWARE_HINT, SCOPE_KEY
+from ._context import MIDDLEWARE_HINT, SCOPE_KEY, RequestLike, scope_of
 from ._cookies import CookieReader
 from ._providers import Provider
 
@@ -256,12 +257,15 @@ class Attribution:
         )
 
 
-def get_attribution(request: HTTPConnection) -> Attribution:
+def get_attribution(request: RequestLike | None = None) -> Attribution:
     """The :class:`Attribution` the middleware attached to ``request`` (HTTP or WebSocket).
 
-    Works as a FastAPI dependency: ``attribution: Attribution = Depends(get_attribution)``.
-    Raises ``RuntimeError`` when :class:`AttributionMiddleware` is not installed, because that
-    is a setup mistake to fix, not a visitor to ignore.
+    ``request`` is the framework's request (Starlette, FastAPI, Django ASGI, Litestar, Quart:
+    anything with an ASGI ``.scope``), a raw ASGI scope, or ``None`` for the request being
+    handled. Works as a FastAPI dependency: ``attribution: Attribution =
+    Depends(get_attribution)``. Raises ``RuntimeError`` when :class:`AttributionMiddleware` did
+    not see the request, because that is a setup mistake to fix, not a visitor to ignore, and
+    ``TypeError`` for anything that is not a request (a WSGI request, say).
 
     Example:
         >>> from starlette.requests import Request
@@ -269,8 +273,24 @@ def get_attribution(request: HTTPConnection) -> Attribution:
         Traceback (most recent call last):
         ...
         RuntimeError: no attribution on this request: add AttributionMiddleware to the app ...
+        >>> get_attribution({"type": "http", "asgi_attribution": Attribution(DUB)}).click_id
     """
-    return attribution_in(request.scope)
+    scope = scope_of(request)
+    if scope is None:
+        raise RuntimeError("no request being handled: pass the request (or its ASGI scope)")
+    return attribution_in(scope)
+
+
+# FastAPI injects the request into a dependency whose parameter names a request class; the
+# wider annotation above is for type checkers and readers.
+get_attribution.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter(
+            "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=HTTPConnection
+        )
+    ],
+    return_annotation=Attribution,
+)
 
 
 def attribution_in(scope: Mapping[str, Any]) -> Attribution:
