@@ -53,10 +53,12 @@ class LandingQuery:
         Read as ``urllib.parse.parse_qsl(..., keep_blank_values=True)`` reads it, without
         unquoting the parameters that need none (a landing's usually do not).
         """
+        text = query.decode("latin-1")
+        quoted = "%" in text or "+" in text
         value = None
-        for pair in query.decode("latin-1").split("&"):
+        for pair in text.split("&"):
             key, _, given = pair.partition("=")
-            if "%" in pair or "+" in pair:
+            if quoted:
                 key = unquote_plus(key, errors="replace")
                 given = unquote_plus(given, errors="replace")
             if key == self._no_track:
@@ -81,7 +83,7 @@ class LandingCookies:
         ((b'set-cookie', b'dub_id=c1; Max-Age=7776000; Path=/; SameSite=Lax; Secure'),)
     """
 
-    __slots__ = ("_forwarded", "_name", "_partner", "_policy", "_signed", "_signer")
+    __slots__ = ("_click", "_forwarded", "_name", "_partner", "_policy", "_signed", "_signer")
 
     def __init__(
         self,
@@ -98,11 +100,19 @@ class LandingCookies:
         # The companion is HttpOnly: page scripts (the provider's included) never need it.
         self._signed = (provider.cookie_name + "_sig", replace(policy, httponly=True))
         self._forwarded = forwarded
+        # The click cookie's "name=" and, by raw Host header and scheme, its attributes as
+        # bytes: the usual landing then decodes, formats and encodes nothing but the click id.
+        self._click: tuple[bytes, dict[tuple[bytes, object], bytes]] = (
+            self._name.encode() + b"=",
+            {},
+        )
 
     def headers(
         self, scope: Scope, click_id: str, partner_data: str | None = None
     ) -> tuple[Header, ...]:
         """The headers for a landing on ``click_id`` (validated) in the request ``scope``."""
+        if self._signer is None and partner_data is None and not self._forwarded:
+            return (self._click_cookie(scope, click_id),)
         host = host_of(scope, forwarded=self._forwarded)
         https = is_https(scope, forwarded=self._forwarded)
         cookies = [self._policy.header(self._name, click_id, host=host, https=https)]
@@ -114,6 +124,25 @@ class LandingCookies:
         if partner_data is not None and self._partner is not None:
             cookies.append(self._policy.header(self._partner, partner_data, host=host, https=https))
         return tuple((b"set-cookie", cookie.encode("latin-1")) for cookie in cookies)
+
+    def _click_cookie(self, scope: Scope, click_id: str) -> Header:
+        """The click cookie alone, its attributes looked up by the raw Host header and scheme."""
+        prefix, known = self._click
+        host = b""
+        for name, value in scope["headers"]:
+            if name == b"host":  # usually the first header
+                host = value
+                break
+        key = (host, scope.get("scheme"))
+        attributes = known.get(key)
+        if attributes is None:
+            name = host_of(scope)
+            attributes = self._policy.attributes(name, is_https(scope)).encode("latin-1")
+            if len(key[0]) <= 260:  # as the policy's own cache: no hostile giants, no flood
+                if len(known) >= 256:
+                    known.clear()
+                known[key] = attributes
+        return (b"set-cookie", prefix + click_id.encode() + attributes)
 
 
 def cookie_sender(send: Send, headers: Sequence[Header], prefixes: tuple[bytes, ...]) -> Send:
@@ -134,10 +163,10 @@ def cookie_sender(send: Send, headers: Sequence[Header], prefixes: tuple[bytes, 
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
             present = list(message.get("headers") or ())  # optional in ASGI, any iterable
-            if not any(
-                name.lower() == b"set-cookie" and value.startswith(prefixes)
-                for name, value in present
-            ):
+            for name, value in present:
+                if name.lower() == b"set-cookie" and value.startswith(prefixes):
+                    break  # the app set or deleted the click cookie: its decision stands
+            else:
                 message["headers"] = [*present, *headers]
         await send(message)
 

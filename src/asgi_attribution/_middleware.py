@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Literal
 
 from starlette.requests import HTTPConnection
@@ -312,9 +311,7 @@ class AttributionMiddleware:
             httponly=cookie_httponly,
         )
         p = self.provider
-        # The companion is HttpOnly: page scripts (the provider's included) never need it.
         self.signed_cookie_name = p.cookie_name + "_sig"
-        self.signed_cookie = replace(self.cookie, httponly=True)
         self.signer = (
             None
             if signing_secrets is None
@@ -422,7 +419,8 @@ class AttributionMiddleware:
         query = scope.get("query_string", b"")
         click = None
         if (
-            self.capture_landing
+            query  # most requests have none
+            and self.capture_landing
             and query.find(self._landing.needle) >= 0
             and scope["type"] == "http"
         ):
@@ -431,7 +429,7 @@ class AttributionMiddleware:
             return Attribution.from_cookie_header(provider, header, self._reader), None
 
         cookies = {} if header is None else self._reader.read(header)
-        kept = self._reader.click_id(cookies)
+        kept = self._reader.click_id(cookies) if cookies else None
         partner_raw = cookies.get(provider.partner_cookie) if provider.partner_cookie else None
         if click is not None and not (self.first_click and kept is not None):
             # Always (re)set, as the providers' scripts do: a landing refreshes the expiry.
