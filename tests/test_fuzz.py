@@ -135,10 +135,10 @@ def test_fuzz_seed_corpus(seed: int) -> None:
 
 def test_the_harness_catches_an_unvalidated_cookie(monkeypatch: pytest.MonkeyPatch) -> None:
     """The properties can fail: with validation switched off, a hostile value is caught."""
+    from asgi_attribution import _cookies as cookies
     from asgi_attribution import _landing as landing
-    from asgi_attribution import _middleware as middleware
 
-    for module in (middleware, landing):
+    for module in (cookies, landing):
         monkeypatch.setattr(module, "valid_click_id", lambda value, where="": value or None)
     fuzz_harness._apps.clear()
     try:

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -176,8 +177,30 @@ def test_a_request_without_an_asgi_scope_says_so() -> None:
     class WSGIRequest:
         method = "POST"
 
-    with pytest.raises(RuntimeError, match="no ASGI scope"):
+        def __init__(self) -> None:
+            self.environ: dict[str, str] = {}
+
+    with pytest.raises(TypeError, match=r"got .*WSGIRequest\. A WSGI request has no ASGI scope"):
         sync.track_lead(WSGIRequest(), "Sign up", customer_external_id="u")  # type: ignore[arg-type]
+
+
+def test_a_raw_asgi_scope_is_a_request(provider: FakeProvider, url: str) -> None:
+    """A raw ASGI app hands its scope to a thread; the lead has the scope's click."""
+    tracker = tracker_for(url)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        result = await asyncio.to_thread(
+            sync.track_lead, scope, "Sign up", customer_external_id="ada"
+        )
+        await JSONResponse({"status": result.status})(scope, receive, send)
+
+    async def main() -> str:
+        async with client_for(AttributionMiddleware(app, tracker)) as client:
+            response = await client.post("/signup", headers={"cookie": "dub_id=clk_ada"})
+        return str(response.json()["status"])
+
+    assert asyncio.run(main()) == "queued"
+    assert [lead["clickId"] for lead in provider.leads()] == ["clk_ada"]
 
 
 @pytest.mark.anyio

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ._context import COOKIES_KEY, MIDDLEWARE_HINT
+from ._context import COOKIES_KEY, MIDDLEWARE_HINT, RequestLike, scope_of
 from ._cookies import ManagedCookies, host_of
 
 __all__ = ["clear_attribution"]
 
 
 if TYPE_CHECKING:
-    from starlette.requests import HTTPConnection
     from starlette.responses import Response
 
     from .transports._base import TrackResult
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgi_attribution")
 
 
-def clear_attribution(request: HTTPConnection, response: Response, result: TrackResult) -> bool:
+def clear_attribution(request: RequestLike | None, response: Response, result: TrackResult) -> bool:
     """Delete the click cookies on ``response`` once ``result`` shows the event was accepted.
 
     Also keeps them when the provider's answer says it recorded nothing (``result.outcome``
@@ -33,7 +32,8 @@ def clear_attribution(request: HTTPConnection, response: Response, result: Track
     then the click must still be there for a retry. Returns True when the deletions were added.
 
     The middleware sees the app's deletion and does not set its own cookie on the same
-    response, even on a landing.
+    response, even on a landing. ``request`` is what :func:`track_lead` takes: the request, its
+    ASGI scope, or ``None`` for the request being handled.
 
     Example:
         >>> async def signup(request):
@@ -42,6 +42,7 @@ def clear_attribution(request: HTTPConnection, response: Response, result: Track
         ...     clear_attribution(request, response, result)
         ...     return response
     """
+    scope = scope_of(request)  # a wrong argument is a TypeError, whatever the result
     if not result.accepted:
         logger.debug("click cookies kept: event %s is not accepted yet", result.event_id)
         return False
@@ -49,12 +50,12 @@ def clear_attribution(request: HTTPConnection, response: Response, result: Track
         # The provider answered 200 but recorded nothing: the click may still be needed.
         logger.debug("click cookies kept: event %s was %s", result.event_id, result.outcome)
         return False
-    managed = request.scope.get(COOKIES_KEY)
-    if not isinstance(managed, ManagedCookies):
+    managed = None if scope is None else scope.get(COOKIES_KEY)
+    if scope is None or not isinstance(managed, ManagedCookies):
         # Not worth failing a signup over: the cookies stay, and the log says how to fix it.
         logger.warning("click cookies kept: no middleware on this request; %s", MIDDLEWARE_HINT)
         return False
-    host = host_of(request.scope, forwarded=managed.forwarded_host)
+    host = host_of(scope, forwarded=managed.forwarded_host)
     for header in managed.deletions(host):
         response.headers.append("set-cookie", header)
     return True

@@ -9,7 +9,8 @@ scope (never into ``scope["state"]``, which a server may share between requests)
 - ``scope[COOKIES_KEY]``: the cookies the middleware manages, for ``clear_attribution``.
 
 ``current_scope`` is the scope of the request being handled, for code that has no request
-argument (decorators, helpers called deep in a handler).
+argument (decorators, helpers called deep in a handler). :func:`scope_of` turns whatever a
+helper was given (a request, a raw scope, ``None``) into that scope, in one place.
 
 Example:
     >>> current_scope.get() is None
@@ -18,9 +19,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 __all__ = [
     "COOKIES_KEY",
@@ -28,7 +29,9 @@ __all__ = [
     "SCOPE_KEY",
     "TRACKER_KEY",
     "HasScope",
+    "RequestLike",
     "current_scope",
+    "scope_of",
 ]
 
 
@@ -63,3 +66,60 @@ class HasScope(Protocol):
     @property
     def scope(self) -> MutableMapping[str, Any]:
         """The ASGI scope the middleware wrote into."""
+
+
+#: What the request helpers take: a request object carrying its ASGI scope, or the scope itself.
+RequestLike: TypeAlias = HasScope | MutableMapping[str, Any]
+
+_CONNECTIONS = ("http", "websocket")
+
+
+def scope_of(request: RequestLike | None) -> MutableMapping[str, Any] | None:
+    """The ASGI scope of ``request``; for ``None``, the request being handled (``None`` if none).
+
+    ``request`` is any object with an ASGI ``.scope`` mapping (Starlette's and FastAPI's
+    ``Request``, ``WebSocket`` and ``HTTPConnection``, Django's ``ASGIRequest``, Litestar's,
+    Quart's) or a raw ASGI scope of an HTTP or WebSocket connection. Anything else raises a
+    ``TypeError`` that names what was passed and what to pass instead.
+
+    Example:
+        >>> scope = {"type": "http", "headers": []}
+        >>> scope_of(scope) is scope
+        True
+        >>> scope_of(None) is None  # no request being handled here
+        True
+        >>> scope_of("a string")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: expected the request (an object with an ASGI .scope, ...; got str
+    """
+    if request is None:
+        return current_scope.get()
+    # The attribute first: Starlette's requests are mappings of their scope's keys too.
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, MutableMapping):
+        return scope
+    if isinstance(request, MutableMapping) and request.get("type") in _CONNECTIONS:
+        return request
+    kind = type(request)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    if isinstance(request, Mapping):
+        got = f'a {name} without an ASGI scope\'s "type" of "http" or "websocket"'
+    else:
+        got = name
+    hint = ""
+    if hasattr(request, "META") or hasattr(request, "environ"):
+        # Django's WSGIRequest, Flask's: a WSGI server never ran the ASGI middleware.
+        hint = (
+            ". A WSGI request has no ASGI scope: serve the app on an ASGI server through "
+            "AttributionMiddleware, or give the click id to the tracker's track_* yourself"
+        )
+    raise TypeError(
+        "expected the request (an object with an ASGI .scope, such as a Starlette, FastAPI, "
+        "Litestar, Quart or Django ASGI request), a raw ASGI scope of an HTTP or WebSocket "
+        f"connection, or None for the request being handled; got {got}{hint}"
+    )

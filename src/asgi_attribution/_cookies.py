@@ -15,13 +15,12 @@ from typing import Any, Literal
 from starlette.requests import cookie_parser
 
 __all__ = [
-    "ClickCookies",
     "CookiePolicy",
     "CookieReader",
     "ManagedCookies",
     "cookie_domain_for",
     "host_of",
-    "is_click_id",
+    "is_https",
     "valid_click_id",
 ]
 
@@ -29,9 +28,6 @@ __all__ = [
 logger = logging.getLogger("asgi_attribution")
 
 _CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-#: Whether a whole string is a click id (a match or ``None``); no logging, for hot paths.
-is_click_id = _CLICK_ID.fullmatch
 
 # Host names only (RFC 1123 letters, digits, '-', '.'): a Host header is client input and must
 # never put ';' or CR/LF into our Set-Cookie.
@@ -69,31 +65,52 @@ _WS = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0"
 
 
 class CookieReader:
-    """Reads a few named cookies from a raw ``Cookie`` header, as Starlette's parser would.
+    """Reads the cookies the middleware manages from a raw ``Cookie`` header.
 
-    One compiled regex over the bytes instead of parsing every cookie of the header, on the
-    hot path of every attributed request. Same results as Starlette's parser for those names
-    (split on ``;``, keys and values stripped, quoted values unquoted), except that the FIRST of
-    duplicate cookies wins, as in the providers' scripts (browsers send the most specific path,
-    then the oldest, first).
+    ``click_names`` are the click cookie's names in order of preference (the current name, then
+    legacy ones such as PIMMS' ``dclid``); ``partner`` and ``signed`` name the partner cookie
+    and the signed companion; ``accepts`` says whether the provider takes a click id (PIMMS
+    refuses its link placeholder ``1``).
+
+    :meth:`read` gives the same values as Starlette's parser for these names (split on ``;``,
+    keys and values stripped, quoted values unquoted) with one regex over the bytes instead of
+    parsing every cookie of the header, except that the FIRST of duplicate cookies wins, as in
+    the providers' scripts (browsers send the most specific path, then the oldest, first).
+    :meth:`click_id` validates: a malformed value is ignored (logged at debug level).
 
     Example:
-        >>> CookieReader(["dub_id"]).read(b"a=1; xdub_id=no; dub_id=first; dub_id = later ")
-        {'dub_id': 'first'}
+        >>> reader = CookieReader(["dub_id"], partner="dub_partner_data")
+        >>> cookies = reader.read(b"a=1; xdub_id=no; dub_id=bad id; dub_id = later ")
+        >>> cookies, reader.click_id(cookies)
+        ({'dub_id': 'bad id'}, None)
+        >>> reader.click_id(reader.read(b"dub_id=c1; dub_id=c2"))
+        'c1'
     """
 
-    __slots__ = ("_findall",)
+    __slots__ = ("_findall", "_where", "accepts", "click_names", "partner", "signed")
 
-    def __init__(self, names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        click_names: Iterable[str],
+        *,
+        partner: str | None = None,
+        signed: str | None = None,
+        accepts: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.click_names = tuple(click_names)
+        self.partner = partner
+        self.signed = signed
+        self.accepts = accepts
+        self._where = {name: f"cookie {name}" for name in self.click_names}
+        names = [*self.click_names, *(name for name in (partner, signed) if name)]
         alternatives = b"|".join(re.escape(name.encode()) for name in names)
         ws = b"[" + re.escape(_WS) + b"]*"
-        # Anchored on ';' (the header gets one in front): the engine jumps from one ';' to the
-        # next, far faster than trying a "start of cookie" alternative at every byte.
+        # Anchored on ';' (the header gets one in front), so "xdub_id=" is not "dub_id=".
         pattern = b";" + ws + b"(" + alternatives + b")" + ws + b"=([^;]*)"
         self._findall = re.compile(pattern).findall
 
     def read(self, header: bytes) -> dict[str, str]:
-        """The named cookies present in ``header``, decoded as Latin-1."""
+        """The named cookies present in ``header`` (the first of duplicates), as Latin-1 text."""
         found: dict[str, str] = {}
         for name, raw in self._findall(b";" + header):
             key = name.decode("latin-1")
@@ -105,104 +122,13 @@ class CookieReader:
             found[key] = value
         return found
 
-
-class ClickCookies:
-    """Reads the click cookie (the first valid of ``names``) and the partner cookie in one call.
-
-    The same values as :class:`CookieReader` followed by validation, found with ``bytes.find``
-    rather than a regex over the whole header: the click id read on a request is one call.
-
-    Example:
-        >>> ClickCookies(["dub_id"], "dub_partner_data").read(b"a=1; dub_id=c1; dub_id=c2")
-        ('c1', None)
-    """
-
-    __slots__ = ("_accepts", "_clicks", "_partner")
-
-    def __init__(
-        self,
-        names: Iterable[str],
-        partner: str | None = None,
-        accepts: Callable[[str], bool] | None = None,
-    ) -> None:
-        self._clicks = tuple((*_finder(name), f"cookie {name}") for name in names)
-        self._partner = None if partner is None else _finder(partner)
-        self._accepts = accepts
-
-    def read(self, header: bytes) -> tuple[str | None, str | None]:
-        """The valid click id (or ``None``) and the raw partner cookie (or ``None``)."""
-        click = None
-        for name, search, where in self._clicks:
-            i = header.find(name)
-            if i < 0:
-                continue
-            # The usual shape, "; name=<click id>;" at the first occurrence of the name, is the
-            # first cookie of that name and a valid click: one regex call says so.
-            clean = _CLEAN_CLICK(header, i + len(name))
-            if clean is not None and (
-                i == 0
-                or header[i - 1] == 59  # ";"
-                or (header[i - 1] == 32 and (i == 1 or header[i - 2] == 59))
-            ):
-                click = clean[1].decode()  # ASCII: the default codec is the fastest path
-            else:  # spaces, quotes, "xname=", an invalid value: the exact path
-                value = _first(header, name, search)
-                if value is None:
-                    continue
-                click = value if is_click_id(value) else valid_click_id(value, where=where)
-            if click is not None and (self._accepts is None or self._accepts(click)):
-                break
-            click = None
-        partner = self._partner
-        if partner is None or header.find(partner[0]) < 0:
-            return click, None
-        return click, _first(header, partner[0], partner[1])
-
-    def partner(self, header: bytes) -> str | None:
-        """The raw partner cookie in ``header``, if any."""
-        partner = self._partner
-        return None if partner is None else _first(header, partner[0], partner[1])
-
-
-# "=" then a whole click id up to the next cookie: nothing to strip, unquote or reject.
-_CLEAN_CLICK = re.compile(rb"=([A-Za-z0-9_-]{1,64})(?:;|\Z)").match
-
-
-def _finder(name: str) -> tuple[bytes, Callable[[bytes], re.Match[bytes] | None]]:
-    ws = b"[" + re.escape(_WS) + b"]*"
-    return name.encode(), re.compile(b";" + ws + re.escape(name.encode()) + ws + b"=([^;]*)").search
-
-
-def _first(
-    header: bytes, name: bytes, search: Callable[[bytes], re.Match[bytes] | None]
-) -> str | None:
-    """The first cookie ``name`` in ``header``, as :meth:`CookieReader.read` would find it."""
-    i = header.find(name)
-    if i < 0:  # no cookie of that name without its name in the header
+    def click_id(self, cookies: Mapping[str, str]) -> str | None:
+        """The first valid click id the provider accepts in ``cookies``, by name preference."""
+        for name in self.click_names:
+            click = valid_click_id(cookies.get(name), where=self._where[name])
+            if click is not None and (self.accepts is None or self.accepts(click)):
+                return click
         return None
-    j = i + len(name)
-    # The usual shape ("; name=" or "name=" first) at the first occurrence is the first cookie
-    # of that name; anything else (spaces around "=", "xname=") goes to the exact regex.
-    if (
-        j < len(header)
-        and header[j] == 61  # "="
-        and (
-            i == 0
-            or header[i - 1] == 59
-            or (header[i - 1] == 32 and (i == 1 or header[i - 2] == 59))
-        )
-    ):
-        end = header.find(b";", j)
-        raw = header[j + 1 :] if end < 0 else header[j + 1 : end]
-    else:
-        found = search(b";" + header)
-        if found is None:
-            return None
-        raw = found.group(1)
-    value = raw.decode("latin-1").strip()
-    if value.startswith('"'):  # rare: let Starlette's parser unquote it
-        value = cookie_parser("x=" + value)["x"]
-    return value
 
 
 def host_of(scope: Mapping[str, Any], *, forwarded: bool = False) -> str:

@@ -1,26 +1,23 @@
 """``AttributionMiddleware``: a pure ASGI middleware that finds the click behind each request.
 
-Per request it reads the provider's click cookie (or, on a landing, the click id in the URL),
-puts an :class:`Attribution` under its own scope key (as Starlette's sessions do), and on a landing
-appends the first-party cookie to the app's own response. On lifespan it starts and drains the
-tracker. It never fails a request: bad input is treated as absent.
+Per HTTP or WebSocket request it puts an :class:`Attribution` under its own scope key (as
+Starlette's sessions do): on a landing, the click id in the URL, with the first-party cookie
+appended to the app's own response; otherwise the provider's click cookie, read when the app
+first asks for it. It never fails a request: bad input is treated as absent.
 
-Consent: whether this visitor's click may be kept, asked only when there is one to keep.
-
-Lifespan for the tracker: started at startup, drained at shutdown, whatever the app does.
-
-When the app does not take part in lifespan (Django raises before its first receive; many
-apps just return), the middleware completes the handshake with the server itself, so the
-tracker is still started and drained.
+Two rules run beside it. :class:`Consent` says whether a visitor's click may be kept; it is
+asked only when there is a click to keep, so organic traffic pays nothing. :func:`run_lifespan`
+starts the tracker at startup and drains it after the app's own shutdown; when the app does not
+take part in lifespan (Django raises before its first receive, many apps just return), the
+middleware completes the handshake with the server itself, so the tracker is still started and
+drained.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Literal
 
 from starlette.requests import HTTPConnection
@@ -28,15 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._attribution import Attribution
 from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
-from ._cookies import (
-    NINETY_DAYS,
-    ClickCookies,
-    CookiePolicy,
-    CookieReader,
-    ManagedCookies,
-    valid_click_id,
-)
-from ._landing import Header, Landing, LandingCookies, LandingQuery, cookie_sender
+from ._cookies import NINETY_DAYS, CookiePolicy, CookieReader, ManagedCookies
+from ._landing import Header, LandingCookies, LandingQuery, cookie_sender
 from ._options import callable_or_none, flag, number
 from ._partners import PartnerClicks
 from ._providers import Provider, get_provider
@@ -214,8 +204,6 @@ async def _drain(tracker: Tracker) -> None:
         logger.exception("the tracker did not close cleanly")
 
 
-_from_header = Attribution.from_cookie_header  # one global lookup per request, not two
-
 AttributionModel = Literal["last-click", "first-click"]
 
 
@@ -323,9 +311,7 @@ class AttributionMiddleware:
             httponly=cookie_httponly,
         )
         p = self.provider
-        # The companion is HttpOnly: page scripts (the provider's included) never need it.
         self.signed_cookie_name = p.cookie_name + "_sig"
-        self.signed_cookie = replace(self.cookie, httponly=True)
         self.signer = (
             None
             if signing_secrets is None
@@ -338,7 +324,6 @@ class AttributionMiddleware:
         self.consent = consent
         self.honor_gpc = honor_gpc
         self._consent = Consent(consent, honor_gpc)
-        self._gated = self._consent.gated
 
         managed = [*p.cookie_names]
         if p.partner_cookie:
@@ -350,24 +335,19 @@ class AttributionMiddleware:
         # What our Set-Cookie headers start with: if the app set one of these, it decided.
         self._ours = (p.cookie_name.encode() + b"=", self.signed_cookie_name.encode() + b"=")
 
-        self._reader = CookieReader(managed)
-        # The lazy read behind `Attribution.click_id`: one call, as the app reads it.
+        self._reader = CookieReader(
+            p.cookie_names,
+            partner=p.partner_cookie,
+            signed=None if self.signer is None else self.signed_cookie_name,
+            accepts=p.accepts_click_id,
+        )
         self._landing = LandingQuery(p)
-        self._clicks = ClickCookies(p.cookie_names, p.partner_cookie, self._landing.accepts)
-        self._read_cookies = self._clicks.read  # bound once, not on every request
         self._landing_cookies = LandingCookies(
             p, self.cookie, self.signer, forwarded=forwarded_host
         )
-        # Without signing or consent nothing needs the cookies before the app asks: read them
-        # lazily, so requests that never track (most of them) don't pay for parsing.
-        self._lazy = self.signer is None and not self._gated
-        self._where = {name: f"cookie {name}" for name in p.cookie_names}
-        # Byte needles, computed once, let most requests skip parsing entirely.
-        needles = [name.encode() + b"=" for name in p.cookie_names]
-        if p.partner_cookie:
-            needles.append(p.partner_cookie.encode() + b"=")
-        self._cookie_needle = re.compile(b"|".join(map(re.escape, needles))).search
-        self._needle = self._landing.needle if capture_landing else None
+        # Without signing or consent nothing needs the cookies before the app asks: they are
+        # read lazily, so requests that never track (most of them) don't pay for parsing.
+        self._lazy = self.signer is None and not self._consent.gated
         # Partner links on the site itself (`?via=john`) carry no click id: with refer_domain,
         # the server asks the provider for one, as its browser script would.
         self._partners = (
@@ -382,12 +362,6 @@ class AttributionMiddleware:
                 forwarded=forwarded_host,
             )
         )
-        # Nothing to await (no consent, no partner clicks) and nothing read eagerly: the path
-        # of most deployments, written out in __call__.
-        self._plain = self._lazy and self._partners is None
-        self._land = Landing(
-            self._landing, self._clicks, self._landing_cookies, first_click=self.first_click
-        ).attribute
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -399,41 +373,26 @@ class AttributionMiddleware:
             return
 
         try:
-            if self._plain:
-                header = None
-                for name, value in scope["headers"]:
-                    if name == b"cookie":
-                        # HTTP/2 may split cookies over several headers.
-                        header = value if header is None else header + b"; " + value
-                needle = self._needle
-                query = scope.get("query_string", b"")
-                at = -1 if needle is None or not query or kind != "http" else query.find(needle)
-                if at >= 0:
-                    attribution, set_cookies = self._land(scope, query, at, header)
-                else:
-                    attribution = _from_header(self.provider, header, self._read_cookies)
-                    set_cookies = None
-            else:
-                attribution, set_cookies = self._attribute(scope)
-                # Consent is asked only when there is something to keep: organic traffic pays
-                # nothing.
-                if (
-                    self._gated
-                    and (
-                        set_cookies is not None
-                        or attribution.click_id is not None
-                        or attribution.partner_raw is not None
-                    )
-                    and not await self._consented(scope)
-                ):
-                    attribution, set_cookies = self._organic(), None
-                if self._partners is not None and set_cookies is None and kind == "http":
-                    partner = await self._partner_landing(scope, attribution)
-                    if partner is not None:
-                        attribution, set_cookies = partner
+            attribution, set_cookies = self._attribute(scope)
+            # Consent is asked only when there is something to keep: organic traffic pays
+            # nothing.
+            if (
+                self._consent.gated
+                and (
+                    set_cookies is not None
+                    or attribution.click_id is not None
+                    or attribution.partner_raw is not None
+                )
+                and not await self._consent.allows(scope)
+            ):
+                attribution, set_cookies = Attribution(self.provider), None
+            if self._partners is not None and set_cookies is None and kind == "http":
+                partner = await self._partner_landing(scope, attribution)
+                if partner is not None:
+                    attribution, set_cookies = partner
         except Exception:  # never fail a request because of what a visitor sent
             logger.exception("attribution failed; handling the request without it")
-            attribution, set_cookies = self._organic(), None
+            attribution, set_cookies = Attribution(self.provider), None
 
         # The scope is this request's own (never scope["state"], which a server may share
         # between requests); the services sit beside the data, not inside it.
@@ -449,57 +408,46 @@ class AttributionMiddleware:
         finally:
             current_scope.reset(token)
 
-    def _organic(self) -> Attribution:
-        return Attribution.from_cookie_header(self.provider)
-
-    async def _consented(self, scope: Scope) -> bool:
-        return await self._consent.allows(scope)
-
     def _attribute(self, scope: Scope) -> tuple[Attribution, tuple[Header, ...] | None]:
+        """The request's attribution, and the cookies to set when it is a landing."""
         provider = self.provider
-        cookie_header = None
+        header = None
         for name, value in scope["headers"]:
             if name == b"cookie":
                 # HTTP/2 may split cookies over several headers.
-                cookie_header = value if cookie_header is None else cookie_header + b"; " + value
-
+                header = value if header is None else header + b"; " + value
         query = scope.get("query_string", b"")
-        landing = (
-            self.capture_landing
+        click = None
+        if (
+            query  # most requests have none
+            and self.capture_landing
             and query.find(self._landing.needle) >= 0
             and scope["type"] == "http"
-        )
-        if self._lazy and not landing:
-            # Even the check for our cookie's name waits until the app asks.
-            return Attribution.from_cookie_header(provider, cookie_header, self._read_cookies), None
-        if cookie_header is not None and not self._cookie_needle(cookie_header):
-            cookie_header = None
+        ):
+            click = self._landing.click(query)
+        if click is None and self._lazy:
+            return Attribution.from_cookie_header(provider, header, self._reader), None
 
-        cookie_click = partner_raw = None
-        cookies: dict[str, str] = {}
-        if cookie_header is not None:
-            cookies = self._reader.read(cookie_header)
-            cookie_click, partner_raw = self._pick(cookies)
-
-        query_click = self._landing.click(query) if landing else None
-
-        signer = self.signer
-        if query_click is not None and not (self.first_click and cookie_click is not None):
+        cookies = {} if header is None else self._reader.read(header)
+        kept = self._reader.click_id(cookies) if cookies else None
+        partner_raw = cookies.get(provider.partner_cookie) if provider.partner_cookie else None
+        if click is not None and not (self.first_click and kept is not None):
             # Always (re)set, as the providers' scripts do: a landing refreshes the expiry.
-            set_cookies = self._landing_cookies.headers(scope, query_click)
-            return Attribution.from_landing(
-                provider, query_click, partner_raw, verified=signer is not None
-            ), set_cookies
-
+            landed = Attribution.from_landing(
+                provider, click, partner_raw, verified=self.signer is not None
+            )
+            return landed, self._landing_cookies.headers(scope, click)
         # Also on a first-click landing that keeps the older cookie: the companion keeps saying
         # what it said about that click, and the new, unused click is not signed.
-        verified = False
-        if signer is not None and cookie_click is not None:
-            verified = signer.verify(self._signed_token(scope, cookies), cookie_click)
+        verified = (
+            self.signer is not None
+            and kept is not None
+            and self.signer.verify(cookies.get(self.signed_cookie_name), kept)
+        )
         attribution = Attribution(
             provider,
-            click_id=cookie_click,
-            source="cookie" if cookie_click else None,
+            click_id=kept,
+            source="cookie" if kept is not None else None,
             partner_raw=partner_raw,
             verified=verified,
         )
@@ -514,7 +462,7 @@ class AttributionMiddleware:
             return None
         if self.first_click and attribution.click_id is not None:
             return None
-        if self._gated and not await self._consented(scope):
+        if self._consent.gated and not await self._consent.allows(scope):
             return None
         click = await partners.click_for(scope)
         if click is None:
@@ -524,30 +472,6 @@ class AttributionMiddleware:
             self.provider, click.click_id, partner_data, verified=self.signer is not None
         )
         return landed, self._landing_cookies.headers(scope, click.click_id, partner_data)
-
-    def _pick(self, cookies: dict[str, str]) -> tuple[str | None, str | None]:
-        """The first valid click cookie (current name, then legacy ones) and the partner cookie."""
-        click = None
-        for name in self.provider.cookie_names:
-            if name in cookies:
-                click = valid_click_id(cookies[name], where=self._where[name])
-                if click and self.provider.accepts_click_id(click):
-                    break
-                click = None
-        partner = self.provider.partner_cookie
-        return click, cookies.get(partner) if partner else None
-
-    def _signed_token(self, scope: Scope, cookies: dict[str, str]) -> str | None:
-        token = cookies.get(self.signed_cookie_name)
-        if token is None:
-            # The click cookie's header may not have carried it (HTTP/2 splits cookies).
-            needle = self.signed_cookie_name.encode() + b"="
-            for name, value in scope["headers"]:
-                if name == b"cookie" and needle in value:
-                    token = self._reader.read(value).get(self.signed_cookie_name)
-                    if token is not None:
-                        break
-        return token
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         partners = self._partners

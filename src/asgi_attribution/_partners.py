@@ -2,9 +2,17 @@
 
 A partner link on the main site (``https://acme.com/?via=john``) carries no click id. Dub's
 browser script calls ``POST /track/click`` with ``{domain, key, url, referrer}`` and sets the
-``dub_id`` and ``dub_partner_data`` cookies from the answer ``{clickId, partner?, discount?}``.
-Ad blockers stop that call with the script. :class:`PartnerClicks` makes the same call from
-the server, within ``click_timeout``, so the landing is served on time whatever happens.
+``dub_id`` and ``dub_partner_data`` cookies from the answer ``{clickId, partner?, discount?}``;
+ad blockers stop that call with the script. :class:`PartnerClicks` makes the same call from the
+server, within ``click_timeout``, so the landing is served on time whatever happens.
+
+It asks only for a request worth a click, decided by pure functions of the ASGI scope: a real
+browser navigation (:func:`is_navigation`: ``GET``, not a prefetch or prerender,
+``Sec-Fetch-Mode: navigate`` when the browser sends Sec-Fetch headers, not a User-Agent that
+Dub's bot filter drops), whose query names a partner key (:func:`partner_key`) and no click id
+of its own. The call carries the landing URL (:func:`landing_url`) and the visitor's
+User-Agent; the answer becomes the ``dub_partner_data`` cookie in the script's own format
+(:func:`partner_data_cookie`).
 
 Caveats: ``/track/click`` is not in Dub's published API (it is what the script calls); Dub
 records the server's IP and country for such clicks (its identity hash is SHA-256 of the
@@ -12,26 +20,14 @@ caller's IP and User-Agent); visitors of one link sharing a browser and an IP wi
 share one click (Dub's own rule, and this client's cache).
 
 Example:
-    >>> clicks = PartnerClicks("dub", refer_domain="go.acme.com", click_query_params=("via", "ref"))
-    >>> clicks.wants_click({"type": "http", "method": "GET", "query_string": b"via=john",
-    ...                     "headers": [(b"user-agent", b"Mozilla/5.0")]})
-    'john'
-
-Deciding whether a request is a partner-link landing worth a click, and what the click needs.
-
-Pure functions of an ASGI scope, used by :class:`~asgi_attribution._partners.PartnerClicks`:
-a real browser navigation (not ``HEAD``, not a prefetch, ``Sec-Fetch-Mode: navigate`` when the
-browser sends Sec-Fetch headers, not a bot User-Agent), the partner key from ``?via=``, the
-landing URL, and the ``dub_partner_data`` cookie value in the browser script's format.
-
-Example:
     >>> scope = {"type": "http", "method": "GET", "scheme": "https", "path": "/pricing",
     ...          "query_string": b"via=john", "headers": [(b"host", b"acme.com"),
     ...          (b"user-agent", b"Mozilla/5.0"), (b"sec-fetch-mode", b"navigate")]}
-    >>> is_navigation(scope), partner_key(scope["query_string"], ("via",), ("dub_id",))
-    (True, 'john')
-    >>> landing_url(scope)
-    'https://acme.com/pricing?via=john'
+    >>> is_navigation(scope), landing_url(scope)
+    (True, 'https://acme.com/pricing?via=john')
+    >>> PartnerClicks("dub", refer_domain="go.acme.com", click_query_params=("via", "ref")
+    ...               ).wants_click(scope)
+    'john'
 """
 
 from __future__ import annotations
@@ -64,6 +60,11 @@ __all__ = [
     "partner_data_cookie",
     "partner_key",
 ]
+
+
+logger = logging.getLogger("asgi_attribution")
+
+HOUR = 3600.0
 
 
 #: Dub's bot filter for clicks (``apps/web/lib/middleware/utils/bots-list.ts``, case-insensitive
@@ -253,11 +254,6 @@ def partner_data_cookie(answer: Mapping[str, Any]) -> str | None:
     return quote(text, safe="}[]:,\"'!#$&()*+-./<=>?@^_`|~")
 
 
-logger = logging.getLogger("asgi_attribution")
-
-HOUR = 3600.0
-
-
 @dataclass(frozen=True, slots=True)
 class PartnerClick:
     """The click the provider recorded (or reused) for a partner-link landing.
@@ -354,7 +350,7 @@ class PartnerClicks:
     def wants_click(self, scope: Mapping[str, Any]) -> str | None:
         """The partner key if ``scope`` is a landing that calls for a click, else ``None``.
 
-        A browser navigation (see :func:`~asgi_attribution.partner_landing.is_navigation`)
+        A browser navigation (see :func:`is_navigation`)
         whose query names a key in ``click_query_params`` and carries no click id.
 
         Example:

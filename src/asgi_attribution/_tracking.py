@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +18,7 @@ from starlette.responses import Response
 from typing_extensions import Unpack
 
 from ._attribution import Attribution, attribution_in
-from ._context import MIDDLEWARE_HINT, TRACKER_KEY, HasScope, current_scope
+from ._context import MIDDLEWARE_HINT, TRACKER_KEY, RequestLike, scope_of
 from ._events import CustomerFields, LeadFields, LeadOptions, SaleFields
 from ._exceptions import InvalidEventError
 from ._tracker import Tracker, Tracking
@@ -31,19 +31,12 @@ logger = logging.getLogger("asgi_attribution")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _scope_of(request: HasScope | None) -> MutableMapping[str, Any]:
-    if request is not None:
-        return request.scope
-    scope = current_scope.get()
+def _context(request: RequestLike | None) -> tuple[Attribution, Tracker]:
+    scope = scope_of(request)
     if scope is None:
         raise RuntimeError(
             "no request being handled: pass the request, or call tracker.track_* directly"
         )
-    return scope
-
-
-def _context(request: HasScope | None) -> tuple[Attribution, Tracker]:
-    scope = _scope_of(request)
     attribution = attribution_in(scope)
     tracker = scope.get(TRACKER_KEY)
     if not isinstance(tracker, Tracker):
@@ -58,10 +51,13 @@ def _with_verified(tracker: Tracker, attribution: Attribution, fields: Any) -> A
     return fields
 
 
-def track_lead(request: HasScope | None, event_name: str, **fields: Unpack[LeadFields]) -> Tracking:
+def track_lead(
+    request: RequestLike | None, event_name: str, **fields: Unpack[LeadFields]
+) -> Tracking:
     """Track a lead for the click behind ``request``; skipped (not an error) if there is none.
 
-    ``request=None`` uses the request being handled. The fields are the tracker's
+    ``request`` is the framework's request (anything with an ASGI ``.scope``), a raw ASGI
+    scope, or ``None`` for the request being handled. The fields are the tracker's
     (:meth:`Tracker.track_lead`). The event is validated at the call; awaiting sends it, and
     a call that is never awaited is reported by event id in an ERROR.
 
@@ -76,7 +72,7 @@ def track_lead(request: HasScope | None, event_name: str, **fields: Unpack[LeadF
     return tracker.track_lead(click_id=attribution.click_id, event_name=event_name, **fields)
 
 
-def track_sale(request: HasScope | None, **fields: Unpack[SaleFields]) -> Tracking:
+def track_sale(request: RequestLike | None, **fields: Unpack[SaleFields]) -> Tracking:
     """Track a sale, with the request's click id when present (direct sale tracking).
 
     Example:
@@ -89,7 +85,7 @@ def track_sale(request: HasScope | None, **fields: Unpack[SaleFields]) -> Tracki
     return tracker.track_sale(click_id=attribution.click_id, **fields)
 
 
-def track_customer(request: HasScope | None, **fields: Unpack[CustomerFields]) -> Tracking:
+def track_customer(request: RequestLike | None, **fields: Unpack[CustomerFields]) -> Tracking:
     """Update the customer's details with the request's tracker.
 
     Example:

@@ -24,9 +24,9 @@ Called from a thread that runs an event loop (an ``async def`` view), it raises
 async helpers instead.
 
 ``request`` is a Starlette/FastAPI request, a Django request served through
-``AttributionMiddleware`` (its ASGI scope is ``request.scope``), or ``None``: then the request
-being handled (when the thread was started with its context, as FastAPI's threadpool does), or,
-in a job, an explicit ``tracker=`` and ``click_id=``.
+``AttributionMiddleware`` (its ASGI scope is ``request.scope``), a raw ASGI scope, or ``None``:
+then the request being handled (when the thread was started with its context, as FastAPI's
+threadpool does), or, in a job, an explicit ``tracker=`` and ``click_id=``.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from typing_extensions import Unpack
 
 from ._attribution import Attribution, attribution_in
-from ._context import MIDDLEWARE_HINT, TRACKER_KEY, HasScope, current_scope
+from ._context import MIDDLEWARE_HINT, TRACKER_KEY, RequestLike, scope_of
 from ._events import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError
 from ._tracker import Tracker
@@ -52,28 +52,12 @@ __all__ = ["RequestLike", "track_customer", "track_lead", "track_sale"]
 
 logger = logging.getLogger("asgi_attribution")
 
-#: Anything with the ASGI ``scope`` the middleware saw: Starlette, Django (ASGI), Litestar.
-RequestLike = HasScope
-
-
-def _scope(request: RequestLike | None) -> Mapping[str, Any] | None:
-    if request is None:
-        return current_scope.get()
-    scope = getattr(request, "scope", None)
-    if not isinstance(scope, Mapping):
-        raise RuntimeError(
-            f"{type(request).__name__} has no ASGI scope (a WSGI request?): serve the app "
-            "through AttributionMiddleware on an ASGI server, or pass request=None with "
-            "tracker= and click_id="
-        )
-    return scope
-
 
 def _resolve(
     request: RequestLike | None, tracker: Tracker | None
 ) -> tuple[Attribution | None, Tracker]:
     """The request's attribution (``None`` for a job) and the tracker to use."""
-    scope = None if request is None and tracker is not None else _scope(request)
+    scope = None if request is None and tracker is not None else scope_of(request)
     if scope is None:
         if tracker is None:
             raise RuntimeError(
