@@ -158,7 +158,10 @@ def test_litestar_request() -> None:
     async def page(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
         return {"request": get_attribution(request).click_id, "none": get_attribution().click_id}
 
-    app = Litestar([page], plugins=[AttributionPlugin(tracker=memory_tracker()[0])])
+    # No logging_config: Litestar's default configures the root logger for the whole process.
+    app = Litestar(
+        [page], plugins=[AttributionPlugin(tracker=memory_tracker()[0])], logging_config=None
+    )
     with LitestarClient(app=app) as client:
         assert client.get("/", headers=COOKIE).json() == {"request": "clk_ada", "none": "clk_ada"}
 
