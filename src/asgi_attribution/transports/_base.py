@@ -58,6 +58,7 @@ __all__ = [
     "notify",
     "parse_retry_after",
     "report_undelivered",
+    "within_refused",
 ]
 
 
@@ -559,6 +560,19 @@ class DeliveryStats:
             self.count(result.outcome, delivery, reason=result.outcome_reason)
 
 
+def within_refused(what: object) -> TypeError:
+    """The error for ``within=`` on a transport or store that cannot join a transaction.
+
+    Example:
+        >>> str(within_refused(MemoryTransport())).endswith("(MemoryTransport cannot)")
+        True
+    """
+    return TypeError(
+        "within= needs Tracker(outbox='postgresql://...'): only a store in your database "
+        f"can join your transaction ({type(what).__name__} cannot)"
+    )
+
+
 class Transport:
     """Delivers events. Subclass it and implement :meth:`attempt`: one try, no retries.
 
@@ -668,10 +682,7 @@ class Transport:
             ...     print("needs Tracker(outbox='postgresql://...')" in str(exc))
             True
         """
-        raise TypeError(
-            "within= needs Tracker(outbox='postgresql://...'): only a store in your database "
-            f"can join your transaction ({type(self).__name__} cannot)"
-        )
+        raise within_refused(self)
 
     async def append_within(self, delivery: Delivery, connection: object) -> TrackResult:
         """Store ``delivery`` on ``connection``, inside the caller's open transaction: their

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, cast
 
 from ..._events import Event, validate_event
-from .._base import Delivery, TrackResult
+from .._base import Delivery, TrackResult, within_refused
 
 __all__ = [
     "LIST_STATES",
@@ -260,10 +260,7 @@ class OutboxStore(abc.ABC):
             ...     print("outbox='postgresql://...'" in str(exc))
             True
         """
-        raise TypeError(
-            "within= needs Tracker(outbox='postgresql://...'): only a store in your database "
-            f"can join your transaction ({type(self).__name__} cannot)"
-        )
+        raise within_refused(self)
 
     async def append_within(self, row: OutboxRow, connection: object) -> None:
         """Insert ``row`` on ``connection``, inside the caller's open transaction (their
