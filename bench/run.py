@@ -60,69 +60,31 @@ def _verdict(ok: bool) -> str:
     return "**PASS**" if ok else "**MISS**"
 
 
-def targets(r: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for every target of issue 7."""
+def request_goals(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(goal, measured, verdict) of the request path: the cookie request against
+    asgi-correlation-id, and background ``track_lead`` in the handler."""
     from . import apps
 
     out = []
     inproc = r["middleware_inproc"]["cases"]
-    cookie, landing = inproc["dub_id among 10 cookies"], inproc["landing ?dub_id= (sets cookie)"]
+    cookie = inproc["dub_id among 10 cookies"]
     ours_c, corr_c = cookie[apps.OURS]["overhead_us"], cookie["asgi-correlation-id"]["overhead_us"]
-    bare_c = cookie[apps.BARE]["us_per_request"]
     out.append(
         (
-            "In-process, cookie request: our overhead <= 1/5 of asgi-correlation-id's",
-            f"{ours_c:.2f} us vs {corr_c:.2f} us ({ours_c / corr_c:.2f}x; limit 0.20x)",
-            _verdict(ours_c <= corr_c / 5),
-        )
-    )
-    out.append(
-        (
-            "In-process, cookie request: our overhead <= 10% of the bare app's request",
-            f"{ours_c:.2f} us on {bare_c:.2f} us = {100 * ours_c / bare_c:.0f}%",
-            _verdict(ours_c <= 0.10 * bare_c),
-        )
-    )
-    ours_l, corr_l = (
-        landing[apps.OURS]["overhead_us"],
-        landing["asgi-correlation-id"]["overhead_us"],
-    )
-    bare_l = landing[apps.BARE]["us_per_request"]
-    out.append(
-        (
-            "In-process, landing (sets cookie): at most twice those limits (<= 2/5 of "
-            "asgi-correlation-id's, <= 20% of bare)",
-            f"{ours_l:.2f} us = {ours_l / corr_l:.2f}x asgi-correlation-id's, "
-            f"{100 * ours_l / bare_l:.0f}% of bare",
-            _verdict(ours_l <= 2 * corr_l / 5 and ours_l <= 0.20 * bare_l),
-        )
-    )
-    server = r["middleware_server"]["cases"]["dub_id among 10 cookies"][apps.OURS]
-    out.append(
-        (
-            "Real server (uvicorn + load generator), cookie request: overhead < 3% of bare",
-            f"{server['overhead_us']:.1f} us = {server['overhead_pct']:.1f}% "
-            f"of {server['bare_request_server_us']:.0f} us",
-            _verdict(server["overhead_pct"] < 3),
+            "Cookie request: our added time within 1/3 of asgi-correlation-id's",
+            f"{ours_c:.2f} us vs {corr_c:.2f} us ({ours_c / corr_c:.2f}x; limit 0.33x)",
+            _verdict(ours_c <= corr_c / 3),
         )
     )
     lat = r["tracking"]["latency"]["variants"]
-    bg, sdk = lat["ours, background (default)"]["median_us"], lat["dub SDK track.lead_async"]
+    bg = lat["ours, background (default)"]["median_us"]
+    sdk = lat.get("dub SDK track.lead_async", {}).get("median_us")
+    versus = f" (the dub SDK's lead_async: {sdk:,.0f} us)" if sdk else ""
     out.append(
         (
-            "Background track_lead >= 50x faster than the SDK's lead_async (median)",
-            f"{bg:.0f} us vs {sdk['median_us']:.0f} us = {sdk['median_us'] / bg:.0f}x",
-            _verdict(sdk["median_us"] / bg >= 50),
-        )
-    )
-    tp = r["tracking"]["throughput"]
-    ours_rate = tp["ours, background"]["events_per_s"]
-    seq = tp["dub SDK, sequential"]["events_per_s"]
-    out.append(
-        (
-            "Delivery throughput >= 3x the SDK called sequentially",
-            f"{ours_rate} vs {seq} events/s = {ours_rate / seq:.1f}x",
-            _verdict(ours_rate / seq >= 3),
+            "Background track_lead in the handler: at most 50 us (median)",
+            f"{bg:.1f} us{versus}",
+            _verdict(bg <= 50),
         )
     )
     return out
@@ -150,14 +112,14 @@ def _paired_goals(p: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "sequential",
             f"Outbox: sequential track_lead (SQLite, synchronous={sync}, the default) within "
-            "2x the one-row commit floor",
-            2,
+            "4x the one-row commit floor",
+            4,
         ),
         (
             "burst50",
-            f"Outbox: 50 concurrent signups durable (synchronous={sync}) within 1.5x of "
+            f"Outbox: 50 concurrent signups durable (synchronous={sync}) within 3x of "
             "(50 validations + one 50-row commit)",
-            1.5,
+            3,
         ),
     ):
         g = p["goals"][key]
@@ -196,41 +158,16 @@ def paired_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def goals16(r: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(goal, measured, verdict) for every goal of issue 16, as ratios to floors of this run."""
+def goals(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(goal, measured, verdict) for every goal of issue 25, as ratios to floors of this run."""
     from . import apps
 
-    # Delivery CPU per event is reported (table 6), not a goal: see bench/delivery.py.
-    out: list[tuple[str, str, str]] = []
-    fl = r.get("floors", {})
-    ob = r.get("outbox", {})
-    sqlite = (ob.get("stores") or {}).get("SQLite outbox") if ob.get("available") else None
+    # Delivery CPU per event is reported (table 6), not a goal: the providers' rate limits
+    # (60 to 3,000 requests a minute per key) are delivery's ceiling, not our CPU.
+    out: list[tuple[str, str, str]] = request_goals(r)
     paired = r.get("outbox_paired", {})
     if paired.get("available"):
         out += _paired_goals(paired)
-    elif fl and sqlite:  # results from before the paired step: floor and ours minutes apart
-        sync = ob.get("sqlite_synchronous", "FULL")
-        floor = fl["sqlite"].get(sync) or fl["sqlite"]["FULL"]
-        out.append(
-            _ratio_row(
-                f"Outbox: sequential track_lead (SQLite, synchronous={sync}, the default) within "
-                "2x the one-row commit floor",
-                sqlite["median_us"],
-                floor["one_row_commit_us"],
-                2,
-            )
-        )
-        if "burst50_median_us" in sqlite:
-            burst_floor = 50 * fl["validate_lead_us"] + floor["fifty_row_commit_us"]
-            out.append(
-                _ratio_row(
-                    f"Outbox: 50 concurrent signups durable (synchronous={sync}) within 1.5x of "
-                    "(50 validations + one 50-row commit)",
-                    sqlite["burst50_median_us"],
-                    burst_floor,
-                    1.5,
-                )
-            )
     inproc = r.get("middleware_inproc", {}).get("cases", {})
     for case, label, limit in (
         ("landing ?dub_id= (sets cookie)", "Landing", 3),
@@ -314,20 +251,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"{m['python']}; load average at start {m['load_avg_at_start']}. "
         "Ratios compare runs interleaved in the same process; medians over rounds.",
         "",
-        "### Targets (issue 7)",
-        "",
-        "| Target | Measured | |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(r)]
-    lines += [
-        "",
-        "### Goals (issue 16): ratios to floors measured in this run",
+        "### Goals (issue 25): ratios to floors measured in this run",
         "",
         "| Goal | Measured | |",
         "|---|---|---|",
     ]
-    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in goals16(r)]
+    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in goals(r)]
 
     inproc = r["middleware_inproc"]
     cases = list(apps.CASES)
@@ -448,24 +377,19 @@ def markdown(r: dict[str, Any]) -> str:
             )
     lines += paired_table(r)
     lines += delivery_table(r)
-    if any(ok != _verdict(True) for _, _, ok in targets(r) + goals16(r)):
-        lines += [
-            "",
-            'Misses: see bench/README.md, "Profile of the misses", for where the time goes.',
-        ]
     lines += ["", f"Total run time: {r['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
 def readme_block(r: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {t} | {v} | {ok} |" for t, v, ok in targets(r) + goals16(r))
+    rows = "\n".join(f"| {t} | {v} | {ok} |" for t, v, ok in goals(r))
     m = r["machine"]
     return (
         f"{START}\n"
         f"`{COMMAND}` runs them all (under 5 minutes on 2 cores) and writes "
         "[bench/results/](bench/results/results.md); [bench/README.md](bench/README.md) explains "
         f"the table. Latest run ({m['date']}, {m['cores']} cores, {m['python']}):\n\n"
-        "| Target | Measured | |\n|---|---|---|\n"
+        "| Goal | Measured | |\n|---|---|---|\n"
         f"{rows}\n{END}"
     )
 
