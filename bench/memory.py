@@ -31,12 +31,12 @@ def _transports() -> tuple[Any, Any]:
     class Stuck(Transport):
         """Never finishes a delivery: everything after the first event stays queued."""
 
-        async def send(self, delivery: Any) -> Any:
+        async def attempt(self, delivery: Any) -> Any:
             await asyncio.Event().wait()
             return TrackResult("sent", delivery.event)
 
     class Discard(Transport):
-        async def send(self, delivery: Any) -> Any:
+        async def attempt(self, delivery: Any) -> Any:
             return TrackResult("sent", delivery.event)
 
     return BackgroundTransport, (Stuck, Discard)

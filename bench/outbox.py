@@ -75,7 +75,7 @@ def run(n: int = 3000) -> dict[str, Any]:
     from asgi_attribution.transports._base import TrackResult, Transport
 
     class Discard(Transport):
-        async def send(self, delivery: Any) -> Any:
+        async def attempt(self, delivery: Any) -> Any:
             return TrackResult("sent", delivery.event)
 
     import inspect

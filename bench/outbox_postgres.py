@@ -53,7 +53,7 @@ async def _within(url: str, n: int) -> dict[str, Any]:
 
     from asgi_attribution import DUB, LeadEvent
     from asgi_attribution.transports._base import Delivery
-    from asgi_attribution.transports.outbox._postgres import PostgresOutbox, append_within
+    from asgi_attribution.transports.outbox import PostgresOutbox, append_within
 
     table = f"bench_{os.getpid()}"
     store = PostgresOutbox(url, table=f"{table}_outbox")
@@ -104,7 +104,7 @@ def rows(n: int, measure: Any) -> dict[str, Any]:
     with server() as url:
         if url is None:
             return {"PostgreSQL outbox": None}
-        from asgi_attribution.transports.outbox._postgres import PostgresOutbox
+        from asgi_attribution.transports.outbox import PostgresOutbox
 
         store = PostgresOutbox(url, table=f"bench_{os.getpid()}_own")
         tracker = Tracker("dub", api_key="k", outbox=store, deliver=False)

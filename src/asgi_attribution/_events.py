@@ -14,6 +14,7 @@ tracker builds a :class:`LeadEvent`, :class:`SaleEvent`, :class:`CustomerEvent` 
 from __future__ import annotations
 
 import os
+import time
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -199,9 +200,18 @@ Metadata = Annotated[dict[str, Any], AfterValidator(_metadata_fits)]
 
 
 def new_event_id() -> str:
-    """A fresh unique event id, also used as the ``Idempotency-Key`` header."""
-    # The hex of 16 random bytes, as uuid4().hex without building a UUID (a few us per event).
-    return "evt_" + os.urandom(16).hex()
+    """A fresh unique event id, also used as the ``Idempotency-Key`` header.
+
+    Time-ordered, as a UUIDv7 is: 16 hex digits of the wall clock in nanoseconds, then 64
+    random bits. An outbox's unique index then grows at its right edge instead of touching a
+    random page per event (a burst of 50 signups commits into a few pages, not 50).
+
+    Example:
+        >>> a, b = new_event_id(), new_event_id()
+        >>> len(a), a.startswith("evt_"), a != b
+        (36, True, True)
+    """
+    return f"evt_{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 class _EventBase(BaseModel):
