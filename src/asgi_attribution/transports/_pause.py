@@ -98,11 +98,6 @@ def per_event_not_found(body: Any) -> str | None:
     return str(body["error"].get("code") or "not_found")[:100]
 
 
-logger = logging.getLogger("asgi_attribution")
-
-#: At most one ERROR per this many seconds while paused.
-
-
 def describe(error: BaseException | None) -> str:
     """An error in a few words: ``HTTP 401 unauthorized: bad key``.
 

@@ -155,7 +155,7 @@ class FakeProvider:
     and, with ``legacy_routes=True``, the ``POST /track/customer`` Dub removed in December 2024.
     Requests need ``Authorization: Bearer <token>`` (exactly ``api_key`` if given), except
     ``/track/click``. Bodies are checked like the real API (400 bad JSON, 422 naming the field;
-    with ``strict``, unknown keys too). What each valid request does is :mod:`.ledger`'s: 200s
+    with ``strict``, unknown keys too). What each valid request does is :mod:`._ledger`'s: 200s
     that record nothing (a repeated lead, a sale without customer) are in ``requests`` only;
     ``accepted`` holds the recorded ones.
 
@@ -166,7 +166,7 @@ class FakeProvider:
     ``webhook_url`` to send ``lead.created``/``sale.created`` on each record; ``commissions``,
     ``commission_rate`` and ``commission_delay`` (seconds until a sale's commission shows).
 
-    Another process can read and steer it through ``/_fake/*`` (:mod:`.control`).
+    Another process can read and steer it through ``/_fake/*`` (the control routes below).
 
     Example:
         >>> from asgi_attribution.testing import FakeProvider, Faults
