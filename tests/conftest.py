@@ -52,6 +52,7 @@ SLOW = (
     "tests/outbox/test_redis_faults.py::test_restarted_without_its_data_the_worker_recovers",
     "tests/outbox/test_sqlite.py::test_processes_appending_at_once_lose_and_duplicate_nothing",
     "tests/outbox/test_sqlite.py::test_sigkill_mid_delivery_then_restart_delivers_every_event",
+    "tests/outbox/test_sqlite_attacks.py",  # processes SIGKILLed mid-commit, 6-30 s each
     "tests/outbox/test_sqlite_faults.py::test_a_write_lock_held_35s_never_holds_a_signup",
     "tests/test_fuzz.py::test_hostile_requests_never_change_the_apps_answer",
     "tests/test_lifecycle.py::test_every_lead_is_delivered_whatever_passes_lifespan",
