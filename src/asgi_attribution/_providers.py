@@ -207,7 +207,7 @@ class Provider:
     def _body(self, event: LeadEvent | SaleEvent) -> dict[str, Any]:
         body: dict[str, Any] = {}
         # The field values as stored (frozen, extra="forbid"): iterating the model itself builds
-        # a list per event, measurably slower on the delivery path (bench/README.md).
+        # a list per event, measurably slower on the delivery path.
         for name, value in event.__dict__.items():
             if value is None or name in ("event_id", "kind", "metadata"):
                 continue
