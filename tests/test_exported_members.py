@@ -7,6 +7,7 @@ import types
 import asgi_attribution
 import asgi_attribution.testing
 import asgi_attribution.transports
+from asgi_attribution import _exceptions
 
 
 def exported(module: types.ModuleType) -> list[str]:
@@ -44,17 +45,7 @@ def test_every_error_of_the_tree_is_exported_at_the_top() -> None:
         for name, value in vars(asgi_attribution).items()
         if isinstance(value, type) and issubclass(value, asgi_attribution.AttributionError)
     }
-    assert errors == {
-        "AttributionError",
-        "DeliveryError",
-        "IntegrationError",
-        "InvalidEventError",
-        "InvalidSignatureError",
-        "InvalidWebhookError",
-        "MissingClickIdError",
-        "OutboxError",
-        "QueueFullError",
-    }
+    assert errors == set(_exceptions.__all__)
     assert errors <= set(asgi_attribution.__all__)
 
 

@@ -156,6 +156,25 @@ class Seen:
 Script = Callable[[int, float, asyncio.StreamWriter, Seen], Awaitable[None]]
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def serving(handle: Handler, handlers: list[asyncio.Task[Any]]) -> AsyncIterator[str]:
+    """Serve ``handle`` on 127.0.0.1 and yield the URL; on exit, cancel the connection tasks
+    ``handle`` recorded in ``handlers`` and close the server."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
+        await server.wait_closed()
+
+
 @contextlib.asynccontextmanager
 async def raw_server(script: Script) -> AsyncIterator[tuple[str, Seen]]:
     """Serve ``script`` on 127.0.0.1; yield the base URL and what the server saw."""
@@ -192,16 +211,8 @@ async def raw_server(script: Script) -> AsyncIterator[tuple[str, Seen]]:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
-    finally:
-        server.close()
-        for task in handlers:
-            task.cancel()
-        if handlers:
-            await asyncio.wait(handlers, timeout=5)
-        await server.wait_closed()
+    async with serving(handle, handlers) as url:
+        yield url, seen
 
 
 @contextlib.asynccontextmanager
@@ -239,16 +250,8 @@ async def forward_proxy() -> AsyncIterator[tuple[str, list[bytes]]]:
         up_writer.write(b" ".join((method, path.encode(), version)) + b"\r\n" + rest)
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", lines
-    finally:
-        server.close()
-        for task in handlers:
-            task.cancel()
-        if handlers:
-            await asyncio.wait(handlers, timeout=5)
-        await server.wait_closed()
+    async with serving(handle, handlers) as url:
+        yield url, lines
 
 
 HUGE = 300 * 1024 * 1024
