@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
 
 from ._context import MIDDLEWARE_HINT, SCOPE_KEY, RequestLike, scope_of
-from ._cookies import CookieReader
+from ._cookies import CookieReader, Headers, cookie_header
 from ._providers import Provider
 
 __all__ = [
@@ -122,7 +122,7 @@ class Attribution:
 
     __slots__ = (
         "_click",
-        "_cookies",
+        "_headers",
         "_partner",
         "_partner_raw",
         "_reader",
@@ -152,7 +152,7 @@ class Attribution:
         partner_raw: str | None,
         captured: bool,
         verified: bool,
-        cookies: bytes | None,
+        headers: Headers | None,
         reader: CookieReader | None,
     ) -> None:
         self.provider = provider
@@ -162,29 +162,41 @@ class Attribution:
         self.verified = verified
         self._partner_raw = partner_raw
         self._partner: PartnerData | Literal[False] | None = False
-        # A Cookie header not read yet, and what reads it (see from_cookie_header).
-        self._cookies = cookies
+        # The request's headers, their cookies not read yet, and what reads them (see
+        # from_headers).
+        self._headers = headers
         self._reader = reader
 
     @classmethod
-    def from_cookie_header(
-        cls, provider: Provider, header: bytes | None, reader: CookieReader
+    def from_headers(
+        cls,
+        provider: Provider,
+        headers: Headers,
+        reader: CookieReader,
+        landed: str | None = None,
     ) -> Attribution:
-        """An attribution whose ``Cookie`` ``header`` is read by ``reader`` on first use.
+        """An attribution whose cookies are read from the request's ASGI ``headers`` on first use.
 
-        The middleware's answer for a request that is not a landing: most requests never ask
-        for their click, and then the header is never parsed. No header: an organic visit.
+        The middleware's answer for a request whose cookies decide nothing now: most requests
+        never ask for their click, and then the headers are not even searched for a ``Cookie``.
+        No ``Cookie`` header: an organic visit. ``landed``: the click id of a landing URL (it
+        wins; the cookies then give only the partner cookie).
 
         Example:
-            >>> a = Attribution.from_cookie_header(DUB, b"dub_id=c1", CookieReader(["dub_id"]))
+            >>> headers = [(b"host", b"a.com"), (b"cookie", b"dub_id=c1")]
+            >>> a = Attribution.from_headers(DUB, headers, CookieReader(["dub_id"]))
             >>> a.click_id, a.source
             ('c1', 'cookie')
+            >>> Attribution.from_headers(DUB, headers, CookieReader(["dub_id"]), "c2").click_id
+            'c2'
         """
-        # This and from_landing run on every request: built without __init__'s keywords,
-        # which a type call first gathers into a dict (6,400 instructions instead of 3,900).
+        # This runs on almost every request: built without __init__'s keywords, which a type
+        # call first gathers into a dict (6,400 instructions instead of 3,900).
         attribution = cls.__new__(cls)
-        lazy = None if header is None else reader
-        attribution._fill(provider, None, None, None, False, False, header, lazy)
+        if landed is None:
+            attribution._fill(provider, None, None, None, False, False, headers, reader)
+        else:
+            attribution._fill(provider, landed, "query", None, True, False, headers, reader)
         return attribution
 
     @classmethod
@@ -208,18 +220,22 @@ class Attribution:
         attribution._click, attribution._source = click_id, "query"
         attribution._partner_raw, attribution._partner = partner_raw, False
         attribution.captured, attribution.verified = True, verified
-        attribution._cookies = attribution._reader = None
+        attribution._headers = attribution._reader = None
         return attribution
 
     def _read_cookies(self) -> None:
-        header, reader = self._cookies, self._reader
-        if header is None or reader is None:
+        headers, reader = self._headers, self._reader
+        if headers is None or reader is None:
+            return
+        self._headers = self._reader = None
+        header = cookie_header(headers)
+        if header is None:
             return
         cookies = reader.read(header)
-        self._click = reader.click_id(cookies)
-        self._source = "cookie" if self._click is not None else None
+        if not self.captured:
+            self._click = reader.click_id(cookies)
+            self._source = "cookie" if self._click is not None else None
         self._partner_raw = cookies.get(reader.partner) if reader.partner else None
-        self._cookies = self._reader = None
 
     @property
     def click_id(self) -> str | None:

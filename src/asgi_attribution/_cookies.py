@@ -17,8 +17,10 @@ from starlette.requests import cookie_parser
 __all__ = [
     "CookiePolicy",
     "CookieReader",
+    "Headers",
     "ManagedCookies",
     "cookie_domain_for",
+    "cookie_header",
     "host_of",
     "is_https",
     "valid_click_id",
@@ -26,6 +28,9 @@ __all__ = [
 
 
 logger = logging.getLogger("asgi_attribution")
+
+#: An ASGI request's headers: (lowercase name, value) byte pairs, as the server gives them.
+Headers = Iterable[tuple[bytes, bytes]]
 
 _CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -129,6 +134,22 @@ class CookieReader:
             if click is not None and (self.accepts is None or self.accepts(click)):
                 return click
         return None
+
+
+def cookie_header(headers: Headers) -> bytes | None:
+    """The request's ``Cookie`` header from its ASGI ``headers``; ``None`` when it has none.
+
+    HTTP/2 may split the cookies over several headers: they are joined as one.
+
+    Example:
+        >>> cookie_header([(b"host", b"a.com"), (b"cookie", b"a=1"), (b"cookie", b"dub_id=c1")])
+        b'a=1; dub_id=c1'
+    """
+    header: bytes | None = None
+    for name, value in headers:
+        if name == b"cookie":
+            header = value if header is None else header + b"; " + value
+    return header
 
 
 def host_of(scope: Mapping[str, Any], *, forwarded: bool = False) -> str:

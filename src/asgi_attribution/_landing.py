@@ -162,9 +162,11 @@ def cookie_sender(send: Send, headers: Sequence[Header], prefixes: tuple[bytes, 
 
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
-            present = list(message.get("headers") or ())  # optional in ASGI, any iterable
+            present = message.get("headers") or ()  # optional in ASGI, any iterable
+            if not isinstance(present, (list, tuple)):
+                present = list(present)  # read twice below
             for name, value in present:
-                if name.lower() == b"set-cookie" and value.startswith(prefixes):
+                if value.startswith(prefixes) and name.lower() == b"set-cookie":
                     break  # the app set or deleted the click cookie: its decision stands
             else:
                 message["headers"] = [*present, *headers]

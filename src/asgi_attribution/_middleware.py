@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._attribution import Attribution
 from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
-from ._cookies import NINETY_DAYS, CookiePolicy, CookieReader, ManagedCookies
+from ._cookies import NINETY_DAYS, CookiePolicy, CookieReader, ManagedCookies, cookie_header
 from ._landing import Header, LandingCookies, LandingQuery, cookie_sender
 from ._options import callable_or_none, flag, number
 from ._partners import PartnerClicks
@@ -411,11 +411,6 @@ class AttributionMiddleware:
     def _attribute(self, scope: Scope) -> tuple[Attribution, tuple[Header, ...] | None]:
         """The request's attribution, and the cookies to set when it is a landing."""
         provider = self.provider
-        header = None
-        for name, value in scope["headers"]:
-            if name == b"cookie":
-                # HTTP/2 may split cookies over several headers.
-                header = value if header is None else header + b"; " + value
         query = scope.get("query_string", b"")
         click = None
         if (
@@ -425,9 +420,14 @@ class AttributionMiddleware:
             and scope["type"] == "http"
         ):
             click = self._landing.click(query)
-        if click is None and self._lazy:
-            return Attribution.from_cookie_header(provider, header, self._reader), None
+        if self._lazy and (click is None or not self.first_click):
+            # Nothing to check against the cookies: they are read when the app asks.
+            attribution = Attribution.from_headers(provider, scope["headers"], self._reader, click)
+            if click is None:
+                return attribution, None
+            return attribution, self._landing_cookies.headers(scope, click)
 
+        header = cookie_header(scope["headers"])
         cookies = {} if header is None else self._reader.read(header)
         kept = self._reader.click_id(cookies) if cookies else None
         partner_raw = cookies.get(provider.partner_cookie) if provider.partner_cookie else None
