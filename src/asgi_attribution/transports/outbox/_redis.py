@@ -703,7 +703,7 @@ class RedisOutbox(RedisInspection, OutboxStore):
         others = max(0, self._backlog - len(rows))
         self._backlog = len(rows)
         message = (
-            f"outbox {self.description}: Redis lost its data ({how}: restarted without "
+            f"outbox {self.description}: stream lost: Redis lost its data ({how}: restarted without "
             f"persistence, or the keys were deleted); {len(rows)} events this process still "
             f"held are appended again: {', '.join(r.event_id for r in rows) or 'none'}; "
             f"events other processes appended may be gone (up to {others})"

@@ -742,7 +742,9 @@ class OutboxTransport(Transport):
         if not self._open:
             cause = "the store is not open (retrying in the background)"
         elif fallback is not None and not fallback.should_try_store():
-            cause = fallback.cause or "outage"
+            # Not tried: the next probe stays due (a signup every 0.5 s must not push it off
+            # forever, which kept a recovered store "unavailable until shutdown").
+            return await fallback.send(delivery)
         else:
             try:
                 row = OutboxRow.from_delivery(delivery, now=self.store.now())
