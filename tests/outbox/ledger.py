@@ -42,11 +42,13 @@ class Tally:
 def tally(
     provider: Any, deliveries: Iterable[Delivery], log_text: str = "", dropped: Iterable[str] = ()
 ) -> Tally:
-    """Count ``deliveries`` in the provider's ledger (its accepted ``/track/lead`` calls)."""
+    """Count ``deliveries`` in the provider's ledger: every ``/track/lead`` call it answered
+    2xx (a second one for the same customer is answered 200 too, with ``link: null``: Dub
+    records nothing then, so ``accepted`` alone would hide it)."""
     counts = Counter(
         (r.body or {}).get("customerExternalId")
-        for r in provider.accepted
-        if r.path == "/track/lead"
+        for r in provider.requests
+        if r.path == "/track/lead" and 200 <= r.status < 300
     )
     sent = list(deliveries)
     customers = {d.event.event_id: str(getattr(d.event, "customer_external_id", "")) for d in sent}

@@ -96,7 +96,9 @@ async def test_a_redis_without_persistence_killed_gives_back_what_this_process_h
     await worker.flush(timeout=30)
     await worker.aclose()
     await appender.aclose()
-    lost_lines = " ".join(r.getMessage() for r in caplog.records if "lost its data" in r.getMessage())
+    lost_lines = " ".join(
+        r.getMessage() for r in caplog.records if "lost its data" in r.getMessage()
+    )
     counted = tally(provider, sent, lost_lines)
     print(counted.row("Redis without AOF, SIGKILL + restart, append-only process"))
     assert counted.reported == 500  # named by id: the rows this process appended again

@@ -533,6 +533,8 @@ class RedisOutbox(RedisInspection, OutboxStore):
         self._next_confirm = 0.0
         self._confirming: asyncio.Task[None] | None = None
         self._loss_reported = False  # by an append, before the claim found the group gone
+        self._claimed: set[str] = set()  # held rows this process is attempting now
+        self._orphans: set[str] = set()  # ...whose entries went with a lost data set
 
     def __repr__(self) -> str:
         return f"RedisOutbox({self.description!r})"
@@ -698,18 +700,23 @@ class RedisOutbox(RedisInspection, OutboxStore):
 
     def _data_lost(self, how: str) -> None:
         """Redis lost its data set: append again, now, the rows this process still held."""
-        rows = [row for row, _, _ in self._held.values()]
-        self._held.clear()
-        others = max(0, self._backlog - len(rows))
+        # Rows on their way to the provider finish first: appended again only if not delivered.
+        self._orphans |= self._claimed & set(self._held)
+        rows = [row for eid, (row, _, _) in self._held.items() if eid not in self._orphans]
+        for row in rows:
+            del self._held[row.event_id]
+        others = max(0, self._backlog - len(rows) - len(self._orphans))
         self._backlog = len(rows)
-        message = (
-            f"outbox {self.description}: stream lost: Redis lost its data ({how}: restarted without "
-            f"persistence, or the keys were deleted); {len(rows)} events this process still "
-            f"held are appended again: {', '.join(r.event_id for r in rows) or 'none'}; "
-            f"events other processes appended may be gone (up to {others})"
+        summary = (
+            f"outbox {self.description}: stream lost: Redis lost its data ({how}: restarted "
+            f"without persistence, or the keys were deleted); {len(rows)} events this process "
+            f"held are appended again, {len(self._orphans)} being attempted are appended again "
+            f"unless delivered; events other processes appended may be gone (up to {others})"
         )
-        logger.error("%s", message)
-        self.problems.append(message)
+        ids = ", ".join(r.event_id for r in rows) or "none"
+        attempted = ", ".join(sorted(self._orphans)) or "none"
+        logger.error("%s. Appended again: %s. Being attempted: %s", summary, ids, attempted)
+        self.problems.append(summary)
         self._loss_reported = True
         if rows:
             asyncio.get_running_loop().create_task(self._restore(rows))
@@ -828,11 +835,15 @@ class RedisOutbox(RedisInspection, OutboxStore):
         if not self.durable:  # this process answers for what it claimed
             for row in rows:
                 self._held[row.event_id] = (row, "stream", row.handle)
+                self._claimed.add(row.event_id)
         return rows
 
     async def _finish(
         self, row: OutboxRow, action: str, target: str, payload: str, arg: float
     ) -> None:
+        if row.event_id in self._orphans:
+            await self._finish_orphan(row, action)
+            return
         # One script, allowed at maxmemory: check this consumer still holds the entry (a
         # worker whose lease was taken over records nothing), move or count it, XACK + XDEL.
         done = await self._scripts["finish"](
@@ -845,12 +856,23 @@ class RedisOutbox(RedisInspection, OutboxStore):
             self._backlog = max(0, self._backlog - 1)
         if self.durable:
             return
+        self._claimed.discard(row.event_id)
         if not done or action == "delivered" or target == self.dead_key:
             self._held.pop(row.event_id, None)  # finished, or another worker's now
         elif action == "retry":
             self._held[row.event_id] = (row, "retry", payload)
         else:  # released onto the stream again as a new entry
             self._held[row.event_id] = (row, "stream", str(done))
+
+    async def _finish_orphan(self, row: OutboxRow, action: str) -> None:
+        """Finish a row whose entry went with the lost data set while we attempted it:
+        delivered, it is done; otherwise it goes onto the new stream (with its attempts)."""
+        if action != "delivered":
+            await self._add_rows([row], self.now() + self.append_timeout)
+        else:
+            self._held.pop(row.event_id, None)
+        self._orphans.discard(row.event_id)
+        self._claimed.discard(row.event_id)
 
     async def delivered(self, row: OutboxRow) -> None:
         """``XACK`` and delete the entry; count it and keep it (with its outcome) in ``done``."""
