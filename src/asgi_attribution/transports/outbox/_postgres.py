@@ -389,9 +389,11 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
 
     ``url`` is a libpq URL (``postgresql://user:pw@host/db``); ``table`` names the outbox table
     (``[schema.]name``, created with its indexes on first use unless ``create=False``).
-    ``max_connections`` bounds the pool; ``append_timeout`` bounds each :meth:`append` (an
-    append that takes longer raises; its write may still commit: then the event is delivered,
-    at most twice, with the same ``Idempotency-Key``); ``notify_wait`` is how long an idle
+    ``max_connections`` bounds the pool; ``append_timeout`` bounds each :meth:`append` (a row
+    still queued is withdrawn; a write already sent says later whether it committed, and one
+    that reaches the server past its deadline stores nothing: one delivery per event), the
+    first connection of :meth:`open`, and each :meth:`append_within` insert (``SET LOCAL
+    statement_timeout``); ``notify_wait`` is how long an idle
     :meth:`claim` waits for a ``NOTIFY`` before returning nothing (0: poll only);
     ``retention`` keeps delivered rows that many seconds (None: forever) and removes older ones
     in small batches while workers claim. ``worker`` names this store's claims (``lease_owner``).

@@ -34,6 +34,10 @@ What the server must provide, checked at open:
 
 The same store answers the CLI: counts, listing rows by state, retrying dead letters. Needs
 ``pip install 'asgi-attribution[redis]'``.
+
+One concept, the outbox as Redis keys: the scripts that move an entry between them, the reads
+the CLI makes of them, and the copies kept while the server may lose them all act on the same
+keys and the same entry ids; a reader follows an entry through its keys in one file.
 """
 
 from __future__ import annotations
