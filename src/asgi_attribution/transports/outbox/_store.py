@@ -555,12 +555,15 @@ class AppendBatcher:
                 self._sent[future] = stored
             try:
                 await self._write([row for row, _ in batch])
-            except BaseException as exc:
+            except Exception as exc:
                 stored.set_result(False)
                 for _, future in batch:
-                    _settle(future, exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                if not isinstance(exc, Exception):
-                    raise
+                    _settle(future, exc)
+            except BaseException:  # the loop is ending: its callers are cancelled with it
+                stored.set_result(False)
+                for _, future in batch:
+                    future.cancel()
+                raise
             else:
                 stored.set_result(True)
                 for _, future in batch:
