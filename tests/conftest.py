@@ -46,8 +46,10 @@ SLOW = (
     "tests/outbox/test_postgres.py::test_dead_letters_retry_status_list_and_purge",
     "tests/outbox/test_postgres_within.py::test_a_sqlalchemy_session_and_connection_commit_the_lead_with_their_rows",
     "tests/outbox/test_postgres_within.py::test_fifty_concurrent_signups_each_deliver_once",
+    "tests/outbox/test_postgres_attacks.py::test_a_hung_postgresql_delivers_each_timed_out_append_once_and_recovers",
     "tests/outbox/test_redis.py::test_a_killed_workers_pending_entries_are_claimed_by_the_other",
     "tests/outbox/test_redis.py::test_an_append_only_tracker_works_across_event_loops",
+    "tests/outbox/test_redis_attacks.py",  # redis-server SIGSTOPped or SIGKILLed, 3-10 s each
     "tests/outbox/test_redis_faults.py::test_a_full_redis_still_drains_its_backlog",
     "tests/outbox/test_redis_faults.py::test_restarted_without_its_data_the_worker_recovers",
     "tests/outbox/test_sqlite.py::test_processes_appending_at_once_lose_and_duplicate_nothing",

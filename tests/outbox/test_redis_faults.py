@@ -113,7 +113,7 @@ async def test_a_hung_redis_never_holds_a_signup_past_append_timeout(
         if not inner.sent[r.event_id or ""]
     ]
     assert missing == []  # every event delivered
-    assert max(inner.sent.values()) <= 2  # a write that landed after its timeout: twice at most
+    assert max(inner.sent.values()) == 1  # a write that reached the server late stored nothing
     assert silently_lost(everything, inner) == []
 
 

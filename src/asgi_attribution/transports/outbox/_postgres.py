@@ -389,9 +389,11 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
 
     ``url`` is a libpq URL (``postgresql://user:pw@host/db``); ``table`` names the outbox table
     (``[schema.]name``, created with its indexes on first use unless ``create=False``).
-    ``max_connections`` bounds the pool; ``append_timeout`` bounds each :meth:`append` (an
-    append that takes longer raises; its write may still commit: then the event is delivered,
-    at most twice, with the same ``Idempotency-Key``); ``notify_wait`` is how long an idle
+    ``max_connections`` bounds the pool; ``append_timeout`` bounds each :meth:`append` (a row
+    still queued is withdrawn; a write already sent says later whether it committed, and one
+    that reaches the server past its deadline stores nothing: one delivery per event), the
+    first connection of :meth:`open`, and each :meth:`append_within` insert (``SET LOCAL
+    statement_timeout``); ``notify_wait`` is how long an idle
     :meth:`claim` waits for a ``NOTIFY`` before returning nothing (0: poll only);
     ``retention`` keeps delivered rows that many seconds (None: forever) and removes older ones
     in small batches while workers claim. ``worker`` names this store's claims (``lease_owner``).
@@ -439,7 +441,8 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
         self._pool: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener = Listener(url, self.tables.channel)
-        self._batcher = AppendBatcher(self._append_many)
+        self.append_bound = append_timeout  # the batcher's timer: no task per signup
+        self._batcher = AppendBatcher(self._append_many, timeout=append_timeout)
         self._next_purge = 0.0
         # The store's clock: the database's, carried by time.monotonic() between readings.
         self._offset = time.time() - time.monotonic()
@@ -452,7 +455,11 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
     # -- connections ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the pool, check the server answers, and create (or check) the table."""
+        """Open the pool, check the server answers, and create (or check) the table.
+
+        A server that does not answer fails within ``append_timeout`` (a first ``track_*``
+        call opens the store: it waits no longer than that), not libpq's ``connect_timeout``.
+        """
         loop = asyncio.get_running_loop()
         if self._pool is not None and self._loop is loop:
             return
@@ -474,9 +481,7 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
         try:
             # One plain connection first: an unreachable server fails at once, with its reason
             # (the pool would retry until its timeout).
-            conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=5
-            )
+            conn = await self._connect_once(psycopg)
             async with conn:
                 await self._check_schema(conn)
                 await self._check_server(conn)
@@ -487,7 +492,22 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
             raise OutboxError(
                 f"cannot use PostgreSQL outbox {self.description}: {message}"
             ) from None
+        except BaseException:  # cancelled by the open's bound: leave no pool behind
+            await pool.close()
+            raise
         self._pool = pool
+
+    async def _connect_once(self, psycopg: Any) -> AsyncConnection[Any]:
+        try:
+            conn: AsyncConnection[Any] = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=5),
+                self.append_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise OutboxError(
+                f"no answer within append_timeout ({self.append_timeout:g}s)"
+            ) from None
+        return conn
 
     async def _check_schema(self, conn: AsyncConnection[Any]) -> None:
         from ._postgres_schema import SCHEMA_VERSION, schema_version
@@ -558,21 +578,32 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
         concurrent appends share one commit."""
         if self._pool is None or self._loop is not asyncio.get_running_loop():
             await self.open()
-        try:
-            await asyncio.wait_for(self._batcher.add(row), self.append_timeout)
-        except asyncio.TimeoutError:
-            raise OutboxError(
-                f"{self.description}: append not confirmed within {self.append_timeout:g}s"
-            ) from None
+        # Bounded by the batcher's timer: a row still queued is withdrawn, one whose write
+        # left raises AppendUnconfirmed, which says later whether the write committed.
+        await self._batcher.add(row)
 
     async def _append_many(self, rows: list[OutboxRow]) -> None:
         psycopg = require_psycopg()
+        # Past this moment (the database's clock) the transaction stores nothing: the write
+        # reached a hung or stopped server after its callers' copies went to the fallback.
+        deadline = self.now() + self.append_timeout
         try:
             async with (
                 self._connection(self.append_timeout) as conn,
                 conn.transaction(),
                 conn.cursor() as cur,
             ):
+                await cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true),"
+                    " clock_timestamp() <= to_timestamp(%s)",
+                    (f"{max(1, int(self.append_timeout * 1000))}ms", deadline),
+                )
+                found = await cur.fetchone()
+                if not found or not found[1]:
+                    raise OutboxError(
+                        f"{self.description}: the write reached the server after its"
+                        f" append_timeout ({self.append_timeout:g}s): not stored"
+                    )
                 await cur.executemany(self.tables.insert(), [db_values(r) for r in rows])
         except psycopg.Error as exc:
             raise OutboxError(f"{self.description}: {exc}") from exc
@@ -590,8 +621,34 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
         if self._pool is None or self._loop is not asyncio.get_running_loop():
             await self.open()  # the table must exist; never create it in the caller's transaction
         conn = await psycopg_connection(connection)
-        async with conn.cursor() as cur:
-            await cur.execute(self.tables.insert(), db_values(row))
+        psycopg = require_psycopg()
+        # Bounded by the server: a lock the insert waits for (a table locked by another
+        # session) or a slow disk cancels it after append_timeout; the caller's own
+        # statement_timeout comes back after the insert (on failure, their rollback undoes it).
+        limit = f"{max(1, int(self.append_timeout * 1000))}ms"
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT current_setting('statement_timeout'),"
+                    " set_config('statement_timeout', %s, true)",
+                    (limit,),
+                )
+                found = await cur.fetchone()
+                await cur.execute(self.tables.insert(), db_values(row))
+                await cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    (found[0] if found else "0",),
+                )
+        except psycopg.errors.QueryCanceled as exc:
+            raise OutboxError(
+                f"{self.description}: event {row.event_id} not inserted within append_timeout"
+                f" ({self.append_timeout:g}s): {exc}; roll back your transaction"
+            ) from exc
+        except psycopg.Error as exc:
+            raise OutboxError(
+                f"{self.description}: event {row.event_id} not inserted: {exc}; roll back"
+                " your transaction"
+            ) from exc
 
     # -- claims and outcomes -------------------------------------------------------------------
 

@@ -21,18 +21,30 @@ What the server must provide, checked at open:
   evict only keys with a TTL; the outbox sets none.)
 - Persistence: without the append-only file (``appendonly yes``) a restart of redis-server
   loses what it held (RDB snapshots keep only what was saved): appends return
-  ``durable=False`` and a WARNING says so.
+  ``durable=False`` and a WARNING says so. Such a store (or one allowed to evict) keeps a copy
+  of each row this process appended or claimed until it sees the row finished or gone to
+  another worker; when the data set is lost (the ``{prefix}:epoch`` key it writes at open is
+  gone or changed) it appends those rows again and names them by id at ERROR, so
+  ``durable=False`` means "in this process", as with the in-memory queue.
+- A write that reaches the server after its caller gave up (``append_timeout``: the server
+  was hung) is refused by the server (its ``TIME`` against the write's deadline): the caller's
+  copy went to the fallback, and the event is delivered once.
 - Redis 7+: the scripts are flagged ``allow-oom``, so a Redis at ``maxmemory`` with
   ``noeviction`` still acknowledges and moves entries: a full Redis drains.
 
 The same store answers the CLI: counts, listing rows by state, retrying dead letters. Needs
 ``pip install 'asgi-attribution[redis]'``.
+
+One concept, the outbox as Redis keys: the scripts that move an entry between them, the reads
+the CLI makes of them, and the copies kept while the server may lose them all act on the same
+keys and the same entry ids; a reader follows an entry through its keys in one file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +71,7 @@ from ._store import (
 )
 
 __all__ = [
+    "APPEND",
     "FINISH",
     "PROMOTE",
     "RedisInspection",
@@ -89,13 +102,37 @@ end
 return #due
 """
 
+# Append the rows ARGV[3..] to the stream KEYS[1] unless the server's TIME is past ARGV[1] (a
+# write that reaches a hung server after its caller gave up must not land: the caller's copy
+# went elsewhere). KEYS[2] holds the data set's epoch: set to ARGV[2] if missing (the data was
+# lost), returned first so the caller learns of a loss. Returns {epoch, id1, id2, ...}.
+APPEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if now > tonumber(ARGV[1]) then
+  return redis.error_reply('LATE: past its append_timeout when it reached the server: not written')
+end
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[2])
+  epoch = ARGV[2]
+end
+local out = {epoch}
+for i = 3, #ARGV do
+  out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'row', ARGV[i])
+end
+return out
+"""
+
 # Finish the entry ARGV[3] of the stream KEYS[1] if the consumer ARGV[2] of group ARGV[1] still
 # holds it (checked atomically: a worker whose lease was taken over records nothing). ARGV[4]:
 # delivered (count in KEYS[3], keep ARGV[5] in the stream KEYS[2], capped at ARGV[6]), retry
-# (ZADD ARGV[5] to KEYS[2] scored ARGV[6]), move (XADD ARGV[5] to the stream KEYS[2]).
+# (ZADD ARGV[5] to KEYS[2] scored ARGV[6]), move (XADD ARGV[5] to the stream KEYS[2]: returns
+# the new entry's id).
 FINISH = """
 local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #owned == 0 then return 0 end
+local moved = false
 if ARGV[4] == 'delivered' then
   redis.call('INCR', KEYS[3])
   if tonumber(ARGV[6]) > 0 then
@@ -104,11 +141,11 @@ if ARGV[4] == 'delivered' then
 elseif ARGV[4] == 'retry' then
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
 else
-  redis.call('XADD', KEYS[2], '*', 'row', ARGV[5])
+  moved = redis.call('XADD', KEYS[2], '*', 'row', ARGV[5])
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
+return moved or 1
 """
 
 
@@ -476,6 +513,7 @@ class RedisOutbox(RedisInspection, OutboxStore):
         self.dead_key = f"{prefix}:dead"
         self.delivered_key = f"{prefix}:delivered"
         self.done_key = f"{prefix}:done"
+        self.epoch_key = f"{prefix}:epoch"
         self.description = f"{safe_url(url)} ({prefix})"
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         #: What the server said at open (None before).
@@ -489,10 +527,31 @@ class RedisOutbox(RedisInspection, OutboxStore):
         self._offset = 0.0  # server time minus time.monotonic()
         self._lease = 60.0
         self._backlog = 0  # the unfinished events last seen (for "N events may be gone")
-        self._batcher = AppendBatcher(self._append_many)
+        self.append_bound = append_timeout  # the batcher's timer: no task per signup
+        self._batcher = AppendBatcher(self._append_many, timeout=append_timeout)
+        # The data set this process writes to (changed: Redis lost its data), and, on a Redis
+        # that may lose it, the rows this process answers for: event id -> (row, where the
+        # row is: "stream" or "retry", its entry id or retry member).
+        self._epoch: str | None = None
+        self._held: dict[str, tuple[OutboxRow, str, str]] = {}
+        self._next_confirm = 0.0
+        self._confirming: asyncio.Task[None] | None = None
+        self._loss_reported = False  # by an append, before the claim found the group gone
+        self._claimed: set[str] = set()  # held rows this process is attempting now
+        self._orphans: set[str] = set()  # ...whose entries went with a lost data set
 
     def __repr__(self) -> str:
         return f"RedisOutbox({self.description!r})"
+
+    @property
+    def held(self) -> int:
+        """Rows this process keeps a copy of because the server may lose them (no AOF).
+
+        Example:
+            >>> RedisOutbox("redis://127.0.0.1:6379/0").held
+            0
+        """
+        return len(self._held)
 
     async def open(self) -> None:
         """Connect, check the server's policy and persistence, create the group if needed."""
@@ -520,6 +579,7 @@ class RedisOutbox(RedisInspection, OutboxStore):
             facts = await check_server(client, self.description, self.allow_eviction)
             await self._ensure_group(client)
             await self._sync_clock(client)
+            self._epoch = await self._read_epoch(client)
         except OutboxError:
             await client.aclose()
             raise
@@ -536,6 +596,17 @@ class RedisOutbox(RedisInspection, OutboxStore):
         self._redis = client
         for name, body in (("promote", PROMOTE), ("finish", FINISH)):
             self._scripts[name] = client.register_script(script(body, facts.version))
+        # Not allow-oom: a full Redis refuses new events (they go to the fallback).
+        self._scripts["append"] = client.register_script(APPEND)
+
+    async def _read_epoch(self, client: Any) -> str | None:
+        """The data set's epoch, written now if missing (None if a full Redis refuses it)."""
+        from redis.exceptions import ResponseError
+
+        with contextlib.suppress(ResponseError):  # at maxmemory: read only
+            await client.set(self.epoch_key, uuid.uuid4().hex, nx=True)
+        epoch: str | None = await client.get(self.epoch_key)
+        return epoch
 
     async def _ensure_group(self, client: Any) -> bool:
         """Create the consumer group unless it exists; True if it was created."""
@@ -568,6 +639,23 @@ class RedisOutbox(RedisInspection, OutboxStore):
     async def close(self) -> None:
         """Close the connection pool."""
         await self._batcher.wait()
+        confirming, self._confirming = self._confirming, None
+        if confirming is not None:
+            confirming.cancel()
+            await asyncio.gather(confirming, return_exceptions=True)
+        if self._held and self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._confirm_held()
+        if self._held:
+            logger.warning(
+                "Redis %s has no persistence: %d events this process appended are not "
+                "delivered yet and are lost if redis-server restarts before a worker delivers "
+                "them: %s",
+                self.description,
+                len(self._held),
+                ", ".join(sorted(self._held)),
+            )
+            self._held.clear()
         client, self._redis = self._redis, None
         if client is not None:
             await client.aclose()
@@ -586,11 +674,104 @@ class RedisOutbox(RedisInspection, OutboxStore):
         await self._batcher.add(row)
 
     async def _append_many(self, rows: builtins.list[OutboxRow]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.xadd(self.stream, {"row": dump_row(row)})
-            await pipe.execute()
+        # The server refuses the write past this moment (its clock): redis-py gives up on the
+        # answer append_timeout after sending, and the margin covers our reading of its clock.
+        deadline = self.now() + self.append_timeout - min(0.5, self.append_timeout / 4)
+        try:
+            await self._add_rows(rows, deadline)
+        except Exception as exc:
+            if "LATE" in str(exc):  # a hung server, or its clock stepped: read it again
+                with contextlib.suppress(Exception):
+                    await self._sync_clock(self.client)
+            raise
         self._backlog += len(rows)
+        if self._held and time.monotonic() >= self._next_confirm:
+            self._confirm_soon()
+
+    async def _add_rows(self, rows: Sequence[OutboxRow], deadline: float) -> None:
+        found = await self._scripts["append"](
+            keys=[self.stream, self.epoch_key],
+            args=[deadline, uuid.uuid4().hex, *(dump_row(row) for row in rows)],
+        )
+        epoch, ids = str(found[0]), [str(i) for i in found[1:]]
+        lost = self._epoch is not None and epoch != self._epoch
+        self._epoch = epoch
+        if lost:
+            self._data_lost("its epoch key changed")
+        if not self.durable:
+            for row, entry_id in zip(rows, ids, strict=True):
+                self._held[row.event_id] = (replace(row, handle=entry_id), "stream", entry_id)
+
+    def _data_lost(self, how: str) -> None:
+        """Redis lost its data set: append again, now, the rows this process still held."""
+        # Rows on their way to the provider finish first: appended again only if not delivered.
+        self._orphans |= self._claimed & set(self._held)
+        rows = [row for eid, (row, _, _) in self._held.items() if eid not in self._orphans]
+        for row in rows:
+            del self._held[row.event_id]
+        others = max(0, self._backlog - len(rows) - len(self._orphans))
+        self._backlog = len(rows)
+        summary = (
+            f"outbox {self.description}: stream lost: Redis lost its data ({how}: restarted "
+            f"without persistence, or the keys were deleted); {len(rows)} events this process "
+            f"held are appended again, {len(self._orphans)} being attempted are appended again "
+            f"unless delivered; events other processes appended may be gone (up to {others})"
+        )
+        ids = ", ".join(r.event_id for r in rows) or "none"
+        attempted = ", ".join(sorted(self._orphans)) or "none"
+        logger.error("%s. Appended again: %s. Being attempted: %s", summary, ids, attempted)
+        self.problems.append(summary)
+        self._loss_reported = True
+        if rows:
+            asyncio.get_running_loop().create_task(self._restore(rows))
+
+    async def _restore(self, rows: builtins.list[OutboxRow]) -> None:
+        for start in range(0, len(rows), 500):
+            part = rows[start : start + 500]
+            for attempt in range(30):
+                try:
+                    await self._add_rows(part, self.now() + self.append_timeout)
+                    break
+                except Exception as exc:  # keep them in memory and try again
+                    if attempt == 29:
+                        for row in part:
+                            self._held[row.event_id] = (row, "stream", "")
+                        logger.error(
+                            "outbox %s: could not append again %s: %s",
+                            self.description,
+                            ", ".join(r.event_id for r in part),
+                            exc,
+                        )
+                    await asyncio.sleep(1.0)
+
+    def _confirm_soon(self) -> None:
+        self._next_confirm = time.monotonic() + 10.0
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.get_running_loop().create_task(self._confirm_quietly())
+
+    async def _confirm_quietly(self) -> None:
+        try:
+            await self._confirm_held()
+        except Exception as exc:
+            logger.info("outbox %s: could not check held rows: %s", self.description, exc)
+
+    async def _confirm_held(self) -> None:
+        """Forget held rows that left the stream (or the retry set) by another worker's hand:
+        delivered, or claimed by that worker, which answers for them now."""
+        held = [(eid, where, ref) for eid, (_, where, ref) in self._held.items() if ref]
+        for start in range(0, len(held), 1000):
+            part = held[start : start + 1000]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for _, where, ref in part:
+                    if where == "stream":
+                        pipe.xrange(self.stream, ref, ref, count=1)
+                    else:
+                        pipe.zscore(self.retry_key, ref)
+                found = await pipe.execute()
+            for (event_id, _, ref), there in zip(part, found, strict=True):
+                entry = self._held.get(event_id)
+                if not there and entry is not None and entry[2] == ref:
+                    del self._held[event_id]
 
     async def claim(self, limit: int, lease: float) -> builtins.list[OutboxRow]:
         """Promote due retries, take over entries idle longer than ``lease``, read new ones."""
@@ -601,7 +782,12 @@ class RedisOutbox(RedisInspection, OutboxStore):
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-        if await self._ensure_group(self.client):
+        if self._epoch is not None and await self.client.get(self.epoch_key) != self._epoch:
+            self._epoch = await self._read_epoch(self.client)
+            self._data_lost("its consumer group and epoch key are gone")
+            await self._ensure_group(self.client)
+            self._cursor = "0-0"
+        elif await self._ensure_group(self.client) and not self._loss_reported:
             lost = f"up to {self._backlog}" if self._backlog else "an unknown number of"
             message = (
                 f"outbox {self.description}: stream lost (its consumer group was gone: Redis "
@@ -611,6 +797,7 @@ class RedisOutbox(RedisInspection, OutboxStore):
             logger.error("%s", message)
             self.problems.append(message)
             self._backlog, self._cursor = 0, "0-0"
+        self._loss_reported = False
         return await self._claim(limit, lease)
 
     async def _claim(self, limit: int, lease: float) -> builtins.list[OutboxRow]:
@@ -649,11 +836,18 @@ class RedisOutbox(RedisInspection, OutboxStore):
             rows.append(
                 replace(row, attempts=row.attempts + times, first_attempt_at=first, updated_at=now)
             )
+        if not self.durable:  # this process answers for what it claimed
+            for row in rows:
+                self._held[row.event_id] = (row, "stream", row.handle)
+                self._claimed.add(row.event_id)
         return rows
 
     async def _finish(
         self, row: OutboxRow, action: str, target: str, payload: str, arg: float
     ) -> None:
+        if row.event_id in self._orphans:
+            await self._finish_orphan(row, action)
+            return
         # One script, allowed at maxmemory: check this consumer still holds the entry (a
         # worker whose lease was taken over records nothing), move or count it, XACK + XDEL.
         done = await self._scripts["finish"](
@@ -664,6 +858,25 @@ class RedisOutbox(RedisInspection, OutboxStore):
             logger.info("event %s: claim taken over by another worker; not recorded", row.event_id)
         else:
             self._backlog = max(0, self._backlog - 1)
+        if self.durable:
+            return
+        self._claimed.discard(row.event_id)
+        if not done or action == "delivered" or target == self.dead_key:
+            self._held.pop(row.event_id, None)  # finished, or another worker's now
+        elif action == "retry":
+            self._held[row.event_id] = (row, "retry", payload)
+        else:  # released onto the stream again as a new entry
+            self._held[row.event_id] = (row, "stream", str(done))
+
+    async def _finish_orphan(self, row: OutboxRow, action: str) -> None:
+        """Finish a row whose entry went with the lost data set while we attempted it:
+        delivered, it is done; otherwise it goes onto the new stream (with its attempts)."""
+        if action != "delivered":
+            await self._add_rows([row], self.now() + self.append_timeout)
+        else:
+            self._held.pop(row.event_id, None)
+        self._orphans.discard(row.event_id)
+        self._claimed.discard(row.event_id)
 
     async def delivered(self, row: OutboxRow) -> None:
         """``XACK`` and delete the entry; count it and keep it (with its outcome) in ``done``."""
@@ -687,8 +900,11 @@ class RedisOutbox(RedisInspection, OutboxStore):
             await self._finish(row, "move", self.stream, dump_row(back), 0)
 
     async def maintain(self) -> None:
-        """Trim delivered rows past ``retention``; remove consumers idle past the lease."""
+        """Trim delivered rows past ``retention``; remove consumers idle past the lease; forget
+        held rows another worker took."""
         client = self.client
+        if self._held:
+            await self._confirm_held()
         cutoff = int((self.now() - self.retention) * 1000)
         await client.xtrim(self.done_key, minid=f"{max(cutoff, 0)}-0", approximate=True)
         from redis.exceptions import ResponseError

@@ -40,6 +40,7 @@ __all__ = [
     "STATES",
     "WITHIN_REASON",
     "AppendBatcher",
+    "AppendUnconfirmed",
     "ListState",
     "OutboxRow",
     "OutboxStatus",
@@ -409,8 +410,37 @@ def open_store(
 _Waiting = builtins.list[tuple[OutboxRow, "asyncio.Future[None]"]]
 
 
+class AppendUnconfirmed(TimeoutError):
+    """An append that gave up while its write was already on its way to the store.
+
+    The write cannot be withdrawn any more, so the event may yet be stored: ``stored``
+    resolves once the store answers, True if the write committed (the store delivers the
+    event: the caller's copy must not be sent) or False if it did not (send the caller's
+    copy). Rows still waiting for their write are withdrawn instead (a plain ``TimeoutError``).
+
+    Example:
+        >>> import asyncio
+        >>> async def unconfirmed():
+        ...     stored = asyncio.get_running_loop().create_future()
+        ...     error = AppendUnconfirmed("not confirmed within 2s", stored)
+        ...     stored.set_result(False)
+        ...     return isinstance(error, TimeoutError), await error.stored
+        >>> asyncio.run(unconfirmed())
+        (True, False)
+    """
+
+    def __init__(self, message: str, stored: asyncio.Future[bool]) -> None:
+        super().__init__(message)
+        self.stored = stored
+
+
 class AppendBatcher:
     """Group concurrent appends into one write.
+
+    With ``timeout``, a row not written within that many seconds fails its caller: a row still
+    waiting for a write is withdrawn (never sent: ``TimeoutError``), a row whose write is on
+    its way raises :class:`AppendUnconfirmed`, which says later whether it was stored. A
+    cancelled caller's row is withdrawn too, unless its write already left.
 
     Example:
         >>> import asyncio
@@ -439,6 +469,8 @@ class AppendBatcher:
         self._write_now = write_now
         self._timeout = timeout
         self._waiting: _Waiting = []  # for ``write``
+        # The callers whose rows are in the write on its way, and whether it stored them.
+        self._sent: dict[asyncio.Future[None], asyncio.Future[bool]] = {}
         # This iteration's rows for ``write_now``, per loop: a loop that ended before its
         # commit ran leaves only its own rows behind.
         self._gathering: dict[asyncio.AbstractEventLoop, _Waiting] = {}
@@ -461,7 +493,11 @@ class AppendBatcher:
             gathering.append((row, future))
         else:
             self._queue([(row, future)], loop)
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._withdraw({future})  # a caller that is gone does not leave its row queued
+            raise
 
     def _commit_now(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._gathering.pop(loop)
@@ -485,34 +521,62 @@ class AppendBatcher:
         if self._timeout is not None:
             # One timer for the batch: its rows fail (their callers go on) if still unwritten.
             futures = [future for _, future in batch]
-            loop.call_later(self._timeout, _expire, futures, self._timeout)
+            loop.call_later(self._timeout, self._expire, futures)
         # A task of an event loop that ended without finishing would never run again.
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._drain())
 
+    def _withdraw(self, futures: set[asyncio.Future[None]]) -> int:
+        """Take the rows of ``futures`` that still wait out of the queue; how many."""
+        before = len(self._waiting)
+        self._waiting = [(row, f) for row, f in self._waiting if f not in futures]
+        return before - len(self._waiting)
+
+    def _expire(self, futures: builtins.list[asyncio.Future[None]]) -> None:
+        late = {future for future in futures if not future.done()}
+        if not late:
+            return
+        self._withdraw(late)
+        timeout = f"{self._timeout:g}s"
+        for future in late:
+            stored = self._sent.get(future)
+            if stored is None:  # withdrawn: the store never sees it
+                _settle(future, TimeoutError(f"not written within append_timeout ({timeout})"))
+            else:
+                message = f"not confirmed within append_timeout ({timeout}); the write is sent"
+                _settle(future, AppendUnconfirmed(message, stored))
+
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._waiting:
             batch, self._waiting = self._waiting, []
+            stored: asyncio.Future[bool] = loop.create_future()
+            for _, future in batch:
+                self._sent[future] = stored
             try:
                 await self._write([row for row, _ in batch])
             except Exception as exc:
+                stored.set_result(False)
                 for _, future in batch:
                     _settle(future, exc)
+            except BaseException:  # the loop is ending: its callers are cancelled with it
+                stored.set_result(False)
+                for _, future in batch:
+                    future.cancel()
+                raise
             else:
+                stored.set_result(True)
                 for _, future in batch:
                     _settle(future, None)
+            finally:
+                for _, future in batch:
+                    self._sent.pop(future, None)
 
     async def wait(self) -> None:
         """Let the write in progress finish (before closing the store)."""
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-
-
-def _expire(futures: builtins.list[asyncio.Future[None]], timeout: float) -> None:
-    error = asyncio.TimeoutError(f"not written within append_timeout ({timeout:g}s)")
-    for future in futures:
-        _settle(future, error)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -47,7 +47,7 @@ from .._background import BackgroundTransport, ErrorCallback, notify
 from .._base import Delivery, DeliveryStats, RetryPolicy, TrackResult, Transport, next_retry
 from .._http import HTTPTransport
 from .._pause import Pause, is_integration_fault, pause_for
-from ._store import OutboxRow, OutboxStore, append_within, open_store
+from ._store import AppendUnconfirmed, OutboxRow, OutboxStore, append_within, open_store
 
 __all__ = [
     "DeliveredCallback",
@@ -61,6 +61,10 @@ __all__ = [
 
 
 logger = logging.getLogger("asgi_attribution")
+
+#: Seconds an event waits in memory for the store's answer to a write that outlived
+#: ``append_timeout`` before it is sent from memory anyway.
+HOLD_LIMIT = 60.0
 
 
 class MemoryFallback:
@@ -102,6 +106,8 @@ class MemoryFallback:
         self.cause: str | None = None
         self._next_try = 0.0
         self._queue: BackgroundTransport | None = None
+        #: Events whose store write was sent but not confirmed in time, until the store answers.
+        self.held: dict[asyncio.Task[None], Delivery] = {}
 
     @property
     def in_outage(self) -> bool:
@@ -145,19 +151,56 @@ class MemoryFallback:
 
     async def send(self, delivery: Delivery) -> TrackResult:
         """Queue ``delivery`` in memory; the result says ``durable=False``."""
+        self.count += 1
+        self.total += 1
+        return await self._enqueue(delivery)
+
+    async def _enqueue(self, delivery: Delivery) -> TrackResult:
         if self._queue is None:
             self._queue = BackgroundTransport(
                 self.inner, stats=self.stats, shutdown_timeout=self.shutdown_timeout
             )
-        self.count += 1
-        self.total += 1
         result = await self._queue.send(delivery)
         if result.status == "queued" and result.durable:  # never claim what memory cannot keep
             result = TrackResult("queued", delivery.event)
         return result
 
+    def hold(self, delivery: Delivery, stored: asyncio.Future[bool]) -> TrackResult:
+        """Keep ``delivery`` here while its store write (sent, not confirmed within
+        ``append_timeout``) is unanswered: sent from memory only if the store did not take it,
+        so a store that answers late never makes a second delivery."""
+        self.count += 1
+        self.total += 1
+        task = asyncio.get_running_loop().create_task(self._after_store(delivery, stored))
+        self.held[task] = delivery
+        task.add_done_callback(self._unhold)
+        return TrackResult("queued", delivery.event)
+
+    def _unhold(self, task: asyncio.Task[None]) -> None:
+        self.held.pop(task, None)
+
+    async def _after_store(self, delivery: Delivery, stored: asyncio.Future[bool]) -> None:
+        try:
+            taken = await asyncio.wait_for(asyncio.shield(stored), HOLD_LIMIT)
+        except asyncio.TimeoutError:
+            taken = False
+            logger.warning(
+                "event %s: the store has not answered its write in %gs; sent from memory "
+                "(delivered twice if that write still lands)",
+                delivery.event.event_id,
+                HOLD_LIMIT,
+            )
+        if taken:
+            logger.info(
+                "event %s: stored after all, delivered from the store", delivery.event.event_id
+            )
+        else:
+            await self._enqueue(delivery)
+
     async def flush(self, timeout: float | None = None) -> None:
         """Wait for the in-memory queue to deliver what it holds."""
+        if self.held:
+            await asyncio.wait(list(self.held), timeout=timeout)
         if self._queue is not None:
             await self._queue.flush(timeout)
 
@@ -172,6 +215,20 @@ class MemoryFallback:
                 self.count,
                 self.shutdown_timeout,
             )
+        held = list(self.held)
+        if held:  # the store's answer, or the memory copy sent when it does not come
+            _, unanswered = await asyncio.wait(held, timeout=self.shutdown_timeout)
+            late = [(task, self.held[task]) for task in unanswered if task in self.held]
+            for task, _ in late:
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in late), return_exceptions=True)
+            for _, delivery in late:
+                logger.warning(
+                    "event %s: no answer from the store to its write by shutdown; sent from "
+                    "memory (delivered twice if that write still lands)",
+                    delivery.event.event_id,
+                )
+                await self._enqueue(delivery)
         queue, self._queue = self._queue, None
         if queue is not None:
             await queue.aclose()
@@ -685,7 +742,9 @@ class OutboxTransport(Transport):
         if not self._open:
             cause = "the store is not open (retrying in the background)"
         elif fallback is not None and not fallback.should_try_store():
-            cause = fallback.cause or "outage"
+            # Not tried: the next probe stays due (a signup every 0.5 s must not push it off
+            # forever, which kept a recovered store "unavailable until shutdown").
+            return await fallback.send(delivery)
         else:
             try:
                 row = OutboxRow.from_delivery(delivery, now=self.store.now())
@@ -695,6 +754,12 @@ class OutboxTransport(Transport):
                     await self.store.append(row)  # bounded by the store (no task per signup)
                 else:
                     await asyncio.wait_for(self.store.append(row), bound)
+            except AppendUnconfirmed as exc:
+                # The write left and may yet land: one copy only, whichever the store says.
+                cause = f"{exc}; it may still be stored and delivered"
+                if fallback is not None:
+                    fallback.failed(cause)
+                    return fallback.hold(delivery, exc.stored)
             except Exception as exc:
                 cause = str(exc) or f"no answer within {self.append_timeout:g}s"
                 if isinstance(exc, asyncio.TimeoutError):
