@@ -218,8 +218,20 @@ class _EventBase(BaseModel):
     # python-re: Dub's email pattern uses look-aheads, which pydantic's default engine lacks.
     model_config = ConfigDict(frozen=True, extra="forbid", regex_engine="python-re")
 
+    # Sent as the Idempotency-Key header: visible ASCII only, checked at the call (a CR/LF or
+    # a space would otherwise fail at send time, after the event was accepted).
     event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=100)
     metadata: Metadata | None = None
+
+    @field_validator("event_id")
+    @classmethod
+    def _header_safe(cls, value: str) -> str:
+        if not (value.isascii() and value.isprintable()) or " " in value:
+            raise ValueError(
+                "must be visible ASCII, without spaces or control characters such as CR/LF "
+                "(it is sent as the Idempotency-Key header)"
+            )
+        return value
 
 
 class LeadEvent(_EventBase):

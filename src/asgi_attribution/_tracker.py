@@ -21,7 +21,15 @@ From the arguments of a ``track_*`` call to a result, in the order a call goes:
   (:func:`on_owner`, with a :class:`Ticket` so exactly one side does the work); if the owner
   does not take it within ``handoff_timeout`` it is sent inline on the caller's loop, and if
   the owner loop ended without ``aclose``, the caller's loop closes the tracker (delivering
-  what it held) and carries on as for a tracker never started.
+  what it held) and carries on as for a tracker never started. Work the owner took is never
+  done twice: if its answer is lost (the owner ended mid-way), the caller gets a
+  :class:`DeliveryError` naming the event instead of sending it again.
+- **The end of the owner loop**: a started tracker keeps one idle task on its loop. A job that
+  ends without ``aclose`` (returned, raised or cancelled: ``asyncio.run`` cancels every task
+  of the loop) cancels it, and that task drains the tracker there and then, within
+  ``shutdown_timeout``, reporting the rest by id; the tracker is then as if never started.
+  A loop closed without that (``loop.close()`` by hand) is caught at interpreter exit by an
+  ``atexit`` last resort that closes every tracker still started.
 - **Tracking**: what a ``track_*`` call returns, an awaitable that reports the event it would
   have sent (an ERROR naming its id) if it is collected without being awaited; warnings are
   often off in production, and a forgotten ``await`` would lose the lead without a word.
@@ -33,12 +41,14 @@ none is used elsewhere.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import dataclasses
 import inspect
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
@@ -410,6 +420,42 @@ def _owner_cancelled(future: concurrent.futures.Future[Any]) -> bool:
     return cancelling is None or cancelling() == 0
 
 
+def owner_ended(event_id: str) -> DeliveryError:
+    """The error of an event the owner loop took and ended before answering for.
+
+    Example:
+        >>> owner_ended("evt_1").code
+        'owner_ended'
+    """
+    return DeliveryError(
+        event_id,
+        "owner_ended",
+        "the event loop owning delivery took the event and ended before answering: it was "
+        "handed to its drain (delivered or reported there), not sent again",
+        retryable=False,
+    )
+
+
+#: Started trackers, for the last resort at interpreter exit (weak: a tracker is never kept).
+_started: weakref.WeakSet[Tracker] = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _close_at_exit() -> None:
+    """Close every tracker still started: deliver or report, by id, what it holds."""
+    for tracker in list(_started):
+        owner = tracker.loop
+        bound = tracker.shutdown_bound
+        try:
+            if alive(owner):
+                assert owner is not None
+                asyncio.run_coroutine_threadsafe(tracker.aclose(), owner).result(bound)
+            elif tracker.started:
+                asyncio.run(asyncio.wait_for(tracker.aclose(), bound))
+        except BaseException as exc:  # exiting: log, carry on with the next
+            logger.error("closing the %s tracker at exit failed: %r", tracker.provider.name, exc)
+
+
 async def run_on(owner: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
     """Run ``work`` on the ``owner`` loop (another thread's) and await its result here.
 
@@ -520,6 +566,7 @@ class Tracker:
         self.verified_metadata_key = verified_metadata_key
         self._started = False
         self._closing = False
+        self._watch: asyncio.Task[None] | None = None  # the idle task that sees the loop end
         self._warned_unowned = False
         self._warned_ended = False
         # The one owner of delivery: the loop the tracker started in. Every other loop or
@@ -536,11 +583,15 @@ class Tracker:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start delivery (the middleware calls this at lifespan startup); idempotent."""
+        """Start delivery (the middleware calls this at lifespan startup); idempotent.
+
+        A tracker left started on a loop that ended is first closed (or taken over) here.
+        """
+        await self._adopt_if_ended()
         if self._started:
             return
         self._started = True
-        self._loop = asyncio.get_running_loop()
+        self._own()
         if self._http is not None and self._api_key is None:
             logger.warning(
                 "no %s API key: set %s or pass api_key=; events will fail to deliver",
@@ -570,11 +621,80 @@ class Tracker:
         # Still "started" while draining: events tracked meanwhile (shutdown handlers, jobs)
         # must reach the closing transport, which sends them inline, not a fresh one.
         self._closing = True
+        watch, self._watch = self._watch, None
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
         try:
             await self.transport.aclose()
         finally:
             self._started = self._closing = False
             self._loop = None
+            _started.discard(self)
+
+    def _own(self) -> None:
+        """The running loop owns delivery from now on; its end is watched."""
+        global _atexit_registered
+        loop = self._loop = asyncio.get_running_loop()
+        self._watch = loop.create_task(self._watch_loop_end(), name="asgi-attribution-owner")
+        _started.add(self)
+        if not _atexit_registered:
+            _atexit_registered = True
+            atexit.register(_close_at_exit)
+
+    async def _watch_loop_end(self) -> None:
+        """Idle until cancelled; cancelled by the loop's end (not ``aclose``), drain here."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            if asyncio.current_task() is not self._watch or self._closing:
+                raise  # aclose cancelled it: nothing to do
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()  # our own waits below must not see the loop's cancellation
+        # Let every task the loop's end cancelled take its cancellation first (the queue's
+        # workers end; the drain starts fresh ones).
+        await asyncio.sleep(0)
+        logger.warning(
+            "the event loop owning the %s tracker is ending without `await tracker.aclose()` "
+            "(a job that returned, raised or was cancelled): delivering what it holds now, "
+            "within shutdown_timeout; start and close it in the same loop (`async with "
+            "tracker:`)",
+            self.provider.name,
+        )
+        await self.aclose()
+
+    @property
+    def started(self) -> bool:
+        """True from :meth:`start` until :meth:`aclose` (or the owner loop's end).
+
+        Example:
+            >>> Tracker("dub", transport=MemoryTransport()).started
+            False
+        """
+        return self._started
+
+    @property
+    def needs_owner(self) -> bool:
+        """True when delivery needs a started event loop: an outbox, or your own transport.
+
+        False for the in-memory queue and ``background=False``: a tracker nobody started
+        sends their events inline instead.
+
+        Example:
+            >>> Tracker("dub").needs_owner, Tracker("dub", transport=MemoryTransport()).needs_owner
+            (False, True)
+        """
+        return not self._memory_queue and self.transport is not self._http
+
+    @property
+    def shutdown_bound(self) -> float:
+        """Seconds a close may take: the transport's ``shutdown_timeout`` plus a margin.
+
+        Example:
+            >>> Tracker("dub", shutdown_timeout=5).shutdown_bound
+            15.0
+        """
+        return float(getattr(self.transport, "shutdown_timeout", 20.0)) + 10.0
 
     @property
     def api_key(self) -> SecretStr | None:
@@ -619,7 +739,7 @@ class Tracker:
         owner = self._loop
         if owner is None or owner is asyncio.get_running_loop() or alive(owner):
             return
-        self._loop = asyncio.get_running_loop()
+        self._own()
         if not self._memory_queue:
             await self.transport.start()
             return
@@ -700,9 +820,13 @@ class Tracker:
             answers.append(result)
             return result
 
-        _, result = await on_owner(owner, accept, self.handoff_timeout)
+        taken, result = await on_owner(owner, accept, self.handoff_timeout)
         if result is not None or answers:
             return result if result is not None else answers[0]
+        if taken:
+            # The owner took it and ended before answering: it may be queued or stored there
+            # (and delivered by the owner's drain). Sending it again could send it twice.
+            raise owner_ended(delivery.event.event_id)
         if not alive(owner):
             return await self._deliver(delivery)  # the owner ended: adopted on this loop
         logger.warning(

@@ -35,7 +35,10 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-from collections.abc import Callable, Coroutine
+import threading
+import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from typing_extensions import Unpack
@@ -44,7 +47,7 @@ from ._attribution import Attribution, attribution_in
 from ._context import MIDDLEWARE_HINT, TRACKER_KEY, RequestLike, scope_of
 from ._events import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError
-from ._tracker import Tracker
+from ._tracker import Ticket, Tracker, Tracking, alive, owner_ended
 from .transports._base import TrackResult
 
 __all__ = ["RequestLike", "track_customer", "track_lead", "track_sale"]
@@ -83,14 +86,17 @@ def _with_verified(
 
 def _run(
     tracker: Tracker,
-    call: Callable[[], Coroutine[Any, Any, TrackResult]],
+    call: Callable[[], Tracking],
     name: str,
     timeout: float | None,
 ) -> TrackResult:
-    """Run ``call()`` on the tracker's loop when it runs elsewhere, else in a fresh loop.
+    """``call()`` (validated here, in the calling thread), delivered within ``timeout``.
 
-    The tracker answers which loop owns delivery (:attr:`Tracker.loop`); in a fresh loop, a
-    tracker whose loop ended without ``aclose`` is closed there first (see ``Tracker``).
+    Handed to the tracker's loop when it runs elsewhere; delivered inline in a fresh loop when
+    nobody owns a queue that would die with it; handed to an owner thread of the tracker's
+    when delivery needs a started loop (an outbox) or a loop left started must be closed.
+    Returns within ``timeout`` or raises :class:`DeliveryError` naming the event; never a
+    ``CancelledError``.
     """
     try:
         asyncio.get_running_loop()
@@ -102,25 +108,157 @@ def _run(
             f"would block the loop that delivers. Use `await asgi_attribution.{name}(...)` here"
         )
     wait = tracker.inline_timeout if timeout is None else timeout
-    loop = tracker.loop
-    if loop is not None and loop.is_running():
-        future = asyncio.run_coroutine_threadsafe(call(), loop)
-        try:
-            return future.result(wait)
-        except concurrent.futures.TimeoutError:
-            if not future.cancel():  # it finished meanwhile
-                return future.result()
+    tracking = call()
+    tickets = [Ticket()]  # one per offer to an owner: taken once it runs ``tracking``
+    try:
+        return _deliver(tracker, tracking, tickets, time.monotonic() + wait, wait)
+    except (asyncio.CancelledError, concurrent.futures.CancelledError):
+        raise DeliveryError(
+            tracking.event_id or "(none)",
+            "cancelled",
+            "the delivery was cancelled (its event loop ended)",
+            retryable=True,
+        ) from None
+    finally:
+        if not any(ticket.taken for ticket in tickets):
+            tracking.close()  # not run here or there: nothing left to report about it
+
+
+def _deliver(
+    tracker: Tracker, tracking: Tracking, tickets: list[Ticket], deadline: float, wait: float
+) -> TrackResult:
+    event_id = tracking.event_id or "(none)"
+    while True:
+        ticket = tickets[-1]
+        owner = tracker.loop
+        if owner is not None and alive(owner):
+            handed = _hand_over(owner, tracking, ticket, deadline, wait)
+            if handed is not None:
+                return handed
+            tickets.append(Ticket())  # the owner ended before taking it: look again
+        elif tracker.started or tracker.needs_owner:
+            _owner_thread(tracker)  # an outbox needs an owner; an ended one must be closed
+        elif ticket.withdraw():
+            return _inline(tracking, deadline, event_id)
+        if time.monotonic() >= deadline:
+            ticket.withdraw()
             raise DeliveryError(
-                "(not built)",
+                event_id,
                 "handoff_timeout",
-                f"the tracker's event loop did not take the event within {wait:g}s (blocked?)",
+                f"no event loop took the event within {wait:g}s",
                 retryable=True,
-            ) from None
+            )
+        time.sleep(0.005)
+
+
+def _hand_over(
+    owner: asyncio.AbstractEventLoop,
+    tracking: Tracking,
+    ticket: Ticket,
+    deadline: float,
+    wait: float,
+) -> TrackResult | None:
+    """The owner's answer; ``None`` if the owner ended before taking the event."""
+    answers: list[TrackResult] = []
+    event_id = tracking.event_id or "(none)"
+
+    async def take() -> None:
+        if ticket.take():
+            answers.append(await tracking)
+
+    try:
+        future = asyncio.run_coroutine_threadsafe(take(), owner)
+    except RuntimeError:  # closed in the meantime
+        return None
+    # In slices: an owner that ends before taking the event leaves the future pending forever.
+    while not future.done() and (ticket.taken or alive(owner)):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        concurrent.futures.wait([future], timeout=min(left, 0.05))
+    if answers:
+        return answers[0]
+    if future.done() and not future.cancelled():
+        error = future.exception()
+        if isinstance(error, Exception):
+            raise error  # the tracker's own answer: QueueFullError, DeliveryError, ...
+    if ticket.withdraw():  # never taken: nothing was sent, the caller still holds it
+        future.cancel()
+        if not alive(owner):
+            return None
+        raise DeliveryError(
+            event_id,
+            "handoff_timeout",
+            f"the tracker's event loop did not take the event within {wait:g}s (blocked?)",
+            retryable=True,
+        )
+    if future.done():  # taken, then cut short by the owner loop's end: never sent twice
+        raise owner_ended(event_id)
+    raise DeliveryError(
+        event_id,
+        "handoff_timeout",
+        f"the tracker's event loop took the event but gave no answer within {wait:g}s: it "
+        "may still be queued there (not sent again)",
+        retryable=False,
+    )
+
+
+def _inline(tracking: Tracking, deadline: float, event_id: str) -> TrackResult:
+    """Deliver in a fresh event loop of this thread, within what is left of the timeout."""
 
     async def inline() -> TrackResult:
-        return await call()
+        try:
+            return await asyncio.wait_for(tracking, max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise DeliveryError(
+                event_id, "inline_timeout", "not delivered within the call's timeout"
+            ) from None
 
     return asyncio.run(inline())
+
+
+_owners: weakref.WeakKeyDictionary[Tracker, threading.Thread] = weakref.WeakKeyDictionary()
+_owners_lock = threading.Lock()
+
+
+def _owner_thread(tracker: Tracker) -> None:
+    """Start the tracker's owner thread (once): an event loop that owns its delivery.
+
+    For a tracker that needs a started loop (an outbox), it starts the tracker and runs until
+    ``aclose`` (or the exit, where the tracker's ``atexit`` last resort closes it). For a
+    tracker left started on a loop that ended, it closes it (delivering what it held) and ends.
+    Sync callers hand their events to it meanwhile, as to any owner.
+    """
+    with _owners_lock:
+        running = _owners.get(tracker)
+        if running is not None and running.is_alive():
+            return
+        ready = threading.Event()
+
+        async def serve() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                if tracker.needs_owner:
+                    await tracker.start()
+                else:
+                    await tracker.flush(0)  # closes what the ended loop left (see Tracker)
+            finally:
+                ready.set()
+            while tracker.loop is loop:
+                await asyncio.sleep(0.1)
+
+        def main() -> None:
+            try:
+                asyncio.run(serve())
+            except Exception:
+                logger.exception("the %s tracker's owner thread failed", tracker.provider.name)
+            finally:
+                ready.set()
+
+        thread = threading.Thread(target=main, name="asgi-attribution-owner", daemon=True)
+        _owners[tracker] = thread
+        thread.start()
+    ready.wait(1.0)  # mostly instant; the caller's own deadline bounds the rest
 
 
 def track_lead(

@@ -352,9 +352,15 @@ class BackgroundTransport(Transport):
             self._jobs.stalled.set()
         elif carried:
             self._jobs.ready.set()
-        self._workers = [
+        self._workers = []
+        self._hire(loop)
+
+    def _hire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Workers on ``loop`` up to ``concurrency`` (those that ended are replaced)."""
+        self._workers = [task for task in self._workers if not task.done()]
+        self._workers += [
             loop.create_task(self._work(loop), name=f"asgi-attribution-worker-{i}")
-            for i in range(self.concurrency)
+            for i in range(len(self._workers), self.concurrency)
         ]
 
     # -- accepting ---------------------------------------------------------------------------
@@ -542,6 +548,11 @@ class BackgroundTransport(Transport):
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        if any(task.done() for task in self._workers):
+            # The loop is ending (asyncio.run cancelled every task, the workers too): the jobs
+            # they held are queued again, for fresh workers to deliver below.
+            self._jobs.requeue(JobState.ATTEMPTING)
+            self._hire(loop)
         # Report first: a SIGKILL during the drain must find every id already in the log.
         waiting = [job.event_id for job in self._jobs]
         head = f"shutting down with {len(waiting)} events not yet delivered (draining up to"

@@ -266,6 +266,7 @@ class DeliveryLoop:
         self.maintenance_interval = maintenance_interval
         self.on_error, self.on_delivered = on_error, on_delivered
         self.tasks: dict[asyncio.Task[None], OutboxRow] = {}
+        self.cut_short: list[OutboxRow] = []  # claims of attempts the loop's end cancelled
         self.stopping = False
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -316,8 +317,15 @@ class DeliveryLoop:
         except Exception as exc:
             logger.warning("outbox %s: maintenance failed: %s", self.store.description, exc)
 
+    @property
+    def ended(self) -> bool:
+        """True once the claiming task ended without :meth:`stop` (its loop is ending)."""
+        return self._runner.done() and not self.stopping
+
     def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(task, None)
+        row = self.tasks.pop(task, None)
+        if row is not None and task.cancelled() and not self.stopping:
+            self.cut_short.append(row)  # the loop is ending: the drain gives the claim back
         self._wake.set()
 
     async def _deliver(self, row: OutboxRow) -> None:
@@ -496,6 +504,11 @@ async def close_transport(transport: OutboxLife) -> None:
         if not transport.in_running_loop():
             return  # the loop that opened it is gone: nothing of it can be awaited here
         delivery = transport.delivery
+        if delivery is not None and delivery.ended:
+            # asyncio.run cancelled every task (a job ended without aclose): deliver afresh.
+            transport.opened()
+            await delivery.record(store.release, delivery.cut_short)
+            delivery = transport.delivery
         if delivery is not None:
             await transport.flush(transport.shutdown_timeout)
             await delivery.stop(transport.timeout + 1.0)
