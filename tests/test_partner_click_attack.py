@@ -176,12 +176,16 @@ def test_a_global_cap_bounds_concurrent_and_per_minute_click_calls(
     )
     with serve_in_thread(landing_app(clicks)) as site:
         first = landings(site + "/?via=john", 40, lambda i: {})
-        later = [landings(site + "/?via=john", 4, lambda i: {"User-Agent": f"{BROWSER} w{w}-{i}"})
-                 for w in range(4)]  # fmt: skip
+        later = [wave(site, w) for w in range(4)]
     answers = first + [a for wave in later for a in wave]
     served = [a for a in answers if a.status_code == 200]
     calls = len(click_requests(provider))
-    row = {"sent": 56, "served": len(served), "clicks_called": calls, "silently_lost": 56 - len(served)}
+    row = {
+        "sent": 56,
+        "served": len(served),
+        "clicks_called": calls,
+        "silently_lost": 56 - len(served),
+    }
     print(row)
     assert row["served"] == 56 and row["silently_lost"] == 0
     assert in_flight.most == 4  # reached, never passed
@@ -191,6 +195,11 @@ def test_a_global_cap_bounds_concurrent_and_per_minute_click_calls(
         r for r in caplog.records if r.levelno == logging.WARNING and "skipped:" in r.getMessage()
     ]
     assert len(warnings) == 1
+
+
+def wave(site: str, w: int) -> list[httpx.Response]:
+    """Four landings of new visitors."""
+    return landings(site + "/?via=john", 4, lambda i: {"User-Agent": f"{BROWSER} w{w}-{i}"})
 
 
 def site_with_middleware(api: str) -> Any:
@@ -214,9 +223,11 @@ def test_partner_data_too_large_for_a_cookie_or_for_memory_still_lands(
 ) -> None:
     provider, api = fake
     caplog.set_level(logging.INFO, logger="asgi_attribution")
-    with serve_in_thread(site_with_middleware(api)) as site, nginx_in_front(site, tmp_path) as front:
-        wide = [landings(front + "/?via=wide", 1, lambda i: {"User-Agent": f"{BROWSER} {n}"})[0]
-                for n in range(3)]  # fmt: skip
+    with (
+        serve_in_thread(site_with_middleware(api)) as site,
+        nginx_in_front(site, tmp_path) as front,
+    ):
+        wide = landings(front + "/?via=wide", 3, lambda i: {})
         huge = landings(front + "/?via=huge", 1, lambda i: {})[0]
     for answer in wide:
         assert answer.status_code == 200  # before: nginx answered 502 to the 10 KB Set-Cookie
@@ -228,5 +239,10 @@ def test_partner_data_too_large_for_a_cookie_or_for_memory_still_lands(
     assert [r.levelno for r in too_wide] == [logging.WARNING, logging.INFO, logging.INFO]
     assert str(MAX_PARTNER_COOKIE) in too_wide[0].getMessage()
     assert any("answer over" in r.getMessage() for r in caplog.records)
-    row = {"sent": 4, "served": 4, "clicks_called": len(click_requests(provider)), "silently_lost": 0}
+    row = {
+        "sent": 4,
+        "served": 4,
+        "clicks_called": len(click_requests(provider)),
+        "silently_lost": 0,
+    }
     print(row)

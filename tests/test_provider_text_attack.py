@@ -101,7 +101,9 @@ def test_an_echoed_key_reaches_no_error_log_row_or_cli_output(
     dead = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
     errors = [r for r in inline if isinstance(r, DeliveryError)]
     assert len(errors) == n and all(e.status_code == status for e in errors)
-    assert all("[redacted]" in e.message for e in errors)  # the provider's text is kept, less the key
+    assert all(
+        "[redacted]" in e.message for e in errors
+    )  # the provider's text is kept, less the key
     assert sorted(d["event_id"] for d in dead) == sorted(r.event_id for r in stored)
     assert all("[redacted]" in d["last_error"] for d in dead)
     texts = [out.out, out.err, caplog.text, Path(path).read_bytes().decode("latin-1")]

@@ -11,6 +11,7 @@ answers (409/500: the provider was told to try again) and silently lost (acknowl
 from __future__ import annotations
 
 import collections
+import contextlib
 import signal
 import threading
 import time
@@ -113,9 +114,7 @@ def test_concurrent_redeliveries_to_two_processes_run_each_handler_once(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     dedupe = (
-        str(tmp_path / "webhooks.db")
-        if kind == "sqlite"
-        else request.getfixturevalue("redis").url
+        str(tmp_path / "webhooks.db") if kind == "sqlite" else request.getfixturevalue("redis").url
     )
     log = tmp_path / "runs.log"
     tally = Tally()
@@ -135,9 +134,7 @@ def test_a_failed_handler_is_released_and_its_retry_runs_in_either_process(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     dedupe = (
-        str(tmp_path / "webhooks.db")
-        if kind == "sqlite"
-        else request.getfixturevalue("redis").url
+        str(tmp_path / "webhooks.db") if kind == "sqlite" else request.getfixturevalue("redis").url
     )
     log = tmp_path / "runs.log"
     tally = Tally()
@@ -191,7 +188,5 @@ def test_a_restart_keeps_sqlite_ids_and_a_kill_mid_handler_frees_the_claim_after
 
 
 def _post_quietly(url: str, body: bytes, headers: dict[str, str]) -> None:
-    try:
+    with contextlib.suppress(httpx.TransportError):  # the process is killed under it
         httpx.post(url + "/", content=body, headers=headers, timeout=60)
-    except httpx.TransportError:
-        pass  # the process was killed under it

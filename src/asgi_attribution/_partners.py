@@ -664,9 +664,7 @@ class PartnerClicks:
             logger.info("partner click: no link %s/%s (404)", self.refer_domain, key[:80])
             return None
         if status != 200:
-            self._log(
-                "status", "partner click for key %r: HTTP %d %s", key, status, text[:200]
-            )
+            self._log("status", "partner click for key %r: HTTP %d %s", key, status, text[:200])
             return None
         try:
             answer = json.loads(text)
@@ -674,9 +672,7 @@ class PartnerClicks:
             answer = None
         click_id = answer.get("clickId") if isinstance(answer, dict) else None
         if not isinstance(click_id, str) or valid_click_id(click_id, where="/track/click") is None:
-            self._log(
-                "answer", "partner click for key %r: unexpected answer %s", key, text[:200]
-            )
+            self._log("answer", "partner click for key %r: unexpected answer %s", key, text[:200])
             return None
         assert isinstance(answer, dict)
         cookie = partner_data_cookie(answer) if self.provider.partner_cookie else None

@@ -895,14 +895,11 @@ class WebhookEndpoint:
     async def _handle(self, event: WebhookEvent) -> tuple[int, dict[str, Any]]:
         handler = self.handlers.get(event.event)
         base = {"id": event.id, "event": event.event}
+        name = f"webhook {event.id[:64]} ({event.event[:64]})"
         try:
             claim = await self.dedupe.claim(event.id)
         except Exception:
-            logger.exception(
-                "webhook %s (%s) not handled: the dedupe store failed (the provider retries)",
-                event.id[:64],
-                event.event[:64],
-            )
+            logger.exception("%s not handled: the dedupe store failed (the provider retries)", name)
             return 500, {**base, "error": "dedupe store unavailable"}
         if claim == "handled":
             return 200, {**base, "duplicate": True}
@@ -912,34 +909,24 @@ class WebhookEndpoint:
             if handler is not None:
                 await _run(handler, event)
         except Exception:
-            logger.exception("webhook handler for %s (%s) failed", event.event, event.id)
-            await self._release(event)
+            logger.exception("%s: its handler failed", name)
+            await self._release(event, name)
             return 500, {**base, "error": "handler failed"}
         except BaseException:  # cancelled: the retry must find the id free
             with anyio.CancelScope(shield=True):
-                await self._release(event)
+                await self._release(event, name)
             raise
         try:
             await self.dedupe.mark(event.id)
-        except Exception:
-            logger.exception(
-                "webhook %s (%s) handled, but the dedupe store did not keep it: a redelivery "
-                "after the claim's lease runs the handler again",
-                event.id[:64],
-                event.event[:64],
-            )
+        except Exception:  # the claim stays until its lease ends: no rerun before that
+            logger.exception("%s handled, but the dedupe store did not keep it", name)
         return 200, {**base, "handled": handler is not None}
 
-    async def _release(self, event: WebhookEvent) -> None:
+    async def _release(self, event: WebhookEvent, name: str) -> None:
         try:
             await self.dedupe.release(event.id)
         except Exception:
-            logger.exception(
-                "webhook %s (%s): its claim could not be released; a retry runs the handler "
-                "once the claim's lease ends",
-                event.id[:64],
-                event.event[:64],
-            )
+            logger.exception("%s: claim not released; a retry runs once its lease ends", name)
 
     async def aclose(self) -> None:
         """Close the dedupe store's connections (SQLite, Redis); called on lifespan shutdown."""

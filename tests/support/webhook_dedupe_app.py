@@ -26,7 +26,9 @@ SECRET = "whsec_attack"
 spec = os.environ["WEBHOOK_DEDUPE"]
 lease = float(os.environ.get("WEBHOOK_LEASE", "600"))
 store: DedupeStore = (
-    RedisDedupe(spec, lease=lease) if spec.startswith("redis://") else SQLiteDedupe(spec, lease=lease)
+    RedisDedupe(spec, lease=lease)
+    if spec.startswith("redis://")
+    else SQLiteDedupe(spec, lease=lease)
 )
 log = Path(os.environ["WEBHOOK_LOG"])
 pause = float(os.environ.get("WEBHOOK_SLEEP", "0.2"))
