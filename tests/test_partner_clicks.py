@@ -327,3 +327,30 @@ def test_bot_rule_and_configuration_errors() -> None:
     assert PartnerClicks(
         "dub", refer_domain="go.acme.com", click_query_params="ref"
     ).click_query_params == ("ref",)
+
+
+def test_the_client_ip_is_the_rightmost_untrusted_hop() -> None:
+    def scope(peer: str, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
+        return {"client": (peer, 4000), "headers": list(headers)}
+
+    xff = (b"x-forwarded-for", b"6.6.6.6, 203.0.113.9, 10.0.0.3")
+    one = PartnerClicks("dub", refer_domain="go.acme.com", forwarded=True)
+    chain = PartnerClicks(
+        "dub", refer_domain="go.acme.com", forwarded=True, forwarded_allow_ips="10.0.0.0/8"
+    )
+    every = PartnerClicks(
+        "dub", refer_domain="go.acme.com", forwarded=True, forwarded_allow_ips="*"
+    )
+    assert one.client_ip(scope("10.0.0.2", xff)) == "10.0.0.3"  # the hop the peer appended
+    assert chain.client_ip(scope("10.0.0.2", xff)) == "203.0.113.9"
+    assert chain.client_ip(scope("192.0.2.1", xff)) == "192.0.2.1"  # an untrusted peer
+    assert every.client_ip(scope("10.0.0.2", xff)) == "6.6.6.6"
+    split = [(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"203.0.113.9")]
+    assert one.client_ip(scope("10.0.0.2", *split)) == "203.0.113.9"  # repeated headers, in order
+    forwarded = (b"forwarded", b'for=6.6.6.6, for="[2001:db8::7]:4711";proto=https')
+    assert one.client_ip(scope("10.0.0.2", forwarded, xff)) == "2001:db8::7"  # Forwarded first
+    assert one.client_ip(scope("10.0.0.2")) == "10.0.0.2"
+    with pytest.raises(ValueError, match="forwarded_allow_ips"):
+        PartnerClicks("dub", refer_domain="go.acme.com", forwarded_allow_ips="10.0.0.0/33")
+    with pytest.raises(ValueError, match="max_concurrent_clicks"):
+        PartnerClicks("dub", refer_domain="go.acme.com", max_concurrent_clicks=0)

@@ -366,3 +366,84 @@ def test_configuration_errors_are_raised_at_construction() -> None:
         webhook_endpoint(WebhookVerifier(secrets="s"), max_body=0)
     with pytest.raises(TypeError, match="dedupe"):
         webhook_endpoint(WebhookVerifier(secrets="s"), dedupe=42)  # type: ignore[arg-type]
+
+
+def test_a_dedupe_file_of_an_earlier_version_keeps_its_ids_as_handled(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    from asgi_attribution.webhooks import SQLiteDedupe
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the schema before claims: (id, seen_at)
+        db.execute("CREATE TABLE webhook_events (id TEXT PRIMARY KEY, seen_at REAL NOT NULL)")
+        db.execute("INSERT INTO webhook_events VALUES ('evt_old', ?)", (time.time(),))
+    db.close()
+    store = SQLiteDedupe(path)
+
+    async def claims() -> tuple[str, str, bool]:
+        try:
+            return (
+                await store.claim("evt_old"),
+                await store.claim("evt_new"),
+                await store.seen("evt_old"),
+            )
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(claims()) == ("handled", "claimed", True)
+
+
+def test_a_redis_id_marked_by_an_earlier_version_is_handled(redis_url: str) -> None:
+    import asyncio
+
+    import redis
+
+    from asgi_attribution.webhooks import RedisDedupe
+
+    client = redis.Redis.from_url(redis_url)
+    client.set("asgi_attribution:webhooks:evt_v0", b"1", ex=60)  # what mark() wrote before
+    client.close()
+    store = RedisDedupe(redis_url)
+
+    async def claims() -> tuple[str, str, str]:
+        try:
+            first = await store.claim("evt_v0"), await store.claim("evt_v1")
+            await store.release("evt_v1")
+            return (*first, await store.claim("evt_v1"))
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(claims()) == ("handled", "claimed", "claimed")
+
+
+def test_a_store_without_claims_is_refused_by_name() -> None:
+    class Old:
+        async def seen(self, event_id: str) -> bool:
+            return False
+
+        async def mark(self, event_id: str) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="lacks claim, release, aclose"):
+        webhook_endpoint(WebhookVerifier(secrets="s"), dedupe=Old())  # type: ignore[arg-type]
+
+
+def test_memory_dedupe_forgets_past_max_entries_and_frees_a_stale_claim() -> None:
+    import asyncio
+
+    from asgi_attribution.webhooks import MemoryDedupe
+
+    store = MemoryDedupe(max_entries=2, lease=0.05)
+
+    async def run() -> list[str]:
+        seen = [await store.claim("evt_1")]
+        await store.mark("evt_1")
+        await store.claim("evt_2")
+        await store.claim("evt_3")  # evt_1 is forgotten: the documented limit
+        seen.append(await store.claim("evt_1"))
+        await asyncio.sleep(0.1)  # evt_3's claim outlived its lease (a handler that died)
+        seen.append(await store.claim("evt_3"))
+        return seen
+
+    assert asyncio.run(run()) == ["claimed", "claimed", "claimed"]

@@ -224,7 +224,8 @@ class AttributionMiddleware:
 
     Behind a proxy: with ``forwarded_host=True`` the cookie's host and scheme come from the
     first hop of ``Forwarded`` or ``X-Forwarded-Host`` / ``X-Forwarded-Proto`` (only behind a
-    proxy that sets them: a visitor could send them too).
+    proxy that sets them: a visitor could send them too); a partner click's client IP is the
+    right-most hop that is not one of ``forwarded_allow_ips`` (default: the direct peer only).
 
     Partner links on the site itself: with ``refer_domain`` (your Dub short-link domain), a
     navigation to ``?via=<key>`` (``click_query_params``) without a click id of its own gets
@@ -267,6 +268,7 @@ class AttributionMiddleware:
         consent: ConsentCheck | None = None,
         honor_gpc: bool = False,
         forwarded_host: bool = False,
+        forwarded_allow_ips: str | Sequence[str] | None = None,
         refer_domain: str | None = None,
         click_query_params: Sequence[str] = ("via",),
         click_timeout: float = 1.0,
@@ -360,6 +362,7 @@ class AttributionMiddleware:
                 click_query_params=click_query_params,
                 click_timeout=click_timeout,
                 forwarded=forwarded_host,
+                forwarded_allow_ips=forwarded_allow_ips,
             )
         )
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import json
 import logging
 import re
@@ -47,12 +48,15 @@ import anyio
 import httpx
 
 from ._cookies import host_of, is_https, valid_click_id
-from ._providers import Provider, get_provider
+from ._providers import Provider, get_provider, redact
 
 __all__ = [
     "BOT_USER_AGENT",
+    "MAX_CLICK_ANSWER",
+    "MAX_PARTNER_COOKIE",
     "PartnerClick",
     "PartnerClicks",
+    "forwarded_client",
     "header",
     "is_bot_user_agent",
     "is_navigation",
@@ -65,6 +69,14 @@ __all__ = [
 logger = logging.getLogger("asgi_attribution")
 
 HOUR = 3600.0
+
+#: Bytes of a ``/track/click`` answer read at most (it is well under a kilobyte); a longer one
+#: gives no click.
+MAX_CLICK_ANSWER = 64 * 1024
+
+#: Characters of a ``dub_partner_data`` value set at most: browsers drop a cookie over 4 KB
+#: (name, value and attributes), and proxies refuse such headers (nginx answers 502).
+MAX_PARTNER_COOKIE = 3500
 
 
 #: Dub's bot filter for clicks (``apps/web/lib/middleware/utils/bots-list.ts``, case-insensitive
@@ -220,6 +232,96 @@ def landing_url(scope: Mapping[str, Any], *, forwarded: bool = False) -> str:
     return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
 
 
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(allow: str | Sequence[str] | None) -> tuple[_Network, ...] | None:
+    """The trusted proxies as networks; ``None`` for "the direct peer only", ``()`` for all."""
+    if allow is None:
+        return None
+    items = allow.split(",") if isinstance(allow, str) else list(allow)
+    names = [item.strip() for item in items if item.strip()]
+    if "*" in names:
+        return ()
+    try:
+        return tuple(ipaddress.ip_network(name, strict=False) for name in names)
+    except ValueError as exc:
+        raise ValueError(f"forwarded_allow_ips: {exc} (IPs or CIDR networks, or '*')") from None
+
+
+def _address(hop: str) -> str:
+    """A hop as written in ``Forwarded: for=`` or ``X-Forwarded-For``, without quotes or port."""
+    hop = hop.strip().strip('"')
+    if hop.startswith("["):  # [2001:db8::1]:4711
+        return hop[1:].partition("]")[0]
+    if hop.count(":") == 1:  # 192.0.2.43:47011
+        return hop.partition(":")[0]
+    return hop
+
+
+def _trusted(hop: str, networks: tuple[_Network, ...]) -> bool:
+    if not networks:  # "*"
+        return True
+    try:
+        address = ipaddress.ip_address(hop)
+    except ValueError:
+        return False  # "unknown", an obfuscated name: never a proxy we know
+    return any(address in network for network in networks)
+
+
+def forwarded_client(scope: Mapping[str, Any], allow: str | Sequence[str] | None = None) -> str:
+    """The visitor's IP behind proxies, as uvicorn's ``forwarded_allow_ips`` finds it: the
+    right-most hop of ``Forwarded: for=`` (else ``X-Forwarded-For``) that is not a trusted
+    proxy. A visitor writes the left of these headers; only the hops the proxies appended can be
+    believed.
+
+    ``allow`` names the trusted proxies (IPs or CIDR networks, a list or a comma-separated
+    string; ``"*"``: all). ``None`` trusts only the direct peer (one proxy in front): the
+    right-most hop is the visitor. A peer that is not trusted is the visitor itself (its
+    headers are ignored).
+
+    Example:
+        >>> scope = {"client": ("10.0.0.2", 5123),
+        ...          "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.9")]}
+        >>> forwarded_client(scope)
+        '203.0.113.9'
+        >>> chain = {"client": ("10.0.0.2", 5123),
+        ...          "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.9, 10.0.0.3")]}
+        >>> forwarded_client(chain, "10.0.0.0/8")
+        '203.0.113.9'
+        >>> forwarded_client(scope, ["192.168.0.1"])  # the peer is no proxy we trust
+        '10.0.0.2'
+    """
+    return _client_behind(scope, _networks(allow))
+
+
+def _client_behind(scope: Mapping[str, Any], networks: tuple[_Network, ...] | None) -> str:
+    client = scope.get("client")
+    peer = str(client[0]) if client else ""
+    if networks is not None and not _trusted(peer, networks):
+        return peer
+    hops: list[str] = []
+    for key, raw in scope.get("headers", ()):
+        if key == b"forwarded":
+            for element in raw.decode("latin-1").split(","):
+                for pair in element.split(";"):
+                    name, _, value = pair.strip().partition("=")
+                    if name.lower() == "for" and value:
+                        hops.append(_address(value))
+    if not hops:
+        for key, raw in scope.get("headers", ()):
+            if key == b"x-forwarded-for":
+                hops += [_address(hop) for hop in raw.decode("latin-1").split(",") if hop.strip()]
+    if not hops:
+        return peer
+    if networks is None:
+        return hops[-1]
+    for hop in reversed(hops):
+        if not _trusted(hop, networks):
+            return hop
+    return hops[0]  # every hop a trusted proxy: the farthest one is all we know
+
+
 def _encode_component(value: Any) -> Any:
     return quote(value, safe=_URI_COMPONENT_SAFE) if isinstance(value, str) else value
 
@@ -282,9 +384,12 @@ class PartnerClicks:
     ``Authorization: Bearer`` (the route needs none today). A visitor (IP and User-Agent) landing
     again on the same link within ``reuse_for`` seconds gets the same click without a call;
     at most ``rate_limit`` new clicks per client IP per ``rate_window`` seconds are made.
-    With ``forwarded=True`` (only behind a proxy that sets them), the landing's host, scheme
-    and client IP come from ``Forwarded`` / ``X-Forwarded-*``. ``transport`` is an httpx
-    transport for tests.
+    With ``forwarded=True`` (only behind a proxy that sets them), the landing's host and
+    scheme come from ``Forwarded`` / ``X-Forwarded-*``, and the client IP is the right-most hop
+    that is not a trusted proxy (``forwarded_allow_ips``, see :func:`forwarded_client`). Across
+    all visitors, at most ``max_concurrent_clicks`` calls are in flight and
+    ``max_clicks_per_minute`` are made a minute: a landing over either lands without a server
+    click. ``transport`` is an httpx transport for tests.
 
     Example:
         >>> clicks = PartnerClicks("dub", refer_domain="go.acme.com")
@@ -306,6 +411,9 @@ class PartnerClicks:
         rate_window: float = 60.0,
         max_entries: int = 10_000,
         forwarded: bool = False,
+        forwarded_allow_ips: str | Sequence[str] | None = None,
+        max_concurrent_clicks: int = 16,
+        max_clicks_per_minute: int = 600,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.provider = get_provider(provider)
@@ -323,6 +431,13 @@ class PartnerClicks:
             raise ValueError(f"click_timeout must be > 0 and <= 30 seconds, got {click_timeout!r}")
         if reuse_for < 0 or rate_window <= 0 or rate_limit < 1 or max_entries < 1:
             raise ValueError("reuse_for >= 0, rate_limit >= 1, rate_window > 0, max_entries >= 1")
+        for name, cap in (
+            ("max_concurrent_clicks", max_concurrent_clicks),
+            ("max_clicks_per_minute", max_clicks_per_minute),
+        ):
+            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {cap!r}")
+        self._trusted = _networks(forwarded_allow_ips)  # checked here: a typo raises now
         self.refer_domain = refer_domain.strip()
         self.base_url = (base_url or self.provider.base_url).rstrip("/")
         self.endpoint = f"{self.base_url}/track/click"
@@ -333,6 +448,11 @@ class PartnerClicks:
         self.rate_window = rate_window
         self.max_entries = max_entries
         self.forwarded = forwarded
+        self.forwarded_allow_ips = forwarded_allow_ips
+        self.max_concurrent_clicks = max_concurrent_clicks
+        self.max_clicks_per_minute = max_clicks_per_minute
+        self._in_flight = 0
+        self._calls: collections.deque[float] = collections.deque()  # the last minute's calls
         self._api_key = api_key
         self._transport = transport
         own = [self.provider.query_param, *self.provider.cookie_names]
@@ -367,7 +487,8 @@ class PartnerClicks:
         return partner_key(query, self.click_query_params, self._click_params, placeholders)
 
     def client_ip(self, scope: Mapping[str, Any]) -> str:
-        """The visitor's IP: the ASGI ``client`` (with ``forwarded``: the proxy's first hop).
+        """The visitor's IP: the ASGI ``client``; with ``forwarded``, the right-most hop that
+        is not a trusted proxy (:func:`forwarded_client`), never the visitor's own claim.
 
         Example:
             >>> PartnerClicks("dub", refer_domain="go.acme.com").client_ip(
@@ -375,15 +496,7 @@ class PartnerClicks:
             '10.0.0.7'
         """
         if self.forwarded:
-            value = header(scope, b"forwarded")
-            if value:
-                for part in value.split(",")[0].split(";"):
-                    name, _, given = part.strip().partition("=")
-                    if name.lower() == "for" and given:
-                        return given.strip('"')
-            value = header(scope, b"x-forwarded-for")
-            if value and value.split(",")[0].strip():
-                return value.split(",")[0].strip()
+            return _client_behind(scope, self._trusted)
         client = scope.get("client")
         return str(client[0]) if client else ""
 
@@ -413,20 +526,40 @@ class PartnerClicks:
             self._recent.move_to_end(cache_key)
             hit = cached[1]
             return PartnerClick(hit.click_id, hit.partner_data_cookie, key, reused=True)
+        if not self._below_caps(now):
+            return None
         if not self._allow(ip, now):
             logger.info("partner click skipped: %s is over %d clicks", ip[:64], self.rate_limit)
             return None
+        self._calls.append(now)
+        self._in_flight += 1
         try:
             click = await self._call(scope, key, user_agent)
         except Exception:  # never fail a landing
             logger.exception("partner click for key %r failed unexpectedly", key[:80])
             return None
+        finally:
+            self._in_flight -= 1
         if click is not None and self.reuse_for > 0:
             self._recent[cache_key] = (time.monotonic() + self.reuse_for, click)
             self._recent.move_to_end(cache_key)
             while len(self._recent) > self.max_entries:
                 self._recent.popitem(last=False)
         return click
+
+    def _below_caps(self, now: float) -> bool:
+        """Whether one more outbound call fits the global caps (warned once when it does not)."""
+        calls = self._calls
+        while calls and calls[0] <= now - 60.0:
+            calls.popleft()
+        if self._in_flight >= self.max_concurrent_clicks:
+            cap = f"{self.max_concurrent_clicks} calls in flight"
+        elif len(calls) >= self.max_clicks_per_minute:
+            cap = f"{self.max_clicks_per_minute} calls in the last minute"
+        else:
+            return True
+        self._log("cap", "partner click skipped: %s (landings served without a click)", cap)
+        return False
 
     def _allow(self, ip: str, now: float) -> bool:
         stamps = self._minted.get(ip)
@@ -476,7 +609,7 @@ class PartnerClicks:
         }
         try:
             with anyio.fail_after(self.click_timeout):
-                response = await self._client().post(self.endpoint, json=body, headers=headers)
+                status, text = await self._exchange(body, headers)
         except (TimeoutError, httpx.TimeoutException):
             self._log(
                 "timeout",
@@ -490,38 +623,69 @@ class PartnerClicks:
                 "network", "partner click for key %r: %s", key, f"{type(exc).__name__}: {exc}"
             )
             return None
-        return self._read(response, key)
+        if text is None:
+            self._log(
+                "size", "partner click for key %r: answer over %d bytes", key, MAX_CLICK_ANSWER
+            )
+            return None
+        return self._read(status, text, key)
 
-    def _read(self, response: httpx.Response, key: str) -> PartnerClick | None:
-        status = response.status_code
+    async def _exchange(
+        self, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, str | None]:
+        """The status and text of the answer (``None``: over MAX_CLICK_ANSWER, not kept); the
+        text with the API key redacted, as the tracker's answers are."""
+        client = self._client()
+        request = client.build_request("POST", self.endpoint, json=body, headers=headers)
+        response = await client.send(request, stream=True)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_CLICK_ANSWER:
+                    return response.status_code, None
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        text = b"".join(chunks).decode("utf-8", errors="replace")
+        return response.status_code, redact(text, self._api_key)
+
+    def _read(self, status: int, text: str, key: str) -> PartnerClick | None:
         if status == 403:
             self._log(
                 "forbidden",
                 "partner clicks are refused (403): add this site's host to the workspace's "
                 "allowed hostnames (Dub: Settings > Analytics). %s",
-                response.text[:300],
+                text[:300],
             )
             return None
         if status == 404:
             logger.info("partner click: no link %s/%s (404)", self.refer_domain, key[:80])
             return None
         if status != 200:
-            self._log(
-                "status", "partner click for key %r: HTTP %d %s", key, status, response.text[:200]
-            )
+            self._log("status", "partner click for key %r: HTTP %d %s", key, status, text[:200])
             return None
         try:
-            answer = response.json()
+            answer = json.loads(text)
         except ValueError:
             answer = None
         click_id = answer.get("clickId") if isinstance(answer, dict) else None
         if not isinstance(click_id, str) or valid_click_id(click_id, where="/track/click") is None:
-            self._log(
-                "answer", "partner click for key %r: unexpected answer %s", key, response.text[:200]
-            )
+            self._log("answer", "partner click for key %r: unexpected answer %s", key, text[:200])
             return None
         assert isinstance(answer, dict)
         cookie = partner_data_cookie(answer) if self.provider.partner_cookie else None
+        if cookie is not None and len(cookie) > MAX_PARTNER_COOKIE:
+            self._log(
+                "cookie",
+                "partner click for key %r: partner data of %d characters not set as a cookie "
+                "(over %d: browsers would drop it); the click id is",
+                key,
+                len(cookie),
+                MAX_PARTNER_COOKIE,
+            )
+            cookie = None
         return PartnerClick(click_id, cookie, key)
 
     def _log(self, kind: str, message: str, *args: Any) -> None:

@@ -15,7 +15,16 @@ from ._exceptions import InvalidEventError
 from ._json import dumps
 from ._limits import DUB_PAYMENT_PROCESSORS, PIMMS_PAYMENT_PROCESSORS
 
-__all__ = ["DUB", "PIMMS", "Outcome", "Provider", "ProviderRequest", "get_provider"]
+__all__ = [
+    "DUB",
+    "PIMMS",
+    "REDACTED",
+    "Outcome",
+    "Provider",
+    "ProviderRequest",
+    "get_provider",
+    "redact",
+]
 
 
 @dataclass(frozen=True)
@@ -374,6 +383,36 @@ PIMMS = Provider(
 """PIMMS (pimms.io): cookie ``pimms_id`` (then legacy ``dclid``), JSON key ``externalId``."""
 
 _BY_NAME = {"dub": DUB, "pimms": PIMMS}
+
+
+#: What replaces the API key in a provider's text.
+REDACTED = "[redacted]"
+
+# Shorter "keys" are test placeholders ("k"): replacing them would garble every answer.
+_SECRET_MIN = 8
+
+
+def redact(value: Any, secret: str | None) -> Any:
+    """``value`` (a provider's text, or its parsed JSON) with ``secret`` replaced by
+    :data:`REDACTED` wherever it occurs: in strings, and in the strings and keys of lists and
+    objects. Applied where a provider's text enters the package, so the API key a provider
+    echoes reaches no error, log line, stored row or CLI output.
+
+    Example:
+        >>> redact({"error": {"message": "bad key dub_live_0123456789"}}, "dub_live_0123456789")
+        {'error': {'message': 'bad key [redacted]'}}
+        >>> redact(["ok", 3, None], "dub_live_0123456789")
+        ['ok', 3, None]
+    """
+    if not secret or len(secret) < _SECRET_MIN:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED) if secret in value else value
+    if isinstance(value, list):
+        return [redact(item, secret) for item in value]
+    if isinstance(value, dict):
+        return {redact(key, secret): redact(item, secret) for key, item in value.items()}
+    return value
 
 
 def get_provider(provider: str | Provider) -> Provider:

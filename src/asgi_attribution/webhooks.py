@@ -10,10 +10,11 @@ exists only for the endpoint, and a reader follows one webhook through them top 
   (``extra="allow"``): the providers add fields without notice, and a webhook must never be
   refused because of one.
 - **Dedupe**: providers deliver at least once and retry for days, so the endpoint answers 2xx
-  to an id it already handled without running the handler again. An id is remembered (in
-  memory, a SQLite file or Redis) only after its handler succeeded, since a failed one must run
-  again on the retry, for ``ttl`` seconds (30 days by default, longer than any provider
-  retries).
+  to an id it already handled without running the handler again. Before the handler runs, the
+  id is claimed atomically in the store (memory, a SQLite file or Redis), so of concurrent
+  deliveries to processes sharing a store one runs it; the claim is kept for ``ttl`` seconds
+  (30 days by default, longer than any provider retries) once the handler succeeded, and
+  dropped when it failed, so the provider's retry runs it again.
 - **Signature**: Dub signs each webhook with ``Dub-Signature: hex(HMAC-SHA256(secret, raw
   body))`` (PIMMS: ``Pimms-Signature``), keyed with the secret exactly as the dashboard shows it
   (``whsec_...``). :class:`WebhookVerifier` checks the raw bytes in constant time against every
@@ -37,11 +38,11 @@ Example:
     >>> import asyncio
     >>> store = open_dedupe(None)
     >>> async def demo():
-    ...     before = await store.seen("evt_1")
+    ...     first = await store.claim("evt_1")
     ...     await store.mark("evt_1")
-    ...     return before, await store.seen("evt_1")
+    ...     return first, await store.claim("evt_1")
     >>> asyncio.run(demo())
-    (False, True)
+    ('claimed', 'handled')
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,9 +72,11 @@ from ._exceptions import AttributionError, InvalidSignatureError, InvalidWebhook
 from ._providers import Provider, get_provider
 
 __all__ = [
+    "CLAIM_LEASE",
     "MAX_BODY",
     "SIGNATURE_HEADERS",
     "THIRTY_DAYS",
+    "Claim",
     "CommissionCreatedData",
     "DedupeStore",
     "InvalidSignatureError",
@@ -102,6 +105,8 @@ __all__ = [
 
 
 logger = logging.getLogger("asgi_attribution")
+
+_T = TypeVar("_T")
 
 _ALLOW = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
@@ -328,54 +333,119 @@ def parse_event(payload: Mapping[str, Any]) -> WebhookEvent:
 
 THIRTY_DAYS = 30 * 24 * 60 * 60
 
+#: Seconds a claim holds an id while its handler runs (10 minutes). A process that died
+#: holding one frees it when it ends; a handler still running then could run a second time.
+CLAIM_LEASE = 600.0
+
+#: What :meth:`DedupeStore.claim` found: ``"claimed"`` (yours: run the handler, then
+#: ``mark`` or ``release``), ``"running"`` (another caller holds a live claim) or
+#: ``"handled"`` (marked within ``ttl``).
+Claim = Literal["claimed", "running", "handled"]
+
 
 @runtime_checkable
 class DedupeStore(Protocol):
-    """What :func:`~asgi_attribution.webhooks.webhook_endpoint` needs to skip redeliveries.
+    """What :func:`~asgi_attribution.webhooks.webhook_endpoint` needs to run a handler once
+    per event id: an atomic claim before the handler, kept (``mark``) when it succeeded and
+    dropped (``release``) when it failed, so that the provider's retry runs it again.
+
+    ``claim`` must be atomic across every process sharing the store: of any number of
+    concurrent calls for one id, one gets ``"claimed"``.
 
     Example:
         >>> isinstance(MemoryDedupe(), DedupeStore)
         True
     """
 
-    async def seen(self, event_id: str) -> bool:
-        """Whether ``event_id`` was handled (and marked) within the store's ``ttl``."""
+    async def claim(self, event_id: str) -> Claim:
+        """Take ``event_id`` for its handler, atomically; or say who has it (:data:`Claim`)."""
 
     async def mark(self, event_id: str) -> None:
-        """Remember that ``event_id`` was handled."""
+        """The handler of ``event_id`` succeeded: remember it for the store's ``ttl``."""
+
+    async def release(self, event_id: str) -> None:
+        """The handler of ``event_id`` failed: drop its claim, so a retry can run it."""
+
+    async def seen(self, event_id: str) -> bool:
+        """Whether ``event_id`` was handled (marked) within the store's ``ttl``."""
 
     async def aclose(self) -> None:
         """Release connections; the store may be used again after (it reconnects)."""
 
 
-class MemoryDedupe:
-    """Ids in this process's memory: fine for one process; lost on restart.
+def _check_times(owner: str, ttl: float, lease: float) -> None:
+    if ttl <= 0 or lease <= 0:
+        raise ValueError(f"{owner} needs ttl > 0 and lease > 0 seconds, got {ttl!r}, {lease!r}")
 
-    At most ``max_entries`` ids are kept (the oldest are forgotten first).
+
+class MemoryDedupe:
+    """Ids in this process's memory: one process only, and forgotten at a restart.
+
+    At most ``max_entries`` ids are kept (the oldest are forgotten first): an event redelivered
+    after a restart, or after ``max_entries`` other events, runs its handler again. Use a
+    SQLite file or Redis for more than one process.
 
     Example:
-        >>> MemoryDedupe(ttl=60, max_entries=1000).ttl
-        60
+        >>> import asyncio
+        >>> store = MemoryDedupe(ttl=60, max_entries=1000)
+        >>> async def twice():
+        ...     return await store.claim("evt_1"), await store.claim("evt_1")
+        >>> asyncio.run(twice())
+        ('claimed', 'running')
     """
 
-    def __init__(self, *, ttl: float = THIRTY_DAYS, max_entries: int = 100_000) -> None:
-        if ttl <= 0 or max_entries < 1:
-            raise ValueError("MemoryDedupe needs ttl > 0 and max_entries >= 1")
+    def __init__(
+        self, *, ttl: float = THIRTY_DAYS, max_entries: int = 100_000, lease: float = CLAIM_LEASE
+    ) -> None:
+        _check_times("MemoryDedupe", ttl, lease)
+        if max_entries < 1:
+            raise ValueError(f"MemoryDedupe needs max_entries >= 1, got {max_entries!r}")
         self.ttl = ttl
+        self.lease = lease
         self.max_entries = max_entries
-        self._ids: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # id -> (handled, since): a claim while False, a handled id once True.
+        self._ids: collections.OrderedDict[str, tuple[bool, float]] = collections.OrderedDict()
+        self._lock = threading.Lock()  # endpoints on several threads may share the store
 
-    async def seen(self, event_id: str) -> bool:
-        """Whether ``event_id`` was marked less than ``ttl`` seconds ago."""
-        at = self._ids.get(event_id)
-        return at is not None and time.monotonic() - at < self.ttl
+    def _state(self, event_id: str, now: float) -> Claim | None:
+        entry = self._ids.get(event_id)
+        if entry is None:
+            return None
+        handled, since = entry
+        if handled:
+            return "handled" if now - since < self.ttl else None
+        return "running" if now - since < self.lease else None
 
-    async def mark(self, event_id: str) -> None:
-        """Remember ``event_id`` now."""
-        self._ids[event_id] = time.monotonic()
+    def _put(self, event_id: str, handled: bool) -> None:
+        self._ids[event_id] = (handled, time.monotonic())
         self._ids.move_to_end(event_id)
         while len(self._ids) > self.max_entries:
             self._ids.popitem(last=False)
+
+    async def claim(self, event_id: str) -> Claim:
+        """Take ``event_id``, unless it is running or was handled."""
+        with self._lock:
+            state = self._state(event_id, time.monotonic())
+            if state is None:
+                self._put(event_id, False)
+            return state or "claimed"
+
+    async def mark(self, event_id: str) -> None:
+        """Remember ``event_id`` as handled, now."""
+        with self._lock:
+            self._put(event_id, True)
+
+    async def release(self, event_id: str) -> None:
+        """Drop the claim on ``event_id`` (a handled id stays)."""
+        with self._lock:
+            entry = self._ids.get(event_id)
+            if entry is not None and not entry[0]:
+                del self._ids[event_id]
+
+    async def seen(self, event_id: str) -> bool:
+        """Whether ``event_id`` was marked less than ``ttl`` seconds ago."""
+        with self._lock:
+            return self._state(event_id, time.monotonic()) == "handled"
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -384,68 +454,118 @@ class MemoryDedupe:
 class SQLiteDedupe:
     """Ids in a SQLite file, shared by the processes of one host; survives restarts.
 
-    The file and its table are created on first use; calls run in a worker thread.
+    A claim is a row written inside ``BEGIN IMMEDIATE``, which one process at a time holds: of
+    concurrent deliveries of one id, across processes, one claims it. The file and its table
+    are created on first use; calls run in a worker thread.
 
     Example:
         >>> import asyncio, os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "webhooks.db")
         >>> store = SQLiteDedupe(path)
-        >>> asyncio.run(store.mark("evt_1")); asyncio.run(store.seen("evt_1"))
-        True
+        >>> asyncio.run(store.claim("evt_1")); asyncio.run(store.mark("evt_1"))
+        'claimed'
+        >>> asyncio.run(store.claim("evt_1")), asyncio.run(store.seen("evt_1"))
+        ('handled', True)
         >>> asyncio.run(store.aclose())
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, ttl: float = THIRTY_DAYS) -> None:
-        if ttl <= 0:
-            raise ValueError("SQLiteDedupe needs ttl > 0")
+    def __init__(
+        self, path: str | os.PathLike[str], *, ttl: float = THIRTY_DAYS, lease: float = CLAIM_LEASE
+    ) -> None:
+        _check_times("SQLiteDedupe", ttl, lease)
         self.path = Path(path)
         self.ttl = ttl
+        self.lease = lease
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
-            try:
-                db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS webhook_events "
-                    "(id TEXT PRIMARY KEY, seen_at REAL NOT NULL)"
-                )
-                db.execute("CREATE INDEX IF NOT EXISTS webhook_seen_at ON webhook_events(seen_at)")
-                db.commit()
-            except sqlite3.Error as exc:
-                raise AttributionError(f"webhook dedupe store {self.path}: {exc}") from exc
+            # Autocommit: the claim opens its own BEGIN IMMEDIATE.
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS webhook_events (id TEXT PRIMARY KEY, "
+                "seen_at REAL NOT NULL, handled INTEGER NOT NULL DEFAULT 1)"
+            )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(webhook_events)")}
+            if "handled" not in columns:  # a file of an earlier version: its ids were handled
+                try:
+                    db.execute(
+                        "ALTER TABLE webhook_events ADD COLUMN handled INTEGER NOT NULL DEFAULT 1"
+                    )
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+            db.execute("CREATE INDEX IF NOT EXISTS webhook_seen_at ON webhook_events(seen_at)")
             self._db = db
         return self._db
 
-    def _seen(self, event_id: str) -> bool:
+    def _run(self, work: Callable[[sqlite3.Connection, float], _T]) -> _T:
         with self._lock:
-            row = (
-                self._connect()
-                .execute(
-                    "SELECT 1 FROM webhook_events WHERE id = ? AND seen_at > ?",
-                    (event_id, time.time() - self.ttl),
-                )
-                .fetchone()
-            )
-        return row is not None
+            try:
+                return work(self._connect(), time.time())  # wall clock: shared by processes
+            except sqlite3.Error as exc:
+                raise AttributionError(f"webhook dedupe store {self.path}: {exc}") from exc
 
-    def _mark(self, event_id: str) -> None:
-        now = time.time()
-        with self._lock:
-            db = self._connect()
-            db.execute("INSERT OR REPLACE INTO webhook_events VALUES (?, ?)", (event_id, now))
-            db.execute("DELETE FROM webhook_events WHERE seen_at <= ?", (now - self.ttl,))
-            db.commit()
+    def _claim(self, db: sqlite3.Connection, now: float, event_id: str) -> Claim:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT handled, seen_at FROM webhook_events WHERE id = ?", (event_id,)
+            ).fetchone()
+            if row is not None and row[0] and row[1] > now - self.ttl:
+                state: Claim = "handled"
+            elif row is not None and not row[0] and row[1] > now - self.lease:
+                state = "running"
+            else:
+                state = "claimed"
+                db.execute(
+                    "INSERT OR REPLACE INTO webhook_events (id, seen_at, handled) VALUES (?, ?, 0)",
+                    (event_id, now),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return state
+
+    def _mark(self, db: sqlite3.Connection, now: float, event_id: str) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO webhook_events (id, seen_at, handled) VALUES (?, ?, 1)",
+            (event_id, now),
+        )
+        db.execute(
+            "DELETE FROM webhook_events WHERE seen_at <= ? OR (handled = 0 AND seen_at <= ?)",
+            (now - self.ttl, now - self.lease),
+        )
+
+    async def claim(self, event_id: str) -> Claim:
+        """Take ``event_id`` in one ``BEGIN IMMEDIATE`` transaction, unless it is running or
+        was handled."""
+        return await anyio.to_thread.run_sync(
+            self._run, lambda db, now: self._claim(db, now, event_id)
+        )
+
+    async def mark(self, event_id: str) -> None:
+        """Remember ``event_id`` as handled (and forget ids older than ``ttl``)."""
+        await anyio.to_thread.run_sync(self._run, lambda db, now: self._mark(db, now, event_id))
+
+    async def release(self, event_id: str) -> None:
+        """Drop the claim on ``event_id`` (a handled id stays)."""
+        sql = "DELETE FROM webhook_events WHERE id = ? AND handled = 0"
+        await anyio.to_thread.run_sync(self._run, lambda db, now: db.execute(sql, (event_id,)))
 
     async def seen(self, event_id: str) -> bool:
         """Whether ``event_id`` was marked less than ``ttl`` seconds ago."""
-        return await anyio.to_thread.run_sync(self._seen, event_id)
-
-    async def mark(self, event_id: str) -> None:
-        """Remember ``event_id`` now (and forget ids older than ``ttl``)."""
-        await anyio.to_thread.run_sync(self._mark, event_id)
+        sql = "SELECT 1 FROM webhook_events WHERE id = ? AND handled = 1 AND seen_at > ?"
+        row = await anyio.to_thread.run_sync(
+            self._run, lambda db, now: db.execute(sql, (event_id, now - self.ttl)).fetchone()
+        )
+        return row is not None
 
     async def aclose(self) -> None:
         """Close the connection."""
@@ -455,8 +575,16 @@ class SQLiteDedupe:
                 self._db = None
 
 
+# Deletes a claim only while it is one (a handled id stays).
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
+_RUNNING = b"running"
+
+
 class RedisDedupe:
-    """Ids in Redis (``SET ... EX ttl``), shared by every process; needs redis-py.
+    """Ids in Redis, shared by every process; needs redis-py.
+
+    A claim is ``SET key running NX PX lease`` (one caller wins it); a handled id is
+    ``SET key handled EX ttl``.
 
     Example:
         >>> RedisDedupe("redis://127.0.0.1:6379/0", prefix="myapp:webhooks").prefix
@@ -464,12 +592,18 @@ class RedisDedupe:
     """
 
     def __init__(
-        self, url: str, *, ttl: float = THIRTY_DAYS, prefix: str = "asgi_attribution:webhooks"
+        self,
+        url: str,
+        *,
+        ttl: float = THIRTY_DAYS,
+        prefix: str = "asgi_attribution:webhooks",
+        lease: float = CLAIM_LEASE,
     ) -> None:
-        if ttl < 1:
-            raise ValueError("RedisDedupe needs ttl >= 1 second")
+        if ttl < 1 or lease < 0.001:
+            raise ValueError(f"RedisDedupe needs ttl >= 1 second and lease > 0, got {ttl!r}")
         self.url = url
         self.ttl = int(ttl)
+        self.lease = lease
         self.prefix = prefix
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -487,13 +621,27 @@ class RedisDedupe:
             self._loop = loop
         return self._client
 
-    async def seen(self, event_id: str) -> bool:
-        """Whether ``event_id`` is in Redis (keys expire after ``ttl``)."""
-        return bool(await self._redis().exists(f"{self.prefix}:{event_id}"))
+    async def claim(self, event_id: str) -> Claim:
+        """Take ``event_id`` with ``SET NX``, unless it is running or was handled."""
+        client, key = self._redis(), f"{self.prefix}:{event_id}"
+        if await client.set(key, _RUNNING, nx=True, px=max(1, int(self.lease * 1000))):
+            return "claimed"
+        value = await client.get(key)
+        # Gone since the SET (released, expired): the provider's retry will claim it.
+        return "running" if value in (None, _RUNNING) else "handled"
 
     async def mark(self, event_id: str) -> None:
-        """Remember ``event_id`` for ``ttl`` seconds."""
-        await self._redis().set(f"{self.prefix}:{event_id}", b"1", ex=self.ttl)
+        """Remember ``event_id`` as handled for ``ttl`` seconds."""
+        await self._redis().set(f"{self.prefix}:{event_id}", b"handled", ex=self.ttl)
+
+    async def release(self, event_id: str) -> None:
+        """Drop the claim on ``event_id`` (a handled id stays)."""
+        await self._redis().eval(_RELEASE, 1, f"{self.prefix}:{event_id}", _RUNNING)
+
+    async def seen(self, event_id: str) -> bool:
+        """Whether ``event_id`` is marked handled in Redis (keys expire after ``ttl``)."""
+        value = await self._redis().get(f"{self.prefix}:{event_id}")
+        return value not in (None, _RUNNING)
 
     async def aclose(self) -> None:
         """Close the client of the current loop."""
@@ -522,6 +670,10 @@ def open_dedupe(spec: DedupeStore | str | os.PathLike[str] | None) -> DedupeStor
         return SQLiteDedupe(spec)
     if isinstance(spec, DedupeStore):
         return spec
+    methods = ("claim", "mark", "release", "seen", "aclose")
+    missing = [name for name in methods if not callable(getattr(spec, name, None))]
+    if len(missing) < len(methods):  # a store of an earlier contract (seen and mark only)
+        raise TypeError(f"dedupe store {spec!r} lacks {', '.join(missing)} (see DedupeStore)")
     raise TypeError(f"dedupe must be None, a path, a redis:// URL or a DedupeStore, got {spec!r}")
 
 
@@ -667,7 +819,9 @@ class WebhookEndpoint:
     past the limit); 401 for a missing or wrong signature; 400 for a signed non-webhook; 200
     for a redelivery (the handler does not run again) and for an event type without a handler;
     200 when the handler returned; 500 when it raised (logged; the id is not remembered, so the
-    provider's retry runs it again); 409 while the same id is being handled (retry later).
+    provider's retry runs it again); 409 while the same id is being handled, here or in another
+    process sharing the dedupe store (retry later); 500 when the dedupe store fails (nothing
+    runs: the provider retries).
 
     Example:
         >>> endpoint = webhook_endpoint(WebhookVerifier(secrets="whsec_x"))
@@ -686,7 +840,6 @@ class WebhookEndpoint:
         self.handlers = dict(handlers)
         self.dedupe = dedupe
         self.max_body = max_body
-        self._running: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # served alone: nothing to start
@@ -742,33 +895,51 @@ class WebhookEndpoint:
     async def _handle(self, event: WebhookEvent) -> tuple[int, dict[str, Any]]:
         handler = self.handlers.get(event.event)
         base = {"id": event.id, "event": event.event}
-        if event.id in self._running:
-            return 409, {**base, "error": "already being handled"}
-        self._running.add(event.id)
+        name = f"webhook {event.id[:64]} ({event.event[:64]})"
         try:
-            if await self.dedupe.seen(event.id):
-                return 200, {**base, "duplicate": True}
-            if handler is None:
-                await self.dedupe.mark(event.id)
-                return 200, {**base, "handled": False}
-            try:
-                if inspect.iscoroutinefunction(handler):
-                    await handler(event)
-                else:
-                    result = await anyio.to_thread.run_sync(handler, event)
-                    if inspect.isawaitable(result):
-                        await result
-            except Exception:
-                logger.exception("webhook handler for %s (%s) failed", event.event, event.id)
-                return 500, {**base, "error": "handler failed"}
+            claim = await self.dedupe.claim(event.id)
+        except Exception:
+            logger.exception("%s not handled: the dedupe store failed (the provider retries)", name)
+            return 500, {**base, "error": "dedupe store unavailable"}
+        if claim == "handled":
+            return 200, {**base, "duplicate": True}
+        if claim == "running":
+            return 409, {**base, "error": "already being handled"}
+        try:
+            if handler is not None:
+                await _run(handler, event)
+        except Exception:
+            logger.exception("%s: its handler failed", name)
+            await self._release(event, name)
+            return 500, {**base, "error": "handler failed"}
+        except BaseException:  # cancelled: the retry must find the id free
+            with anyio.CancelScope(shield=True):
+                await self._release(event, name)
+            raise
+        try:
             await self.dedupe.mark(event.id)
-            return 200, {**base, "handled": True}
-        finally:
-            self._running.discard(event.id)
+        except Exception:  # the claim stays until its lease ends: no rerun before that
+            logger.exception("%s handled, but the dedupe store did not keep it", name)
+        return 200, {**base, "handled": handler is not None}
+
+    async def _release(self, event: WebhookEvent, name: str) -> None:
+        try:
+            await self.dedupe.release(event.id)
+        except Exception:
+            logger.exception("%s: claim not released; a retry runs once its lease ends", name)
 
     async def aclose(self) -> None:
         """Close the dedupe store's connections (SQLite, Redis); called on lifespan shutdown."""
         await self.dedupe.aclose()
+
+
+async def _run(handler: WebhookHandler, event: WebhookEvent) -> None:
+    if inspect.iscoroutinefunction(handler):
+        await handler(event)
+        return
+    result = await anyio.to_thread.run_sync(handler, event)
+    if inspect.isawaitable(result):
+        await result
 
 
 async def _answer(
@@ -795,8 +966,9 @@ def webhook_endpoint(
 
     ``handlers`` maps event types (``"sale.created"``) to functions taking the
     :class:`WebhookEvent`, sync (run in a worker thread) or async. ``dedupe`` remembers handled
-    ids for 30 days: ``None`` (this process's memory), a SQLite file path, a ``redis://`` URL,
-    or a :class:`~asgi_attribution.webhooks.DedupeStore`. Route to it in Starlette or
+    ids for 30 days: ``None`` (this process's memory: one process, forgotten at a restart), a
+    SQLite file path (the processes of one host), a ``redis://`` URL (every process), or a
+    :class:`~asgi_attribution.webhooks.DedupeStore`. Route to it in Starlette or
     FastAPI with ``Route("/webhooks/dub", endpoint)`` (a ``Route`` takes an ASGI app; a
     ``Mount`` answers at ``/webhooks/dub/``), mount it in any ASGI framework, or serve it alone.
 

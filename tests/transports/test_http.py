@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from asgi_attribution import DUB, DeliveryError, HTTPTransport, LeadEvent
-from asgi_attribution.transports import Delivery
+from asgi_attribution.transports import Delivery, TrackResult
 from asgi_attribution.transports._http import MAX_ANSWER_BYTES, USER_AGENT
 
 pytestmark = pytest.mark.anyio
@@ -48,9 +48,14 @@ def no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- uvicorn: keep-alive reuse, and idle connections the server closes --------------------------
 
 
+#: The headers of each request the echo app got, as it got them.
+RECEIVED: list[dict[str, str]] = []
+
+
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with what it got, and the client port (one port: one connection)."""
     assert scope["type"] == "http"
+    RECEIVED.append({k.decode(): v.decode() for k, v in scope["headers"]})
     body = b""
     while True:
         message = await receive()
@@ -106,7 +111,8 @@ async def test_the_request_carries_key_idempotency_key_json_body_and_user_agent(
     assert (seen["method"], seen["path"]) == ("POST", "/api/track/lead")
     assert seen["body"].encode() == delivery.request().body()  # orjson's bytes, as they are
     headers = seen["headers"]
-    assert headers["authorization"] == f"Bearer {KEY}"
+    assert RECEIVED[-1]["authorization"] == f"Bearer {KEY}"
+    assert headers["authorization"] == "Bearer [redacted]"  # the echoed key never comes back
     assert headers["idempotency-key"] == delivery.event.event_id
     assert headers["content-type"] == "application/json"
     assert headers["accept-encoding"] == "identity"
@@ -266,39 +272,61 @@ async def endless(head: bytes, writer: asyncio.StreamWriter, seen: Seen, piece: 
         await writer.drain()
 
 
-async def declared_huge(n: int, idle: float, writer: asyncio.StreamWriter, seen: Seen) -> None:
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % HUGE
-    await endless(head, writer, seen, b"a" * 65536)
+def declared_huge(status: bytes) -> Script:
+    async def script(n: int, idle: float, writer: asyncio.StreamWriter, seen: Seen) -> None:
+        head = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, HUGE)
+        await endless(head, writer, seen, b"a" * 65536)
+
+    return script
 
 
-async def chunked_endless(n: int, idle: float, writer: asyncio.StreamWriter, seen: Seen) -> None:
-    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-    await endless(head, writer, seen, b"10000\r\n" + b"a" * 65536 + b"\r\n")
+def chunked_endless(status: bytes) -> Script:
+    async def script(n: int, idle: float, writer: asyncio.StreamWriter, seen: Seen) -> None:
+        head = b"HTTP/1.1 %s\r\nTransfer-Encoding: chunked\r\n\r\n" % status
+        await endless(head, writer, seen, b"10000\r\n" + b"a" * 65536 + b"\r\n")
+
+    return script
 
 
-async def until_close(n: int, idle: float, writer: asyncio.StreamWriter, seen: Seen) -> None:
-    await endless(b"HTTP/1.1 200 OK\r\n\r\n", writer, seen, b"a" * 65536)
+def until_close(status: bytes) -> Script:
+    async def script(n: int, idle: float, writer: asyncio.StreamWriter, seen: Seen) -> None:
+        await endless(b"HTTP/1.1 %s\r\n\r\n" % status, writer, seen, b"a" * 65536)
+
+    return script
 
 
+@pytest.mark.parametrize("status", [b"200 OK", b"503 Service Unavailable"], ids=["200", "503"])
 @pytest.mark.parametrize("answer", [declared_huge, chunked_endless, until_close])
 @pytest.mark.parametrize("proxied", [False, True], ids=["direct", "HTTP_PROXY"])
 async def test_a_huge_answer_costs_at_most_the_limit(
-    answer: Script, proxied: bool, monkeypatch: pytest.MonkeyPatch
+    answer: Callable[[bytes], Script],
+    status: bytes,
+    proxied: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with raw_server(answer) as (url, seen), forward_proxy() as (proxy, lines):
+    """A 2xx is delivered all the same (outcome unknown, never retried: the provider recorded
+    it); any other answer fails its attempt retryably. Either way, no more than the limit."""
+    async with raw_server(answer(status)) as (url, seen), forward_proxy() as (proxy, lines):
         if proxied:
             monkeypatch.setenv("HTTP_PROXY", proxy)
         transport = HTTPTransport(KEY, base_url=url, timeout=30)
         tracemalloc.start()
         try:
-            with pytest.raises(DeliveryError) as caught:
-                await transport.attempt(lead())
+            try:
+                outcome: TrackResult | DeliveryError = await transport.attempt(lead())
+            except DeliveryError as error:
+                outcome = error
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
             await transport.aclose()
-    assert caught.value.code == "ResponseTooLarge" and caught.value.retryable
-    assert f"more than {MAX_ANSWER_BYTES} bytes" in caught.value.message
+    if status.startswith(b"200"):
+        assert isinstance(outcome, TrackResult) and outcome.status == "sent"
+        assert (outcome.outcome, outcome.outcome_reason) == ("unknown", "answer_too_large")
+    else:
+        assert isinstance(outcome, DeliveryError)
+        assert outcome.code == "ResponseTooLarge" and outcome.retryable
+        assert f"more than {MAX_ANSWER_BYTES} bytes" in outcome.message
     # The whole exchange (server, proxy and client in this process) held a few buffers at most.
     assert peak < 4 * MAX_ANSWER_BYTES
     assert seen.written < HUGE // 4  # reading stopped long before the end
@@ -358,11 +386,18 @@ async def test_a_dripping_answer_is_bounded_by_timeout(part: str) -> None:
     async with raw_server(drip) as (url, _):
         transport = HTTPTransport(KEY, base_url=url, timeout=0.5)
         try:
-            with pytest.raises(DeliveryError) as caught:
-                await transport.attempt(lead())
+            if part == "head":
+                with pytest.raises(DeliveryError) as caught:
+                    await transport.attempt(lead())
+            else:  # a 2xx head came: the provider accepted the event, never sent twice
+                result = await transport.attempt(lead())
         finally:
             await transport.aclose()
-    assert caught.value.code == "AttemptTimeout" and caught.value.retryable
+    if part == "head":
+        assert caught.value.code == "AttemptTimeout" and caught.value.retryable
+    else:
+        assert (result.status, result.outcome) == ("sent", "unknown")
+        assert result.outcome_reason == "answer_unreadable"
 
 
 async def test_a_timeout_leaves_the_key_out_of_every_frame() -> None:

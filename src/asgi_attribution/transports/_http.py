@@ -59,7 +59,7 @@ from pydantic import SecretStr
 from .._events import RefundEvent
 from .._exceptions import DeliveryError, IntegrationError
 from .._json import loads
-from .._providers import Outcome, ProviderRequest
+from .._providers import Outcome, ProviderRequest, redact
 from ._base import Delivery, DeliveryStats, RetryPolicy, TrackResult, Transport, parse_retry_after
 from ._pause import per_event_not_found
 
@@ -105,6 +105,9 @@ def parse_json(body: bytes) -> Any:
 class Answer:
     """One HTTP answer, as much of it as deciding what it means needs.
 
+    ``unread`` says why the body of a 2xx was not read (``answer_too_large``,
+    ``answer_unreadable``): the provider answered, so it counts as delivered all the same.
+
     Example:
         >>> Answer(503, None, "Service Unavailable", "POST /track/lead", retry_after="2").status
         503
@@ -116,17 +119,38 @@ class Answer:
     target: str
     location: str | None = None
     retry_after: str | None = None
+    unread: str | None = None
 
 
 def delivered(delivery: Delivery, answer: Answer) -> TrackResult:
     """The result of a 2xx, with what the answer says the provider did (and warnings).
 
+    A 2xx whose body could not be read (too large, cut off) is delivered with outcome
+    ``unknown``: the provider accepted the event, and a retry could record it twice.
+
     Example:
         >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
         >>> delivered(Delivery(lead, DUB), Answer(200, {"link": None}, "OK", "POST /")).outcome
         'duplicate'
+        >>> cut = Answer(200, None, "OK", "POST /", unread="answer_unreadable")
+        >>> result = delivered(Delivery(lead, DUB), cut)
+        >>> result.status, result.outcome, result.outcome_reason
+        ('sent', 'unknown', 'answer_unreadable')
     """
     event = delivery.event
+    if answer.unread is not None:
+        outcome: Outcome = "unknown"
+        reason: str | None = answer.unread
+        logger.warning(
+            "event %s: %s answered HTTP %d, but its body could not be read (%s): counted as "
+            "sent, not retried; whether it was recorded is unknown",
+            event.event_id,
+            delivery.provider.name,
+            answer.status,
+            reason,
+            extra={"event_id": event.event_id, "outcome": outcome, "outcome_reason": reason},
+        )
+        return sent(delivery, answer, outcome, reason)
     outcome, reason = delivery.provider.outcome(event, answer.body)
     if reason == "not_json":
         logger.warning(
@@ -350,8 +374,9 @@ def _user_agent() -> str:
 #: The ``User-Agent`` of every request, with the installed version of the package.
 USER_AGENT = _user_agent()
 
-#: Bytes of an answer's body read at most; a longer answer fails its attempt (retryably).
-#: The providers answer a tracked event in well under a kilobyte.
+#: Bytes of an answer's body read at most; a longer answer fails its attempt (retryably),
+#: unless it is a 2xx (delivered, outcome unknown). The providers answer a tracked event in
+#: well under a kilobyte.
 MAX_ANSWER_BYTES = 1024 * 1024
 
 #: Seconds a kept-alive connection may sit idle before it is closed rather than reused.
@@ -574,14 +599,19 @@ class HTTPTransport(Transport):
         )
         if body is not None:
             headers["Content-Type"] = "application/json"
+        head: list[httpx.Response] = []  # the answer's head, once it came
         try:
             mine = await self._loop_client()
             async with mine.slots:
                 answer = await _within(
-                    self.timeout, _read(mine.client, request.method, url, body, headers)
+                    self.timeout, _read(mine.client, request.method, url, body, headers, key, head)
                 )
             status = answer.status
         except asyncio.TimeoutError:
+            if head and head[0].is_success:  # the provider accepted it: never sent twice
+                answer = _answer(head[0], None, key, unread="answer_unreadable")
+                status = answer.status
+                return answer
             # Ambiguous once sent: the retry reuses the idempotency key.
             message = f"no complete answer from {url} within {self.timeout:g} s"
             raise DeliveryError(event_id, "AttemptTimeout", message, retryable=True) from None
@@ -592,11 +622,11 @@ class HTTPTransport(Transport):
             # An unsupported scheme can never work: final, not retried.
             final = isinstance(exc, httpx.UnsupportedProtocol)
             code = "unsupported_protocol" if final else type(exc).__name__
-            raise DeliveryError(
-                event_id, code, str(exc) or "network error", retryable=not final
-            ) from None
+            message = redact(str(exc), key.get_secret_value()) or "network error"
+            raise DeliveryError(event_id, code, message, retryable=not final) from None
         except httpx.InvalidURL as exc:
-            raise DeliveryError(event_id, "invalid_url", str(exc)) from None
+            message = redact(str(exc), key.get_secret_value())
+            raise DeliveryError(event_id, "invalid_url", message) from None
         finally:
             if started is not None:
                 duration = time.monotonic() - started
@@ -615,25 +645,57 @@ async def _within(seconds: float, exchange: Coroutine[Any, Any, Answer]) -> Answ
 
 
 async def _read(
-    client: httpx.AsyncClient, method: str, url: str, body: bytes | None, headers: httpx.Headers
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: httpx.Headers,
+    key: SecretStr,
+    head: list[httpx.Response],
 ) -> Answer:
-    """Send one request and read its answer, streamed: no more than MAX_ANSWER_BYTES kept."""
+    """Send one request and read its answer, streamed: no more than MAX_ANSWER_BYTES kept.
+
+    ``head`` gets the response as soon as its head arrived (the caller's deadline may end the
+    body's reading). A 2xx whose body is too large or cut off is an :class:`Answer` with
+    ``unread``: the provider accepted the event."""
     async with client.stream(method, url, content=body, headers=headers) as response:
+        head.append(response)
+        accepted = response.is_success
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            if accepted:
+                return _answer(response, None, key, unread="answer_too_large")
             raise _TooLarge
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise _TooLarge  # leaving the block closes the connection: never reused
-            chunks.append(chunk)
+        try:
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    # Leaving the block closes the connection: never reused.
+                    if accepted:
+                        return _answer(response, None, key, unread="answer_too_large")
+                    raise _TooLarge
+                chunks.append(chunk)
+        except httpx.TransportError:
+            if accepted:
+                return _answer(response, None, key, unread="answer_unreadable")
+            raise
+    return _answer(response, b"".join(chunks), key)
+
+
+def _answer(
+    response: httpx.Response, body: bytes | None, key: SecretStr, unread: str | None = None
+) -> Answer:
+    """The :class:`Answer` of ``response``: where the provider's text enters the package, so
+    the API key is redacted from all of it here (a provider may echo the header it got)."""
+    request = response.request
     return Answer(
         response.status_code,
-        parse_json(b"".join(chunks)),
-        response.reason_phrase,
-        f"{method} {url}",
-        location=response.headers.get("location"),
+        redact(parse_json(body or b""), key.get_secret_value()),
+        redact(response.reason_phrase, key.get_secret_value()),
+        f"{request.method} {request.url}",
+        location=redact(response.headers.get("location"), key.get_secret_value()),
         retry_after=response.headers.get("retry-after"),
+        unread=unread,
     )
