@@ -81,8 +81,8 @@ async def test_partial_refunds_lower_the_amount_and_add_up(
         rest = await tracker.refund_sale(invoice_id="in_part", amount=3500)
     assert [r.outcome for r in (first, second, rest)] == ["recorded"] * 3
     assert patches(provider) == [
-        {"modifyAmount": -1000},
-        {"modifyAmount": -500, "currency": "usd"},
+        {"modifySaleAmount": -1000},
+        {"modifySaleAmount": -500, "currency": "usd"},
         {"status": "refunded"},  # what is left, refunded whole
     ]
     assert provider.commissions(invoiceId="in_part")[0]["status"] == "refunded"
@@ -152,7 +152,7 @@ async def test_an_outbox_refund_survives_a_restart(
         await worker.flush(timeout=10)
     assert [(r.event_id, r.outcome) for r in delivered] == [(queued.event_id, "recorded")]
     assert provider.commissions(invoiceId="in_outbox")[0]["amount"] == 3000
-    assert patches(provider) == [{"modifyAmount": -2000, "currency": "usd"}]
+    assert patches(provider) == [{"modifySaleAmount": -2000, "currency": "usd"}]
     async with SQLiteOutbox(path, create=False) as store:
         [row] = await store.list("delivered")
     assert (row.kind, row.event["invoice_id"], row.outcome) == ("refund", "in_outbox", "recorded")
@@ -196,6 +196,6 @@ async def test_a_refund_goes_through_a_given_httpx_client_too(
         transport = HTTPTransport(KEY, base_url=url, retry=FAST, client=client)
         async with Tracker("dub", transport=transport) as tracker:
             result = await tracker.refund_sale(invoice_id="in_httpx", amount=100)
-    assert result.outcome == "recorded" and patches(provider) == [{"modifyAmount": -100}]
+    assert result.outcome == "recorded" and patches(provider) == [{"modifySaleAmount": -100}]
     [lookup] = [r for r in provider.requests if r.method == "GET"]
     assert lookup.body is None  # a GET without a body
