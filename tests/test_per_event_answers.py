@@ -351,3 +351,23 @@ async def test_a_poison_event_becomes_a_dead_letter_in_the_outbox(tmp_path: Path
     assert (len(sent), len(delivered), len(dead), lost) == (31, 30, 1, 0)
     assert dead[0].event_id == poison.event_id and dead[0].error_code == "wrong_path"
     assert poison.event_id in tally.errors  # reported by id
+
+
+async def test_a_dub_sale_right_after_an_async_lead_is_retried_until_dub_shows_it() -> None:
+    provider = FakeProvider("dub", api_key=KEY, lead_delay=1.0)
+    tally = Tally()
+    with serve_in_thread(provider) as url:
+        transport = BackgroundTransport(
+            HTTPTransport(KEY, base_url=url, retry=FAST), on_error=tally.on_error
+        )
+        transport.stats.subscribe(tally.records.append)
+        await transport.start()
+        await transport.send(lead("u1"))
+        await transport.flush(timeout=30)  # answered: the customer exists, its lead not yet
+        sale = SaleEvent(customer_external_id="u1", amount=4900)
+        await transport.send(Delivery(sale, DUB))
+        await transport.flush(timeout=30)
+        await transport.aclose()
+    refused = [r for r in tally.records if r.kind == "attempt" and r.status_code == 404]
+    assert tally.errors == {} and len(refused) >= 1
+    assert [s["invoiceId"] for s in provider.sales()] == [sale.event_id]

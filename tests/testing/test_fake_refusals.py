@@ -26,7 +26,7 @@ def client_of(provider: FakeProvider) -> Iterator[httpx.Client]:
         yield client
 
 
-def refusal(response: httpx.Response) -> tuple[int, str, str]:
+def refusal(response: httpx.Response) -> tuple[int, str, bool]:
     """Status, reason (as the package reads it) and message of an answer with the envelope."""
     error = response.json()["error"]
     assert set(error) == {"code", "message", "doc_url"}
@@ -38,8 +38,8 @@ def refusal(response: httpx.Response) -> tuple[int, str, str]:
         else LeadEvent(click_id="c", event_name="e", customer_external_id="u1")
     )
     found = DUB.refusal(event, path, response.status_code, response.json())
-    assert found is not None and found.final
-    return response.status_code, found.reason, error["message"]
+    assert found is not None
+    return response.status_code, found.reason, found.final
 
 
 def test_a_lead_on_a_disabled_or_foreign_link_is_404_with_dubs_words() -> None:
@@ -49,9 +49,10 @@ def test_a_lead_on_a_disabled_or_foreign_link_is_404_with_dubs_words() -> None:
         foreign = client.post(
             "/track/lead", json={**LEAD, "clickId": "clk_x", "customerExternalId": "u2"}
         )
-    assert refusal(off)[:2] == (404, "link_disabled")
-    assert refusal(off)[2].endswith("for clickId clk_off is disabled, lead not tracked")
-    assert refusal(foreign)[:2] == (404, "link_not_in_workspace")
+    assert refusal(off) == (404, "link_disabled", True)
+    message = off.json()["error"]["message"]
+    assert message.endswith("for clickId clk_off is disabled, lead not tracked")
+    assert refusal(foreign) == (404, "link_not_in_workspace", True)
     assert provider.leads() == [] and provider.customers() == []
 
 
@@ -64,10 +65,11 @@ def test_a_sale_of_a_customer_whose_link_was_disabled_is_404() -> None:
         direct = client.post(
             "/track/sale", json={**SALE, "customerExternalId": "u2", "clickId": "clk_1"}
         )
-    status, reason, message = refusal(sale)
-    assert (status, reason) == (404, "link_disabled") and "for customer cus_" in message
+    assert refusal(sale) == (404, "link_disabled", True)
+    message = sale.json()["error"]["message"]
+    assert "for customer cus_" in message
     assert message.endswith("is disabled, sale not tracked")
-    assert refusal(direct)[:2] == (404, "link_disabled") and provider.sales() == []
+    assert refusal(direct) == (404, "link_disabled", True) and provider.sales() == []
 
 
 def test_a_path_with_no_route_gets_an_html_page_not_the_envelope() -> None:
@@ -134,3 +136,38 @@ def test_a_payout_still_pending_or_canceled_does_not_lock(status: str) -> None:
         provider.lock_payout("in_1", status)
         answer: Any = client.patch(f"/commissions/{cid}", json={"status": "refunded"})
     assert answer.status_code == 200
+
+
+# -- leads recorded in the background (lead_delay) ------------------------------------------
+
+
+def test_a_dub_async_lead_shows_to_sales_only_after_the_delay_a_wait_lead_at_once() -> None:
+    provider = FakeProvider("dub", lead_delay=3600.0)
+    with client_of(provider) as client:
+        client.post("/track/lead", json=LEAD)
+        client.post("/track/lead", json={**LEAD, "customerExternalId": "u2", "mode": "wait"})
+        early = client.post("/track/sale", json=SALE)
+        waited = client.post("/track/sale", json={**SALE, "customerExternalId": "u2"})
+        provider.advance(3600)
+        later = client.post("/track/sale", json=SALE)
+    assert refusal(early) == (404, "lead_not_found", False)  # retried: it shows later
+    assert waited.json()["sale"] is not None and later.json()["sale"] is not None
+    assert [c["externalId"] for c in provider.customers()] == ["u1", "u2"]  # Dub: at once
+
+
+def test_a_pimms_async_lead_makes_its_customer_in_the_background_and_the_invoice_is_lost() -> None:
+    provider = FakeProvider("pimms", lead_delay=3600.0)
+    lead = {"clickId": "clk_1", "eventName": "Sign up", "externalId": "u1"}
+    sale = {"externalId": "u1", "amount": 4900, "paymentProcessor": "stripe", "invoiceId": "in_1"}
+    with client_of(provider) as client:
+        client.post("/track/lead", json=lead)
+        client.post("/track/lead", json={**lead, "externalId": "u2", "mode": "wait"})
+        early = client.post("/track/sale", json=sale)
+        waited = client.post("/track/sale", json={**sale, "externalId": "u2", "invoiceId": "in_2"})
+        hidden = [c["externalId"] for c in provider.customers()]
+        provider.advance(3600)
+        again = client.post("/track/sale", json=sale)
+    assert early.json()["sale"] is None and hidden == ["u2"]
+    assert waited.json()["sale"] is not None
+    assert again.json()["sale"] is None  # the invoice was claimed by the early sale, for 7 days
+    assert [s["invoiceId"] for s in provider.sales()] == ["in_2"]

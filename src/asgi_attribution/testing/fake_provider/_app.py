@@ -172,9 +172,11 @@ class FakeProvider:
     :meth:`disable_link`); ``program=False`` is a workspace without a partner program (the
     ``/commissions`` routes answer 404 "Program not found"); ``forbidden_routes`` refuse the key
     with 403 (a restricted key without that route's scope); :meth:`lock_payout` puts a sale's
-    commission in a payout that can no longer change. Every error of a route carries the JSON
-    envelope (``{"error": {"code", "message", "doc_url"}}``); a path with no route gets an HTML
-    404 page, as Next.js answers it.
+    commission in a payout that can no longer change; ``lead_delay`` (seconds, 0 by default) is
+    how long an ``async`` lead takes to show to sales (and, on PIMMS, its new customer), as the
+    providers record it in the background (``wait`` leads show at once). Every error of a route
+    carries the JSON envelope (``{"error": {"code", "message", "doc_url"}}``); a path with no
+    route gets an HTML 404 page, as Next.js answers it.
 
     Another process can read and steer it through ``/_fake/*`` (the control routes below).
 
@@ -206,6 +208,7 @@ class FakeProvider:
         foreign_clicks: Collection[str] = (),
         program: bool = True,
         forbidden_routes: Collection[Route] = (),
+        lead_delay: float = 0.0,
     ) -> None:
         if provider not in get_args(ProviderName):
             raise ValueError(f"provider: must be 'dub' or 'pimms', got {provider!r}")
@@ -244,6 +247,7 @@ class FakeProvider:
             commissions=self._commissions if with_commissions else None,
             disabled_clicks=disabled_clicks,
             foreign_clicks=foreign_clicks,
+            lead_delay=lead_delay,
         )
         self._webhooks: list[SentWebhook] = []
         self.faults = faults or Faults()

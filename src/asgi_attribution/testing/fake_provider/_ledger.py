@@ -9,6 +9,10 @@ Read from Dub's ``track-lead.ts`` / ``track-sale.ts`` and PIMMS' routes (a Dub f
   nothing, and a 404 "click not found" keeps the key. A click whose link is in another
   workspace or disabled is 404 with Dub's message (its key kept too). PIMMS keeps the key
   forever, replaces only the first space, and its answer has no ``link``.
+- With ``lead_delay``, as the providers record in the background: an ``async`` lead shows to
+  sales only ``lead_delay`` seconds after its answer (Dub makes the customer at once; PIMMS
+  makes even the customer in the background, so a sale before then is answered nulls and its
+  invoice stays claimed); a ``wait`` lead shows at once (both cache it before answering).
 - Sale (Dub): a cached answer for the ``invoiceId`` (kept a week, written after a record) is
   answered again; a known customer's link must be of the workspace and enabled (else 404), and
   the customer needs a lead (of ``leadEventName`` if given, else 404); no
@@ -306,7 +310,11 @@ class Ledger:
         commissions: CommissionBook | None = None,
         disabled_clicks: Collection[str] = (),
         foreign_clicks: Collection[str] = (),
+        lead_delay: float = 0.0,
     ) -> None:
+        if lead_delay < 0:
+            raise ValueError(f"lead_delay: must be >= 0 seconds, got {lead_delay!r}")
+        self.lead_delay = lead_delay
         self.provider = provider
         self._facts = get_provider(provider)
         # Clicks whose link is disabled, or belongs to another workspace (Dub checks both).
@@ -326,7 +334,10 @@ class Ledger:
             >>> Ledger("dub", ClickBook("dub"), clock=lambda: 0.0).reset()
         """
         self._customers: dict[str, dict[str, Any]] = {}
-        self._lead_events: dict[str, list[str]] = {}
+        # external id -> (event name, when it shows to sales) of each recorded lead
+        self._lead_events: dict[str, list[tuple[str, float]]] = {}
+        # external id -> when a customer made in the background shows (PIMMS' async leads)
+        self._hidden_until: dict[str, float] = {}
         self._counter = itertools.count(1)
         self.keys.clear()
 
@@ -338,7 +349,18 @@ class Ledger:
             >>> Ledger("dub", ClickBook("dub"), clock=lambda: 0.0).customers()
             []
         """
-        return [dict(c) for c in self._customers.values()]
+        now = self._clock()
+        return [
+            dict(customer)
+            for external_id, customer in self._customers.items()
+            if self._hidden_until.get(external_id, now) <= now
+        ]
+
+    def _customer(self, external_id: str) -> dict[str, Any] | None:
+        """The customer, once it shows (a background upsert may not have run yet)."""
+        if self._hidden_until.get(external_id, 0.0) > self._clock():
+            return None
+        return self._customers.get(external_id)
 
     # -- customers ------------------------------------------------------------------------------
 
@@ -446,8 +468,12 @@ class Ledger:
             refused = self.link_refusal(click_id, f"clickId {click_id}", "lead")
             if refused is not None:
                 return refused
+            # An async lead is recorded in the background: it shows to sales later.
+            shows = self._clock() + (self.lead_delay if fields["mode"] == "async" else 0.0)
             if customer is None:
                 customer = self._create_customer(external_id, fields, click_id)
+                if not dub and shows > self._clock():  # PIMMS upserts it in the background
+                    self._hidden_until[external_id] = shows
             elif not dub:  # PIMMS upserts: latest click, profile filled where given
                 customer["clickId"] = click_id
                 for key, source in (("name", "customerName"), ("email", "customerEmail")):
@@ -455,7 +481,7 @@ class Ledger:
                 customer["avatar"] = fields.get("customerAvatar") or customer["avatar"]
             link = self.link_for(click_id)
             if not deferred:
-                self._lead_events.setdefault(external_id, []).append(fields["eventName"])
+                self._lead_events.setdefault(external_id, []).append((fields["eventName"], shows))
                 data = {
                     "eventName": fields["eventName"],
                     "customer": dict(customer),
@@ -492,8 +518,9 @@ class Ledger:
     # -- sales ----------------------------------------------------------------------------------
 
     def _has_lead(self, external_id: str, lead_event_name: str | None) -> bool:
-        events = self._lead_events.get(external_id, [])
-        return lead_event_name in events if lead_event_name is not None else bool(events)
+        now = self._clock()
+        shown = [name for name, shows in self._lead_events.get(external_id, []) if shows <= now]
+        return lead_event_name in shown if lead_event_name is not None else bool(shown)
 
     def sale(self, fields: dict[str, Any]) -> Answer:
         """Handle a valid sale body (defaults filled in).
@@ -514,7 +541,7 @@ class Ledger:
                 return Answer(200, cached)
             if not dub and not self.keys.reserve(("sale", invoice_id), WEEK):
                 return nulls
-        customer = self._customers.get(external_id)
+        customer = self._customer(external_id)
         lead_name: str | None = fields["leadEventName"]
         if customer is not None:
             owner = f"customer {customer['id']}"
@@ -537,7 +564,8 @@ class Ledger:
                 return refused
         if customer is None:  # Dub's direct sale tracking: the click makes the customer
             customer = self._create_customer(external_id, fields, click_id)
-            self._lead_events.setdefault(external_id, []).append(lead_name or _DIRECT_SALE_LEAD)
+            made = (lead_name or _DIRECT_SALE_LEAD, self._clock())
+            self._lead_events.setdefault(external_id, []).append(made)
         if dub and fields["amount"] <= 0:
             return nulls
         return self._record_sale(fields, customer, click_id or customer["clickId"])
@@ -597,7 +625,7 @@ class Ledger:
         ref = unquote(ref)
         dub = self.provider == "dub"
         if ref.startswith("ext_"):
-            customer = self._customers.get(ref.removeprefix("ext_"))
+            customer = self._customer(ref.removeprefix("ext_"))
         else:
             customer = next((c for c in self._customers.values() if c["id"] == ref), None)
         if customer is None:
