@@ -81,8 +81,8 @@ async def test_partial_refunds_lower_the_amount_and_add_up(
         rest = await tracker.refund_sale(invoice_id="in_part", amount=3500)
     assert [r.outcome for r in (first, second, rest)] == ["recorded"] * 3
     assert patches(provider) == [
-        {"modifyAmount": -1000},
-        {"modifyAmount": -500, "currency": "usd"},
+        {"modifySaleAmount": -1000},
+        {"modifySaleAmount": -500, "currency": "usd"},
         {"status": "refunded"},  # what is left, refunded whole
     ]
     assert provider.commissions(invoiceId="in_part")[0]["status"] == "refunded"
@@ -152,7 +152,7 @@ async def test_an_outbox_refund_survives_a_restart(
         await worker.flush(timeout=10)
     assert [(r.event_id, r.outcome) for r in delivered] == [(queued.event_id, "recorded")]
     assert provider.commissions(invoiceId="in_outbox")[0]["amount"] == 3000
-    assert patches(provider) == [{"modifyAmount": -2000, "currency": "usd"}]
+    assert patches(provider) == [{"modifySaleAmount": -2000, "currency": "usd"}]
     async with SQLiteOutbox(path, create=False) as store:
         [row] = await store.list("delivered")
     assert (row.kind, row.event["invoice_id"], row.outcome) == ("refund", "in_outbox", "recorded")
@@ -196,6 +196,70 @@ async def test_a_refund_goes_through_a_given_httpx_client_too(
         transport = HTTPTransport(KEY, base_url=url, retry=FAST, client=client)
         async with Tracker("dub", transport=transport) as tracker:
             result = await tracker.refund_sale(invoice_id="in_httpx", amount=100)
-    assert result.outcome == "recorded" and patches(provider) == [{"modifyAmount": -100}]
+    assert result.outcome == "recorded" and patches(provider) == [{"modifySaleAmount": -100}]
     [lookup] = [r for r in provider.requests if r.method == "GET"]
     assert lookup.body is None  # a GET without a body
+
+
+async def test_a_commission_in_a_locked_payout_is_not_recorded_as_payout_locked(
+    provider: FakeProvider, url: str
+) -> None:
+    async with inline(url) as tracker:
+        await sell(tracker, "in_locked")
+        assert provider.lock_payout("in_locked", "processing") == 1
+        result = await tracker.refund_sale(invoice_id="in_locked", amount=1000)
+    assert (result.status, result.outcome, result.outcome_reason) == (
+        "sent",
+        "not_recorded",
+        "payout_locked",
+    )
+    assert provider.commissions(invoiceId="in_locked")[0]["amount"] == 5000  # unchanged
+    assert tracker.stats.not_recorded == 1 and tracker.stats.failed == 0
+
+
+class RefundedMeanwhile:
+    """A proxy that refunds the commission itself just before the package's PATCH reaches the
+    fake: another process refunded the same invoice between the lookup and the update."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "PATCH":
+            body = b'{"status": "refunded"}'
+            headers = [(b"authorization", f"Bearer {KEY}".encode())]
+            other = {**scope, "headers": headers}
+            replay = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def first(message: Any) -> None:
+                pass
+
+            async def receive_other() -> Any:
+                return replay.pop()
+
+            await self.inner(other, receive_other, first)
+        await self.inner(scope, receive, send)
+
+
+async def test_a_commission_refunded_meanwhile_is_a_duplicate(provider: FakeProvider) -> None:
+    with serve_in_thread(RefundedMeanwhile(provider)) as url:
+        async with inline(url) as tracker:
+            await sell(tracker, "in_twice")
+            result = await tracker.refund_sale(invoice_id="in_twice")
+    statuses = [r.status for r in provider.requests if r.method == "PATCH"]
+    assert statuses == [200, 400]  # the other refund, then ours: "already in the refunded status"
+    assert (result.status, result.outcome, result.outcome_reason) == (
+        "sent",
+        "duplicate",
+        "already_refunded",
+    )
+    assert tracker.stats.failed == 0
+
+
+async def test_a_refund_in_a_workspace_without_program_fails_as_no_program() -> None:
+    provider = FakeProvider("dub", api_key=KEY, program=False)
+    with serve_in_thread(provider) as url, pytest.raises(DeliveryError) as caught:
+        async with inline(url) as tracker:
+            await tracker.refund_sale(invoice_id="in_1")
+    assert (caught.value.code, caught.value.retryable) == ("no_program", False)
+    assert not getattr(caught.value, "integration", False)

@@ -283,8 +283,9 @@ class SaleEvent(_EventBase):
 class CustomerEvent(_EventBase):
     """An update of a customer's details by their external id.
 
-    ``country`` is ISO 3166-1 alpha-2; ``stripe_customer_id`` links recurring Stripe sales (both
-    Dub only).
+    ``stripe_customer_id`` links recurring Stripe sales (Dub only). ``country`` is ISO 3166-1
+    alpha-2 and is not sent to Dub, whose route reads it and drops it (a WARNING says so once);
+    PIMMS refuses it.
 
     Example:
         >>> CustomerEvent(customer_id="u_1", customer_name="Ada").customer_name

@@ -299,7 +299,7 @@ def unrecorded_sale(
         >>> unrecorded_sale(DUB, SaleEvent(customer_external_id="u", amount=1), ()) is None
         True
     """
-    if event.amount > 0 or provider.records_zero_amounts:
+    if not provider.ignores_sale(event):
         return None
     logger.warning(
         "sale %s not recorded by %s: amount_zero (not sent)",

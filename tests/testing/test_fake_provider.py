@@ -342,7 +342,7 @@ async def test_error_fault_is_503_with_dub_error_body_and_records_nothing() -> N
     async with _client(provider) as client:
         response = await client.post("/track/lead", json=LEAD)
     assert response.status_code == 503
-    assert set(response.json()["error"]) == {"code", "message"}
+    assert set(response.json()["error"]) == {"code", "message", "doc_url"}
     assert provider.requests == provider.accepted == []
 
 

@@ -442,8 +442,11 @@ class BackgroundTransport(Transport):
             if self._loop is not loop:
                 return True
             if is_integration_fault(exc) and isinstance(exc, DeliveryError):
-                self._hold(job, exc, loop)
-                return False
+                struck = self._pause.strike(job.event_id, exc)  # held again and again: failed
+                if struck is None:
+                    self._hold(job, exc, loop)
+                    return False
+                exc = struck
             await self._failed(job, exc, loop)
             return True
         if self._loop is loop and self._jobs.finish(job):

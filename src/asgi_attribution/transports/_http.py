@@ -21,9 +21,12 @@ read with orjson (:mod:`.._json`).
 **What an answer means** (:func:`delivered`, :func:`error_from`): a 2xx is delivered, with the
 ``outcome`` the provider's answer gives (:mod:`.._providers`). An attempt fails retryably for
 what can succeed later (network errors, timeouts, 408, 425, 429 and 5xx, with the server's
-``Retry-After``); other 4xx are final for the event. Faults of the whole integration (401, 403,
-3xx, a 404 or 405 naming no event) raise :class:`IntegrationError` (final for the event; the
-background queue pauses on them); an unsupported scheme or an invalid URL is final. Whoever
+``Retry-After``). A 4xx with the provider's JSON error envelope is about the event
+(:meth:`Provider.refusal`): final with the reason it names, retried when it may pass (a sale
+whose lead Dub does not show yet, a route that alone refuses the key), or the outcome of a
+refund. Faults of the whole integration (401, a 403 on the track routes, 3xx, a 404 or 405
+without the envelope) raise :class:`IntegrationError` (final for the event; the background
+queue and the outbox pause on them); an unsupported scheme or an invalid URL is final. Whoever
 schedules the attempts retries them (:meth:`Transport.send` inline, or the background and
 outbox layers), and every attempt of an event carries the same ``Idempotency-Key``.
 
@@ -59,9 +62,8 @@ from pydantic import SecretStr
 from .._events import RefundEvent
 from .._exceptions import DeliveryError, IntegrationError
 from .._json import loads
-from .._providers import Outcome, ProviderRequest, redact
+from .._providers import Outcome, ProviderRequest, Refusal, redact
 from ._base import Delivery, DeliveryStats, RetryPolicy, TrackResult, Transport, parse_retry_after
-from ._pause import per_event_not_found
 
 __all__ = [
     "KEEPALIVE_EXPIRY",
@@ -122,11 +124,14 @@ class Answer:
     unread: str | None = None
 
 
-def delivered(delivery: Delivery, answer: Answer) -> TrackResult:
+def delivered(
+    delivery: Delivery, answer: Answer, *, unanswered_before: bool = False
+) -> TrackResult:
     """The result of a 2xx, with what the answer says the provider did (and warnings).
 
     A 2xx whose body could not be read (too large, cut off) is delivered with outcome
     ``unknown``: the provider accepted the event, and a retry could record it twice.
+    ``unanswered_before``: an earlier attempt of the event got no answer.
 
     Example:
         >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
@@ -151,7 +156,9 @@ def delivered(delivery: Delivery, answer: Answer) -> TrackResult:
             extra={"event_id": event.event_id, "outcome": outcome, "outcome_reason": reason},
         )
         return sent(delivery, answer, outcome, reason)
-    outcome, reason = delivery.provider.outcome(event, answer.body)
+    outcome, reason = delivery.provider.outcome(
+        event, answer.body, unanswered_before=unanswered_before
+    )
     if reason == "not_json":
         logger.warning(
             "event %s: %s answered HTTP %d with a body that is not JSON (a proxy?): "
@@ -190,24 +197,35 @@ def sent(delivery: Delivery, answer: Answer, outcome: Outcome, reason: str | Non
     )
 
 
-def error_from(event_id: str, answer: Answer) -> DeliveryError:
-    """The error a non-2xx ``answer`` is for ``event_id``.
+def error_from(event_id: str, answer: Answer, refusal: Refusal | None = None) -> DeliveryError:
+    """The error a non-2xx ``answer`` is for ``event_id`` (``refusal``: what the provider
+    says the answer means for the event, :meth:`Provider.refusal`).
 
     Example:
         >>> error_from("evt_1", Answer(401, None, "Unauthorized", "POST /track/lead")).code
         'unauthorized'
+        >>> gone = Refusal("link_disabled", "Link l for clickId c is disabled, lead not tracked")
+        >>> error_from("evt_1", Answer(404, {}, "Not Found", "POST /track/lead"), gone).code
+        'link_disabled'
     """
     status, body = answer.status, answer.body
     code, message = f"http_{status}", answer.reason or "error"
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         code = str(body["error"].get("code", code))[:100]
         message = str(body["error"].get("message", message))[:500]
+    if refusal is not None:
+        return DeliveryError(
+            event_id,
+            refusal.reason,
+            refusal.message,
+            status_code=status,
+            retryable=not refusal.final,
+            retry_after=refusal.retry_after,
+        )
     integration = _integration_code(answer)
     if integration is not None:
         code, hint = integration
         return IntegrationError(event_id, code, f"{message} ({hint})", status_code=status)
-    if status == 404:
-        code = per_event_not_found(body) or code
     retryable = status in RETRYABLE_STATUS or status >= 500
     retry_after = parse_retry_after(answer.retry_after) if retryable else None
     return DeliveryError(
@@ -216,7 +234,8 @@ def error_from(event_id: str, answer: Answer) -> DeliveryError:
 
 
 def _integration_code(answer: Answer) -> tuple[str, str] | None:
-    """(code, hint) for an answer that is a fault of the whole integration, else None."""
+    """(code, hint) for an answer that is a fault of the whole integration, else None (asked
+    only of an answer that is no refusal of the event)."""
     status = answer.status
     if status == 401:
         return "unauthorized", "check the API key"
@@ -224,7 +243,7 @@ def _integration_code(answer: Answer) -> tuple[str, str] | None:
         return "forbidden", "the API key lacks the permission for this call"
     if 300 <= status < 400:
         return "redirect", f"redirected to {answer.location or '?'}: check base_url"
-    if status == 405 or (status == 404 and per_event_not_found(answer.body) is None):
+    if status in (404, 405):
         return "wrong_path", f"{answer.target}: check base_url"
     return None
 
@@ -287,13 +306,22 @@ class CommissionWaits:
         return attempts >= policy.max_attempts or time.monotonic() - first >= window
 
 
+def refusal_of(delivery: Delivery, answer: Answer) -> Refusal | None:
+    """What the provider says a non-2xx ``answer`` means for the event (None: nothing).
+
+    Example:
+        >>> sale = Delivery(SaleEvent(customer_external_id="u", amount=100), DUB)
+        >>> envelope = {"error": {"code": "not_found", "message": "Customer not found."}}
+        >>> refusal_of(sale, Answer(404, envelope, "Not Found", "POST /track/sale")).reason
+        'customer_not_found'
+    """
+    # The event's route (a refund's lookup and update are both /commissions routes).
+    path = delivery.request().path
+    return delivery.provider.refusal(delivery.event, path, answer.status, answer.body)
+
+
 def _final(delivery: Delivery, answer: Answer) -> DeliveryError:
-    error = error_from(delivery.event.event_id, answer)
-    if isinstance(error, IntegrationError) and error.code == "forbidden":
-        # A key made for tracking may lack the commissions scopes: that fails the refunds,
-        # and must not pause the delivery of every other event.
-        return DeliveryError(error.event_id, error.code, error.message, status_code=403)
-    return error
+    return error_from(delivery.event.event_id, answer, refusal_of(delivery, answer))
 
 
 def _finished(delivery: Delivery, answer: Answer, outcome: Outcome, reason: str) -> TrackResult:
@@ -360,7 +388,11 @@ def after_update(delivery: Delivery, answer: Answer) -> TrackResult:
     """
     if 200 <= answer.status < 300:
         return delivered(delivery, answer)
-    raise _final(delivery, answer)
+    refusal = refusal_of(delivery, answer)
+    if refusal is not None and refusal.outcome is not None:
+        # Locked by its payout, or refunded already: an outcome, nothing left to retry.
+        return _finished(delivery, answer, refusal.outcome, refusal.reason)
+    raise error_from(delivery.event.event_id, answer, refusal)
 
 
 def _user_agent() -> str:
@@ -378,6 +410,12 @@ USER_AGENT = _user_agent()
 #: unless it is a 2xx (delivered, outcome unknown). The providers answer a tracked event in
 #: well under a kilobyte.
 MAX_ANSWER_BYTES = 1024 * 1024
+
+# Failures that leave no doubt the request never reached the provider.
+_NEVER_SENT = frozenset({"ConnectError", "ConnectTimeout", "unsupported_protocol", "invalid_url"})
+
+# Events remembered as unanswered at most (the oldest forgotten first).
+_UNANSWERED_KEPT = 10_000
 
 #: Seconds a kept-alive connection may sit idle before it is closed rather than reused.
 KEEPALIVE_EXPIRY = 5.0
@@ -443,6 +481,9 @@ class HTTPTransport(Transport):
         self.concurrency = concurrency
         self.keepalive_expiry = float(keepalive_expiry)
         self._commission_waits = CommissionWaits(refund_window)
+        # Events whose last attempt got no verdict (a timeout, a dropped answer, a 5xx): the
+        # next answer of a provider that claims invoices first cannot say "not recorded".
+        self._unanswered: dict[str, None] = {}
         self.refund_window = self._commission_waits.window
         self._given = client
         # The client of each event loop that sends (the given one, or one made for it).
@@ -551,10 +592,25 @@ class HTTPTransport(Transport):
         key = self._key(delivery)  # a SecretStr (frame locals, again)
         if isinstance(delivery.event, RefundEvent):
             return await self._refund(delivery, request, base, key)
-        answer = await self._exchange(delivery, request, base, key)
+        event_id = delivery.event.event_id
+        try:
+            answer = await self._exchange(delivery, request, base, key)
+        except DeliveryError as error:
+            if error.retryable and error.code not in _NEVER_SENT:
+                self._unanswered_note(event_id)
+            raise
         if 200 <= answer.status < 300:
-            return delivered(delivery, answer)
-        raise error_from(delivery.event.event_id, answer)
+            before = self._unanswered.pop(event_id, False) is None
+            return delivered(delivery, answer, unanswered_before=before)
+        if answer.status >= 500:  # the provider may have acted before it failed
+            self._unanswered_note(event_id)
+        raise error_from(event_id, answer, refusal_of(delivery, answer))
+
+    def _unanswered_note(self, event_id: str) -> None:
+        """Remember that an attempt of ``event_id`` ended without a verdict (this process)."""
+        self._unanswered[event_id] = None
+        while len(self._unanswered) > _UNANSWERED_KEPT:
+            self._unanswered.pop(next(iter(self._unanswered)), None)
 
     async def _refund(
         self, delivery: Delivery, lookup: ProviderRequest, base: str, key: SecretStr

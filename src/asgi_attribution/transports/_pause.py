@@ -1,16 +1,24 @@
 """Pausing delivery on a fault of the whole integration, for the queue and the outbox alike.
 
-A revoked key (401), a key without the right (403), a wrong ``base_url`` (a 404 that names no
-event, a 405) or a moved API (3xx) say nothing about the event that met them: every event would
+A revoked key (401), a key without the right for the track routes (403), a wrong ``base_url``
+(a 404 or 405 without the provider's JSON error envelope: an HTML page, a proxy's page, an
+empty body) or a moved API (3xx) say nothing about the event that met them: every event would
 meet them. They are raised as :class:`IntegrationError` (a :class:`DeliveryError` with
-``integration=True``, never retryable by the per-event retry step). Per-event answers (400,
-409, 422, a 404 "click not found") stay final failures of their event.
+``integration=True``, never retryable by the per-event retry step). An answer that carries the
+provider's envelope is about its event (:meth:`~asgi_attribution.Provider.refusal`: a disabled
+link, a lead not found, a workspace without a partner program): it ends that event and only
+that event, and never pauses.
 
 On such a fault, delivery pauses instead of discarding events one by one: the background queue
 holds its jobs, an outbox stops claiming (every worker of the store in this process) and leaves
 its rows pending with their budgets untouched. One attempt probes every ``pause_interval``
 seconds, and the first 2xx resumes delivery. While paused, one ERROR at most once a minute gives
 the cause and the number of events held. :class:`Pause` is that state, used by both.
+
+No event is held forever: one that meets such a fault again after delivery resumed (other
+events went through, so the fault is its own) is struck each time, and at
+:data:`STRIKES` strikes it is failed and reported instead of pausing everyone once more
+(:meth:`Pause.strike`).
 
 Example:
     >>> from asgi_attribution import IntegrationError
@@ -27,8 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -36,11 +44,11 @@ from .._exceptions import DeliveryError
 
 __all__ = [
     "LOG_EVERY",
+    "STRIKES",
     "Pause",
     "describe",
     "is_integration_fault",
     "pause_for",
-    "per_event_not_found",
 ]
 
 logger = logging.getLogger("asgi_attribution")
@@ -48,16 +56,16 @@ logger = logging.getLogger("asgi_attribution")
 #: At most one ERROR per this many seconds while paused.
 LOG_EVERY = 60.0
 
+#: Times an event may meet a fault of the whole integration in separate pauses (delivery
+#: resumed in between: other events went through) before it is failed rather than held again.
+STRIKES = 3
+
+# Events with strikes remembered at most (the oldest forgotten first): only events that met a
+# fault are here, and one forgotten starts again from one strike, still bounded.
+_STRIKES_KEPT = 10_000
+
 # One pause per store (by description) in this process: every outbox over it stops together.
 _PAUSES: dict[str, Pause] = {}
-
-
-# A 404 about the event names what was not found: Dub's "Click event not found for clickId: x",
-# "Lead event not found for externalId: ...", "Customer ext_u not found." A wrong path gives
-# HTML, a generic "Not Found", or names the route ("POST /track/lead not found").
-_ENTITY_NOT_FOUND = re.compile(
-    r"^\s*(click|lead|sale|customer|link|partner|commission)\b[^/]*\bnot found", re.IGNORECASE
-)
 
 
 def is_integration_fault(error: BaseException) -> bool:
@@ -70,32 +78,6 @@ def is_integration_fault(error: BaseException) -> bool:
         False
     """
     return getattr(error, "integration", False) is True
-
-
-def per_event_not_found(body: Any) -> str | None:
-    """The code of a 404 whose JSON error names the event's click, customer or lead, else None.
-
-    Example:
-        >>> per_event_not_found(
-        ...     {"error": {"code": "not_found", "message": "Click event not found for clickId: c"}})
-        'click_not_found'
-        >>> per_event_not_found({"error": {"code": "not_found", "message": "Customer u not found"}})
-        'not_found'
-        >>> per_event_not_found({"error": {"code": "not_found", "message": "POST /x not found"}})
-        >>> per_event_not_found("<html>Not Found</html>") is None
-        True
-    """
-    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
-        return None
-    message = body["error"].get("message")
-    if not isinstance(message, str):
-        return None
-    match = _ENTITY_NOT_FOUND.match(message)
-    if match is None:
-        return None
-    if match.group(1).lower() == "click":
-        return "click_not_found"
-    return str(body["error"].get("code") or "not_found")[:100]
 
 
 def describe(error: BaseException | None) -> str:
@@ -128,7 +110,18 @@ class Pause:
         (True, False, True)
     """
 
-    __slots__ = ("_logged", "_next_probe", "active", "cause", "interval", "probe", "since", "store")
+    __slots__ = (
+        "_logged",
+        "_next_probe",
+        "_strikes",
+        "active",
+        "cause",
+        "interval",
+        "probe",
+        "resumes",
+        "since",
+        "store",
+    )
 
     def __init__(self, interval: float, store: str | None = None) -> None:
         self.interval = interval
@@ -139,6 +132,9 @@ class Pause:
         self.since = 0.0
         self._next_probe = 0.0
         self._logged = float("-inf")
+        self.resumes = 0  # how many times delivery resumed: other events went through
+        # event id -> (strikes, self.resumes when it was last struck)
+        self._strikes: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     def describe(self) -> str:
         """The cause in a few words, e.g. ``HTTP 401 unauthorized: check the API key``."""
@@ -157,6 +153,39 @@ class Pause:
             self.active, self.since, self._logged = True, now, float("-inf")
         self.still(held)
         return started
+
+    def strike(self, event_id: str, cause: DeliveryError) -> DeliveryError | None:
+        """Note that ``event_id`` met ``cause``; the error to fail it with once it is struck out.
+
+        A strike counts once per pause: the event met the fault again after delivery resumed,
+        so other events went through and the fault is the event's own (a route only it takes,
+        an answer only it gets). At :data:`STRIKES` the event is failed (not retried) with an
+        error that says so, and forgotten here; before that, None: hold it.
+
+        Example:
+            >>> pause = Pause(30.0)
+            >>> fault = IntegrationError("evt_1", "wrong_path", "HTML 404", status_code=404)
+            >>> [pause.strike("evt_1", fault) is None for _ in range(5)]  # one pause: one strike
+            [True, True, True, True, True]
+            >>> for _ in range(2):
+            ...     pause.resumes += 1  # delivery resumed, the event met the fault again
+            ...     failed = pause.strike("evt_1", fault)
+            >>> failed.code, failed.retryable, failed.integration
+            ('wrong_path', False, False)
+        """
+        count, seen = self._strikes.pop(event_id, (0, -1))
+        if seen != self.resumes:
+            count += 1
+        if count < STRIKES:
+            self._strikes[event_id] = (count, self.resumes)
+            while len(self._strikes) > _STRIKES_KEPT:
+                self._strikes.popitem(last=False)
+            return None
+        message = (
+            f"{cause.message}; met {count} times, each after delivery had resumed for the "
+            "other events: failed rather than held again"
+        )
+        return DeliveryError(event_id, cause.code, message, status_code=cause.status_code)
 
     def schedule(
         self,
@@ -217,6 +246,7 @@ class Pause:
                 self.describe(),
                 held,
             )
+            self.resumes += 1
         self.active = False
         self.cause = None
         self.cancel_probe()

@@ -51,6 +51,7 @@ from ._wire import (
     read_body,
     send_empty,
     send_json,
+    send_not_found_page,
 )
 
 __all__ = ["Controlled", "FakeProvider", "Received", "control"]
@@ -166,6 +167,17 @@ class FakeProvider:
     ``webhook_url`` to send ``lead.created``/``sale.created`` on each record; ``commissions``,
     ``commission_rate`` and ``commission_delay`` (seconds until a sale's commission shows).
 
+    As Dub's server, not as we hope: ``disabled_clicks`` and ``foreign_clicks`` are clicks whose
+    link is disabled or belongs to another workspace (404 with Dub's message, see also
+    :meth:`disable_link`); ``program=False`` is a workspace without a partner program (the
+    ``/commissions`` routes answer 404 "Program not found"); ``forbidden_routes`` refuse the key
+    with 403 (a restricted key without that route's scope); :meth:`lock_payout` puts a sale's
+    commission in a payout that can no longer change; ``lead_delay`` (seconds, 0 by default) is
+    how long an ``async`` lead takes to show to sales (and, on PIMMS, its new customer), as the
+    providers record it in the background (``wait`` leads show at once). Every error of a route
+    carries the JSON envelope (``{"error": {"code", "message", "doc_url"}}``); a path with no
+    route gets an HTML 404 page, as Next.js answers it.
+
     Another process can read and steer it through ``/_fake/*`` (the control routes below).
 
     Example:
@@ -192,6 +204,11 @@ class FakeProvider:
         commissions: bool = True,
         commission_rate: float = 0.1,
         commission_delay: float = 0.0,
+        disabled_clicks: Collection[str] = (),
+        foreign_clicks: Collection[str] = (),
+        program: bool = True,
+        forbidden_routes: Collection[Route] = (),
+        lead_delay: float = 0.0,
     ) -> None:
         if provider not in get_args(ProviderName):
             raise ValueError(f"provider: must be 'dub' or 'pimms', got {provider!r}")
@@ -205,6 +222,8 @@ class FakeProvider:
         self.legacy_routes = legacy_routes
         self.webhook_secret = webhook_secret
         self.webhook_url = webhook_url
+        self.program = program
+        self.forbidden_routes = frozenset(forbidden_routes)
         self.requests: list[Received] = []
         self.accepted: list[Received] = []
         # Tests read state from another thread while the server thread writes it.
@@ -226,6 +245,9 @@ class FakeProvider:
             self._clicks,
             clock=self._clock,
             commissions=self._commissions if with_commissions else None,
+            disabled_clicks=disabled_clicks,
+            foreign_clicks=foreign_clicks,
+            lead_delay=lead_delay,
         )
         self._webhooks: list[SentWebhook] = []
         self.faults = faults or Faults()
@@ -268,6 +290,27 @@ class FakeProvider:
         """
         with self._lock:
             self._clock.advance(seconds)
+
+    def disable_link(self, click_id: str) -> None:
+        """Disable the link of ``click_id`` from now on (Dub then refuses its leads and sales).
+
+        Example:
+            >>> provider = FakeProvider()
+            >>> provider.disable_link("c1")
+        """
+        with self._lock:
+            self._ledger.disabled_clicks.add(click_id)
+
+    def lock_payout(self, invoice_id: str, status: str = "processing") -> int:
+        """Put the commission of the sale ``invoice_id`` in a payout of ``status`` (Dub then
+        answers 400 "Its payout is already ..." to a change); how many commissions.
+
+        Example:
+            >>> FakeProvider().lock_payout("in_nope")
+            0
+        """
+        with self._lock:
+            return self._commissions.lock_payout(invoice_id, status)
 
     def leads(self) -> list[dict[str, Any]]:
         """Bodies of the recorded lead requests (deferred ones included), oldest first.
@@ -425,7 +468,7 @@ class FakeProvider:
             return
         route = find_route(self.provider, method, path, legacy_routes=self.legacy_routes)
         if route is None:
-            await send_json(send, 404, error_body("not_found", f"{method} {path} not found"))
+            await send_not_found_page(send)  # no route handler: no envelope either
             return
         extra = CORS_HEADERS if route == "click" else []
 
@@ -476,6 +519,15 @@ class FakeProvider:
         path, headers = request.path, request.headers
         if route != "click" and (problem := bearer_problem(self.api_key, headers)) is not None:
             return Answer(401, error_body("unauthorized", problem))
+        if route in self.forbidden_routes:
+            message = (
+                "The provided key does not have the required permissions for this endpoint on "
+                f"the workspace 'ws_fake'. Having the '{route}s.write' permission would allow "
+                "this request to continue."
+            )
+            return Answer(403, error_body("forbidden", message))
+        if route in ("commissions", "commission") and not self.program:
+            return Answer(404, error_body("not_found", "Program not found"))
         if parsed is INVALID_JSON:
             return Answer(400, error_body("bad_request", "Request body is not valid JSON."))
         if route == "click":

@@ -6,21 +6,32 @@ Read from Dub's ``track-lead.ts`` / ``track-sale.ts`` and PIMMS' routes (a Dub f
 - Lead (Dub): an empty ``clickId`` takes the known customer's click (else 400). Unless the mode
   is ``deferred``, the key (customer, event name lower-cased, spaces as ``-``) is reserved for a
   week *before* the click is looked up: a repeat answers 200 with ``"link": null`` and records
-  nothing, and a 404 "click not found" keeps the key. PIMMS keeps the key forever, replaces only
-  the first space, and its answer has no ``link``.
+  nothing, and a 404 "click not found" keeps the key. A click whose link is in another
+  workspace or disabled is 404 with Dub's message (its key kept too). PIMMS keeps the key
+  forever, replaces only the first space, and its answer has no ``link``.
+- With ``lead_delay``, as the providers record in the background: an ``async`` lead shows to
+  sales only ``lead_delay`` seconds after its answer (Dub makes the customer at once; PIMMS
+  makes even the customer in the background, so a sale before then is answered nulls and its
+  invoice stays claimed); a ``wait`` lead shows at once (both cache it before answering).
 - Sale (Dub): a cached answer for the ``invoiceId`` (kept a week, written after a record) is
-  answered again; a known customer needs a lead (of ``leadEventName`` if given, else 404); no
+  answered again; a known customer's link must be of the workspace and enabled (else 404), and
+  the customer needs a lead (of ``leadEventName`` if given, else 404); no
   customer and no ``clickId`` answers nulls; a ``clickId`` creates the customer (direct sale
   tracking); ``amount <= 0`` answers nulls. PIMMS reserves the invoice id first (a repeat answers
   nulls), ignores ``clickId``, answers nulls for an unknown customer and records ``amount`` 0.
-- Customers: ``PATCH /customers/ext_<external id>`` (or Dub's ``cus_`` id) updates a known one.
+- Customers: ``PATCH /customers/ext_<external id>`` (or Dub's ``cus_`` id) updates a known one:
+  name, email, avatar, external id, and on Dub ``stripeCustomerId`` (``country`` is accepted
+  and not stored, as Dub's route does).
 - Commissions (Dub's ``GET /commissions`` and ``PATCH /commissions/{id}``): each recorded sale
   earns one ``pending`` sale commission (``earnings`` is the ``commission_rate`` share of the
   amount). Dub queues commission creation after the sale, so a refund handler that looks the
   commission up right away may find nothing: a commission appears ``delay`` seconds after its
-  sale on the fake's clock. A PATCH sets a new absolute ``amount`` (a partial refund; ``0`` is
-  ignored, as Dub's falsy check does), shifts it by ``modifyAmount``, or sets ``status``
-  (``refunded``, ``duplicate``, ``canceled``, ``fraud``); a paid commission cannot change.
+  sale on the fake's clock. A PATCH sets a new absolute ``saleAmount`` (a partial refund; ``0``
+  is ignored, as Dub's falsy check does), shifts it by ``modifySaleAmount`` (the deprecated
+  ``amount`` and ``modifyAmount`` still read), or sets ``status`` (``refunded``,
+  ``duplicate``, ``canceled``, ``fraud``). Refused with 400, as Dub refuses them: a paid
+  commission, one whose payout is no longer ``pending`` or ``canceled``
+  (:meth:`CommissionBook.lock_payout`), and a status it already has.
 
 Example:
     >>> from asgi_attribution.testing.fake_provider._clicks import ClickBook
@@ -43,7 +54,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -79,10 +90,16 @@ def _commission_id() -> str:
 class _CommissionUpdate(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    amount: float | None = None
-    modifyAmount: float | None = None
+    saleAmount: float | None = None
+    modifySaleAmount: float | None = None
+    amount: float | None = None  # deprecated for saleAmount, still read
+    modifyAmount: float | None = None  # deprecated for modifySaleAmount, still read
     currency: str = "usd"
     status: Literal["refunded", "duplicate", "canceled", "fraud"] | None = None
+
+
+# Dub's MUTABLE_PAYOUT_STATUSES: a commission in any other payout cannot change.
+_MUTABLE_PAYOUTS = ("pending", "canceled")
 
 
 class _StrictCommissionUpdate(_CommissionUpdate):
@@ -108,6 +125,7 @@ class CommissionBook:
         self.delay = delay
         self.rate = rate
         self._items: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._payouts: dict[str, str] = {}  # commission id -> its payout's status
 
     def reset(self) -> None:
         """Forget every commission.
@@ -119,6 +137,24 @@ class CommissionBook:
             []
         """
         self._items.clear()
+        self._payouts.clear()
+
+    def lock_payout(self, invoice_id: str, status: str = "processing") -> int:
+        """Put the commissions of ``invoice_id`` in a payout of ``status``; how many.
+
+        A payout ``processing``, ``completed`` (or any but ``pending`` and ``canceled``) locks
+        them: a PATCH answers 400 "Its payout is already ...".
+
+        Example:
+            >>> book = CommissionBook(lambda: 0.0)
+            >>> made = book.create(amount=100, currency="usd", invoice_id="in_1", customer=None)
+            >>> book.lock_payout("in_1"), book.update(made["id"], {"status": "refunded"})[0]
+            (1, 400)
+        """
+        found = [cid for cid, (_, c) in self._items.items() if c["invoiceId"] == invoice_id]
+        for commission_id in found:
+            self._payouts[commission_id] = status
+        return len(found)
 
     def create(
         self,
@@ -192,22 +228,32 @@ class CommissionBook:
         if entry is None or entry[0] > self._clock():
             return 404, error_body("not_found", f"Commission {commission_id} not found.")
         commission = entry[1]
-        if commission["status"] == "paid":
-            message = f"Cannot update amount: Commission {commission_id} has already been paid."
-            return 400, error_body("bad_request", message)
         model = _StrictCommissionUpdate if strict else _CommissionUpdate
         try:
             change = model.model_validate(data)
         except ValidationError as exc:
             return 422, error_body("unprocessable_entity", validation_message(exc))
-        if change.amount is not None and change.amount < 0:
-            return 422, error_body("unprocessable_entity", "amount: must be >= 0")
-        if change.amount or change.modifyAmount:
+        # Dub's order (update-partner-commission.ts): paid, then the payout, then the status.
+        if commission["status"] == "paid":
+            message = f"Cannot update commission: Commission {commission_id} has already been paid."
+            return 400, error_body("bad_request", message)
+        payout = self._payouts.get(commission_id)
+        if payout is not None and payout not in _MUTABLE_PAYOUTS:
+            message = f"Cannot update commission: Its payout is already {payout}."
+            return 400, error_body("bad_request", message)
+        if change.status is not None and change.status == commission["status"]:
+            message = f"This commission is already in the {change.status} status."
+            return 400, error_body("bad_request", message)
+        absolute = change.saleAmount if change.saleAmount is not None else change.amount
+        shift = (
+            change.modifySaleAmount if change.modifySaleAmount is not None else change.modifyAmount
+        )
+        if absolute is not None and absolute < 0:
+            return 422, error_body("unprocessable_entity", "saleAmount: must be >= 0")
+        if absolute or shift:
             original = commission["amount"]
-            # modifyAmount takes precedence over amount, as in Dub.
-            new_amount = (
-                original + (change.modifyAmount or 0) if change.modifyAmount else change.amount or 0
-            )
+            # The shift takes precedence over the absolute amount, as in Dub.
+            new_amount = original + shift if shift else absolute or 0
             final = max(round(new_amount), 0)
             commission["amount"] = final
             commission["earnings"] = self._earnings(final)
@@ -262,9 +308,18 @@ class Ledger:
         *,
         clock: Callable[[], float],
         commissions: CommissionBook | None = None,
+        disabled_clicks: Collection[str] = (),
+        foreign_clicks: Collection[str] = (),
+        lead_delay: float = 0.0,
     ) -> None:
+        if lead_delay < 0:
+            raise ValueError(f"lead_delay: must be >= 0 seconds, got {lead_delay!r}")
+        self.lead_delay = lead_delay
         self.provider = provider
         self._facts = get_provider(provider)
+        # Clicks whose link is disabled, or belongs to another workspace (Dub checks both).
+        self.disabled_clicks = set(disabled_clicks)
+        self.foreign_clicks = set(foreign_clicks)
         self._clock = clock
         self.clicks = clicks
         self.commissions = commissions
@@ -279,7 +334,10 @@ class Ledger:
             >>> Ledger("dub", ClickBook("dub"), clock=lambda: 0.0).reset()
         """
         self._customers: dict[str, dict[str, Any]] = {}
-        self._lead_events: dict[str, list[str]] = {}
+        # external id -> (event name, when it shows to sales) of each recorded lead
+        self._lead_events: dict[str, list[tuple[str, float]]] = {}
+        # external id -> when a customer made in the background shows (PIMMS' async leads)
+        self._hidden_until: dict[str, float] = {}
         self._counter = itertools.count(1)
         self.keys.clear()
 
@@ -291,7 +349,18 @@ class Ledger:
             >>> Ledger("dub", ClickBook("dub"), clock=lambda: 0.0).customers()
             []
         """
-        return [dict(c) for c in self._customers.values()]
+        now = self._clock()
+        return [
+            dict(customer)
+            for external_id, customer in self._customers.items()
+            if self._hidden_until.get(external_id, now) <= now
+        ]
+
+    def _customer(self, external_id: str) -> dict[str, Any] | None:
+        """The customer, once it shows (a background upsert may not have run yet)."""
+        if self._hidden_until.get(external_id, 0.0) > self._clock():
+            return None
+        return self._customers.get(external_id)
 
     # -- customers ------------------------------------------------------------------------------
 
@@ -341,6 +410,26 @@ class Ledger:
             "partnerId": partner.get("id") if partner else None,
         }
 
+    def link_refusal(self, click_id: str | None, owner: str, what: str) -> Answer | None:
+        """Dub's 404 for a click whose link is of another workspace or disabled, else None.
+
+        Example:
+            >>> from asgi_attribution.testing.fake_provider._clicks import ClickBook
+            >>> ledger = Ledger("dub", ClickBook("dub"), clock=lambda: 0.0, disabled_clicks={"c"})
+            >>> ledger.link_refusal("c", "clickId c", "lead").payload["error"]["message"]
+            'Link link_fake_dub.fake_fake for clickId c is disabled, lead not tracked'
+        """
+        if self.provider != "dub" or not click_id:
+            return None
+        link = self.link_for(click_id)["id"]
+        if click_id in self.foreign_clicks:
+            message = f"Link {link} for {owner} does not belong to the workspace"
+        elif click_id in self.disabled_clicks:
+            message = f"Link {link} for {owner} is disabled, {what} not tracked"
+        else:
+            return None
+        return Answer(404, error_body("not_found", message))
+
     # -- leads ----------------------------------------------------------------------------------
 
     def lead(self, fields: dict[str, Any]) -> Answer:
@@ -376,8 +465,15 @@ class Ledger:
             if not self.clicks.known(click_id):
                 message = f"Click event not found for clickId: {click_id}"
                 return Answer(404, error_body("not_found", message))
+            refused = self.link_refusal(click_id, f"clickId {click_id}", "lead")
+            if refused is not None:
+                return refused
+            # An async lead is recorded in the background: it shows to sales later.
+            shows = self._clock() + (self.lead_delay if fields["mode"] == "async" else 0.0)
             if customer is None:
                 customer = self._create_customer(external_id, fields, click_id)
+                if not dub and shows > self._clock():  # PIMMS upserts it in the background
+                    self._hidden_until[external_id] = shows
             elif not dub:  # PIMMS upserts: latest click, profile filled where given
                 customer["clickId"] = click_id
                 for key, source in (("name", "customerName"), ("email", "customerEmail")):
@@ -385,7 +481,7 @@ class Ledger:
                 customer["avatar"] = fields.get("customerAvatar") or customer["avatar"]
             link = self.link_for(click_id)
             if not deferred:
-                self._lead_events.setdefault(external_id, []).append(fields["eventName"])
+                self._lead_events.setdefault(external_id, []).append((fields["eventName"], shows))
                 data = {
                     "eventName": fields["eventName"],
                     "customer": dict(customer),
@@ -422,8 +518,9 @@ class Ledger:
     # -- sales ----------------------------------------------------------------------------------
 
     def _has_lead(self, external_id: str, lead_event_name: str | None) -> bool:
-        events = self._lead_events.get(external_id, [])
-        return lead_event_name in events if lead_event_name is not None else bool(events)
+        now = self._clock()
+        shown = [name for name, shows in self._lead_events.get(external_id, []) if shows <= now]
+        return lead_event_name in shown if lead_event_name is not None else bool(shown)
 
     def sale(self, fields: dict[str, Any]) -> Answer:
         """Handle a valid sale body (defaults filled in).
@@ -444,8 +541,13 @@ class Ledger:
                 return Answer(200, cached)
             if not dub and not self.keys.reserve(("sale", invoice_id), WEEK):
                 return nulls
-        customer = self._customers.get(external_id)
+        customer = self._customer(external_id)
         lead_name: str | None = fields["leadEventName"]
+        if customer is not None:
+            owner = f"customer {customer['id']}"
+            refused = self.link_refusal(customer["clickId"], owner, "sale")
+            if refused is not None:
+                return refused
         if customer is not None and not self._has_lead(external_id, lead_name):
             label = "leadEventName" if dub else "eventName"
             message = f"Lead event not found for externalId: {external_id} and {label}: {lead_name}"
@@ -456,9 +558,14 @@ class Ledger:
         if click_id and not self.clicks.known(click_id):
             message = f"Click event not found for clickId: {click_id}"
             return Answer(404, error_body("not_found", message))
+        if click_id and customer is None:
+            refused = self.link_refusal(click_id, f"clickId {click_id}", "sale")
+            if refused is not None:
+                return refused
         if customer is None:  # Dub's direct sale tracking: the click makes the customer
             customer = self._create_customer(external_id, fields, click_id)
-            self._lead_events.setdefault(external_id, []).append(lead_name or _DIRECT_SALE_LEAD)
+            made = (lead_name or _DIRECT_SALE_LEAD, self._clock())
+            self._lead_events.setdefault(external_id, []).append(made)
         if dub and fields["amount"] <= 0:
             return nulls
         return self._record_sale(fields, customer, click_id or customer["clickId"])
@@ -516,12 +623,17 @@ class Ledger:
             404
         """
         ref = unquote(ref)
+        dub = self.provider == "dub"
         if ref.startswith("ext_"):
-            customer = self._customers.get(ref.removeprefix("ext_"))
+            customer = self._customer(ref.removeprefix("ext_"))
         else:
             customer = next((c for c in self._customers.values() if c["id"] == ref), None)
         if customer is None:
-            return Answer(404, error_body("not_found", f"Customer {ref} not found."))
+            message = (
+                "Customer not found. Make sure you're using the correct customer ID (e.g. "
+                "`cus_3TagGjzRzmsFJdH8od2BNCsc`) or external ID (has to be prefixed with `ext_`)."
+            )
+            return Answer(404, error_body("not_found", message))
         new_external_id = fields.get("externalId")
         if new_external_id and new_external_id != customer["externalId"]:
             if new_external_id in self._customers:
@@ -530,9 +642,11 @@ class Ledger:
             old = customer["externalId"]
             self._customers[new_external_id] = self._customers.pop(old)
             self._lead_events[new_external_id] = self._lead_events.pop(old, [])
-        for key, value in fields.items():
-            if value is not None and key in customer:
-                customer[key] = value
+        # The fields the route stores: Dub reads country and drops it; PIMMS has no Stripe id.
+        stored = ("name", "email", "avatar", "externalId") + (("stripeCustomerId",) if dub else ())
+        for key in stored:
+            if fields.get(key) is not None:
+                customer[key] = fields[key]
         public = {k: v for k, v in customer.items() if k != "clickId"}
         return Answer(200, public, recorded=True)
 

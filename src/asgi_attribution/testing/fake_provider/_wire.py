@@ -4,8 +4,8 @@ recorded, and reading requests and answering JSON.
 Example:
     >>> find_route("dub", "PATCH", "/customers/ext_u1"), find_route("pimms", "GET", "/commissions")
     ('customer', None)
-    >>> error_body("not_found", "GET /x not found")
-    {'error': {'code': 'not_found', 'message': 'GET /x not found'}}
+    >>> error_body("not_found", "Program not found")["error"]["doc_url"]
+    'https://dub.co/docs/api-reference/errors#not-found'
 """
 
 from __future__ import annotations
@@ -37,17 +37,48 @@ __all__ = [
     "request_headers",
     "send_empty",
     "send_json",
+    "send_not_found_page",
 ]
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """An error answer shaped like the providers' (``{"error": {"code", "message"}}``).
+    """An error answer shaped like the providers' envelope (``{"error": {"code", "message",
+    "doc_url"}}``): every error of a route handler has it, on Dub and on PIMMS (whose errors
+    link to Dub's page too). As in Dub's JavaScript, only the code's first ``_`` becomes ``-``.
 
     Example:
-        >>> error_body("bad_request", "nope")["error"]["code"]
-        'bad_request'
+        >>> error_body("rate_limit_exceeded", "Too many requests.")["error"]["doc_url"]
+        'https://dub.co/docs/api-reference/errors#rate-limit_exceeded'
     """
-    return {"error": {"code": code, "message": message}}
+    doc_url = f"{_DOC_URL}#{code.replace('_', '-', 1)}"
+    return {"error": {"code": code, "message": message, "doc_url": doc_url}}
+
+
+_DOC_URL = "https://dub.co/docs/api-reference/errors"
+
+# What Next.js answers for a path no route handles: a page, not the API's envelope.
+_NOT_FOUND_PAGE = (
+    b"<!DOCTYPE html><html><head><title>404: This page could not be found.</title></head>"
+    b"<body><h1>404</h1><h2>This page could not be found.</h2></body></html>"
+)
+
+
+async def send_not_found_page(send: Send) -> None:
+    """Answer 404 with an HTML page, as Next.js does for a path with no route.
+
+    Example:
+        >>> import asyncio
+        >>> sent = []
+        >>> async def send(message): sent.append(message)
+        >>> asyncio.run(send_not_found_page(send)); sent[0]["status"], sent[1]["body"][:15]
+        (404, b'<!DOCTYPE html>')
+    """
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-length", str(len(_NOT_FOUND_PAGE)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": _NOT_FOUND_PAGE})
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

@@ -351,8 +351,13 @@ class DeliveryLoop:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if is_integration_fault(exc):
+            struck = None
+            if is_integration_fault(exc) and isinstance(exc, DeliveryError):
+                struck = self.pause.strike(row.event_id, exc)  # held again and again: failed
+            if is_integration_fault(exc) and struck is None:
                 await self._paused(row, exc)
+            elif struck is not None:
+                await self._failed(row, delivery, struck)
             else:
                 await self._failed(row, delivery, exc)
             return
