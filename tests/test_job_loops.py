@@ -22,7 +22,19 @@ from .support.asgi import KEY
 LEADS = 200
 
 
-@pytest.mark.parametrize("ending", ["returns", "raises", "cancelled"])
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "returns",
+        "raises",
+        # A cancelled job's connections die with it (anyio leaves its connect attempts
+        # unawaited): its drain reports by id rather than delivers, which the counts allow.
+        pytest.param(
+            "cancelled",
+            marks=pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+        ),
+    ],
+)
 def test_a_job_that_ends_without_aclose_delivers_or_reports_every_event(
     provider: FakeProvider, url: str, caplog: pytest.LogCaptureFixture, ending: str
 ) -> None:
@@ -36,6 +48,7 @@ def test_a_job_that_ends_without_aclose_delivers_or_reports_every_event(
         "dub",
         api_key=KEY,
         base_url=url,
+        shutdown_timeout=8.0,
         retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05),
         on_drop=on_drop,
     )
