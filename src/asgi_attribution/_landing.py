@@ -111,8 +111,28 @@ class LandingCookies:
         self, scope: Scope, click_id: str, partner_data: str | None = None
     ) -> tuple[Header, ...]:
         """The headers for a landing on ``click_id`` (validated) in the request ``scope``."""
-        if self._signer is None and partner_data is None and not self._forwarded:
-            return (self._click_cookie(scope, click_id),)
+        if self._signer is not None or partner_data is not None or self._forwarded:
+            return self._each(scope, click_id, partner_data)
+        # The usual landing: the click cookie alone, its attributes looked up by the raw Host
+        # header and scheme.
+        prefix, known = self._click
+        host = b""
+        for name, value in scope["headers"]:
+            if name == b"host":  # usually the first header
+                host = value
+                break
+        key = (host, scope.get("scheme"))
+        attributes = known.get(key)
+        if attributes is None:
+            attributes = self._policy.attributes(host_of(scope), is_https(scope)).encode("latin-1")
+            if len(host) <= 260:  # as the policy's own cache: no hostile giants, no flood
+                if len(known) >= 256:
+                    known.clear()
+                known[key] = attributes
+        return ((b"set-cookie", prefix + click_id.encode() + attributes),)
+
+    def _each(self, scope: Scope, click_id: str, partner_data: str | None) -> tuple[Header, ...]:
+        """Each cookie of a landing, built in turn (signed, partner or behind a proxy)."""
         host = host_of(scope, forwarded=self._forwarded)
         https = is_https(scope, forwarded=self._forwarded)
         cookies = [self._policy.header(self._name, click_id, host=host, https=https)]
@@ -124,25 +144,6 @@ class LandingCookies:
         if partner_data is not None and self._partner is not None:
             cookies.append(self._policy.header(self._partner, partner_data, host=host, https=https))
         return tuple((b"set-cookie", cookie.encode("latin-1")) for cookie in cookies)
-
-    def _click_cookie(self, scope: Scope, click_id: str) -> Header:
-        """The click cookie alone, its attributes looked up by the raw Host header and scheme."""
-        prefix, known = self._click
-        host = b""
-        for name, value in scope["headers"]:
-            if name == b"host":  # usually the first header
-                host = value
-                break
-        key = (host, scope.get("scheme"))
-        attributes = known.get(key)
-        if attributes is None:
-            name = host_of(scope)
-            attributes = self._policy.attributes(name, is_https(scope)).encode("latin-1")
-            if len(key[0]) <= 260:  # as the policy's own cache: no hostile giants, no flood
-                if len(known) >= 256:
-                    known.clear()
-                known[key] = attributes
-        return (b"set-cookie", prefix + click_id.encode() + attributes)
 
 
 def cookie_sender(send: Send, headers: Sequence[Header], prefixes: tuple[bytes, ...]) -> Send:
