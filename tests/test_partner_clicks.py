@@ -326,7 +326,7 @@ def test_bot_rule_and_configuration_errors() -> None:
         PartnerClicks("dub", refer_domain="go.acme.com", click_query_params=())
     assert PartnerClicks(
         "dub", refer_domain="go.acme.com", click_query_params="ref"
-    ).click_query_params == ("ref",)
+    ).click_query_params == ("ref", "via")
 
 
 def test_the_client_ip_is_the_rightmost_untrusted_hop() -> None:

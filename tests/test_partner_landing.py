@@ -30,7 +30,10 @@ def fake_links() -> Iterator[tuple[FakeProvider, str]]:
     fake = FakeProvider(
         "dub",
         api_key=KEY,
-        links={("go.acme.com", "john"): {"partner": PARTNER, "discount": {"amount": 20}}},
+        links={
+            ("go.acme.com", "john"): {"partner": PARTNER, "discount": {"amount": 20}},
+            ("go.acme.com", "jane"): {"partner": {"id": "pn_2", "name": "Jane Roe"}},
+        },
     )
     with serve_in_thread(fake) as url:
         yield fake, url
@@ -115,3 +118,23 @@ async def test_an_unreachable_click_route_still_serves_the_landing_in_time() -> 
     assert response.status_code == 200 and response.json()["click_id"] is None
     assert "set-cookie" not in response.headers
     assert elapsed < 0.3 + 2.0  # bounded by click_timeout (generous margin: not a speed test)
+
+
+async def test_via_is_read_after_the_configured_params_as_dubs_script_does(
+    fake_links: tuple[FakeProvider, str],
+) -> None:
+    # Dub's script reads [...custom, "via"]: a site that adds ?ref= keeps its ?via= links.
+    fake, url = fake_links
+    app = site(url, click_query_params=("ref",))
+    landings = ["/?via=john", "/?ref=jane&via=john", "/?ref=&via=john", "/?via=jane&ref=john"]
+    before = len(fake.clicks())
+    async with client_for(app, base_url="https://acme.com") as client:
+        # One visitor each (Dub's and the fake's rule: one browser and IP share a link's click).
+        answers = [
+            (await client.get(path, headers={"user-agent": f"{BROWSER} v{n}"})).json()
+            for n, path in enumerate(landings)
+        ]
+    clicks = fake.clicks()[before:]
+    assert [c.key for c in clicks] == ["john", "jane", "john", "john"]
+    assert [a["partner"] for a in answers] == ["John Doe", "Jane Roe", "John Doe", "John Doe"]
+    assert [a["click_id"] for a in answers] == [c.id for c in clicks]

@@ -316,7 +316,7 @@ def test_verify_body_details() -> None:
     body, headers = sign_webhook(
         {
             "id": "evt_1",
-            "event": "link.clicked",
+            "event": "link.archived",  # a trigger Dub may add one day: parsed, untyped
             "createdAt": "2025-01-14T04:49:30.459Z",
             "data": {"click": {"id": "c1"}},
         },

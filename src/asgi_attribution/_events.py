@@ -14,6 +14,7 @@ tracker builds a :class:`LeadEvent`, :class:`SaleEvent`, :class:`CustomerEvent` 
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from typing_extensions import Required, TypedDict
 
 from ._exceptions import InvalidEventError
 from ._limits import (
+    AVATAR_DATA_PATTERN,
     CLICK_ID_PATTERN,
     DUB_PAYMENT_PROCESSORS,
     EMAIL_MAX_LENGTH,
@@ -164,6 +166,26 @@ ExternalId = Annotated[str, _TRIMMED, _at_most(EXTERNAL_ID_MAX_LENGTH)]
 
 AvatarUrl = Annotated[str, AfterValidator(_http_url)]
 
+# Dub's track routes take customerAvatar as any string and upload it to its storage, which
+# reads a URL, bare base64 or a data:image/...;base64 URI and refuses the rest, dropping the
+# avatar after answering 200 (lib/storage.ts). The customer PATCH keeps a URL (AvatarUrl).
+_AVATAR_DATA = re.compile(AVATAR_DATA_PATTERN)
+
+
+def _avatar(value: str) -> str:
+    if value and _AVATAR_DATA.fullmatch(value):
+        return value
+    try:
+        return _http_url(value)
+    except ValueError:
+        raise ValueError(
+            "must be an http:// or https:// URL, base64 image data or a "
+            "data:image/...;base64,... URI"
+        ) from None
+
+
+Avatar = Annotated[str, AfterValidator(_avatar)]
+
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
 
 Name = Annotated[str, _at_most(NAME_MAX_LENGTH)]
@@ -237,6 +259,9 @@ class _EventBase(BaseModel):
 class LeadEvent(_EventBase):
     """A signup (or any lead) credited to a click.
 
+    ``customer_avatar`` is an http(s) URL, base64 image data or a ``data:image/...;base64,...``
+    URI, as Dub's track routes take it (a customer update needs a URL).
+
     Example:
         >>> LeadEvent(click_id="abc123", event_name="Sign up", customer_external_id="u_1").kind
         'lead'
@@ -248,7 +273,7 @@ class LeadEvent(_EventBase):
     customer_external_id: ExternalId
     customer_name: Name | None = None
     customer_email: Email | None = None
-    customer_avatar: AvatarUrl | None = None
+    customer_avatar: Avatar | None = None
     event_quantity: (
         Annotated[StrictInt, Field(ge=EVENT_QUANTITY_RANGE[0], le=EVENT_QUANTITY_RANGE[1])] | None
     ) = None
@@ -259,7 +284,8 @@ class SaleEvent(_EventBase):
     """A sale by a customer; ``amount`` is an integer in the currency's smallest unit (cents).
 
     Without ``invoice_id`` the event id is sent as the provider's ``invoiceId``, which is what
-    the providers deduplicate sales by.
+    the providers deduplicate sales by. ``customer_avatar`` (a direct sale's new customer) is
+    taken as by :class:`LeadEvent`.
 
     Example:
         >>> SaleEvent(customer_external_id="u_1", amount=4900).currency
@@ -277,7 +303,7 @@ class SaleEvent(_EventBase):
     click_id: SaleClickId | None = None
     customer_name: Name | None = None
     customer_email: Email | None = None
-    customer_avatar: AvatarUrl | None = None
+    customer_avatar: Avatar | None = None
 
 
 class CustomerEvent(_EventBase):

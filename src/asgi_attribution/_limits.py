@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 __all__ = [
+    "AVATAR_DATA_PATTERN",
     "CLICK_ID_PATTERN",
     "DUB_PAYMENT_PROCESSORS",
     "EMAIL_MAX_LENGTH",
@@ -39,6 +40,13 @@ __all__ = [
 EMAIL_PATTERN = (
     r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]"
     r"@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
+)
+
+#: A ``customerAvatar`` on the track routes that is no URL: bare base64, or a
+#: ``data:image/...;base64,...`` URI (Dub's storage uploads these, and drops any other string).
+AVATAR_DATA_PATTERN = (
+    r"^(?:data:image/[a-zA-Z0-9.+-]+;base64,)?"
+    r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 )
 
 #: Click ids are the providers' own short ids; anything else never came from a provider.

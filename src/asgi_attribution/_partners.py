@@ -380,8 +380,9 @@ class PartnerClicks:
 
     ``refer_domain`` is the workspace's referral domain (``go.acme.com``: the ``domain`` of the
     partner links); ``click_query_params`` the parameters naming the link key, first non-empty
-    wins; ``click_timeout`` bounds the whole call (seconds). ``api_key``, if given, is sent as
-    ``Authorization: Bearer`` (the route needs none today). A visitor (IP and User-Agent) landing
+    wins, with ``via`` always read after them, as Dub's script does; ``click_timeout`` bounds
+    the whole call (seconds). ``api_key``, if given, is sent as ``Authorization: Bearer`` (the
+    route needs none today). A visitor (IP and User-Agent) landing
     again on the same link within ``reuse_for`` seconds gets the same click without a call;
     at most ``rate_limit`` new clicks per client IP per ``rate_window`` seconds are made.
     With ``forwarded=True`` (only behind a proxy that sets them), the landing's host and
@@ -395,6 +396,9 @@ class PartnerClicks:
         >>> clicks = PartnerClicks("dub", refer_domain="go.acme.com")
         >>> clicks.endpoint, clicks.click_timeout
         ('https://api.dub.co/track/click', 1.0)
+        >>> PartnerClicks("dub", refer_domain="go.acme.com", click_query_params=("ref",)
+        ...               ).click_query_params
+        ('ref', 'via')
     """
 
     def __init__(
@@ -427,6 +431,9 @@ class PartnerClicks:
         params = tuple(params)
         if not params or not all(isinstance(p, str) and p for p in params):
             raise ValueError("click_query_params must name at least one query parameter")
+        # As Dub's browser script reads them ([...custom, "via"]): a partner's ?via= link
+        # keeps working whatever parameters the site adds.
+        params = tuple(dict.fromkeys((*params, "via")))
         if not isinstance(click_timeout, (int, float)) or not 0 < click_timeout <= 30:
             raise ValueError(f"click_timeout must be > 0 and <= 30 seconds, got {click_timeout!r}")
         if reuse_for < 0 or rate_window <= 0 or rate_limit < 1 or max_entries < 1:

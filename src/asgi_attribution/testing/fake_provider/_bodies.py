@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ..._limits import (
+    AVATAR_DATA_PATTERN,
     EMAIL_MAX_LENGTH,
     EMAIL_PATTERN,
     EVENT_NAME_MAX_LENGTH,
@@ -108,6 +109,14 @@ _Name = Annotated[str, AfterValidator(_js_max(NAME_MAX_LENGTH))]
 
 _Url = Annotated[str, AfterValidator(_check_url)]
 
+
+def _check_avatar(value: str) -> str:
+    # The track routes' customerAvatar: a URL, or image data Dub's storage uploads.
+    return value if value and re.fullmatch(AVATAR_DATA_PATTERN, value) else _check_url(value)
+
+
+_Avatar = Annotated[str, AfterValidator(_check_avatar)]
+
 _ExternalId = Annotated[
     str, _Trimmed, Field(min_length=1), AfterValidator(_js_max(EXTERNAL_ID_MAX_LENGTH))
 ]
@@ -136,7 +145,7 @@ class _Body(BaseModel):
 class _CustomerFields(_Body):
     customerName: _Name | None = None
     customerEmail: _Email | None = None
-    customerAvatar: _Url | None = None
+    customerAvatar: _Avatar | None = None
     metadata: _Metadata | None = None
 
 
