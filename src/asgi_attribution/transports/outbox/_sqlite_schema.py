@@ -17,12 +17,14 @@ monotonic clock) reads the same store time, whatever its own wall clock says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +37,17 @@ __all__ = [
     "SCHEMA_VERSION",
     "AnchoredClock",
     "FileId",
+    "Scan",
     "WallClock",
     "boot_id",
     "check_health",
+    "describe_ids",
     "due_ids",
     "file_id",
     "load_clock",
     "note_time",
     "prepare",
+    "scan",
     "to_row",
 ]
 
@@ -311,47 +316,133 @@ def note_time(conn: sqlite3.Connection, now: float) -> None:
     )
 
 
-def check_health(conn: sqlite3.Connection, limit: int = 100) -> tuple[list[str], list[int]]:
-    """``PRAGMA quick_check``; if it finds damage, the ids of rows that cannot be read.
+def check_health(conn: sqlite3.Connection, limit: int = 100) -> list[str]:
+    """``PRAGMA quick_check``: the damage it finds, one problem line (empty when healthy).
 
-    Ids come from the index (which holds every row id), so rows on a damaged table page are
-    named by id when the index is readable. Returns (problems, unreadable ids).
+    Example:
+        >>> check_health(sqlite3.connect(":memory:"))
+        []
     """
     try:
         found = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({limit})")]
     except sqlite3.DatabaseError as exc:
         found = [f"failed: {exc}"]
     if found == ["ok"]:
-        return [], []
+        return []
     text = "; ".join(line.replace("\n", "; ") for line in found)
-    problems = [f"quick_check: {text[:500]}{' ...' if len(text) > 500 else ''}"]
-    ids: list[int] = []
+    return [f"quick_check: {text[:500]}{' ...' if len(text) > 500 else ''}"]
+
+
+@dataclass
+class Scan:
+    """What a damaged file still gives: its readable rows, and the ids of those it does not.
+
+    ``rows`` maps a readable row id to (event id, state, created_at); ``unreadable`` maps the id
+    of a row that cannot be read to its event id, when an index of the table still names it.
+    """
+
+    rows: dict[int, tuple[str, str, float]] = field(default_factory=dict)
+    unreadable: dict[int, str | None] = field(default_factory=dict)
+    #: The highest row id the scan looked at: rows after it were appended since.
+    top: int = 0
+    #: True when no index could be read whole: some unreadable ids may name no row.
+    guessed: bool = False
+
+
+_READ = "SELECT id, event_id, state, created_at FROM outbox NOT INDEXED WHERE "
+
+
+def scan(conn: sqlite3.Connection) -> Scan:
+    """Read every row that can be read, by row id, skipping damaged pages.
+
+    The row ids come from an index of the table read whole (which also names each row's event
+    id), and the rows are read by id: a damaged page fails (or misses) the reads of its own rows
+    only. With no index readable, the table is read by ranges of ids, a failed range halved
+    until each failing range is one id.
+
+    Example:
+        >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+        >>> prepare(conn, Path("events.db"), create=True)
+        >>> _ = conn.execute("INSERT INTO outbox (event_id, provider, kind, event,"
+        ...     " next_attempt_at, created_at, updated_at) VALUES ('evt_1', 'dub', 'lead',"
+        ...     " '{}', 0, 0, 0)")
+        >>> found = scan(conn)
+        >>> found.rows, found.unreadable
+        ({1: ('evt_1', 'pending', 0.0)}, {})
+    """
+    named = _named_ids(conn)
+    if named is None:
+        return _scan_ranges(conn)
+    found = Scan(top=max(named, default=0))
+    ids = sorted(named)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        try:
+            rows = conn.execute(_READ + f"id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        except sqlite3.DatabaseError:
+            rows = []
+            for rid in chunk:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    rows += conn.execute(_READ + "id = ?", (rid,)).fetchall()
+        for rid, event_id, state, created in rows:
+            found.rows[rid] = (event_id, state, created)
+    found.unreadable = {i: named[i] for i in ids if i not in found.rows}
+    with contextlib.suppress(sqlite3.DatabaseError):  # rows the index does not know
+        for rid, event_id, state, created in conn.execute(_READ + "id > ?", (found.top,)):
+            found.rows[rid] = (event_id, state, created)
+            found.top = max(found.top, rid)
+    return found
+
+
+def _scan_ranges(conn: sqlite3.Connection) -> Scan:
+    """The table read by ranges of row ids (no index to list them): some ids named unreadable
+    may name no row."""
+    try:
+        top = conn.execute("SELECT max(id) FROM outbox").fetchone()[0] or 0
+    except sqlite3.DatabaseError:  # nothing says how far the ids go: as many as pages hold
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        top = pages * conn.execute("PRAGMA page_size").fetchone()[0] // 128
+    found = Scan(top=top, guessed=True)
+    failed: list[int] = []
+    todo = [(1, top)] if top else []
+    while todo:
+        low, high = todo.pop()
+        try:
+            rows = conn.execute(_READ + "id BETWEEN ? AND ?", (low, high)).fetchall()
+        except sqlite3.DatabaseError:
+            if low == high:
+                failed.append(low)
+            else:
+                middle = (low + high) // 2
+                todo += [(middle + 1, high), (low, middle)]
+            continue
+        for rid, event_id, state, created in rows:
+            found.rows[rid] = (event_id, state, created)
+        if rows and rows[-1][0] < high:  # a damaged page can end a read early, silently
+            todo.append((rows[-1][0] + 1, high))
+    found.unreadable = dict.fromkeys(sorted(failed))
+    return found
+
+
+def _named_ids(conn: sqlite3.Connection) -> dict[int, str | None] | None:
+    """Every row id (with its event id, if it can) from an index of the table read whole."""
     for query in (
-        "SELECT id FROM outbox INDEXED BY outbox_due",
-        "SELECT id FROM outbox NOT INDEXED",
+        "SELECT id, event_id FROM outbox INDEXED BY sqlite_autoindex_outbox_1",
+        "SELECT id, NULL FROM outbox INDEXED BY outbox_due",
     ):
-        try:
-            ids = [r[0] for r in conn.execute(query)]
-            break
-        except sqlite3.DatabaseError as exc:
-            error = exc
-    else:
-        problems.append(f"row ids unreadable: {error}")
-        return problems, []
-    bad: list[int] = []
-    for rid in ids:
-        try:
-            row = conn.execute(f"SELECT {COLUMNS} FROM outbox WHERE id = ?", (rid,)).fetchone()
-            if row is None:
-                raise sqlite3.DatabaseError("row missing from the table")
-            to_row(row)
-        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
-            del exc
-            bad.append(int(rid))
-    if bad:
-        shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
-        problems.append(f"{len(bad)} rows unreadable (ids {shown})")
-    return problems, bad
+        with contextlib.suppress(sqlite3.DatabaseError):
+            return {int(r[0]): r[1] for r in conn.execute(query)}
+    return None
+
+
+def describe_ids(ids: dict[int, str | None]) -> list[str]:
+    """How ``outbox status`` names rows: the event id, or ``row N`` when no index names it.
+
+    Example:
+        >>> describe_ids({3: "evt_1", 4: None})
+        ['evt_1', 'row 4']
+    """
+    return [event_id or f"row {rid}" for rid, event_id in ids.items()]
 
 
 def to_row(r: tuple[Any, ...]) -> OutboxRow:

@@ -446,6 +446,7 @@ async def close_transport(transport: OutboxLife) -> None:
                 transport.left_in_store = await store.unfinished()
             except Exception:
                 transport.left_in_store = -1
+            unsure = getattr(store, "name_unconfirmed", None)  # a failing disk names them
             if transport.left_in_store and getattr(store, "lost", False):
                 logger.error(
                     "%s events were left in the outbox file %s, which was deleted or replaced "
@@ -454,6 +455,8 @@ async def close_transport(transport: OutboxLife) -> None:
                     "some" if transport.left_in_store < 0 else transport.left_in_store,
                     store.description,
                 )
+            elif unsure is not None and await unsure():
+                pass
             elif transport.left_in_store:
                 logger.warning(
                     "%s events left in the outbox %s at shutdown; they are stored and will be "
