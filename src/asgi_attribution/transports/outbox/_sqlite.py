@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -318,6 +319,31 @@ def failing(error: sqlite3.DatabaseError) -> bool:
 MINE_LIMIT = 100_000
 
 _LIVE = "SELECT id, state, next_attempt_at, lease_until FROM outbox NOT INDEXED WHERE id IN "
+
+# On a damaged file, the state of rows that cannot be written in place (their index entry is on
+# a damaged page): a row here overrides the state of the row of the same id in ``outbox``.
+SALVAGE = """CREATE TABLE IF NOT EXISTS outbox_salvage (
+    id INTEGER PRIMARY KEY, state TEXT NOT NULL, next_attempt_at REAL NOT NULL,
+    lease_until REAL, lease_owner TEXT, attempts INTEGER NOT NULL, first_attempt_at REAL,
+    updated_at REAL NOT NULL, last_error TEXT, error_code TEXT, outcome TEXT,
+    outcome_reason TEXT)"""
+
+_SALVAGED = "SELECT id, state, next_attempt_at, lease_until FROM outbox_salvage"
+_SALVAGE_FIELDS = (
+    "state", "next_attempt_at", "attempts", "first_attempt_at", "updated_at", "last_error",
+    "error_code", "outcome", "outcome_reason",
+)  # fmt: skip
+_SALVAGE_COLUMNS = ", ".join(_SALVAGE_FIELDS)
+
+
+def _salvaged(conn: sqlite3.Connection) -> builtins.list[tuple[Any, ...]]:
+    """(id, state, next_attempt_at, lease_until) of the rows kept in ``outbox_salvage``."""
+    try:
+        return conn.execute(_SALVAGED).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
 
 
 class SQLiteOutbox(OutboxStore):
@@ -629,6 +655,8 @@ class SQLiteOutbox(OutboxStore):
                     except sqlite3.DatabaseError as exc:
                         self._set_aside(rid, found.rows.get(rid, (None,))[0], f"unreadable: {exc}")
         self._open_ids.difference_update(ids)
+        salvaged = {r[0]: r for r in _salvaged(conn)}
+        live = [salvaged.get(r[0], r) for r in live]
         unfinished = [r for r in live if r[1] in _UNFINISHED]
         self._open_ids.update(r[0] for r in unfinished)
         return unfinished
@@ -793,12 +821,55 @@ class SQLiteOutbox(OutboxStore):
         for rid in self._due(conn, self.now(), limit):
             try:
                 rows.extend(self._tx(functools.partial(claim, only=rid)))
+                continue
             except sqlite3.DatabaseError as exc:
                 if not damaged(exc):
                     raise
+            # Not writable in place: claimed (and recorded) in outbox_salvage, if readable.
+            try:
+                rows.extend(self._tx(functools.partial(self._claim_salvaged, rid, lease)))
+            except (sqlite3.DatabaseError, ValueError) as exc:
                 event_id = names[rid][0] if rid in names else None
                 self._set_aside(rid, event_id, f"cannot be read or written: {exc}")
         return rows
+
+    def _claim_salvaged(
+        self, rid: int, lease: float, conn: sqlite3.Connection
+    ) -> builtins.list[OutboxRow]:
+        """Claim a row of a damaged file in ``outbox_salvage`` (in a transaction)."""
+        now = self.now()
+        query = f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id = ?"
+        found = conn.execute(query, (rid,)).fetchone()
+        if found is None:
+            raise sqlite3.DatabaseError("row missing from the table")
+        row = to_row(found)  # raises on a row that no longer reads as one
+        conn.execute(SALVAGE)
+        seen = conn.execute("SELECT id FROM outbox_salvage WHERE id = ?", (rid,)).fetchone()
+        if seen is None:
+            if row.state not in _UNFINISHED:
+                return []
+            conn.execute(
+                "INSERT INTO outbox_salvage (id, state, next_attempt_at, lease_until, attempts,"
+                " first_attempt_at, updated_at) VALUES (?, 'pending', ?, NULL, ?, ?, ?)",
+                (rid, row.next_attempt_at, row.attempts, row.first_attempt_at, now),
+            )
+        claimed = conn.execute(
+            "UPDATE outbox_salvage SET state = 'inflight', lease_until = ?, lease_owner = ?,"
+            " attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),"
+            " updated_at = ? WHERE id = ? AND ((state = 'pending' AND next_attempt_at <= ?)"
+            " OR (state = 'inflight' AND (lease_until IS NULL OR lease_until <= ?)))",
+            (now + lease, self._owner, now, now, rid, now, now),
+        ).rowcount
+        if not claimed:
+            return []
+        attempts, first = conn.execute(
+            "SELECT attempts, first_attempt_at FROM outbox_salvage WHERE id = ?", (rid,)
+        ).fetchone()
+        return [
+            dataclasses.replace(
+                row, state="inflight", attempts=attempts, first_attempt_at=first, handle=f"s{rid}"
+            )
+        ]
 
     def _pay_owed(self) -> None:
         """Write the outcomes a full disk refused (on the worker's thread), oldest first."""
@@ -811,30 +882,48 @@ class SQLiteOutbox(OutboxStore):
             self._owed.pop(rid, None)
 
     async def _outcome(self, sql: str, params: tuple[Any, ...], row: OutboxRow) -> None:
-        rid = int(row.handle)
+        salvaged = row.handle.startswith("s")
+        rid = int(row.handle.removeprefix("s"))
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: sqlite3.Connection, table: str = "outbox") -> None:
             conn.execute(
-                f"UPDATE outbox SET {sql}, lease_until = NULL, lease_owner = NULL, updated_at = ?"
-                " WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
+                f"UPDATE {table} SET {sql}, lease_until = NULL, lease_owner = NULL,"
+                " updated_at = ? WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
                 (*params, self.now(), rid, self._owner),
             )
 
+        def salvage(conn: sqlite3.Connection) -> None:
+            # Our claim, whose row cannot be written in place: its outcome goes beside it.
+            conn.execute(SALVAGE)
+            conn.execute(
+                "INSERT INTO outbox_salvage (id, state, next_attempt_at, lease_until,"
+                " lease_owner, attempts, first_attempt_at, updated_at) VALUES (?, 'inflight',"
+                " ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (rid, row.next_attempt_at, self.now(), self._owner, row.attempts,
+                 row.first_attempt_at, self.now()),
+            )  # fmt: skip
+            update(conn, "outbox_salvage")
+
+        write = functools.partial(update, table="outbox_salvage" if salvaged else "outbox")
         try:
-            await self._run(self._tx, update)
+            await self._run(self._tx, write)
         except OutboxError as exc:
             cause = exc.__cause__
             if not isinstance(cause, sqlite3.DatabaseError) or (
                 isinstance(cause, sqlite3.OperationalError) and locked(cause)
             ):
                 raise  # a lock held too long: the delivery loop tries again
-            if damaged(cause):
-                # Never claimed again by this process (another one may, after the lease).
-                self._set_aside(rid, row.event_id, f"its outcome cannot be written: {cause}")
+            if damaged(cause) and not salvaged:
+                try:
+                    await self._run(self._tx, salvage)
+                except OutboxError as again:
+                    # Never claimed again by this process (another may, after the lease).
+                    why = f"its outcome cannot be written: {again}"
+                    self._set_aside(rid, row.event_id, why)
             else:
                 # A full or failing disk: written before the next claim, which skips the row
                 # meanwhile (its lease is ours), so it is neither lost nor sent again.
-                self._owed[rid] = update
+                self._owed[rid] = write
         finally:
             if "'delivered'" in sql or "'dead'" in sql:
                 self._mine.pop(row.event_id, None)
@@ -867,12 +956,15 @@ class SQLiteOutbox(OutboxStore):
 
         def update(conn: sqlite3.Connection) -> None:
             now = self.now()
-            conn.executemany(
-                "UPDATE outbox SET state = 'pending', attempts = MAX(attempts - 1, 0),"
-                " lease_until = NULL, lease_owner = NULL, next_attempt_at = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
-                [(now, now, int(r.handle), self._owner) for r in rows],
-            )
+            for table, prefix in (("outbox", ""), ("outbox_salvage", "s")):
+                mine = [r for r in rows if r.handle.startswith("s") == bool(prefix)]
+                if mine:
+                    conn.executemany(
+                        f"UPDATE {table} SET state = 'pending', attempts = MAX(attempts - 1, 0),"
+                        " lease_until = NULL, lease_owner = NULL, next_attempt_at = ?,"
+                        " updated_at = ? WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
+                        [(now, now, int(r.handle.removeprefix("s")), self._owner) for r in mine],
+                    )
 
         await self._run(self._tx, update)
 
@@ -933,9 +1025,13 @@ class SQLiteOutbox(OutboxStore):
                 counts = dict.fromkeys(STATES, 0)
         # A damaged file: what a fresh scan by row ids reads (the rows set aside are named).
         found = self._rescan(conn)
-        for _, state, _ in found.rows.values():
+        salvaged = {r[0]: r[1] for r in _salvaged(conn)}
+        ages = []
+        for rid, (_, state, created) in found.rows.items():
+            state = salvaged.get(rid, state)
             counts[state] = counts.get(state, 0) + 1
-        ages = [created for _, state, created in found.rows.values() if state in _UNFINISHED]
+            if state in _UNFINISHED:
+                ages.append(created)
         return counts, min(ages, default=None)
 
     async def list_dead(self, limit: int = 100) -> builtins.list[OutboxRow]:
@@ -956,9 +1052,11 @@ class SQLiteOutbox(OutboxStore):
         else:
             await super().list(state, limit)  # raises ValueError
             return []
-        return await self._run(self._list, where, params, limit)
+        return await self._run(self._list, where, params, limit, state)
 
-    def _list(self, where: str, params: builtins.list[Any], limit: int) -> builtins.list[OutboxRow]:
+    def _list(
+        self, where: str, params: builtins.list[Any], limit: int, state: str
+    ) -> builtins.list[OutboxRow]:
         assert self._worker is not None and self._worker.conn is not None
         conn = self._worker.conn
         if self._damage is None:
@@ -969,17 +1067,31 @@ class SQLiteOutbox(OutboxStore):
                 self._note(exc)
                 if self._damage is None:
                     raise
-        # A damaged file: row by row, by id, from a fresh scan.
+        # A damaged file: row by row, by id, from a fresh scan (outbox_salvage overriding).
         found = self._rescan(conn)
+        salvaged = {}
+        with contextlib.suppress(sqlite3.OperationalError):
+            query = f"SELECT id, {_SALVAGE_COLUMNS} FROM outbox_salvage"
+            salvaged = {r[0]: r[1:] for r in conn.execute(query)}
         rows: builtins.list[OutboxRow] = []
-        query = f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id = ? AND {where}"
+        query = f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id = ?"
         for rid in sorted(found.rows):
             if len(rows) >= limit:
                 break
             try:
-                rows += [to_row(r) for r in conn.execute(query, (rid, *params))]
-            except (sqlite3.DatabaseError, ValueError) as exc:
+                row = to_row(conn.execute(query, (rid,)).fetchone())
+            except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
                 self._set_aside(rid, found.rows[rid][0], f"unreadable: {exc}")
+                continue
+            if rid in salvaged:
+                row = dataclasses.replace(
+                    row, **dict(zip(_SALVAGE_FIELDS, salvaged[rid], strict=True))
+                )
+            if state == "not_recorded":
+                if row.state == "delivered" and row.outcome in NOT_RECORDED_OUTCOMES:
+                    rows.append(row)
+            elif row.state == state:
+                rows.append(row)
         return rows
 
     async def retry_dead(
