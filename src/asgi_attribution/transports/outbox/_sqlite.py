@@ -686,9 +686,8 @@ class SQLiteOutbox(OutboxStore):
             query = "SELECT event_id FROM outbox WHERE state IN ('pending', 'inflight')"
             ids.update(dict.fromkeys(r[0] for r in await self._run(self._read, query, ())))
         head = (
-            f"{len(ids)} events left in the outbox {self.description} are not confirmed: "
-            f"{self._failing}. The file may not hold them, and they are not delivered by this "
-            "process; check the disk and the file, and send again the ones missing"
+            f"{len(ids)} events left in the outbox {self.description} are not confirmed"
+            f" ({self._failing}): the file may not hold them; send again the ones it lost"
         )
         if ids:
             log_ids(logging.ERROR, head, builtins.list(ids))

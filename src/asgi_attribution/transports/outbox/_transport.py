@@ -439,6 +439,7 @@ async def close_transport(transport: OutboxLife) -> None:
         if not transport.in_running_loop():
             return  # the loop that opened it is gone: nothing of it can be awaited here
         delivery = transport.delivery
+        unsure = getattr(store, "name_unconfirmed", None)  # a failing disk: named by id
         if delivery is not None:
             await transport.flush(transport.shutdown_timeout)
             await delivery.stop(transport.timeout + 1.0)
@@ -446,7 +447,6 @@ async def close_transport(transport: OutboxLife) -> None:
                 transport.left_in_store = await store.unfinished()
             except Exception:
                 transport.left_in_store = -1
-            unsure = getattr(store, "name_unconfirmed", None)  # a failing disk names them
             if transport.left_in_store and getattr(store, "lost", False):
                 logger.error(
                     "%s events were left in the outbox file %s, which was deleted or replaced "
@@ -464,6 +464,8 @@ async def close_transport(transport: OutboxLife) -> None:
                     "some" if transport.left_in_store < 0 else transport.left_in_store,
                     store.description,
                 )
+        elif unsure is not None:
+            await unsure()  # append-only: a failing disk names what it stored all the same
         if transport.fallback is not None:
             await transport.fallback.aclose()
         await transport.sender.aclose()
