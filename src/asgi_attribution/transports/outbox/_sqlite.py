@@ -15,14 +15,18 @@ wait ``append_timeout`` at most for another process's lock (a signup is never he
 workers that wait ``busy_timeout``. An append that fails (a full disk, a lock held too long)
 raises :class:`OutboxError`: the transport then hands the event to its fallback.
 
-The store knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
-``status().problems``; claims skip those rows), and after each append commit (before it too,
-on the thread) and at each claim the path's device and inode are compared with the file
-opened. A deleted or replaced file stops appends (they raise, never report an event stored)
-and is logged at ERROR; the rows already in the deleted file are still delivered by this
-process while it runs. The operator's side (counts, listing by state, dead-letter retries,
-retention in small batches, VACUUM) reads and writes the same table. The file's schema, clock
-and health checks are in :mod:`._sqlite_schema`.
+The store knows its file, and stops taking appends (they raise: the fallback takes them) once
+it is not what it was. After each append commit and at each claim the path's device and inode
+are compared with the file opened: a deleted or replaced file's rows are still delivered by
+this process. Damage (``PRAGMA quick_check`` at open, or any read or write) turns reads to row
+ids: readable rows are delivered (those that cannot be written in place through
+``outbox_salvage``), unreadable ones named in ``status()``. I/O errors (a failing disk) make
+the shutdown name by id what is left, never promise it. Outcomes a full disk refused are
+written before the next claim. The operator's side (counts, listing by state, dead-letter
+retries, retention in small batches, VACUUM) reads and writes the same table. The file's
+schema, clock, health and salvage are in :mod:`._sqlite_schema`. One concept, long as it is:
+the store of one file, whose every path (append, claim, outcome, status) must agree on what
+the file can still be trusted with.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -53,13 +56,22 @@ from ._sqlite_schema import (
     Scan,
     WallClock,
     check_health,
+    claim_salvaged,
+    count_scan,
+    damaged,
     describe_ids,
     due_ids,
+    failing,
     file_id,
+    list_by_id,
     load_clock,
+    move_claim,
     note_time,
     prepare,
+    read_live,
+    salvaged_states,
     scan,
+    summarize,
     to_row,
 )
 from ._store import (
@@ -81,8 +93,6 @@ __all__ = [
     "Worker",
     "checkpoint",
     "commit_now",
-    "damaged",
-    "failing",
     "insert_rows",
     "locked",
     "retry_dead_rows",
@@ -287,63 +297,9 @@ def retry_dead_rows(
     ).rowcount
 
 
-def damaged(error: sqlite3.DatabaseError) -> bool:
-    """True when ``error`` says the file is damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``).
-
-    Example:
-        >>> damaged(sqlite3.DatabaseError("database disk image is malformed"))
-        True
-    """
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (11, 26)
-    return "malformed" in str(error) or "not a database" in str(error)
-
-
-def failing(error: sqlite3.DatabaseError) -> bool:
-    """True when ``error`` says the disk failed (``SQLITE_IOERR``, ``SQLITE_READONLY``): what
-    was committed may not be on it.
-
-    Example:
-        >>> failing(sqlite3.OperationalError("disk I/O error"))
-        True
-    """
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (10, 8)
-    return "disk I/O error" in str(error) or "readonly" in str(error)
-
-
 #: Event ids this process appended and has not seen delivered, kept to name them if the disk
 #: fails: at most this many (past it, they are counted).
 MINE_LIMIT = 100_000
-
-_LIVE = "SELECT id, state, next_attempt_at, lease_until FROM outbox NOT INDEXED WHERE id IN "
-
-# On a damaged file, the state of rows that cannot be written in place (their index entry is on
-# a damaged page): a row here overrides the state of the row of the same id in ``outbox``.
-SALVAGE = """CREATE TABLE IF NOT EXISTS outbox_salvage (
-    id INTEGER PRIMARY KEY, state TEXT NOT NULL, next_attempt_at REAL NOT NULL,
-    lease_until REAL, lease_owner TEXT, attempts INTEGER NOT NULL, first_attempt_at REAL,
-    updated_at REAL NOT NULL, last_error TEXT, error_code TEXT, outcome TEXT,
-    outcome_reason TEXT)"""
-
-_SALVAGED = "SELECT id, state, next_attempt_at, lease_until FROM outbox_salvage"
-_SALVAGE_FIELDS = (
-    "state", "next_attempt_at", "attempts", "first_attempt_at", "updated_at", "last_error",
-    "error_code", "outcome", "outcome_reason",
-)  # fmt: skip
-_SALVAGE_COLUMNS = ", ".join(_SALVAGE_FIELDS)
-
-
-def _salvaged(conn: sqlite3.Connection) -> builtins.list[tuple[Any, ...]]:
-    """(id, state, next_attempt_at, lease_until) of the rows kept in ``outbox_salvage``."""
-    try:
-        return conn.execute(_SALVAGED).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
 
 
 class SQLiteOutbox(OutboxStore):
@@ -572,32 +528,19 @@ class SQLiteOutbox(OutboxStore):
         """Ids of the rows set aside: unreadable (at open, or by a claim), or not writable."""
         return builtins.list(self._aside)
 
-    @property
-    def failing(self) -> str | None:
-        """The I/O error that showed the disk failing, or None."""
-        return self._failing
-
     def _note(self, error: sqlite3.DatabaseError) -> None:
         """Remember damage or a failing disk that ``error`` shows (logged once each)."""
         if damaged(error) and self._damage is None:
             self._damage = f"damaged: {error}"
             self._scan = None  # scanned by the next claim or status, on the worker's thread
             self.problems.append(self._damage)
-            logger.error(
-                "outbox %s is damaged (%s): its readable rows are still delivered, unreadable "
-                "ones are listed by id in its status; new events go to the fallback",
-                self.description,
-                error,
-            )
+            why = "readable rows delivered, unreadable ones named in status; new events to fallback"
+            logger.error("outbox %s is damaged (%s): %s", self.description, error, why)
         elif failing(error) and self._failing is None:
             self._failing = f"the disk failed: {error}"
             self.problems.append(self._failing)
-            logger.error(
-                "outbox %s: %s; new events go to the fallback, and the events this process "
-                "stored that it could not deliver are named at shutdown",
-                self.description,
-                error,
-            )
+            why = "new events go to the fallback; those left in the file are named at shutdown"
+            logger.error("outbox %s: %s; %s", self.description, error, why)
 
     def _refuse_appends(self) -> None:
         why = self._damage or self._failing
@@ -607,22 +550,14 @@ class SQLiteOutbox(OutboxStore):
     def _set_aside(self, rid: int, event_id: str | None, why: str) -> None:
         if rid not in self._aside:
             self._aside[rid] = event_id
+            name = event_id or "unknown"
             logger.error(
-                "outbox %s: row %d (event %s) set aside: %s",
-                self.description,
-                rid,
-                event_id or "unknown",
-                why,
+                "outbox %s: row %d (event %s) set aside: %s", self.description, rid, name, why
             )
 
     def _aside_summary(self) -> str | None:
-        if not self._aside:
-            return None
-        shown = ", ".join(map(str, builtins.list(self._aside)[:20]))
-        more = " ..." if len(self._aside) > 20 else ""
         guessed = self._scan is not None and self._scan.guessed
-        maybe = "; no index could be read whole: some of these ids may name no row" * guessed
-        return f"{len(self._aside)} rows unreadable (ids {shown}{more}){maybe}"
+        return summarize(self._aside, guessed)
 
     def _rescan(self, conn: sqlite3.Connection) -> Scan:
         """Read a damaged file by ranges of row ids (on the worker's thread)."""
@@ -643,20 +578,10 @@ class SQLiteOutbox(OutboxStore):
                 self._open_ids.add(rid)
                 found.top = max(found.top, rid)
         ids = sorted(self._open_ids.difference(self._aside, self._owed))
-        live: builtins.list[tuple[Any, ...]] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            try:
-                live += conn.execute(_LIVE + f"({','.join('?' * len(chunk))})", chunk).fetchall()
-            except sqlite3.DatabaseError:
-                for rid in chunk:
-                    try:
-                        live += conn.execute(_LIVE + "(?)", (rid,)).fetchall()
-                    except sqlite3.DatabaseError as exc:
-                        self._set_aside(rid, found.rows.get(rid, (None,))[0], f"unreadable: {exc}")
+        live, failed = read_live(conn, ids)
+        for rid, why in failed.items():
+            self._set_aside(rid, found.rows.get(rid, (None,))[0], f"unreadable: {why}")
         self._open_ids.difference_update(ids)
-        salvaged = {r[0]: r for r in _salvaged(conn)}
-        live = [salvaged.get(r[0], r) for r in live]
         unfinished = [r for r in live if r[1] in _UNFINISHED]
         self._open_ids.update(r[0] for r in unfinished)
         return unfinished
@@ -685,20 +610,13 @@ class SQLiteOutbox(OutboxStore):
         with contextlib.suppress(OutboxError):  # what the file still gives
             query = "SELECT event_id FROM outbox WHERE state IN ('pending', 'inflight')"
             ids.update(dict.fromkeys(r[0] for r in await self._run(self._read, query, ())))
+        more = f" (and {self._mine_over} more this process stored, past the {MINE_LIMIT} it names)"
         head = (
-            f"{len(ids)} events left in the outbox {self.description} are not confirmed"
-            f" ({self._failing}): the file may not hold them; send again the ones it lost"
+            f"{len(ids)} events left in the outbox {self.description}{more * bool(self._mine_over)}"
+            f" are not confirmed ({self._failing}): the file may not hold them; send again the"
+            " ones it lost"
         )
-        if ids:
-            log_ids(logging.ERROR, head, builtins.list(ids))
-        if self._mine_over:
-            logger.error(
-                "%d more events stored by this process in %s are not confirmed (not named: past "
-                "the %d this process keeps track of)",
-                self._mine_over,
-                self.description,
-                MINE_LIMIT,
-            )
+        log_ids(logging.ERROR, head, builtins.list(ids))
         return True
 
     # -- appends, grouped into shared commits -----------------------------------------------
@@ -826,49 +744,14 @@ class SQLiteOutbox(OutboxStore):
                     raise
             # Not writable in place: claimed (and recorded) in outbox_salvage, if readable.
             try:
-                rows.extend(self._tx(functools.partial(self._claim_salvaged, rid, lease)))
+                claim_one = functools.partial(
+                    claim_salvaged, rid=rid, now=self.now(), lease=lease, owner=self._owner
+                )
+                rows.extend(self._tx(claim_one))
             except (sqlite3.DatabaseError, ValueError) as exc:
                 event_id = names[rid][0] if rid in names else None
                 self._set_aside(rid, event_id, f"cannot be read or written: {exc}")
         return rows
-
-    def _claim_salvaged(
-        self, rid: int, lease: float, conn: sqlite3.Connection
-    ) -> builtins.list[OutboxRow]:
-        """Claim a row of a damaged file in ``outbox_salvage`` (in a transaction)."""
-        now = self.now()
-        query = f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id = ?"
-        found = conn.execute(query, (rid,)).fetchone()
-        if found is None:
-            raise sqlite3.DatabaseError("row missing from the table")
-        row = to_row(found)  # raises on a row that no longer reads as one
-        conn.execute(SALVAGE)
-        seen = conn.execute("SELECT id FROM outbox_salvage WHERE id = ?", (rid,)).fetchone()
-        if seen is None:
-            if row.state not in _UNFINISHED:
-                return []
-            conn.execute(
-                "INSERT INTO outbox_salvage (id, state, next_attempt_at, lease_until, attempts,"
-                " first_attempt_at, updated_at) VALUES (?, 'pending', ?, NULL, ?, ?, ?)",
-                (rid, row.next_attempt_at, row.attempts, row.first_attempt_at, now),
-            )
-        claimed = conn.execute(
-            "UPDATE outbox_salvage SET state = 'inflight', lease_until = ?, lease_owner = ?,"
-            " attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),"
-            " updated_at = ? WHERE id = ? AND ((state = 'pending' AND next_attempt_at <= ?)"
-            " OR (state = 'inflight' AND (lease_until IS NULL OR lease_until <= ?)))",
-            (now + lease, self._owner, now, now, rid, now, now),
-        ).rowcount
-        if not claimed:
-            return []
-        attempts, first = conn.execute(
-            "SELECT attempts, first_attempt_at FROM outbox_salvage WHERE id = ?", (rid,)
-        ).fetchone()
-        return [
-            dataclasses.replace(
-                row, state="inflight", attempts=attempts, first_attempt_at=first, handle=f"s{rid}"
-            )
-        ]
 
     def _pay_owed(self) -> None:
         """Write the outcomes a full disk refused (on the worker's thread), oldest first."""
@@ -893,14 +776,7 @@ class SQLiteOutbox(OutboxStore):
 
         def salvage(conn: sqlite3.Connection) -> None:
             # Our claim, whose row cannot be written in place: its outcome goes beside it.
-            conn.execute(SALVAGE)
-            conn.execute(
-                "INSERT INTO outbox_salvage (id, state, next_attempt_at, lease_until,"
-                " lease_owner, attempts, first_attempt_at, updated_at) VALUES (?, 'inflight',"
-                " ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (rid, row.next_attempt_at, self.now(), self._owner, row.attempts,
-                 row.first_attempt_at, self.now()),
-            )  # fmt: skip
+            move_claim(conn, row, rid, self.now(), self._owner)
             update(conn, "outbox_salvage")
 
         write = functools.partial(update, table="outbox_salvage" if salvaged else "outbox")
@@ -1023,15 +899,7 @@ class SQLiteOutbox(OutboxStore):
                     raise
                 counts = dict.fromkeys(STATES, 0)
         # A damaged file: what a fresh scan by row ids reads (the rows set aside are named).
-        found = self._rescan(conn)
-        salvaged = {r[0]: r[1] for r in _salvaged(conn)}
-        ages = []
-        for rid, (_, state, created) in found.rows.items():
-            state = salvaged.get(rid, state)
-            counts[state] = counts.get(state, 0) + 1
-            if state in _UNFINISHED:
-                ages.append(created)
-        return counts, min(ages, default=None)
+        return count_scan(self._rescan(conn), salvaged_states(conn))
 
     async def list_dead(self, limit: int = 100) -> builtins.list[OutboxRow]:
         """Dead letters, oldest first."""
@@ -1066,31 +934,11 @@ class SQLiteOutbox(OutboxStore):
                 self._note(exc)
                 if self._damage is None:
                     raise
-        # A damaged file: row by row, by id, from a fresh scan (outbox_salvage overriding).
+        # A damaged file: row by row, by id, from a fresh scan.
         found = self._rescan(conn)
-        salvaged = {}
-        with contextlib.suppress(sqlite3.OperationalError):
-            query = f"SELECT id, {_SALVAGE_COLUMNS} FROM outbox_salvage"
-            salvaged = {r[0]: r[1:] for r in conn.execute(query)}
-        rows: builtins.list[OutboxRow] = []
-        query = f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id = ?"
-        for rid in sorted(found.rows):
-            if len(rows) >= limit:
-                break
-            try:
-                row = to_row(conn.execute(query, (rid,)).fetchone())
-            except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
-                self._set_aside(rid, found.rows[rid][0], f"unreadable: {exc}")
-                continue
-            if rid in salvaged:
-                row = dataclasses.replace(
-                    row, **dict(zip(_SALVAGE_FIELDS, salvaged[rid], strict=True))
-                )
-            if state == "not_recorded":
-                if row.state == "delivered" and row.outcome in NOT_RECORDED_OUTCOMES:
-                    rows.append(row)
-            elif row.state == state:
-                rows.append(row)
+        rows, failed = list_by_id(conn, sorted(found.rows), state, limit)
+        for rid, why in failed.items():
+            self._set_aside(rid, found.rows[rid][0], f"unreadable: {why}")
         return rows
 
     async def retry_dead(
