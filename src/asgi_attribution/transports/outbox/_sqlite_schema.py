@@ -423,7 +423,9 @@ def _scan_ranges(conn: sqlite3.Connection) -> Scan:
     while todo:
         low, high = todo.pop()
         try:
-            rows = conn.execute(_READ + "id BETWEEN ? AND ?", (low, high)).fetchall()
+            # One id by equality: a range stops one row past its end, maybe on a damaged page.
+            by = ("id = ?", (low,)) if low == high else ("id BETWEEN ? AND ?", (low, high))
+            rows = conn.execute(_READ + by[0], by[1]).fetchall()
         except sqlite3.DatabaseError:
             if low == high:
                 failed.append(low)
