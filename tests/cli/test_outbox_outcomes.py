@@ -128,20 +128,34 @@ def damage(path: Path) -> None:
 
 
 def test_status_shows_a_damaged_file_and_exits_1(tmp_path: Path) -> None:
+    # status and list name every row the damaged file cannot read, by event id; exit 1.
     path = tmp_path / "events.db"
-    append(path, [("clk", "Sign up", f"u{i}") for i in range(300)], pad=300)
+    stored = append(path, [("clk", "Sign up", f"u{i}") for i in range(300)], pad=300)
     healthy = run("outbox", "status", "--path", str(path))
     assert (healthy.returncode, healthy.stderr) == (0, "")
     damage(path)
     result = run("outbox", "status", "--path", str(path))
     assert result.returncode == 1 and result.stderr == "", result.stderr
-    first, *problems = result.stdout.splitlines()
-    assert first.startswith("pending 300  inflight 0  delivered 0  dead 0")
-    assert problems and all(line.startswith("problem: ") for line in problems)
+    first, *lines = result.stdout.splitlines()
+    problems = [line for line in lines if line.startswith("problem: ")]
+    unreadable = [line.removeprefix("unreadable: ") for line in lines if line.startswith("unre")]
+    assert len(problems) + len(unreadable) == len(lines)
     assert any("quick_check" in line for line in problems)
     assert any("rows unreadable (ids " in line for line in problems)
+    # Every unreadable row named by its event id; the readable ones counted.
+    assert unreadable and set(unreadable) <= set(stored) and len(unreadable) < 20
+    assert first.startswith(f"pending {300 - len(unreadable)}  inflight 0  delivered 0  dead 0")
     data = json.loads(run("outbox", "status", "--path", str(path), "--json").stdout)
-    assert data["pending"] == 300 and any("quick_check" in p for p in data["problems"])
+    assert data["unreadable"] == unreadable and any("quick_check" in p for p in data["problems"])
+
+    listed = run("outbox", "list", "--state", "all", "--limit", "1000", "--path", str(path))
+    assert listed.returncode == 1 and listed.stderr == "", listed.stderr
+    rows = [line.split()[:2] for line in listed.stdout.splitlines()]
+    assert {i for i, state in rows if state == "pending"} == set(stored) - set(unreadable)
+    assert [i for i, state in rows if state == "unreadable"] == unreadable
+    lines = run("outbox", "list", "--json", "--path", str(path)).stdout.splitlines()
+    named = [json.loads(line) for line in lines if '"unreadable"' in line]
+    assert [n["id"] for n in named] == unreadable
 
 
 def test_purge_vacuum_shrinks_the_file(provider: FakeProvider, url: str, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Commands: ``status``, ``list [--state STATE | --dead | --not-recorded]``, ``retry [--force]``,
 ``purge --delivered --older-than 7d [--vacuum]``, ``deliver`` (``--follow`` to run as a
 long-lived worker) and ``init`` (create a PostgreSQL outbox table); their options are parsed in
-:mod:`.outbox_parser`. ``status`` prints the problems the store reports about itself;
+:mod:`.outbox_parser`. ``status`` prints the problems the store reports about itself, and
+the id of each row a damaged store cannot read (``list`` too);
 ``retry`` names the dead letters a retry cannot help (``click_not_found``) and leaves them dead
 unless ``--force``; ``purge --vacuum`` shrinks a SQLite file after purging.
 
@@ -92,13 +93,18 @@ async def status(store: OutboxStore, *, as_json: bool) -> int:
             "oldest_pending_age": found.oldest_pending_age,
             "problems": problems,
         }
+        if found.unreadable:
+            data["unreadable"] = list(found.unreadable)
         print(json.dumps(data))
     else:
         counts = "  ".join(f"{state} {n}" for state, n in found.counts.items())
         print(f"{counts}  oldest pending {age(found.oldest_pending_age)}")
         for problem in problems:
             print(f"problem: {' '.join(problem.split())}")
-    return EXIT_FAILED if found.counts.get("dead", 0) or problems else EXIT_OK
+        for name in found.unreadable:  # every one: the operator sends these again
+            print(f"unreadable: {name}")
+    failed = found.counts.get("dead", 0) or problems or found.unreadable
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def refusal(rows: Sequence[OutboxRow]) -> str | None:

@@ -10,7 +10,8 @@ command's own options; durations such as ``7d``.
 answered 2xx without recording them (a duplicate lead, a sale with no customer), with the
 outcome and its reason. Rows come from the store's read-only :meth:`OutboxStore.list_rows`; a
 store that lists dead letters only makes asking for another state a usage error (exit code 2)
-that says ``--state dead`` works.
+that says ``--state dead`` works. Rows a damaged store cannot read are listed by id after the
+others (exit code 1).
 
 ``deliver`` delivers what an outbox holds, once or as a worker (``--follow``). The provider of
 each event is read from its stored row, so the API keys are checked before the store is
@@ -311,9 +312,15 @@ async def list_rows(store: OutboxStore, state: str, limit: int, *, as_json: bool
         )
     async with store:
         rows = await store.list_rows(wanted, limit)
+        unreadable = (await store.status()).unreadable  # a damaged file: named, never skipped
     for row in rows:
         print(row_json(row) if as_json else row_text(row, with_state=wanted != ["dead"]))
-    return EXIT_OK
+    for name in unreadable:
+        if as_json:
+            print(json.dumps({"id": name, "state": "unreadable"}))
+        else:
+            print(f"{name}  unreadable  -  cannot be read from the damaged store")
+    return EXIT_FAILED if unreadable else EXIT_OK
 
 
 PROG = "asgi-attribution outbox"

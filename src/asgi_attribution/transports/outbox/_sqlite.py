@@ -15,14 +15,18 @@ wait ``append_timeout`` at most for another process's lock (a signup is never he
 workers that wait ``busy_timeout``. An append that fails (a full disk, a lock held too long)
 raises :class:`OutboxError`: the transport then hands the event to its fallback.
 
-The store knows its file: at open ``PRAGMA quick_check`` (damage and unreadable row ids are in
-``status().problems``; claims skip those rows), and after each append commit (before it too,
-on the thread) and at each claim the path's device and inode are compared with the file
-opened. A deleted or replaced file stops appends (they raise, never report an event stored)
-and is logged at ERROR; the rows already in the deleted file are still delivered by this
-process while it runs. The operator's side (counts, listing by state, dead-letter retries,
-retention in small batches, VACUUM) reads and writes the same table. The file's schema, clock
-and health checks are in :mod:`._sqlite_schema`.
+The store knows its file, and stops taking appends (they raise: the fallback takes them) once
+it is not what it was. After each append commit and at each claim the path's device and inode
+are compared with the file opened: a deleted or replaced file's rows are still delivered by
+this process. Damage (``PRAGMA quick_check`` at open, or any read or write) turns reads to row
+ids: readable rows are delivered (those that cannot be written in place through
+``outbox_salvage``), unreadable ones named in ``status()``. I/O errors (a failing disk) make
+the shutdown name by id what is left, never promise it. Outcomes a full disk refused are
+written before the next claim. The operator's side (counts, listing by state, dead-letter
+retries, retention in small batches, VACUUM) reads and writes the same table. The file's
+schema, clock, health and salvage are in :mod:`._sqlite_schema`. One concept, long as it is:
+the store of one file, whose every path (append, claim, outcome, status) must agree on what
+the file can still be trusted with.
 """
 
 from __future__ import annotations
@@ -44,17 +48,30 @@ from typing import Any, Literal, TypeVar
 
 from ..._exceptions import OutboxError
 from ..._json import dumps
+from .._base import log_ids
 from ._sqlite_schema import (
     COLUMNS,
     AnchoredClock,
     FileId,
+    Scan,
     WallClock,
     check_health,
+    claim_salvaged,
+    count_scan,
+    damaged,
+    describe_ids,
     due_ids,
+    failing,
     file_id,
+    list_by_id,
     load_clock,
+    move_claim,
     note_time,
     prepare,
+    read_live,
+    salvaged_states,
+    scan,
+    summarize,
     to_row,
 )
 from ._store import (
@@ -76,7 +93,6 @@ __all__ = [
     "Worker",
     "checkpoint",
     "commit_now",
-    "damaged",
     "insert_rows",
     "locked",
     "retry_dead_rows",
@@ -94,6 +110,8 @@ WAL_RESTART_FRAMES = 4096
 CHECKPOINT_EVERY = 200
 
 DAY = 86_400.0
+
+_UNFINISHED = ("pending", "inflight")
 
 
 class Worker:
@@ -279,17 +297,9 @@ def retry_dead_rows(
     ).rowcount
 
 
-def damaged(error: sqlite3.DatabaseError) -> bool:
-    """True when ``error`` says the file is damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``).
-
-    Example:
-        >>> damaged(sqlite3.DatabaseError("database disk image is malformed"))
-        True
-    """
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (11, 26)
-    return "malformed" in str(error) or "not a database" in str(error)
+#: Event ids this process appended and has not seen delivered, kept to name them if the disk
+#: fails: at most this many (past it, they are counted).
+MINE_LIMIT = 100_000
 
 
 class SQLiteOutbox(OutboxStore):
@@ -345,8 +355,21 @@ class SQLiteOutbox(OutboxStore):
         self.description = self._where = str(self.path)  # _where: the path, as os.stat takes it
         #: What is wrong with the file (damage found at open, a deleted file); see ``status``.
         self.problems: builtins.list[str] = []
-        #: Row ids that could not be read (at open, or by a claim); claims skip them.
-        self.unreadable: builtins.list[int] = []
+        # Rows set aside (row id -> event id, when known): unreadable, or not writable.
+        self._aside: dict[int, str | None] = {}
+        # Damage seen (at open or by any read or write), and a disk seen failing: either one
+        # stops appends, which go to the fallback rather than into a file that cannot keep them.
+        self._damage: str | None = None
+        self._failing: str | None = None
+        # On a damaged file: what a scan by row ids found, and the unfinished row ids it left.
+        self._scan: Scan | None = None
+        self._open_ids: set[int] = set()
+        # Outcomes a full disk refused (row id -> the update): written before the next claim,
+        # and their rows never claimed again meanwhile.
+        self._owed: dict[int, Callable[[sqlite3.Connection], None]] = {}
+        # Event ids appended by this process and not delivered by it (named if the disk fails).
+        self._mine: dict[str, None] = {}
+        self._mine_over = 0
         # Identifies this store's claims, so a worker whose lease was taken over cannot record.
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._clock: AnchoredClock | None = None
@@ -384,6 +407,7 @@ class SQLiteOutbox(OutboxStore):
         try:
             return await worker.run(fn, *args)
         except sqlite3.DatabaseError as exc:
+            self._note(exc)
             raise OutboxError(f"{self.description}: {exc}") from exc
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T], appending: bool = False) -> T:
@@ -423,7 +447,11 @@ class SQLiteOutbox(OutboxStore):
             if str(mode).lower() != "wal":
                 raise OutboxError(f"{path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            self.problems, self.unreadable = check_health(conn)
+            self.problems = check_health(conn)
+            self._aside, self._damage, self._failing, self._scan = {}, None, None, None
+            if self.problems:
+                self._damage = self.problems[0]
+                self._rescan(conn)
             prepare(conn, path, self.create)
             self._clock = load_clock(conn, self.wall)
             self._identity = file_id(path)
@@ -433,8 +461,14 @@ class SQLiteOutbox(OutboxStore):
         except BaseException:
             worker.disconnect()
             raise
-        if self.problems:
-            logger.error("outbox %s is damaged: %s", path, "; ".join(self.problems))
+        if self._damage is not None:
+            logger.error(
+                "outbox %s is damaged: %s; %s. Its readable rows are delivered; new events go "
+                "to the fallback, not into this file",
+                path,
+                self._damage,
+                self._aside_summary() or "every row is readable",
+            )
         self._clock.check(self.description)
 
     def _connect_appender(self, appender: Worker) -> None:
@@ -487,6 +521,104 @@ class SQLiteOutbox(OutboxStore):
         """True once the file at the path is not the one this store opened."""
         return self._lost is not None
 
+    # -- damage and a failing disk ----------------------------------------------------------
+
+    @property
+    def unreadable(self) -> builtins.list[int]:
+        """Ids of the rows set aside: unreadable (at open, or by a claim), or not writable."""
+        return builtins.list(self._aside)
+
+    def _note(self, error: sqlite3.DatabaseError) -> None:
+        """Remember damage or a failing disk that ``error`` shows (logged once each)."""
+        if damaged(error) and self._damage is None:
+            self._damage = f"damaged: {error}"
+            self._scan = None  # scanned by the next claim or status, on the worker's thread
+            self.problems.append(self._damage)
+            why = "readable rows delivered, unreadable ones named in status; new events to fallback"
+            logger.error("outbox %s is damaged (%s): %s", self.description, error, why)
+        elif failing(error) and self._failing is None:
+            self._failing = f"the disk failed: {error}"
+            self.problems.append(self._failing)
+            why = "new events go to the fallback; those left in the file are named at shutdown"
+            logger.error("outbox %s: %s; %s", self.description, error, why)
+
+    def _refuse_appends(self) -> None:
+        why = self._damage or self._failing
+        if why is not None:
+            raise OutboxError(f"outbox {self.description} takes no new events ({why})")
+
+    def _set_aside(self, rid: int, event_id: str | None, why: str) -> None:
+        if rid not in self._aside:
+            self._aside[rid] = event_id
+            name = event_id or "unknown"
+            logger.error(
+                "outbox %s: row %d (event %s) set aside: %s", self.description, rid, name, why
+            )
+
+    def _aside_summary(self) -> str | None:
+        guessed = self._scan is not None and self._scan.guessed
+        return summarize(self._aside, guessed)
+
+    def _rescan(self, conn: sqlite3.Connection) -> Scan:
+        """Read a damaged file by ranges of row ids (on the worker's thread)."""
+        found = scan(conn)
+        self._scan = found
+        self._open_ids = {i for i, (_, state, _) in found.rows.items() if state in _UNFINISHED}
+        for rid, event_id in found.unreadable.items():
+            self._aside.setdefault(rid, event_id)
+        return found
+
+    def _live(self, conn: sqlite3.Connection) -> builtins.list[tuple[Any, ...]]:
+        """(id, state, next_attempt_at, lease_until) of the unfinished rows of a damaged file,
+        read by row id: no read goes through an index or a damaged page of another row."""
+        found = self._scan if self._scan is not None else self._rescan(conn)
+        with contextlib.suppress(sqlite3.DatabaseError):  # rows appended since the scan
+            query = "SELECT id FROM outbox NOT INDEXED WHERE id > ?"
+            for (rid,) in conn.execute(query, (found.top,)).fetchall():
+                self._open_ids.add(rid)
+                found.top = max(found.top, rid)
+        ids = sorted(self._open_ids.difference(self._aside, self._owed))
+        live, failed = read_live(conn, ids)
+        for rid, why in failed.items():
+            self._set_aside(rid, found.rows.get(rid, (None,))[0], f"unreadable: {why}")
+        self._open_ids.difference_update(ids)
+        unfinished = [r for r in live if r[1] in _UNFINISHED]
+        self._open_ids.update(r[0] for r in unfinished)
+        return unfinished
+
+    def _due(self, conn: sqlite3.Connection, now: float, limit: int) -> builtins.list[int]:
+        if self._damage is None:
+            try:
+                return due_ids(conn, now, limit, [*self._aside, *self._owed])
+            except sqlite3.DatabaseError as exc:
+                self._note(exc)
+                if self._damage is None:
+                    raise
+        due = [
+            (at if state == "pending" else lease, rid)
+            for rid, state, at, lease in self._live(conn)
+            if (state == "pending" and at <= now) or (state == "inflight" and lease <= now)
+        ]
+        return [rid for _, rid in sorted(due)[:limit]]
+
+    async def name_unconfirmed(self) -> bool:
+        """After the disk failed: log at ERROR, by id, the events left that the file may not
+        hold (never promised to the next worker); True if it failed, False otherwise."""
+        if self._failing is None:
+            return False
+        ids = dict(self._mine)
+        with contextlib.suppress(OutboxError):  # what the file still gives
+            query = "SELECT event_id FROM outbox WHERE state IN ('pending', 'inflight')"
+            ids.update(dict.fromkeys(r[0] for r in await self._run(self._read, query, ())))
+        more = f" (and {self._mine_over} more this process stored, past the {MINE_LIMIT} it names)"
+        head = (
+            f"{len(ids)} events left in the outbox {self.description}{more * bool(self._mine_over)}"
+            f" are not confirmed ({self._failing}): the file may not hold them; send again the"
+            " ones it lost"
+        )
+        log_ids(logging.ERROR, head, builtins.list(ids))
+        return True
+
     # -- appends, grouped into shared commits -----------------------------------------------
 
     async def append(self, row: OutboxRow) -> None:
@@ -499,9 +631,31 @@ class SQLiteOutbox(OutboxStore):
         await self._run(self._write_rows, rows, appending=True)
 
     def _write_rows(self, rows: builtins.list[OutboxRow]) -> None:
+        self._refuse_appends()
         self._check_file()
         self._tx(functools.partial(insert_rows, rows=rows), appending=True)
-        self._check_file()  # replaced during the commit: the rows went to the old file
+        assert self._appender is not None and self._appender.conn is not None
+        self._committed(self._appender.conn, rows)
+
+    def _committed(self, conn: sqlite3.Connection, rows: builtins.list[OutboxRow]) -> None:
+        """After a commit: rows that went to a file deleted or replaced meanwhile are withdrawn
+        from it (and raise); the others are this process's to name if the disk fails."""
+        try:
+            self._check_file()
+        except OutboxError:
+            # Reported not stored (the fallback sends them): neither delivered from the old
+            # file too, nor counted among the rows left in it.
+            with contextlib.suppress(sqlite3.Error):
+                conn.executemany(
+                    "DELETE FROM outbox WHERE state = 'pending' AND event_id = ?"
+                    " AND created_at = ?",  # not an earlier row of the same event id
+                    [(r.event_id, r.created_at) for r in rows],
+                )
+            raise
+        if len(self._mine) < MINE_LIMIT:
+            self._mine.update(dict.fromkeys(r.event_id for r in rows))
+        else:
+            self._mine_over += len(rows)
 
     def _write_now(self, rows: builtins.list[OutboxRow]) -> bool:
         """Commit ``rows`` on the calling (loop) thread, or False: take the appender's thread."""
@@ -511,16 +665,18 @@ class SQLiteOutbox(OutboxStore):
             conn = self._now
             if conn is None:
                 return False
+            self._refuse_appends()
             if self._lost is not None:
                 self._check_file()  # raises
             # The file is checked after the commit only: rows committed to a file deleted
-            # before are reported not stored all the same.
+            # before are reported not stored all the same (and withdrawn from it).
             try:
                 if not commit_now(conn, rows):
                     return False  # another writer: the thread waits for it, the loop does not
             except sqlite3.DatabaseError as exc:
+                self._note(exc)
                 raise OutboxError(f"{self.description}: {exc}") from exc
-            self._check_file()
+            self._committed(conn, rows)
         finally:
             self._now_lock.release()
         self._commits_now += 1
@@ -545,53 +701,107 @@ class SQLiteOutbox(OutboxStore):
         self._clock.check(self.description)
         with contextlib.suppress(OutboxError):  # logged; deliver what the open file holds
             self._check_file()
+        self._pay_owed()
         # A plain read first: idle workers then never take the write lock.
-        if not due_ids(conn, self.now(), 1, self.unreadable):
+        if not self._due(conn, self.now(), 1):
             return []
 
         def claim(conn: sqlite3.Connection, only: int | None = None) -> builtins.list[OutboxRow]:
             now = self.now()
-            ids = [only] if only is not None else due_ids(conn, now, limit, self.unreadable)
+            ids = [only] if only is not None else self._due(conn, now, limit)
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
             conn.execute(
                 "UPDATE outbox SET state = 'inflight', lease_until = ?, lease_owner = ?,"
                 " attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),"
-                f" updated_at = ? WHERE id IN ({marks})",
-                (now + lease, self._owner, now, now, *ids),
+                f" updated_at = ? WHERE id IN ({marks}) AND ((state = 'pending' AND"
+                " next_attempt_at <= ?) OR (state = 'inflight' AND lease_until <= ?))",
+                (now + lease, self._owner, now, now, *ids, now, now),
             )
             note_time(conn, now)
-            query = f"SELECT {COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY next_attempt_at"
-            return [to_row(r) for r in conn.execute(query, ids)]
+            query = (
+                f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id IN ({marks})"
+                " AND lease_owner = ? AND lease_until = ? ORDER BY next_attempt_at"
+            )
+            return [to_row(r) for r in conn.execute(query, (*ids, self._owner, now + lease))]
 
         try:
             return self._tx(claim)
         except sqlite3.DatabaseError as exc:
+            self._note(exc)
             if not damaged(exc):  # a lock held too long, a full disk: not a damaged row
                 raise
         # A damaged file: claim row by row, and set aside (by id) the rows that fail.
         rows: builtins.list[OutboxRow] = []
-        for rid in due_ids(conn, self.now(), limit, self.unreadable):
+        names = self._scan.rows if self._scan is not None else {}
+        for rid in self._due(conn, self.now(), limit):
             try:
                 rows.extend(self._tx(functools.partial(claim, only=rid)))
+                continue
             except sqlite3.DatabaseError as exc:
                 if not damaged(exc):
                     raise
-                self.unreadable.append(rid)
-                self.problems.append(f"row {rid} cannot be read or written: {exc}")
-                logger.error("outbox %s: row %d set aside: %s", self.description, rid, exc)
+            # Not writable in place: claimed (and recorded) in outbox_salvage, if readable.
+            try:
+                claim_one = functools.partial(
+                    claim_salvaged, rid=rid, now=self.now(), lease=lease, owner=self._owner
+                )
+                rows.extend(self._tx(claim_one))
+            except (sqlite3.DatabaseError, ValueError) as exc:
+                event_id = names[rid][0] if rid in names else None
+                self._set_aside(rid, event_id, f"cannot be read or written: {exc}")
         return rows
 
+    def _pay_owed(self) -> None:
+        """Write the outcomes a full disk refused (on the worker's thread), oldest first."""
+        for rid, update in builtins.list(self._owed.items()):
+            try:
+                self._tx(update)
+            except sqlite3.DatabaseError as exc:
+                self._note(exc)
+                return  # still refused: the rest waits too
+            self._owed.pop(rid, None)
+
     async def _outcome(self, sql: str, params: tuple[Any, ...], row: OutboxRow) -> None:
-        def update(conn: sqlite3.Connection) -> None:
+        salvaged = row.handle.startswith("s")
+        rid = int(row.handle.removeprefix("s"))
+
+        def update(conn: sqlite3.Connection, table: str = "outbox") -> None:
             conn.execute(
-                f"UPDATE outbox SET {sql}, lease_until = NULL, lease_owner = NULL, updated_at = ?"
-                " WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
-                (*params, self.now(), int(row.handle), self._owner),
+                f"UPDATE {table} SET {sql}, lease_until = NULL, lease_owner = NULL,"
+                " updated_at = ? WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
+                (*params, self.now(), rid, self._owner),
             )
 
-        await self._run(self._tx, update)
+        def salvage(conn: sqlite3.Connection) -> None:
+            # Our claim, whose row cannot be written in place: its outcome goes beside it.
+            move_claim(conn, row, rid, self.now(), self._owner)
+            update(conn, "outbox_salvage")
+
+        write = functools.partial(update, table="outbox_salvage" if salvaged else "outbox")
+        try:
+            await self._run(self._tx, write)
+        except OutboxError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, sqlite3.DatabaseError) or (
+                isinstance(cause, sqlite3.OperationalError) and locked(cause)
+            ):
+                raise  # a lock held too long: the delivery loop tries again
+            if damaged(cause) and not salvaged:
+                try:
+                    await self._run(self._tx, salvage)
+                except OutboxError as again:
+                    # Never claimed again by this process (another may, after the lease).
+                    why = f"its outcome cannot be written: {again}"
+                    self._set_aside(rid, row.event_id, why)
+            else:
+                # A full or failing disk: written before the next claim, which skips the row
+                # meanwhile (its lease is ours), so it is neither lost nor sent again.
+                self._owed[rid] = write
+        finally:
+            if "'delivered'" in sql or "'dead'" in sql:
+                self._mine.pop(row.event_id, None)
 
     async def delivered(self, row: OutboxRow) -> None:
         """Mark a claimed row delivered with its outcome (ignored if our lease was taken over)."""
@@ -621,47 +831,83 @@ class SQLiteOutbox(OutboxStore):
 
         def update(conn: sqlite3.Connection) -> None:
             now = self.now()
-            conn.executemany(
-                "UPDATE outbox SET state = 'pending', attempts = MAX(attempts - 1, 0),"
-                " lease_until = NULL, lease_owner = NULL, next_attempt_at = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
-                [(now, now, int(r.handle), self._owner) for r in rows],
-            )
+            for table, prefix in (("outbox", ""), ("outbox_salvage", "s")):
+                mine = [r for r in rows if r.handle.startswith("s") == bool(prefix)]
+                if mine:
+                    conn.executemany(
+                        f"UPDATE {table} SET state = 'pending', attempts = MAX(attempts - 1, 0),"
+                        " lease_until = NULL, lease_owner = NULL, next_attempt_at = ?,"
+                        " updated_at = ? WHERE id = ? AND state = 'inflight' AND lease_owner = ?",
+                        [(now, now, int(r.handle.removeprefix("s")), self._owner) for r in mine],
+                    )
 
         await self._run(self._tx, update)
 
     # -- inspection and maintenance -----------------------------------------------------------
 
     async def unfinished(self) -> int:
-        """Pending (including scheduled retries) plus in-flight rows."""
-        query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
-        if self.unreadable:  # set aside: named in status().problems, never deliverable here
-            query += f" AND id NOT IN ({','.join(map(str, self.unreadable))})"
-        return int((await self._run(self._read, query, ()))[0][0])
+        """Pending (including scheduled retries) plus in-flight rows, but not those set aside
+        (named in ``status()``) or whose outcome waits for the disk."""
+        return await self._run(self._unfinished)
+
+    def _unfinished(self) -> int:
+        assert self._worker is not None and self._worker.conn is not None
+        conn = self._worker.conn
+        if self._damage is None:
+            query = "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight')"
+            skip = [*self._aside, *self._owed]
+            if skip:
+                query += f" AND id NOT IN ({','.join(map(str, skip))})"
+            try:
+                return int(conn.execute(query).fetchone()[0])
+            except sqlite3.DatabaseError as exc:
+                self._note(exc)
+                if self._damage is None:
+                    raise
+        return len(self._live(conn))
 
     async def status(self) -> OutboxStatus:
-        """Counts by state, the age of the oldest unfinished row, and problems with the file."""
-        counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        # Counted from the index, so a damaged table page still gives counts.
-        query = "SELECT state, COUNT(*) FROM outbox INDEXED BY outbox_due GROUP BY state"
-        for state, n in await self._run(self._read, query, ()):
-            counts[state] = n
-        query = "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
-        oldest = None
-        with contextlib.suppress(OutboxError):  # on a damaged page: the problems say so
-            oldest = (await self._run(self._read, query, ()))[0][0]
+        """Counts by state, the age of the oldest unfinished row, and problems with the file;
+        on a damaged file, counts of the rows it can read and the ids of those it cannot."""
+        counts, oldest = await self._run(self._counts)
         age = None if oldest is None else max(0.0, self.now() - oldest)
         if self.is_open:
             with contextlib.suppress(OutboxError):
                 self._check_file()
-        return OutboxStatus(counts, age, tuple(self.problems))
+        problems = [*self.problems]
+        summary = self._aside_summary()
+        if summary is not None:
+            problems.append(summary)
+        if self._owed:
+            problems.append(f"{len(self._owed)} outcomes wait for the disk to take writes")
+        unreadable = tuple(describe_ids(self._aside))
+        return OutboxStatus(counts, age, tuple(problems), unreadable=unreadable)
+
+    def _counts(self) -> tuple[dict[str, int], float | None]:
+        assert self._worker is not None and self._worker.conn is not None
+        conn = self._worker.conn
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        if self._damage is None:
+            try:
+                query = "SELECT state, COUNT(*) FROM outbox INDEXED BY outbox_due GROUP BY state"
+                counts.update(conn.execute(query).fetchall())
+                query = "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')"
+                return counts, conn.execute(query).fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                self._note(exc)
+                if self._damage is None:
+                    raise
+                counts = dict.fromkeys(STATES, 0)
+        # A damaged file: what a fresh scan by row ids reads (the rows set aside are named).
+        return count_scan(self._rescan(conn), salvaged_states(conn))
 
     async def list_dead(self, limit: int = 100) -> builtins.list[OutboxRow]:
         """Dead letters, oldest first."""
         return await self.list("dead", limit)
 
     async def list(self, state: ListState = "dead", limit: int = 100) -> builtins.list[OutboxRow]:
-        """Rows in ``state`` (``not_recorded``: delivered, provider recorded nothing)."""
+        """Rows in ``state`` (``not_recorded``: delivered, provider recorded nothing); on a
+        damaged file, the readable ones (the others are named by ``status()``)."""
         if state == "not_recorded":
             marks = ",".join("?" * len(NOT_RECORDED_OUTCOMES))
             where, params = (
@@ -673,8 +919,27 @@ class SQLiteOutbox(OutboxStore):
         else:
             await super().list(state, limit)  # raises ValueError
             return []
-        query = f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?"
-        return [to_row(r) for r in await self._run(self._read, query, (*params, limit))]
+        return await self._run(self._list, where, params, limit, state)
+
+    def _list(
+        self, where: str, params: builtins.list[Any], limit: int, state: str
+    ) -> builtins.list[OutboxRow]:
+        assert self._worker is not None and self._worker.conn is not None
+        conn = self._worker.conn
+        if self._damage is None:
+            query = f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?"
+            try:
+                return [to_row(r) for r in conn.execute(query, (*params, limit))]
+            except sqlite3.DatabaseError as exc:
+                self._note(exc)
+                if self._damage is None:
+                    raise
+        # A damaged file: row by row, by id, from a fresh scan.
+        found = self._rescan(conn)
+        rows, failed = list_by_id(conn, sorted(found.rows), state, limit)
+        for rid, why in failed.items():
+            self._set_aside(rid, found.rows[rid][0], f"unreadable: {why}")
+        return rows
 
     async def retry_dead(
         self, event_ids: Sequence[str] | None = None, *, force: bool = False
@@ -708,8 +973,10 @@ class SQLiteOutbox(OutboxStore):
         return removed
 
     async def maintain(self) -> None:
-        """Remove delivered rows past ``retention`` (a few batches per call)."""
-        await self.purge_delivered(self.retention, max_batches=10)
+        """Remove delivered rows past ``retention`` (a few batches per call); nothing on a
+        damaged file or a failing disk (deleting there could spread the damage)."""
+        if self._damage is None and self._failing is None:
+            await self.purge_delivered(self.retention, max_batches=10)
 
     async def vacuum(self) -> None:
         """``VACUUM`` the file and truncate the WAL: the file shrinks to its live rows."""

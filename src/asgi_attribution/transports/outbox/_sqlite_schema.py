@@ -13,36 +13,56 @@ its own clock, :class:`AnchoredClock`: the wall time read once, then advanced by
 ``time.monotonic()`` (which steps never touch). Steps of the wall clock are detected and
 logged, not followed. The anchor is kept in the file, so every process on the machine (one
 monotonic clock) reads the same store time, whatever its own wall clock says.
+
+Health: ``PRAGMA quick_check``, and what a damaged file still gives. A damaged page fails (or
+cuts short) every read that goes through it, so a damaged file is read by row id (:func:`scan`):
+the ids from an index read whole, the rows one chunk at a time, each failing chunk row by row.
+Rows that read but cannot be written in place are claimed in ``outbox_salvage``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..._exceptions import OutboxError
-from ._store import OutboxRow
+from ._store import NOT_RECORDED_OUTCOMES, OutboxRow
 
 __all__ = [
     "COLUMNS",
     "DUE",
+    "SALVAGE",
     "SCHEMA_VERSION",
     "AnchoredClock",
     "FileId",
+    "Scan",
     "WallClock",
     "boot_id",
     "check_health",
+    "claim_salvaged",
+    "count_scan",
+    "damaged",
+    "describe_ids",
     "due_ids",
+    "failing",
     "file_id",
+    "list_by_id",
     "load_clock",
+    "move_claim",
     "note_time",
     "prepare",
+    "read_live",
+    "salvaged_states",
+    "scan",
+    "summarize",
     "to_row",
 ]
 
@@ -311,47 +331,326 @@ def note_time(conn: sqlite3.Connection, now: float) -> None:
     )
 
 
-def check_health(conn: sqlite3.Connection, limit: int = 100) -> tuple[list[str], list[int]]:
-    """``PRAGMA quick_check``; if it finds damage, the ids of rows that cannot be read.
+def check_health(conn: sqlite3.Connection, limit: int = 100) -> list[str]:
+    """``PRAGMA quick_check``: the damage it finds, one problem line (empty when healthy).
 
-    Ids come from the index (which holds every row id), so rows on a damaged table page are
-    named by id when the index is readable. Returns (problems, unreadable ids).
+    Example:
+        >>> check_health(sqlite3.connect(":memory:"))
+        []
     """
     try:
         found = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({limit})")]
     except sqlite3.DatabaseError as exc:
         found = [f"failed: {exc}"]
     if found == ["ok"]:
-        return [], []
+        return []
     text = "; ".join(line.replace("\n", "; ") for line in found)
-    problems = [f"quick_check: {text[:500]}{' ...' if len(text) > 500 else ''}"]
-    ids: list[int] = []
+    return [f"quick_check: {text[:500]}{' ...' if len(text) > 500 else ''}"]
+
+
+@dataclass
+class Scan:
+    """What a damaged file still gives: its readable rows, and the ids of those it does not.
+
+    ``rows`` maps a readable row id to (event id, state, created_at); ``unreadable`` maps the id
+    of a row that cannot be read to its event id, when an index of the table still names it.
+    """
+
+    rows: dict[int, tuple[str, str, float]] = field(default_factory=dict)
+    unreadable: dict[int, str | None] = field(default_factory=dict)
+    #: The highest row id the scan looked at: rows after it were appended since.
+    top: int = 0
+    #: True when no index could be read whole: some unreadable ids may name no row.
+    guessed: bool = False
+
+
+_READ = "SELECT id, event_id, state, created_at FROM outbox NOT INDEXED WHERE "
+
+
+def scan(conn: sqlite3.Connection) -> Scan:
+    """Read every row that can be read, by row id, skipping damaged pages.
+
+    The row ids come from an index of the table read whole (which also names each row's event
+    id), and the rows are read by id: a damaged page fails (or misses) the reads of its own rows
+    only. With no index readable, the table is read by ranges of ids, a failed range halved
+    until each failing range is one id.
+
+    Example:
+        >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+        >>> prepare(conn, Path("events.db"), create=True)
+        >>> _ = conn.execute("INSERT INTO outbox (event_id, provider, kind, event,"
+        ...     " next_attempt_at, created_at, updated_at) VALUES ('evt_1', 'dub', 'lead',"
+        ...     " '{}', 0, 0, 0)")
+        >>> found = scan(conn)
+        >>> found.rows, found.unreadable
+        ({1: ('evt_1', 'pending', 0.0)}, {})
+    """
+    named = _named_ids(conn)
+    if named is None:
+        return _scan_ranges(conn)
+    found = Scan(top=max(named, default=0))
+    ids = sorted(named)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        try:
+            rows = conn.execute(_READ + f"id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        except sqlite3.DatabaseError:
+            rows = []
+            for rid in chunk:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    rows += conn.execute(_READ + "id = ?", (rid,)).fetchall()
+        for rid, event_id, state, created in rows:
+            found.rows[rid] = (event_id, state, created)
+    found.unreadable = {i: named[i] for i in ids if i not in found.rows}
+    with contextlib.suppress(sqlite3.DatabaseError):  # rows the index does not know
+        for rid, event_id, state, created in conn.execute(_READ + "id > ?", (found.top,)):
+            found.rows[rid] = (event_id, state, created)
+            found.top = max(found.top, rid)
+    return found
+
+
+def _scan_ranges(conn: sqlite3.Connection) -> Scan:
+    """The table read by ranges of row ids (no index to list them): some ids named unreadable
+    may name no row."""
+    try:
+        top = conn.execute("SELECT max(id) FROM outbox").fetchone()[0] or 0
+    except sqlite3.DatabaseError:  # nothing says how far the ids go: as many as pages hold
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        top = pages * conn.execute("PRAGMA page_size").fetchone()[0] // 128
+    found = Scan(top=top, guessed=True)
+    failed: list[int] = []
+    todo = [(1, top)] if top else []
+    while todo:
+        low, high = todo.pop()
+        try:
+            # One id by equality: a range stops one row past its end, maybe on a damaged page.
+            by = ("id = ?", (low,)) if low == high else ("id BETWEEN ? AND ?", (low, high))
+            rows = conn.execute(_READ + by[0], by[1]).fetchall()
+        except sqlite3.DatabaseError:
+            if low == high:
+                failed.append(low)
+            else:
+                middle = (low + high) // 2
+                todo += [(middle + 1, high), (low, middle)]
+            continue
+        for rid, event_id, state, created in rows:
+            found.rows[rid] = (event_id, state, created)
+        if rows and rows[-1][0] < high:  # a damaged page can end a read early, silently
+            todo.append((rows[-1][0] + 1, high))
+    found.unreadable = dict.fromkeys(sorted(failed))
+    return found
+
+
+def _named_ids(conn: sqlite3.Connection) -> dict[int, str | None] | None:
+    """Every row id (with its event id, if it can) from an index of the table read whole."""
     for query in (
-        "SELECT id FROM outbox INDEXED BY outbox_due",
-        "SELECT id FROM outbox NOT INDEXED",
+        "SELECT id, event_id FROM outbox INDEXED BY sqlite_autoindex_outbox_1",
+        "SELECT id, NULL FROM outbox INDEXED BY outbox_due",
     ):
+        with contextlib.suppress(sqlite3.DatabaseError):
+            return {int(r[0]): r[1] for r in conn.execute(query)}
+    return None
+
+
+def damaged(error: sqlite3.DatabaseError) -> bool:
+    """True when ``error`` says the file is damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``).
+
+    Example:
+        >>> damaged(sqlite3.DatabaseError("database disk image is malformed"))
+        True
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    return "malformed" in str(error) or "not a database" in str(error)
+
+
+def failing(error: sqlite3.DatabaseError) -> bool:
+    """True when ``error`` says the disk failed (``SQLITE_IOERR``, ``SQLITE_READONLY``): what
+    was committed may not be on it.
+
+    Example:
+        >>> failing(sqlite3.OperationalError("disk I/O error"))
+        True
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (10, 8)
+    return "disk I/O error" in str(error) or "readonly" in str(error)
+
+
+def summarize(aside: dict[int, str | None], guessed: bool) -> str | None:
+    """One problem line for the rows set aside (row ids; the first 20), or None.
+
+    Example:
+        >>> summarize({3: "evt_1", 4: None}, guessed=False)
+        '2 rows unreadable (ids 3, 4)'
+    """
+    if not aside:
+        return None
+    shown = ", ".join(map(str, list(aside)[:20])) + (" ..." if len(aside) > 20 else "")
+    maybe = "; no index could be read whole: some of these ids may name no row" * guessed
+    return f"{len(aside)} rows unreadable (ids {shown}){maybe}"
+
+
+def count_scan(found: Scan, salvaged: list[tuple[Any, ...]]) -> tuple[dict[str, int], float | None]:
+    """Counts by state of the rows a scan read (``outbox_salvage`` overriding), and the
+    ``created_at`` of the oldest unfinished one."""
+    states = {r[0]: r[1] for r in salvaged}
+    counts = {"pending": 0, "inflight": 0, "delivered": 0, "dead": 0}
+    ages = []
+    for rid, (_, state, created) in found.rows.items():
+        state = states.get(rid, state)
+        counts[state] = counts.get(state, 0) + 1
+        if state in ("pending", "inflight"):
+            ages.append(created)
+    return counts, min(ages, default=None)
+
+
+def describe_ids(ids: dict[int, str | None]) -> list[str]:
+    """How ``outbox status`` names rows: the event id, or ``row N`` when no index names it.
+
+    Example:
+        >>> describe_ids({3: "evt_1", 4: None})
+        ['evt_1', 'row 4']
+    """
+    return [event_id or f"row {rid}" for rid, event_id in ids.items()]
+
+
+# -- a damaged file: rows read and claimed by id ------------------------------------------------
+
+_LIVE = "SELECT id, state, next_attempt_at, lease_until FROM outbox NOT INDEXED WHERE id IN "
+
+#: On a damaged file, the state of rows that cannot be written in place (their index entry is on
+#: a damaged page): a row here overrides the state of the row of the same id in ``outbox``.
+SALVAGE = """CREATE TABLE IF NOT EXISTS outbox_salvage (
+    id INTEGER PRIMARY KEY, state TEXT NOT NULL, next_attempt_at REAL NOT NULL,
+    lease_until REAL, lease_owner TEXT, attempts INTEGER NOT NULL, first_attempt_at REAL,
+    updated_at REAL NOT NULL, last_error TEXT, error_code TEXT, outcome TEXT,
+    outcome_reason TEXT)"""
+
+_SALVAGE_FIELDS = (
+    "state", "next_attempt_at", "attempts", "first_attempt_at", "updated_at", "last_error",
+    "error_code", "outcome", "outcome_reason",
+)  # fmt: skip
+
+_UNFINISHED = ("pending", "inflight")
+
+
+def salvaged_states(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """(id, state, next_attempt_at, lease_until) of the rows kept in ``outbox_salvage``.
+
+    Example:
+        >>> salvaged_states(sqlite3.connect(":memory:"))  # no such table: none
+        []
+    """
+    try:
+        return conn.execute(
+            "SELECT id, state, next_attempt_at, lease_until FROM outbox_salvage"
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+
+
+def read_live(
+    conn: sqlite3.Connection, ids: list[int]
+) -> tuple[list[tuple[Any, ...]], dict[int, str]]:
+    """(id, state, next_attempt_at, lease_until) of rows ``ids``, read by id (never through an
+    index), ``outbox_salvage`` overriding; and the ids that could not be read, with why."""
+    live: list[tuple[Any, ...]] = []
+    failed: dict[int, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
         try:
-            ids = [r[0] for r in conn.execute(query)]
-            break
-        except sqlite3.DatabaseError as exc:
-            error = exc
-    else:
-        problems.append(f"row ids unreadable: {error}")
-        return problems, []
-    bad: list[int] = []
+            live += conn.execute(_LIVE + f"({','.join('?' * len(chunk))})", chunk).fetchall()
+        except sqlite3.DatabaseError:
+            for rid in chunk:
+                try:
+                    live += conn.execute(_LIVE + "(?)", (rid,)).fetchall()
+                except sqlite3.DatabaseError as exc:
+                    failed[rid] = str(exc)
+    salvaged = {r[0]: r for r in salvaged_states(conn)}
+    return [salvaged.get(r[0], r) for r in live], failed
+
+
+def claim_salvaged(
+    conn: sqlite3.Connection, *, rid: int, now: float, lease: float, owner: str
+) -> list[OutboxRow]:
+    """Claim row ``rid`` of a damaged file in ``outbox_salvage`` (inside a write transaction):
+    for a row that reads but cannot be written in place. Raises if it cannot be read."""
+    found = conn.execute(f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id = ?", (rid,))
+    first_row = found.fetchone()
+    if first_row is None:
+        raise sqlite3.DatabaseError("row missing from the table")
+    row = to_row(first_row)  # raises on a row that no longer reads as one
+    conn.execute(SALVAGE)
+    if conn.execute("SELECT 1 FROM outbox_salvage WHERE id = ?", (rid,)).fetchone() is None:
+        if row.state not in _UNFINISHED:
+            return []
+        conn.execute(
+            "INSERT INTO outbox_salvage (id, state, next_attempt_at, lease_until, attempts,"
+            " first_attempt_at, updated_at) VALUES (?, 'pending', ?, NULL, ?, ?, ?)",
+            (rid, row.next_attempt_at, row.attempts, row.first_attempt_at, now),
+        )
+    claimed = conn.execute(
+        "UPDATE outbox_salvage SET state = 'inflight', lease_until = ?, lease_owner = ?,"
+        " attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),"
+        " updated_at = ? WHERE id = ? AND ((state = 'pending' AND next_attempt_at <= ?)"
+        " OR (state = 'inflight' AND (lease_until IS NULL OR lease_until <= ?)))",
+        (now + lease, owner, now, now, rid, now, now),
+    ).rowcount
+    if not claimed:
+        return []
+    attempts, first = conn.execute(
+        "SELECT attempts, first_attempt_at FROM outbox_salvage WHERE id = ?", (rid,)
+    ).fetchone()
+    return [
+        replace(row, state="inflight", attempts=attempts, first_attempt_at=first, handle=f"s{rid}")
+    ]
+
+
+def move_claim(conn: sqlite3.Connection, row: OutboxRow, rid: int, now: float, owner: str) -> None:
+    """Our claim of row ``rid``, whose outcome cannot be written in place, to ``outbox_salvage``
+    (inside a write transaction): its outcome is then written there."""
+    conn.execute(SALVAGE)
+    conn.execute(
+        "INSERT INTO outbox_salvage (id, state, next_attempt_at, lease_until, lease_owner,"
+        " attempts, first_attempt_at, updated_at) VALUES (?, 'inflight', ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO NOTHING",
+        (rid, row.next_attempt_at, now, owner, row.attempts, row.first_attempt_at, now),
+    )
+
+
+def list_by_id(
+    conn: sqlite3.Connection, ids: list[int], state: str, limit: int
+) -> tuple[list[OutboxRow], dict[int, str]]:
+    """Up to ``limit`` rows of ``ids`` in ``state`` (or ``not_recorded``), read one by one,
+    ``outbox_salvage`` overriding; and the ids that could not be read, with why."""
+    salvaged: dict[int, tuple[Any, ...]] = {}
+    with contextlib.suppress(sqlite3.OperationalError):  # no such table: nothing salvaged
+        query = f"SELECT id, {', '.join(_SALVAGE_FIELDS)} FROM outbox_salvage"
+        salvaged = {r[0]: r[1:] for r in conn.execute(query)}
+    rows: list[OutboxRow] = []
+    failed: dict[int, str] = {}
+    query = f"SELECT {COLUMNS} FROM outbox NOT INDEXED WHERE id = ?"
     for rid in ids:
+        if len(rows) >= limit:
+            break
         try:
-            row = conn.execute(f"SELECT {COLUMNS} FROM outbox WHERE id = ?", (rid,)).fetchone()
-            if row is None:
-                raise sqlite3.DatabaseError("row missing from the table")
-            to_row(row)
+            row = to_row(conn.execute(query, (rid,)).fetchone())
         except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
-            del exc
-            bad.append(int(rid))
-    if bad:
-        shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
-        problems.append(f"{len(bad)} rows unreadable (ids {shown})")
-    return problems, bad
+            failed[rid] = str(exc)
+            continue
+        if rid in salvaged:
+            row = replace(row, **dict(zip(_SALVAGE_FIELDS, salvaged[rid], strict=True)))
+        if state == "not_recorded":
+            if row.state == "delivered" and row.outcome in NOT_RECORDED_OUTCOMES:
+                rows.append(row)
+        elif row.state == state:
+            rows.append(row)
+    return rows, failed
 
 
 def to_row(r: tuple[Any, ...]) -> OutboxRow:

@@ -149,6 +149,9 @@ class OutboxStatus:
     counts: dict[str, int]
     oldest_pending_age: float | None = None
     problems: tuple[str, ...] = ()
+    #: Rows the store cannot read (a damaged file): their event ids, or ``row N`` when no
+    #: index names the row.
+    unreadable: tuple[str, ...] = ()
 
     @property
     def unfinished(self) -> int:

@@ -514,6 +514,7 @@ async def close_transport(transport: OutboxLife) -> None:
             transport.opened()
             await delivery.record(store.release, delivery.cut_short)
             delivery = transport.delivery
+        unsure = getattr(store, "name_unconfirmed", None)  # a failing disk: named by id
         if delivery is not None:
             await transport.flush(transport.shutdown_timeout)
             await delivery.stop(transport.timeout + 1.0)
@@ -529,6 +530,8 @@ async def close_transport(transport: OutboxLife) -> None:
                     "some" if transport.left_in_store < 0 else transport.left_in_store,
                     store.description,
                 )
+            elif unsure is not None and await unsure():
+                pass
             elif transport.left_in_store:
                 logger.warning(
                     "%s events left in the outbox %s at shutdown; they are stored and will be "
@@ -536,6 +539,8 @@ async def close_transport(transport: OutboxLife) -> None:
                     "some" if transport.left_in_store < 0 else transport.left_in_store,
                     store.description,
                 )
+        elif unsure is not None:
+            await unsure()  # append-only: a failing disk names what it stored all the same
         if transport.fallback is not None:
             await transport.fallback.aclose()
         await transport.sender.aclose()
