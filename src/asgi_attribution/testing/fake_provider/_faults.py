@@ -233,6 +233,9 @@ def _quiet_server_logs() -> None:
 async def drop_connection(send: Send) -> None:
     """Promise a body, send a piece of it, then fail: the server closes the socket mid-body.
 
+    The status is a 503: nothing was recorded (a real provider answers 2xx only once it has
+    recorded the event, and a cut 2xx counts as delivered).
+
     An ASGI app cannot close a socket itself. A server closes it when the app raises after the
     response started (before that, it would answer 500 instead), so the client's read of the
     declared Content-Length fails with a transport error (httpx.RemoteProtocolError).
@@ -249,7 +252,7 @@ async def drop_connection(send: Send) -> None:
     _logger.debug("dropping connection (injected fault)")
     start = {
         "type": "http.response.start",
-        "status": 200,
+        "status": 503,
         "headers": [(b"content-type", b"application/json"), (b"content-length", b"64")],
     }
     await send(start)
