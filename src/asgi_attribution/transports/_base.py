@@ -479,7 +479,8 @@ class DeliveryStats:
     :meth:`subscribe` a callback to get a :class:`DeliveryRecord` for each of: ``queued``,
     ``sent``, ``retried``, ``failed``, ``dropped``, ``duplicate``, ``not_recorded``, ``paused``,
     ``resumed``, ``paced``, ``rate_limited``, and an ``attempt`` record (``duration`` in
-    seconds, HTTP ``status_code``) per attempt. The layers call :meth:`count`; with no subscriber it only moves the counter.
+    seconds, HTTP ``status_code``) per attempt. The layers call :meth:`count`; with no
+    subscriber it only moves the counter.
 
     Example:
         >>> stats = DeliveryStats()

@@ -667,7 +667,8 @@ class HTTPTransport(Transport):
                 return answer
             self.stats.count("rate_limited", delivery, status_code=429)
             if answer.headers is None or read_limit(answer.headers) is None:
-                return answer  # no stated limit: a failed attempt, retried as any 429
+                break  # no stated limit: a failed attempt, retried as any 429
+        assert answer is not None  # the last round's answer, a 429
         return answer
 
     async def _request(

@@ -52,6 +52,9 @@ logger = logging.getLogger("asgi_attribution")
 #: last at most this long.
 MAX_WAIT = 3600.0
 
+# A reset stated too far ahead is believed this far (a window, once known): Dub's is a minute.
+_IMPLAUSIBLE = 60.0
+
 # Added to a wait for the reset: the provider's window turns on its own clock.
 _MARGIN = 0.05
 
@@ -176,14 +179,14 @@ class Pace:
             where = "in the past" if ahead < 0 else "ahead"
             logger.warning(
                 "rate limit of %s: X-RateLimit-Reset is %.0f s %s of this machine's clock "
-                "(clock skew? a caching proxy?); waits are clamped to [0, %.0f] s",
+                "(clock skew? a caching proxy?); such resets are read as %.0f s ahead at most",
                 self.name,
                 abs(ahead),
                 where,
-                bound,
+                min(self._window or _IMPLAUSIBLE, bound),
                 extra={"rate_limit_reset_skew": ahead},
             )
-        return min(max(ahead, 0.0), bound)
+        return 0.0 if ahead < 0 else min(self._window or _IMPLAUSIBLE, bound)
 
     def _delay(self, share: float) -> float:
         """Reserve the next slot for one request: the seconds until it (under the lock)."""

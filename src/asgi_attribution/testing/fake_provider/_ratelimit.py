@@ -60,9 +60,7 @@ class RateLimit:
         """Read ``"600/60s"`` (units ``ms``, ``s``, ``m``, ``h``; seconds when none)."""
         match = _SPEC.match(spec)
         if match is None:
-            raise ValueError(
-                f"rate_limit: expected REQUESTS/WINDOW such as 600/60s, got {spec!r}"
-            )
+            raise ValueError(f"rate_limit: expected REQUESTS/WINDOW such as 600/60s, got {spec!r}")
         count, amount, unit = match.groups()
         return cls(int(count), float(amount) * _UNITS[unit or "s"])
 
