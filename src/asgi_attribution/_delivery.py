@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ._options import callable_or_none, number
+from ._options import callable_or_none, number, share
 from ._providers import Provider
 from .transports import (
     BackgroundTransport,
@@ -52,6 +52,7 @@ DELIVERY_OPTIONS = (
     "timeout",
     "retry",
     "concurrency",
+    "rate_limit_share",
     *_BACKGROUND_OPTIONS,
     *_QUEUE_OPTIONS,
     *_OUTBOX_OPTIONS,
@@ -131,6 +132,8 @@ def build_stack(
     for name, minimum, integer in _NUMBERS:
         if name in given:
             number("Tracker", name, given[name], minimum, integer=integer)
+    if "rate_limit_share" in given:
+        share("Tracker", "rate_limit_share", given["rate_limit_share"])
     retry = given.get("retry")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"Tracker(retry=...) must be a RetryPolicy, got {retry!r}")
@@ -150,6 +153,7 @@ def build_stack(
         retry=retry,
         concurrency=concurrency,
         stats=stats,
+        rate_limit_share=given.get("rate_limit_share"),
     )
     http = new_http()
     drain = given.get("shutdown_timeout", 20.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["callable_or_none", "flag", "number"]
+__all__ = ["callable_or_none", "flag", "number", "share"]
 
 
 def flag(owner: str, name: str, value: Any, *, none: bool = False) -> None:
@@ -51,3 +51,18 @@ def callable_or_none(owner: str, name: str, value: Any) -> None:
     """
     if value is not None and not callable(value):
         raise TypeError(f"{owner}({name}=...) must be a callable or None, got {value!r}")
+
+
+def share(owner: str, name: str, value: Any) -> None:
+    """``value`` must be a fraction in (0, 1].
+
+    Example:
+        >>> share("Tracker", "rate_limit_share", 1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: Tracker(rate_limit_share=...) must be a number in (0, 1], got 1.5
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{owner}({name}=...) must be a number in (0, 1], got {value!r}")
+    if not 0 < value <= 1:
+        raise ValueError(f"{owner}({name}=...) must be a number in (0, 1], got {value!r}")

@@ -486,10 +486,13 @@ class Tracker:
     Shared by the built deliveries: ``timeout`` (seconds per HTTP attempt, default 10),
     ``retry`` (:class:`RetryPolicy`), ``concurrency`` (requests at once, default 10),
     ``shutdown_timeout`` (seconds the drain may take, default 20) and ``on_error(delivery,
-    exc)`` for final failures. An option the chosen delivery would ignore raises ``TypeError``
-    naming both. With ``require_click_id=True`` a lead without a click id raises instead of
-    being skipped; ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to
-    the metadata of events tracked from a request. ``tracker.stats`` counts what happened.
+    exc)`` for final failures. ``rate_limit_share`` (default 0.8, in (0, 1]) is the fraction
+    of the API key's rate limit delivery may use, as the provider's ``X-RateLimit-*``
+    headers state it: the rest is left to the app's own calls with the key. An option the
+    chosen delivery would ignore raises ``TypeError`` naming both. With
+    ``require_click_id=True`` a lead without a click id raises instead of being skipped;
+    ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to the
+    metadata of events tracked from a request. ``tracker.stats`` counts what happened.
 
     The loop the tracker starts in owns delivery (:attr:`loop`). A ``track_*`` call on another
     loop or thread is handed to it; one the owner does not take within ``handoff_timeout``
@@ -520,6 +523,7 @@ class Tracker:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         concurrency: int | None = None,
+        rate_limit_share: float | None = None,
         queue_size: int | None = None,
         queue_full_timeout: float | None = None,
         shutdown_timeout: float | None = None,

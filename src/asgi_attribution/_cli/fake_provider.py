@@ -6,7 +6,7 @@ import socket
 from collections.abc import Sequence
 from typing import get_args
 
-from ..testing.fake_provider import FakeProvider, Faults, ProviderName, RetryAfterForm
+from ..testing.fake_provider import FakeProvider, Faults, ProviderName, RateLimit, RetryAfterForm
 from .common import CommandParser, exit_codes, port, wrap
 
 __all__ = ["check_listen", "main"]
@@ -82,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of cut connections")
     parser.add_argument("--fail-first", type=int, default=0, help="503 the first N requests")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--rate-limit",
+        default=None,
+        metavar="REQUESTS/WINDOW",
+        help="limit each API key as Dub does, e.g. 600/60s (X-RateLimit-* headers, 429s)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -96,12 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail_first=args.fail_first,
             seed=args.seed,
         )
+        rate_limit = RateLimit.parse(args.rate_limit) if args.rate_limit else None
     except ValueError as exc:
         parser.error(str(exc))
     problem = check_listen(args.host, args.port)
     if problem is not None:
         parser.error(problem)
-    app = FakeProvider(args.provider, faults=faults, api_key=args.api_key, strict=not args.lenient)
+    app = FakeProvider(
+        args.provider,
+        faults=faults,
+        api_key=args.api_key,
+        strict=not args.lenient,
+        rate_limit=rate_limit,
+    )
 
     try:
         import uvicorn  # lazily: uvicorn is a test/extra dependency

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from .._providers import DUB, PIMMS
 from ..transports import (
+    HTTPTransport,
     OutboxRow,
     OutboxStore,
     OutboxTransport,
@@ -398,12 +399,17 @@ def _transport(args: argparse.Namespace, store: OutboxStore) -> OutboxTransport:
             initial_backoff=args.initial_backoff,
             max_backoff=args.max_backoff,
         )
-        return OutboxTransport(
-            store,
-            api_key=args.api_key,
+        http = HTTPTransport(
+            args.api_key,
             base_url=args.base_url,
             timeout=args.timeout,
             retry=retry,
+            concurrency=args.concurrency,
+            rate_limit_share=args.rate_limit_share,
+        )
+        return OutboxTransport(
+            store,
+            http,
             concurrency=args.concurrency,
             lease=args.lease,
             poll_interval=0.2 if not args.follow else 1.0,
@@ -697,6 +703,12 @@ def _deliver_options(deliver: CommandParser) -> None:
     )
     deliver.add_argument(
         "--timeout", type=positive_float, default=10.0, help="seconds per HTTP attempt"
+    )
+    deliver.add_argument(
+        "--rate-limit-share",
+        type=positive_float,
+        default=0.8,
+        help="fraction of the API key's rate limit to use, in (0, 1] (default: 0.8)",
     )
     deliver.add_argument(
         "--lease", type=positive_duration, default=60.0, help="claim lease (default: 60s)"

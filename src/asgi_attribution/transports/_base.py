@@ -75,6 +75,8 @@ RecordKind = Literal[
     "paused",
     "resumed",
     "attempt",
+    "paced",
+    "rate_limited",
 ]
 
 
@@ -86,7 +88,9 @@ class DeliveryRecord:
     ``event_kind`` (``"lead"``, ``"sale"``, ``"customer"``) name the event, when there is one
     (``paused``/``resumed`` concern the whole transport). An ``attempt`` record carries its
     ``duration`` in seconds and the HTTP ``status_code`` (None for a network error); ``reason``
-    is the error code, outcome reason or cause, when known.
+    is the error code, outcome reason or cause, when known. A ``paced`` record carries the
+    seconds a request waited for the rate limit's pace (``duration``), a ``rate_limited`` one
+    a 429 met.
 
     Example:
         >>> DeliveryRecord("attempt", "evt_1", "dub", "lead", duration=0.02, status_code=200).kind
@@ -454,6 +458,7 @@ COUNTERS: dict[str, str] = {
     "dropped": "dropped",
     "duplicate": "duplicates",
     "not_recorded": "not_recorded",
+    "rate_limited": "rate_limited",
 }
 
 
@@ -467,11 +472,15 @@ class DeliveryStats:
     An event once queued is counted once more at its end, as sent, failed or dropped.
     Of the sent: ``duplicates`` (the provider had it already) and ``not_recorded`` (answered
     2xx, recorded nothing: a sale without a known customer, an amount of zero).
+    ``rate_limited``: 429s met (each one waits for the reset; one stating the rate limit costs
+    its event no attempt); ``pace_wait``: seconds requests waited, in all, for the pace of the
+    key's rate limit.
 
     :meth:`subscribe` a callback to get a :class:`DeliveryRecord` for each of: ``queued``,
     ``sent``, ``retried``, ``failed``, ``dropped``, ``duplicate``, ``not_recorded``, ``paused``,
-    ``resumed``, and an ``attempt`` record (``duration`` in seconds, HTTP ``status_code``) per
-    attempt. The layers call :meth:`count`; with no subscriber it only moves the counter.
+    ``resumed``, ``paced``, ``rate_limited``, and an ``attempt`` record (``duration`` in
+    seconds, HTTP ``status_code``) per attempt. The layers call :meth:`count`; with no
+    subscriber it only moves the counter.
 
     Example:
         >>> stats = DeliveryStats()
@@ -497,10 +506,12 @@ class DeliveryStats:
     dropped: int = 0
     duplicates: int = 0
     not_recorded: int = 0
+    rate_limited: int = 0
+    pace_wait: float = 0.0
     observers: Observers = field(default_factory=Observers, repr=False, compare=False)
 
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict (for metrics or logs)."""
+    def as_dict(self) -> dict[str, float]:
+        """The counters as a plain dict (for metrics or logs); ``pace_wait`` in seconds."""
         return {
             "queued": self.queued,
             "sent": self.sent,
@@ -509,6 +520,8 @@ class DeliveryStats:
             "dropped": self.dropped,
             "duplicates": self.duplicates,
             "not_recorded": self.not_recorded,
+            "rate_limited": self.rate_limited,
+            "pace_wait": round(self.pace_wait, 3),
         }
 
     def subscribe(self, callback: DeliveryObserver) -> None:
@@ -532,6 +545,8 @@ class DeliveryStats:
         counter = COUNTERS.get(kind)
         if counter is not None:
             setattr(self, counter, getattr(self, counter) + 1)
+        elif kind == "paced" and duration is not None:
+            self.pace_wait += duration
         if not self.observers.any:
             return
         event = delivery.event if delivery is not None else None

@@ -62,13 +62,16 @@ from pydantic import SecretStr
 from .._events import RefundEvent
 from .._exceptions import DeliveryError, IntegrationError
 from .._json import loads
+from .._options import share
 from .._providers import Outcome, ProviderRequest, Refusal, redact
 from ._base import Delivery, DeliveryStats, RetryPolicy, TrackResult, Transport, parse_retry_after
+from ._pace import pace_for, read_limit
 
 __all__ = [
     "KEEPALIVE_EXPIRY",
     "MAX_ANSWER_BYTES",
     "PENDING_RETRY_AFTER",
+    "RATE_LIMIT_SHARE",
     "REFUND_WINDOW",
     "RETRYABLE_STATUS",
     "USER_AGENT",
@@ -122,6 +125,7 @@ class Answer:
     location: str | None = None
     retry_after: str | None = None
     unread: str | None = None
+    headers: httpx.Headers | None = None  # the rate limit's, read by the pace
 
 
 def delivered(
@@ -420,6 +424,14 @@ _UNANSWERED_KEPT = 10_000
 #: Seconds a kept-alive connection may sit idle before it is closed rather than reused.
 KEEPALIVE_EXPIRY = 5.0
 
+#: The fraction of the API key's rate budget delivery uses by default; the rest is left to
+#: the app's own calls with the key (creating links, reading analytics).
+RATE_LIMIT_SHARE = 0.8
+
+# A 429 that states the rate limit is sent again this many times within one attempt, once the
+# pace allows: waiting for the provider's budget is not a failure of the event.
+_RATE_LIMITED_ROUNDS = 3
+
 
 class _TooLarge(Exception):
     """An answer's body went past :data:`MAX_ANSWER_BYTES` (turned into a DeliveryError)."""
@@ -446,7 +458,8 @@ class HTTPTransport(Transport):
     keep-alive connections (10 when None), and ``keepalive_expiry`` is how long an idle
     connection is kept. ``client`` replaces the clients this transport makes (it is used as
     is, never closed here). A refund looks for its sale's commission for at most
-    ``refund_window`` seconds.
+    ``refund_window`` seconds. Requests keep to the API key's rate limit as the provider's
+    answers state it, using at most ``rate_limit_share`` of it (0.8 when None; :mod:`._pace`).
 
     Example:
         >>> transport = HTTPTransport(api_key="dub_xxx", retry=RetryPolicy(max_elapsed=60))
@@ -466,7 +479,11 @@ class HTTPTransport(Transport):
         client: httpx.AsyncClient | None = None,
         stats: DeliveryStats | None = None,
         refund_window: float = REFUND_WINDOW,
+        rate_limit_share: float | None = None,
     ) -> None:
+        rate_limit_share = RATE_LIMIT_SHARE if rate_limit_share is None else rate_limit_share
+        share("HTTPTransport", "rate_limit_share", rate_limit_share)
+        self.rate_limit_share = float(rate_limit_share)
         concurrency = 10 if concurrency is None else concurrency
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -634,6 +651,29 @@ class HTTPTransport(Transport):
     async def _exchange(
         self, delivery: Delivery, request: ProviderRequest, base: str, key: SecretStr
     ) -> Answer:
+        """Send ``request`` at the pace of the key's rate limit; a 429 that states the limit
+        is sent again after its reset, in this same attempt (a few times at most)."""
+        pace = pace_for(key.get_secret_value(), base)
+        for _ in range(_RATE_LIMITED_ROUNDS + 1):
+            waited = await pace.acquire(self.rate_limit_share)
+            if waited > 0:
+                self.stats.count("paced", delivery, duration=waited)
+            answer: Answer | None = None
+            try:
+                answer = await self._request(delivery, request, base, key)
+            finally:
+                pace.settle(*((answer.headers, answer.status) if answer else (None, None)))
+            if answer.status != 429:
+                return answer
+            self.stats.count("rate_limited", delivery, status_code=429)
+            if answer.headers is None or read_limit(answer.headers) is None:
+                break  # no stated limit: a failed attempt, retried as any 429
+        assert answer is not None  # the last round's answer, a 429
+        return answer
+
+    async def _request(
+        self, delivery: Delivery, request: ProviderRequest, base: str, key: SecretStr
+    ) -> Answer:
         """Send ``request``, counted as an attempt; a failure to get its answer raises
         DeliveryError (retryable but for a URL that can never work)."""
         event_id = delivery.event.event_id
@@ -754,4 +794,5 @@ def _answer(
         location=redact(response.headers.get("location"), key.get_secret_value()),
         retry_after=response.headers.get("retry-after"),
         unread=unread,
+        headers=response.headers,
     )

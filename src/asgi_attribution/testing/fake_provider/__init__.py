@@ -16,7 +16,8 @@ without customer is 200 with nulls, windows last 7 days on a clock tests can ste
 (``advance``). It also serves ``/track/click`` (:class:`Click`), sends signed webhooks
 (:class:`SentWebhook`) and keeps commissions for refunds.
 
-From a shell: ``asgi-attribution fake-provider --provider pimms --error-rate 0.1``.
+From a shell: ``asgi-attribution fake-provider --provider pimms --error-rate 0.1``; with
+``--rate-limit 600/60s`` it limits each API key as Dub does (:class:`RateLimit`).
 
 Example:
     >>> from asgi_attribution.testing.fake_provider import FakeProvider, Faults
@@ -30,6 +31,7 @@ from ._app import FakeProvider
 from ._bodies import ProviderName
 from ._clicks import Click
 from ._faults import ConnectionDropped, Faults, RetryAfterForm
+from ._ratelimit import RateLimit
 from ._webhooks import SentWebhook
 from ._wire import Received
 
@@ -39,6 +41,7 @@ __all__ = [
     "FakeProvider",
     "Faults",
     "ProviderName",
+    "RateLimit",
     "Received",
     "RetryAfterForm",
     "SentWebhook",

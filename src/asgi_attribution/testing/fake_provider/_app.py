@@ -36,6 +36,7 @@ from ._bodies import BodyError, ProviderName, validate_body, validation_message
 from ._clicks import CORS_HEADERS, Click, ClickBook, LinkSettings, SteppedClock
 from ._faults import FaultKind, FaultPlan, Faults, drop_connection, parse_faults, send_rate_limited
 from ._ledger import Answer, CommissionBook, Ledger
+from ._ratelimit import RateLimit, SlidingWindow
 from ._webhooks import SentWebhook, deliver_webhook
 from ._wire import (
     INVALID_JSON,
@@ -176,7 +177,10 @@ class FakeProvider:
     how long an ``async`` lead takes to show to sales (and, on PIMMS, its new customer), as the
     providers record it in the background (``wait`` leads show at once). Every error of a route
     carries the JSON envelope (``{"error": {"code", "message", "doc_url"}}``); a path with no
-    route gets an HTML 404 page, as Next.js answers it.
+    route gets an HTML 404 page, as Next.js answers it. ``rate_limit`` (``"600/60s"`` or a
+    :class:`RateLimit`) limits each API key as Dub does (:mod:`._ratelimit`): every answer of
+    an API-key route carries the ``X-RateLimit-*`` headers, a request over the limit gets 429
+    ``rate_limit_exceeded``; ``limiter.rejected`` counts those.
 
     Another process can read and steer it through ``/_fake/*`` (the control routes below).
 
@@ -209,6 +213,7 @@ class FakeProvider:
         program: bool = True,
         forbidden_routes: Collection[Route] = (),
         lead_delay: float = 0.0,
+        rate_limit: str | RateLimit | None = None,
     ) -> None:
         if provider not in get_args(ProviderName):
             raise ValueError(f"provider: must be 'dub' or 'pimms', got {provider!r}")
@@ -251,6 +256,9 @@ class FakeProvider:
         )
         self._webhooks: list[SentWebhook] = []
         self.faults = faults or Faults()
+        if isinstance(rate_limit, str):
+            rate_limit = RateLimit.parse(rate_limit)
+        self.limiter = SlidingWindow(rate_limit) if rate_limit is not None else None
 
     # -- configuration and inspection -------------------------------------------------------------
 
@@ -442,6 +450,8 @@ class FakeProvider:
             self._commissions.reset()
             self._webhooks.clear()
             self._plan = FaultPlan(self._plan.faults)
+        if self.limiter is not None:
+            self.limiter.reset()
 
     def _accepted_bodies(self, path: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -471,6 +481,14 @@ class FakeProvider:
             await send_not_found_page(send)  # no route handler: no envelope either
             return
         extra = CORS_HEADERS if route == "click" else []
+        if self.limiter is not None and route != "click":
+            stated = self._limited(request)
+            if stated is not None:
+                extra, allowed = stated
+                if not allowed:
+                    payload = error_body("rate_limit_exceeded", "Too many requests.")
+                    await send_json(send, 429, payload, extra)
+                    return
 
         fault, faults = self._draw_fault()
         if fault == "error":
@@ -492,6 +510,15 @@ class FakeProvider:
         if answer.webhook is not None and self.webhook_url is not None:
             # After the answer, as Dub's waitUntil: the caller never waits for the webhook.
             await self.send_webhook(self.webhook_url, *answer.webhook)
+
+    def _limited(self, request: Request) -> tuple[list[tuple[str, str]], bool] | None:
+        """The rate limit's headers and verdict for a request with a valid key (else None:
+        Dub checks the key first)."""
+        assert self.limiter is not None
+        if bearer_problem(self.api_key, request.headers) is not None:
+            return None
+        allowed, headers = self.limiter.take(request.headers["authorization"])
+        return list(headers.items()), allowed
 
     def _draw_fault(self) -> tuple[FaultKind | None, Faults]:
         """Pick this request's fault, with the settings it was drawn from."""
