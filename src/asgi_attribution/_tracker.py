@@ -35,7 +35,10 @@ From the arguments of a ``track_*`` call to a result, in the order a call goes:
   often off in production, and a forgotten ``await`` would lose the lead without a word.
 
 One concept, the tracker's call from arguments to result: each part above is a step of it, and
-none is used elsewhere.
+none is used elsewhere. The loop's ownership (hand-off, the watch of the owner loop's end, the
+owner thread for sync callers, the exit hook) stays here too: it decides where each call runs
+and who drains what a call accepted, and splitting it off would put the one owner of delivery in
+two files.
 """
 
 from __future__ import annotations
