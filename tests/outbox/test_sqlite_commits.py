@@ -205,15 +205,18 @@ def _lead(i: int) -> LeadEvent:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
-    """A 1 MiB tmpfs (CI runs as root); skipped elsewhere, failed in CI."""
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """A 1 MiB tmpfs (another size as an indirect parameter, ``"2m"``; CI runs as root);
+    skipped elsewhere, failed in CI."""
     import os
     import subprocess
+
+    size = getattr(request, "param", "1m")
 
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode != 0:
         if os.environ.get("CI"):

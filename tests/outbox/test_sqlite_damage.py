@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import sqlite3
 import subprocess
@@ -28,9 +27,12 @@ import pytest
 from asgi_attribution import DUB, LeadEvent
 from asgi_attribution.transports import Delivery, OutboxTransport, SQLiteOutbox, TrackResult
 
+from . import test_sqlite_commits
 from .scripted import Scripted
 
 pytestmark = pytest.mark.anyio
+
+small_disk = test_sqlite_commits.small_disk  # the fixture: a small tmpfs
 
 ROOT = Path(__file__).parents[2]
 
@@ -268,24 +270,7 @@ def test_a_failing_disk_names_what_it_could_not_confirm_and_promises_nothing(
 # -- a full disk, a deleted file --------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
-    """A 2 MiB tmpfs (CI runs as root); skipped elsewhere, failed in CI."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs in CI: {done.stderr.decode()}")
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
+@pytest.mark.parametrize("small_disk", ["2m"], indirect=True)
 async def test_outcomes_a_full_disk_refused_are_written_once_it_has_room(small_disk: Path) -> None:
     # Every event fails once (a 503), so each needs an outcome written while the disk is full.
     # The lease is ten minutes: rows that wait for it to expire cannot pass this test.
@@ -293,7 +278,7 @@ async def test_outcomes_a_full_disk_refused_are_written_once_it_has_room(small_d
     store = SQLiteOutbox(small_disk / "events.db")
     transport = OutboxTransport(store, inner, poll_interval=0.05, lease=600)
     filler = small_disk / "filler"
-    filler.write_bytes(b"x" * 600_000)
+    filler.write_bytes(b"x" * 600_000)  # freed: room enough for the WAL to go on
     results: list[TrackResult] = []
     for i in range(3000):
         results.append(await transport.send(lead(i)))
