@@ -37,8 +37,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._server import serve_in_thread
-    from ._webhooks import sign_webhook
     from .fake_provider import FakeProvider, Faults, Received
+    from .fake_provider._webhooks import sign_webhook
 
 # Loaded on first access (PEP 562), so capturing events never imports the fake server or uvicorn.
 # Hidden from type checkers, which see the imports above and so still catch a misspelt name.
@@ -47,7 +47,7 @@ _LAZY = {
     "Faults": ".fake_provider",
     "Received": ".fake_provider",
     "serve_in_thread": "._server",
-    "sign_webhook": "._webhooks",
+    "sign_webhook": ".fake_provider._webhooks",
 }
 
 if not TYPE_CHECKING:

@@ -2,40 +2,36 @@
 
 The body is ``{"id": "evt_...", "event", "createdAt", "data"}``; the signature header is the hex
 HMAC-SHA256 of the raw body, keyed with the endpoint's secret exactly as shown to the user
-(``whsec_...``, not decoded).
+(``whsec_...``, not decoded): :func:`asgi_attribution.webhooks.compute_signature`, the very
+function the receiving side checks with. The fake provider sends them (:func:`deliver_webhook`)
+and your tests make them (:func:`sign_webhook`) the same way.
 
 Example:
-    >>> body = webhook_body("lead.created", {"eventName": "Sign up"}, now=0.0)
-    >>> sign_webhook("whsec_test", body) == sign_webhook("whsec_test", body)
-    True
-    >>> SIGNATURE_HEADERS["pimms"]
-    'Pimms-Signature'
+    >>> body, headers = sign_webhook({"event": "lead.created"}, "whsec_test", "pimms")
+    >>> sorted(headers)
+    ['Content-Type', 'Pimms-Signature']
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
-import hmac
 import json
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...webhooks import SIGNATURE_HEADERS, compute_signature
 from ._bodies import ProviderName
 from ._clicks import random_id
 
 __all__ = [
-    "SIGNATURE_HEADERS",
     "SentWebhook",
     "deliver_webhook",
     "iso_timestamp",
     "sign_webhook",
     "webhook_body",
 ]
-
-
-#: The header each provider puts its signature in.
-SIGNATURE_HEADERS: dict[ProviderName, str] = {"dub": "Dub-Signature", "pimms": "Pimms-Signature"}
 
 
 def iso_timestamp(at: float) -> str:
@@ -52,29 +48,57 @@ def iso_timestamp(at: float) -> str:
 def webhook_body(event: str, data: Any, *, now: float) -> bytes:
     """The raw JSON body of one webhook: a fresh ``evt_`` id, ``event``, ``createdAt``, ``data``.
 
-    Compact JSON with non-ASCII kept, as ``JSON.stringify`` writes it.
-
     Example:
         >>> json.loads(webhook_body("sale.created", {}, now=0.0))["createdAt"]
         '1970-01-01T00:00:00.000Z'
     """
-    payload = {
-        "id": random_id(prefix="evt_"),
-        "event": event,
-        "createdAt": iso_timestamp(now),
-        "data": data,
-    }
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _body({"event": event, "createdAt": iso_timestamp(now), "data": data}, now=now)
 
 
-def sign_webhook(secret: str, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``body`` keyed with ``secret`` as given.
+def _body(payload: Mapping[str, Any], *, now: float) -> bytes:
+    # Compact JSON with non-ASCII kept, as JSON.stringify writes it; the given keys win, and
+    # the keys come in the providers' order: id, event, createdAt, data.
+    document: dict[str, Any] = {"id": random_id(prefix="evt_")}
+    document.update(payload)
+    document.setdefault("createdAt", iso_timestamp(now))
+    document.setdefault("data", {})
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_webhook(
+    payload: Mapping[str, Any] | bytes | str, secret: str, provider: str = "dub"
+) -> tuple[bytes, dict[str, str]]:
+    """The raw body and headers of a webhook signed with ``secret``: post them to your endpoint.
+
+    A mapping ``payload`` is written as compact JSON (as ``JSON.stringify`` does), with a fresh
+    ``id`` (``evt_...``) and ``createdAt`` (now) when it has none, and ``data`` defaulting to
+    ``{}``; ``bytes`` or ``str`` are signed as they are. ``provider`` picks the header
+    (``Dub-Signature`` or ``Pimms-Signature``).
 
     Example:
-        >>> sign_webhook("whsec_x", b"{}")[:12]
-        '3b099d0eddf3'
+        >>> body, headers = sign_webhook({"event": "sale.created", "data": {}}, "whsec_test")
+        >>> sorted(headers), json.loads(body)["event"]
+        (['Content-Type', 'Dub-Signature'], 'sale.created')
+        >>> import httpx
+        >>> from asgi_attribution.webhooks import WebhookVerifier, webhook_endpoint
+        >>> endpoint = webhook_endpoint(WebhookVerifier(secrets="whsec_test"))
+        >>> async def post():
+        ...     transport = httpx.ASGITransport(app=endpoint)
+        ...     async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+        ...         return (await c.post("/", content=body, headers=headers)).status_code
+        >>> import asyncio; asyncio.run(post())
+        200
     """
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    header = SIGNATURE_HEADERS.get(provider.lower())
+    if header is None:
+        raise ValueError(f"unknown provider {provider!r}: use 'dub' or 'pimms'")
+    if isinstance(payload, bytes):
+        body = payload
+    elif isinstance(payload, str):
+        body = payload.encode()
+    else:
+        body = _body(payload, now=time.time())
+    return body, {"Content-Type": "application/json", header: compute_signature(body, secret)}
 
 
 @dataclass(frozen=True)
@@ -125,16 +149,12 @@ async def deliver_webhook(
         >>> import asyncio
         >>> sent = asyncio.run(deliver_webhook("dub", "http://127.0.0.1:9/hook", "lead.created",
         ...                                    {}, secret="whsec_x", now=0.0, timeout=0.5))
-        >>> sent.status, sent.headers["Dub-Signature"] == sign_webhook("whsec_x", sent.body)
-        (None, True)
+        >>> sent.status, sorted(sent.headers)
+        (None, ['Content-Type', 'Dub-Signature'])
     """
     import httpx  # lazily: only a fake that sends webhooks needs a client
 
-    body = webhook_body(event, data, now=now)
-    headers = {
-        "Content-Type": "application/json",
-        SIGNATURE_HEADERS[provider]: sign_webhook(secret, body),
-    }
+    body, headers = sign_webhook(webhook_body(event, data, now=now), secret, provider)
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.post(url, content=body, headers=headers)
