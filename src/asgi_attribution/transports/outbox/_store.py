@@ -75,7 +75,8 @@ RETRY_REFUSED = {
 }
 
 
-@dataclass(frozen=True)
+# Not frozen, as TrackResult: a frozen init costs an object.__setattr__ per field, per signup.
+@dataclass(slots=True)
 class OutboxRow:
     """One event as the outbox stores it: plain JSON-able data, never a pickle or an API key.
 
