@@ -461,6 +461,7 @@ def _touch_data(value: Any) -> bool:
     return (
         isinstance(value, dict)
         and type(value.get("time")) is int
+        and isinstance(value.get("path"), str)
         and all(
             isinstance(k, str) and (k == "time" or isinstance(v, str)) for k, v in value.items()
         )
