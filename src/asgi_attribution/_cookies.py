@@ -373,9 +373,10 @@ class TouchCookie:
 
     Example:
         >>> touches = TouchCookie(CookiePolicy(domain=None))
-        >>> value = touches.dump({"time": 1, "utm_source": "news"}, {"time": 2, "gclid": "g1"})
+        >>> value, _, _ = touches.dump({"time": 1, "path": "/", "utm_source": "news"},
+        ...                            {"time": 2, "path": "/a", "gclid": "g1"})
         >>> touches.load(value)
-        ({'time': 1, 'utm_source': 'news'}, {'time': 2, 'gclid': 'g1'})
+        ({'time': 1, 'path': '/', 'utm_source': 'news'}, {'time': 2, 'path': '/a', 'gclid': 'g1'})
         >>> touches.load("garbage!") is None
         True
     """
@@ -405,8 +406,9 @@ class TouchCookie:
         header = cookie_header(headers)
         return None if header is None else self._reader.read(header).get(self.name)
 
-    def dump(self, first: TouchData, last: TouchData) -> str:
-        """The cookie value for ``first`` and ``last`` (cut until it fits :attr:`LIMIT`)."""
+    def dump(self, first: TouchData, last: TouchData) -> tuple[str, TouchData, TouchData]:
+        """The cookie value for ``first`` and ``last`` (cut until it fits :attr:`LIMIT`), and
+        the two touches as it holds them."""
         limit = self.VALUE_LIMIT
         while True:
             f, l_ = _cut(first, limit), _cut(last, limit)
@@ -415,7 +417,7 @@ class TouchCookie:
             if self._signer is not None:
                 value = self._signer.sign(value)
             if len(value) <= self.LIMIT or limit <= 1:
-                return value
+                return value, f, l_
             limit //= 2
 
     def load(self, value: str | None) -> tuple[TouchData, TouchData] | None:

@@ -214,13 +214,19 @@ class TouchQuery:
             return None  # most requests: no campaign in the URL
         if scope["type"] != "http" or scope.get("method") != "GET" or not _navigates(scope):
             return None
+        provider = self._landing.provider
         found: dict[str, str] = {}
+        given = None  # the click id: the first occurrence, as LandingQuery reads it
         for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if key == self._landing.provider.no_track_param:
+            if key == provider.no_track_param:
                 return None
             if key in TOUCH_PARAMS and value and key not in found:
                 found[key] = value[:100]
-        click = self._landing.click(query) if self._landing.needle in query else None
+            elif key == provider.query_param and given is None:
+                given = value
+        click = valid_click_id(given, where=f"query {provider.query_param}")
+        if click is not None and not provider.accepts_click_id(click):
+            click = None
         if not found and click is None:
             return None
         touch: dict[str, Any] = {"time": int(self._clock()), "path": str(scope["path"])[:100]}

@@ -514,13 +514,9 @@ class AttributionMiddleware:
             return set_cookies
         kept = cookie.load(cookie.raw(headers))
         first = landed if kept is None else kept[0]
-        value = cookie.dump(first, landed)
+        value, first, last = cookie.dump(first, landed)
         # What the cookie now says (values cut to fit), as this request's touchpoints.
-        stored = cookie.load(value)
-        if stored is not None:
-            attribution.touchpoints = Touchpoints(
-                Touch.from_dict(stored[0]), Touch.from_dict(stored[1])
-            )
+        attribution.touchpoints = Touchpoints(Touch.from_dict(first), Touch.from_dict(last))
         header = cookie.header(
             value,
             host=host_of(scope, forwarded=self.forwarded_host),
