@@ -483,3 +483,30 @@ def test_hostile_touch_input_never_costs_a_lead(
 def test_touch_is_a_documented_public_name() -> None:
     touch = Touch(time=1, path="/", gclid="g")
     assert Touch.from_dict(touch.as_dict()) == touch
+
+
+def test_clear_attribution_deletes_the_touch_cookie_once_the_lead_is_accepted(
+    provider: FakeProvider, url: str
+) -> None:
+    from fastapi.responses import JSONResponse
+
+    from asgi_attribution import clear_attribution
+
+    tracker = Tracker("dub", api_key=KEY, base_url=url, background=False)
+    app = touch_app(tracker)
+
+    @app.post("/signup-and-clear")
+    async def signup_and_clear(request: Request) -> JSONResponse:
+        result = await track_lead(request, "Sign up", customer_external_id="user_clear")
+        response = JSONResponse({"status": result.status})
+        clear_attribution(request, response, result)
+        return response
+
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        client.get("/?dub_id=clkClear1&utm_source=x", headers=NAVIGATE)
+        assert client.cookies.get(TOUCH)
+        answer = client.post("/signup-and-clear")
+        assert answer.json() == {"status": "sent"}
+        assert any(c.startswith(f'{TOUCH}=""; Max-Age=0') for c in set_cookies(answer))
+        assert client.cookies.get(TOUCH) is None
+    assert [lead["clickId"] for lead in provider.leads()] == ["clkClear1"]
