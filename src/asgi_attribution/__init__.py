@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from ._attribution import Attribution, Discount, Partner, PartnerData, get_attribution
+from ._attribution import (
+    Attribution,
+    Discount,
+    Partner,
+    PartnerData,
+    Touch,
+    get_attribution,
+)
 from ._clearing import clear_attribution
 from ._cookies import CookiePolicy, valid_click_id
 from ._events import CustomerEvent, Event, LeadEvent, SaleEvent
@@ -90,6 +97,7 @@ __all__ = [
     "RetryPolicy",
     "SQLiteOutbox",
     "SaleEvent",
+    "Touch",
     "TrackResult",
     "Tracker",
     "Tracking",

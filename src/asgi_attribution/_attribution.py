@@ -1,4 +1,5 @@
-"""What the middleware learned about one request: the click id and the partner behind it."""
+"""What the middleware learned about one request: the click id, the partner behind it, and
+(with ``touchpoints=True``) the first and last campaign touch."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import inspect
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -13,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
 
 from ._context import MIDDLEWARE_HINT, SCOPE_KEY, RequestLike, scope_of
-from ._cookies import CookieReader, Headers, cookie_header
+from ._cookies import CookieReader, Headers, TouchCookie, cookie_header
 from ._providers import Provider
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "Discount",
     "Partner",
     "PartnerData",
+    "Touch",
+    "Touchpoints",
     "attribution_in",
     "get_attribution",
     "parse_partner_data",
@@ -103,6 +107,125 @@ def parse_partner_data(raw: str) -> PartnerData | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """One campaign touch: a navigation landing with UTM tags, an ad click id or the
+    provider's click id (``AttributionMiddleware(touchpoints=True)``).
+
+    ``time`` is when it landed (epoch seconds), ``path`` the landing path, ``referrer`` the
+    referring site's host (``None`` when the visitor came from the site itself or sent none),
+    ``click_id`` the provider's click id; the others are the query parameters of the same
+    names, ``None`` when absent. Text is cut to 100 characters.
+
+    Example:
+        >>> touch = Touch(time=1700000000, path="/", utm_source="newsletter", gclid="g1")
+        >>> touch.utm_source, touch.as_dict()
+        ('newsletter', {'time': 1700000000, 'path': '/', 'utm_source': 'newsletter', 'gclid': 'g1'})
+    """
+
+    time: int
+    path: str
+    referrer: str | None = None
+    click_id: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+    gclid: str | None = None
+    gbraid: str | None = None
+    wbraid: str | None = None
+    fbclid: str | None = None
+    ttclid: str | None = None
+    msclkid: str | None = None
+    li_fat_id: str | None = None
+    twclid: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, by name (as events' metadata and the cookie carry them)."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Touch:
+        """A touch from :meth:`as_dict`'s shape; unknown keys are left out.
+
+        Example:
+            >>> Touch.from_dict({"time": 1, "path": "/", "fbclid": "f", "other": "x"}).fbclid
+            'f'
+        """
+        return cls(**{k: v for k, v in data.items() if k in _TOUCH_FIELDS})
+
+
+_TOUCH_FIELDS = frozenset(f.name for f in fields(Touch))
+
+
+class Touchpoints:
+    """The visitor's first and last touch (each a :class:`Touch`, or ``None``).
+
+    Read from the ``attribution_touch`` cookie on first access of :attr:`first` or
+    :attr:`last`; a malformed or tampered cookie reads as none.
+
+    Example:
+        >>> touches = Touchpoints(Touch(time=1, path="/a"), Touch(time=2, path="/b"))
+        >>> touches.first.path, touches.last.path
+        ('/a', '/b')
+        >>> Touchpoints().first is None
+        True
+    """
+
+    __slots__ = ("_cookie", "_first", "_headers", "_last")
+
+    def __init__(self, first: Touch | None = None, last: Touch | None = None) -> None:
+        self._first, self._last = first, last
+        self._headers: Headers | None = None
+        self._cookie: TouchCookie | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Headers, cookie: TouchCookie) -> Touchpoints:
+        """Touchpoints read from the request's ``headers`` by ``cookie`` when first asked for."""
+        touches = cls.__new__(cls)
+        touches._first = touches._last = None
+        touches._headers, touches._cookie = headers, cookie
+        return touches
+
+    def _read(self) -> None:
+        headers, cookie = self._headers, self._cookie
+        if headers is None or cookie is None:
+            return
+        self._headers = self._cookie = None
+        loaded = cookie.load(cookie.raw(headers))
+        if loaded is not None:
+            try:
+                self._first, self._last = Touch.from_dict(loaded[0]), Touch.from_dict(loaded[1])
+            except TypeError:  # a signed cookie of another shape (an older version): absent
+                logger.debug("ignored touch cookie of another shape")
+
+    @property
+    def first(self) -> Touch | None:
+        """The first touch the cookie kept, or ``None``."""
+        self._read()
+        return self._first
+
+    @property
+    def last(self) -> Touch | None:
+        """The latest touch (the first one when there was only one), or ``None``."""
+        self._read()
+        return self._last
+
+    def as_metadata(self) -> dict[str, Any] | None:
+        """``{"first": {...}, "last": {...}}`` for an event's metadata; ``None`` without touch."""
+        first, last = self.first, self.last
+        if first is None or last is None:
+            return None
+        return {"first": first.as_dict(), "last": last.as_dict()}
+
+    def __repr__(self) -> str:
+        return f"Touchpoints(first={self.first!r}, last={self.last!r})"
+
+
+_NO_TOUCHPOINTS = Touchpoints()
+
+
 class Attribution:
     """The click behind one request, as seen by :class:`AttributionMiddleware`: plain data.
 
@@ -127,6 +250,7 @@ class Attribution:
         "_partner_raw",
         "_reader",
         "_source",
+        "_touchpoints",
         "captured",
         "provider",
         "verified",
@@ -279,6 +403,25 @@ class Attribution:
         """The partner's discount, if Dub's partner cookie carries one."""
         data = self.partner_data
         return data.discount if data else None
+
+    @property
+    def touchpoints(self) -> Touchpoints:
+        """The visitor's first and last campaign touch (``AttributionMiddleware(touchpoints=
+        True)``; otherwise both ``None``). The cookie is parsed on first access only.
+
+        Example:
+            >>> Attribution(DUB).touchpoints.first is None
+            True
+        """
+        try:
+            return self._touchpoints
+        except AttributeError:  # left unset by the middleware: no cost on its plain path
+            return _NO_TOUCHPOINTS
+
+    @touchpoints.setter
+    def touchpoints(self, value: Touchpoints) -> None:
+        # Set by the middleware (touchpoints=True), or by a test building its own attribution.
+        self._touchpoints = value
 
     def __repr__(self) -> str:
         return (

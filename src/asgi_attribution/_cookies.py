@@ -1,24 +1,32 @@
 """Reading and writing the click cookie: validation, parsing, and the Set-Cookie header.
 
-Nothing here knows about delivery. Every value that may reach a header is validated first.
+Also the touchpoints cookie (:class:`TouchCookie`): the first and last campaign touch, as
+compact JSON in one signed (or plain) base64url value. Nothing here knows about delivery.
+Every value that may reach a header is validated first.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import orjson
 from starlette.requests import cookie_parser
+
+from ._signing import ClickSigner
 
 __all__ = [
     "CookiePolicy",
     "CookieReader",
     "Headers",
     "ManagedCookies",
+    "TouchCookie",
     "cookie_domain_for",
     "cookie_header",
     "host_of",
@@ -349,3 +357,114 @@ class ManagedCookies:
     def deletions(self, host: str) -> list[str]:
         """One deleting ``Set-Cookie`` value per managed cookie."""
         return [self.policy.deletion(name, host=host) for name in self.names]
+
+
+#: A touch as the cookie holds it: field name -> text (``time``: an int of epoch seconds).
+TouchData = dict[str, Any]
+
+
+class TouchCookie:
+    """The ``attribution_touch`` cookie: the first and the last touch, in at most 1,500 bytes.
+
+    The value is base64url of compact JSON (``{"f": first, "l": last}``, ``l`` left out when
+    it is the first), signed with ``signer`` when given. Text values are cut to 100 characters,
+    and shorter (halving) until the cookie fits. :meth:`load` answers ``None`` for anything
+    that is not a value :meth:`dump` wrote (malformed, tampered, expired): absent.
+
+    Example:
+        >>> touches = TouchCookie(CookiePolicy(domain=None))
+        >>> value, _, _ = touches.dump({"time": 1, "path": "/", "utm_source": "news"},
+        ...                            {"time": 2, "path": "/a", "gclid": "g1"})
+        >>> touches.load(value)
+        ({'time': 1, 'path': '/', 'utm_source': 'news'}, {'time': 2, 'path': '/a', 'gclid': 'g1'})
+        >>> touches.load("garbage!") is None
+        True
+    """
+
+    __slots__ = ("_reader", "_signer", "name", "policy")
+
+    #: The most a touch cookie's value may take (browsers keep 4,096 bytes per cookie).
+    LIMIT = 1500
+    #: The most characters a text value keeps.
+    VALUE_LIMIT = 100
+
+    def __init__(
+        self,
+        policy: CookiePolicy,
+        signer: ClickSigner | None = None,
+        *,
+        name: str = "attribution_touch",
+    ) -> None:
+        self.name = name
+        # The click cookie's domain, path and max age; never for scripts, never cross-site.
+        self.policy = replace(policy, httponly=True, samesite="lax")
+        self._signer = signer
+        self._reader = CookieReader((name,))
+
+    def raw(self, headers: Headers) -> str | None:
+        """The cookie's value as the request ``headers`` carry it (unparsed), or ``None``."""
+        header = cookie_header(headers)
+        return None if header is None else self._reader.read(header).get(self.name)
+
+    def dump(self, first: TouchData, last: TouchData) -> tuple[str, TouchData, TouchData]:
+        """The cookie value for ``first`` and ``last`` (cut until it fits :attr:`LIMIT`), and
+        the two touches as it holds them."""
+        limit = self.VALUE_LIMIT
+        while True:
+            f, l_ = _cut(first, limit), _cut(last, limit)
+            data = {"f": f} if f == l_ else {"f": f, "l": l_}
+            value = base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode("ascii")
+            if self._signer is not None:
+                value = self._signer.sign(value)
+            if len(value) <= self.LIMIT or limit <= 1:
+                return value, f, l_
+            limit //= 2
+
+    def load(self, value: str | None) -> tuple[TouchData, TouchData] | None:
+        """``(first, last)`` from a cookie value, or ``None`` when it is not ours."""
+        if not value or len(value) > self.LIMIT:
+            return None
+        payload = (
+            value
+            if self._signer is None
+            else self._signer.unsign(value, limit=self.LIMIT, what="touch cookie")
+        )
+        if payload is None:
+            return None
+        try:
+            data = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (binascii.Error, ValueError):
+            logger.debug("ignored malformed touch cookie")
+            return None
+        if not isinstance(data, dict):
+            return None
+        first, last = data.get("f"), data.get("l", data.get("f"))
+        if not (isinstance(first, dict) and isinstance(last, dict)):
+            return None
+        if not (_touch_data(first) and _touch_data(last)):
+            logger.debug("ignored malformed touch cookie")
+            return None
+        return first, last
+
+    def header(self, value: str, *, host: str, https: bool) -> tuple[bytes, bytes]:
+        """The ``Set-Cookie`` header for ``value`` (a :meth:`dump`), for the request's host."""
+        return (
+            b"set-cookie",
+            self.policy.header(self.name, value, host=host, https=https).encode(),
+        )
+
+
+def _cut(touch: TouchData, limit: int) -> TouchData:
+    return {k: v[:limit] if isinstance(v, str) else v for k, v in touch.items()}
+
+
+def _touch_data(value: Any) -> bool:
+    """Whether ``value`` has the shape :meth:`TouchCookie.dump` writes."""
+    return (
+        isinstance(value, dict)
+        and type(value.get("time")) is int
+        and isinstance(value.get("path"), str)
+        and all(
+            isinstance(k, str) and (k == "time" or isinstance(v, str)) for k, v in value.items()
+        )
+    )

@@ -3,14 +3,17 @@
 :class:`LandingQuery` reads the provider's click id from the query string as its browser script
 does; :class:`LandingCookies` builds the ``Set-Cookie`` headers of a landing; :func:`cookie_sender`
 appends them to the response the app sends, unless the app set or deleted the click cookie
-itself.
+itself. :class:`TouchQuery` reads a campaign touch (UTM tags, ad click ids) from a navigation
+landing, for the touchpoints cookie.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from urllib.parse import unquote_plus
+from typing import Any
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from starlette.types import Message, Scope, Send
 
@@ -18,7 +21,14 @@ from ._cookies import CookiePolicy, host_of, is_https, valid_click_id
 from ._providers import Provider
 from ._signing import ClickSigner
 
-__all__ = ["Header", "LandingCookies", "LandingQuery", "cookie_sender"]
+__all__ = [
+    "TOUCH_PARAMS",
+    "Header",
+    "LandingCookies",
+    "LandingQuery",
+    "TouchQuery",
+    "cookie_sender",
+]
 
 
 Header = tuple[bytes, bytes]
@@ -144,6 +154,118 @@ class LandingCookies:
         if partner_data is not None and self._partner is not None:
             cookies.append(self._policy.header(self._partner, partner_data, host=host, https=https))
         return tuple((b"set-cookie", cookie.encode("latin-1")) for cookie in cookies)
+
+
+#: The query parameters a touch keeps (with the provider's click id); any other is never kept.
+TOUCH_PARAMS = (
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "gclid",
+    "gbraid",
+    "wbraid",
+    "fbclid",
+    "ttclid",
+    "msclkid",
+    "li_fat_id",
+    "twclid",
+)
+
+# Bytes one of which a touch landing's query must hold: a cheap first test, as LandingQuery's.
+_TOUCH_NEEDLES = (b"utm_", b"clid=", b"braid=", b"li_fat_id=")
+
+
+class TouchQuery:
+    """Reads a touch from a navigation landing: the listed parameters, the provider's click id,
+    the referrer's host (another site's only), the landing path and the time.
+
+    Only a GET the browser navigates to (``Sec-Fetch-Mode: navigate`` when the header is sent)
+    is a landing; the provider's no-track parameter means no touch. Values are cut to 100
+    characters; ``clock`` exists for tests.
+
+    Example:
+        >>> scope = {"type": "http", "method": "GET", "path": "/pricing",
+        ...          "query_string": b"utm_source=news&x=1&gclid=g1",
+        ...          "headers": [(b"host", b"shop.com"), (b"referer", b"https://t.co/a")]}
+        >>> TouchQuery(DUB, clock=lambda: 7).touch(scope)
+        {'time': 7, 'path': '/pricing', 'referrer': 't.co', 'utm_source': 'news', 'gclid': 'g1'}
+    """
+
+    __slots__ = ("_clock", "_forwarded", "_landing", "_needles")
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        forwarded: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._landing = LandingQuery(provider)
+        self._needles = (*_TOUCH_NEEDLES, self._landing.needle)
+        self._forwarded = forwarded
+        self._clock = clock
+
+    def touch(self, scope: Scope) -> dict[str, Any] | None:
+        """The touch ``scope`` lands with (``time``, ``path``, then what it has), or ``None``."""
+        query: bytes = scope.get("query_string", b"")
+        if not query or not any(needle in query for needle in self._needles):
+            return None  # most requests: no campaign in the URL
+        if scope["type"] != "http" or scope.get("method") != "GET" or not _navigates(scope):
+            return None
+        provider = self._landing.provider
+        found: dict[str, str] = {}
+        given = None  # the click id: the first occurrence, as LandingQuery reads it
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if key == provider.no_track_param:
+                return None
+            if key in TOUCH_PARAMS and value and key not in found:
+                found[key] = value[:100]
+            elif key == provider.query_param and given is None:
+                given = value
+        click = valid_click_id(given, where=f"query {provider.query_param}")
+        if click is not None and not provider.accepts_click_id(click):
+            click = None
+        if not found and click is None:
+            return None
+        touch: dict[str, Any] = {"time": int(self._clock()), "path": str(scope["path"])[:100]}
+        referrer = _other_site(scope, host_of(scope, forwarded=self._forwarded))
+        if referrer is not None:
+            touch["referrer"] = referrer
+        if click is not None:
+            touch["click_id"] = click
+        touch.update(found)
+        return touch
+
+
+def _navigates(scope: Scope) -> bool:
+    """Whether the browser navigates (``Sec-Fetch-Mode`` absent: an older browser, assumed)."""
+    for name, value in scope["headers"]:
+        if name == b"sec-fetch-mode":
+            return bool(value == b"navigate")
+    return True
+
+
+def _other_site(scope: Scope, own: str) -> str | None:
+    """The ``Referer``'s host when it is another site than ``own`` (``www.`` and subdomains
+    of each other count as the same site), else ``None``."""
+    for name, value in scope["headers"]:
+        if name == b"referer":
+            try:
+                host = urlsplit(value.decode("latin-1")).hostname
+            except ValueError:
+                return None
+            break
+    else:
+        return None
+    if not host:
+        return None
+    theirs = host.removeprefix("www.")
+    ours = own.partition(":")[0].lower().removesuffix(".").removeprefix("www.")
+    if theirs == ours or theirs.endswith("." + ours) or ours.endswith("." + theirs):
+        return None
+    return str(host)[:100]
 
 
 def cookie_sender(send: Send, headers: Sequence[Header], prefixes: tuple[bytes, ...]) -> Send:

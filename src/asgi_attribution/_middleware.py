@@ -23,10 +23,19 @@ from typing import Literal
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._attribution import Attribution
+from ._attribution import Attribution, Touch, Touchpoints
 from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
-from ._cookies import NINETY_DAYS, CookiePolicy, CookieReader, ManagedCookies, cookie_header
-from ._landing import Header, LandingCookies, LandingQuery, cookie_sender
+from ._cookies import (
+    NINETY_DAYS,
+    CookiePolicy,
+    CookieReader,
+    ManagedCookies,
+    TouchCookie,
+    cookie_header,
+    host_of,
+    is_https,
+)
+from ._landing import Header, LandingCookies, LandingQuery, TouchQuery, cookie_sender
 from ._options import callable_or_none, flag, number
 from ._partners import PartnerClicks
 from ._providers import Provider, get_provider
@@ -237,6 +246,12 @@ class AttributionMiddleware:
     cookie is set unless the visitor consented: the request looks organic. A consent callable
     that raises counts as "no consent" (logged), never as a failed request.
 
+    Touchpoints: with ``touchpoints=True``, a navigation GET landing whose query has UTM tags,
+    an ad click id (``gclid``, ``fbclid``, ...) or the provider's click id records a touch in
+    the HttpOnly ``attribution_touch`` cookie (the first touch kept, the last replaced; signed
+    with ``signing_secrets``), read by ``get_attribution(request).touchpoints``. Consent gates
+    it as it gates the click.
+
     Example:
         >>> from starlette.applications import Starlette
         >>> app = Starlette()
@@ -272,6 +287,7 @@ class AttributionMiddleware:
         refer_domain: str | None = None,
         click_query_params: Sequence[str] = ("via",),
         click_timeout: float = 1.0,
+        touchpoints: bool = False,
     ) -> None:
         if attribution_model not in ("last-click", "first-click"):
             raise ValueError(
@@ -284,6 +300,7 @@ class AttributionMiddleware:
             ("cookie_httponly", cookie_httponly),
             ("honor_gpc", honor_gpc),
             ("forwarded_host", forwarded_host),
+            ("touchpoints", touchpoints),
         ):
             flag(owner, name, value)
         flag(owner, "cookie_secure", cookie_secure, none=True)
@@ -332,6 +349,21 @@ class AttributionMiddleware:
             managed.append(p.partner_cookie)
         if self.signer is not None:
             managed.append(self.signed_cookie_name)
+        # Touchpoints: their cookie, and the query that records them (None: off, at no cost).
+        self.touchpoints = touchpoints
+        self._touch_cookie: TouchCookie | None = None
+        self._touch_query: TouchQuery | None = None
+        if touchpoints:
+            self._touch_cookie = TouchCookie(
+                self.cookie,
+                None
+                if signing_secrets is None
+                else ClickSigner(
+                    signing_secrets, max_age=cookie_max_age, salt=f"asgi-attribution.touch.{p.name}"
+                ),
+            )
+            self._touch_query = TouchQuery(p, forwarded=forwarded_host)
+            managed.append(self._touch_cookie.name)
         self.forwarded_host = forwarded_host
         self.managed_cookies = ManagedCookies(self.cookie, tuple(managed), forwarded_host)
         # What our Set-Cookie headers start with: if the app set one of these, it decided.
@@ -393,6 +425,8 @@ class AttributionMiddleware:
                 partner = await self._partner_landing(scope, attribution)
                 if partner is not None:
                     attribution, set_cookies = partner
+            if self._touch_cookie is not None:
+                set_cookies = await self._touch(scope, attribution, set_cookies)
         except Exception:  # never fail a request because of what a visitor sent
             logger.exception("attribution failed; handling the request without it")
             attribution, set_cookies = Attribution(self.provider), None
@@ -455,6 +489,40 @@ class AttributionMiddleware:
             verified=verified,
         )
         return attribution, None
+
+    async def _touch(
+        self, scope: Scope, attribution: Attribution, set_cookies: tuple[Header, ...] | None
+    ) -> tuple[Header, ...] | None:
+        """Attach the request's touchpoints; on a touch landing, add the touch cookie.
+
+        Consent gates them as it gates the click: asked when there is a touch to keep or to
+        read (the answer is the same as for the click: the same rule, the same request).
+        """
+        cookie, query = self._touch_cookie, self._touch_query
+        assert cookie is not None and query is not None  # only called with touchpoints on
+        headers = scope["headers"]
+        landed = query.touch(scope)
+        if (
+            self._consent.gated
+            and (landed is not None or cookie.raw(headers) is not None)
+            and not await self._consent.allows(scope)
+        ):
+            return set_cookies
+        if landed is None:
+            # Read when the app asks: most requests never do.
+            attribution.touchpoints = Touchpoints.from_headers(headers, cookie)
+            return set_cookies
+        kept = cookie.load(cookie.raw(headers))
+        first = landed if kept is None else kept[0]
+        value, first, last = cookie.dump(first, landed)
+        # What the cookie now says (values cut to fit), as this request's touchpoints.
+        attribution.touchpoints = Touchpoints(Touch.from_dict(first), Touch.from_dict(last))
+        header = cookie.header(
+            value,
+            host=host_of(scope, forwarded=self.forwarded_host),
+            https=is_https(scope, forwarded=self.forwarded_host),
+        )
+        return (header,) if set_cookies is None else (*set_cookies, header)
 
     async def _partner_landing(
         self, scope: Scope, attribution: Attribution

@@ -1,5 +1,7 @@
 """Signing the click id for the companion cookie, so a click the server saw can be told apart.
 
+The same signer, under another salt, signs the touchpoints cookie.
+
 The plain click cookie is readable and writable by any script on the site (the providers'
 scripts need that). The companion cookie is HttpOnly and signed with the app's secret: it says
 "this server saw click id X arrive in a landing URL at time T". A bad, expired or foreign
@@ -78,15 +80,31 @@ class ClickSigner:
         """True when ``token`` is our valid, unexpired signature of exactly ``click_id``."""
         if not token or not click_id:
             return False
-        if len(token) > _MAX_TOKEN:
-            logger.debug("ignored signed click cookie: too long (%d characters)", len(token))
+        signed = self.unsign(token)
+        if signed is None:
             return False
-        try:
-            signed = self._signer.unsign(token, max_age=self.max_age)
-        except BadSignature as exc:  # tampered, expired, foreign secret or garbage
-            logger.debug("ignored signed click cookie: %s", type(exc).__name__)
-            return False
-        if signed != click_id.encode():
+        if signed != click_id:
             logger.debug("ignored signed click cookie: it vouches for another click id")
             return False
         return True
+
+    def unsign(
+        self, token: str, *, limit: int = _MAX_TOKEN, what: str = "signed click cookie"
+    ) -> str | None:
+        """The value ``token`` signs, when it is ours, unexpired and at most ``limit`` long
+        (else ``None``, logged at debug level as ``what``).
+
+        Example:
+            >>> signer = ClickSigner("secret", max_age=60)
+            >>> signer.unsign(signer.sign("abc")), signer.unsign("abc.x.y")
+            ('abc', None)
+        """
+        if len(token) > limit:
+            logger.debug("ignored %s: too long (%d characters)", what, len(token))
+            return None
+        try:
+            signed = self._signer.unsign(token, max_age=self.max_age)
+        except BadSignature as exc:  # tampered, expired, foreign secret or garbage
+            logger.debug("ignored %s: %s", what, type(exc).__name__)
+            return None
+        return signed.decode("utf-8", "replace")

@@ -495,7 +495,9 @@ class Tracker:
     chosen delivery would ignore raises ``TypeError`` naming both. With
     ``require_click_id=True`` a lead without a click id raises instead of being skipped;
     ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to the
-    metadata of events tracked from a request. ``tracker.stats`` counts what happened.
+    metadata of events tracked from a request, and ``touchpoints_metadata_key`` its first and
+    last touch (``AttributionMiddleware(touchpoints=True)``), within the provider's metadata
+    limit. ``tracker.stats`` counts what happened.
 
     The loop the tracker starts in owns delivery (:attr:`loop`). A ``track_*`` call on another
     loop or thread is handed to it; one the owner does not take within ``handoff_timeout``
@@ -521,6 +523,7 @@ class Tracker:
         background: bool | None = None,
         require_click_id: bool = False,
         verified_metadata_key: str | None = None,
+        touchpoints_metadata_key: str | None = None,
         inline_timeout: float = 10.0,
         handoff_timeout: float = 5.0,
         timeout: float | None = None,
@@ -571,6 +574,7 @@ class Tracker:
         self.handoff_timeout = float(handoff_timeout)
         self.require_click_id = require_click_id
         self.verified_metadata_key = verified_metadata_key
+        self.touchpoints_metadata_key = touchpoints_metadata_key
         self._started = False
         self._closing = False
         self._watch: asyncio.Task[None] | None = None  # the idle task that sees the loop end

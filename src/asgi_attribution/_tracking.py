@@ -21,9 +21,10 @@ from ._attribution import Attribution, attribution_in
 from ._context import MIDDLEWARE_HINT, TRACKER_KEY, RequestLike, scope_of
 from ._events import CustomerFields, LeadFields, LeadOptions, SaleFields
 from ._exceptions import InvalidEventError
+from ._limits import METADATA_MAX_LENGTH, json_js_length
 from ._tracker import Tracker, Tracking
 
-__all__ = ["track_customer", "track_lead", "track_sale", "tracks_lead"]
+__all__ = ["request_metadata", "track_customer", "track_lead", "track_sale", "tracks_lead"]
 
 
 logger = logging.getLogger("asgi_attribution")
@@ -44,10 +45,53 @@ def _context(request: RequestLike | None) -> tuple[Attribution, Tracker]:
     return attribution, tracker
 
 
-def _with_verified(tracker: Tracker, attribution: Attribution, fields: Any) -> Any:
+def request_metadata(tracker: Tracker, attribution: Attribution | None, fields: Any) -> Any:
+    """``fields`` with what the tracker adds to the metadata of an event tracked from a request.
+
+    ``verified_metadata_key``: the request's ``Attribution.verified``. ``touchpoints_metadata_key``:
+    its first and last touch, under the caller's own keys (a key the caller set is kept) and
+    within the provider's metadata limit: what would break it is left out with a WARNING (the
+    last touch alone is tried before none).
+
+    Example:
+        >>> tracker = Tracker("dub", verified_metadata_key="verified")
+        >>> request_metadata(tracker, Attribution(DUB), {"metadata": {"plan": "pro"}})
+        {'metadata': {'plan': 'pro', 'verified': False}}
+    """
+    if attribution is None:
+        return fields
     key = tracker.verified_metadata_key
     if key is not None:
         fields["metadata"] = {**(fields.get("metadata") or {}), key: attribution.verified}
+    key = tracker.touchpoints_metadata_key
+    if key is None:
+        return fields
+    given = fields.get("metadata") or {}
+    touches = attribution.touchpoints.as_metadata() if key not in given else None
+    if touches is None:
+        return fields
+    for value in (touches, {"last": touches["last"]}):
+        merged = {**given, key: value}
+        try:
+            fits = json_js_length(merged) <= METADATA_MAX_LENGTH
+        except ValueError:
+            return fields  # the caller's metadata is not JSON: the event's check names it
+        if fits:
+            if value is not touches:
+                logger.warning(
+                    "first touch left out of metadata[%r]: it would break the provider's "
+                    "%d-character metadata limit",
+                    key,
+                    METADATA_MAX_LENGTH,
+                )
+            fields["metadata"] = merged
+            return fields
+    logger.warning(
+        "touchpoints left out of metadata[%r]: they would break the provider's %d-character "
+        "metadata limit",
+        key,
+        METADATA_MAX_LENGTH,
+    )
     return fields
 
 
@@ -68,7 +112,7 @@ def track_lead(
         ...                      customer_email="ada@example.com")
     """
     attribution, tracker = _context(request)
-    fields = _with_verified(tracker, attribution, dict(fields))
+    fields = request_metadata(tracker, attribution, dict(fields))
     return tracker.track_lead(click_id=attribution.click_id, event_name=event_name, **fields)
 
 
@@ -81,7 +125,7 @@ def track_sale(request: RequestLike | None, **fields: Unpack[SaleFields]) -> Tra
         ...                      invoice_id="in_123")
     """
     attribution, tracker = _context(request)
-    fields = _with_verified(tracker, attribution, dict(fields))
+    fields = request_metadata(tracker, attribution, dict(fields))
     return tracker.track_sale(click_id=attribution.click_id, **fields)
 
 

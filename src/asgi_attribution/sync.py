@@ -39,7 +39,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 from typing_extensions import Unpack
 
@@ -48,6 +47,7 @@ from ._context import MIDDLEWARE_HINT, TRACKER_KEY, RequestLike, scope_of
 from ._events import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError
 from ._tracker import Ticket, Tracker, Tracking, alive, owner_ended
+from ._tracking import request_metadata
 from .transports._base import TrackResult
 
 __all__ = ["RequestLike", "track_customer", "track_lead", "track_sale"]
@@ -73,15 +73,6 @@ def _resolve(
     if not isinstance(found, Tracker):
         raise RuntimeError("no tracker on this request: " + MIDDLEWARE_HINT)
     return attribution, found
-
-
-def _with_verified(
-    tracker: Tracker, attribution: Attribution | None, fields: dict[str, Any]
-) -> dict[str, Any]:
-    key = tracker.verified_metadata_key
-    if key is not None and attribution is not None:
-        fields["metadata"] = {**(fields.get("metadata") or {}), key: attribution.verified}
-    return fields
 
 
 def _run(
@@ -287,7 +278,7 @@ def track_lead(
     """
     attribution, tracker = _resolve(request, tracker)
     clicked = click_id if click_id is not None or attribution is None else attribution.click_id
-    given = _with_verified(tracker, attribution, dict(fields))
+    given = request_metadata(tracker, attribution, dict(fields))
     call = functools.partial(tracker.track_lead, click_id=clicked, event_name=event_name, **given)
     return _run(tracker, call, "track_lead", timeout)
 
@@ -311,7 +302,7 @@ def track_sale(
     """
     attribution, tracker = _resolve(request, tracker)
     clicked = click_id if click_id is not None or attribution is None else attribution.click_id
-    given = _with_verified(tracker, attribution, dict(fields))
+    given = request_metadata(tracker, attribution, dict(fields))
     call = functools.partial(tracker.track_sale, click_id=clicked, **given)
     return _run(tracker, call, "track_sale", timeout)
 
