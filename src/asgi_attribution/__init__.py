@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from ._attribution import Attribution, Discount, Partner, PartnerData, get_attribution
+from ._attribution import (
+    Attribution,
+    Discount,
+    Partner,
+    PartnerData,
+    attribution_state,
+    get_attribution,
+    restore_attribution,
+)
 from ._clearing import clear_attribution
 from ._cookies import CookiePolicy, valid_click_id
 from ._events import CustomerEvent, Event, LeadEvent, SaleEvent
@@ -95,9 +103,11 @@ __all__ = [
     "Tracking",
     "Transport",
     "__version__",
+    "attribution_state",
     "clear_attribution",
     "get_attribution",
     "get_provider",
+    "restore_attribution",
     "track_customer",
     "track_lead",
     "track_sale",
