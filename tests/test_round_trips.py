@@ -221,6 +221,17 @@ def test_a_request_with_its_own_click_keeps_it(
     assert [lead["clickId"] for lead in provider.leads()] == ["clk2"]
 
 
+def test_a_callback_that_opts_out_restores_nothing(served: Callable[..., Any]) -> None:
+    with served(honor_gpc=True) as client:
+        state = state_for(client, "dub_id=clk1")
+        client.cookies.clear()
+        answer = client.post(
+            "/callback", data={"state": state, "user": "u1"}, headers={"sec-gpc": "1"}
+        )
+    assert answer.json()["restored"] is False and answer.json()["click_id"] is None
+    assert "dub_id" not in cookies_of(answer)
+
+
 def test_an_organic_state_restores_nothing_quietly(
     served: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:

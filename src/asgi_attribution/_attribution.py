@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -360,7 +360,8 @@ class RoundTrips:
     its token signer and the cookies of a landing, for one provider.
 
     ``signed`` sets the click cookie with its signed companion (a click the server verified);
-    ``plain`` sets it without (a click the server never saw arrive stays unverified).
+    ``plain`` sets it without (a click the server never saw arrive stays unverified);
+    ``opted_out(scope)`` is the middleware's consent rule that needs no asking (``Sec-GPC``).
 
     Example:
         >>> from asgi_attribution._cookies import CookiePolicy
@@ -372,7 +373,7 @@ class RoundTrips:
         'dub'
     """
 
-    __slots__ = ("plain", "provider", "signed", "tokens")
+    __slots__ = ("opted_out", "plain", "provider", "signed", "tokens")
 
     def __init__(
         self,
@@ -380,11 +381,14 @@ class RoundTrips:
         tokens: StateTokens,
         signed: LandingCookies,
         plain: LandingCookies,
+        opted_out: Callable[[Any], bool] = lambda scope: False,
     ) -> None:
         self.provider = provider
         self.tokens = tokens
         self.signed = signed
         self.plain = plain
+        #: Whether a request says no by itself (``Sec-GPC: 1`` with ``honor_gpc``).
+        self.opted_out = opted_out
 
 
 def _round_trips(request: RequestLike | None, caller: str) -> tuple[Any, RoundTrips]:
@@ -465,9 +469,11 @@ def restore_attribution(
     At the end of the flow (the OAuth callback, say), when the request carries no click of its
     own: sets the click cookies on ``response`` (a Starlette or FastAPI ``Response``, any
     subclass: ``RedirectResponse``, ``JSONResponse``, ...) and makes :func:`get_attribution` and
-    ``track_lead(request, ...)`` use the restored click for the rest of this request
-    (``source == "restored"``; ``verified`` as it was when the token was made). Returns True
-    when it did. A request with a click of its own keeps it (False). A bad, tampered, foreign
+    ``track_lead(request, ...)`` use the restored click for the rest of this request (``source
+    == "restored"``; ``verified`` as it was when the token was made). Returns True when it did.
+    A request with a click of its own keeps it (False), and so does one that opts out
+    (``Sec-GPC: 1`` with the middleware's ``honor_gpc``; the ``consent`` callable is not asked
+    again: a token holds a click only if it was captured with consent). A bad, tampered, foreign
     or expired (older than ``max_age`` seconds) token is ignored with a WARNING: never an
     exception, since a visitor can send anything. A wrong ``response`` or ``max_age``, or a
     middleware without ``signing_secrets``, is a ``TypeError`` / ``RuntimeError`` at the call.
@@ -512,6 +518,9 @@ def restore_attribution(
         return False
     if attribution_in(scope).click_id is not None:
         logger.debug("attribution state not restored: the request carries its own click")
+        return False
+    if trips.opted_out(scope):
+        logger.debug("attribution state not restored: the visitor opted out (Sec-GPC)")
         return False
     provider = trips.provider
     given = fields.get("c")

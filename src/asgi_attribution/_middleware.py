@@ -64,11 +64,15 @@ class Consent:
         #: Whether anything is asked at all (else every visitor consents, at no cost).
         self.gated = check is not None or honor_gpc
 
+    def opted_out(self, scope: Scope) -> bool:
+        """Whether ``scope`` says no by itself: ``Sec-GPC: 1`` with ``honor_gpc``."""
+        return self.honor_gpc and any(
+            name == b"sec-gpc" and value.strip() == b"1" for name, value in scope["headers"]
+        )
+
     async def allows(self, scope: Scope) -> bool:
         """Whether the visitor of ``scope`` consents to keeping their click."""
-        if self.honor_gpc and any(
-            name == b"sec-gpc" and value.strip() == b"1" for name, value in scope["headers"]
-        ):
+        if self.opted_out(scope):
             return False
         if self.check is None:
             return True
@@ -394,6 +398,7 @@ class AttributionMiddleware:
                 StateTokens(signing_secrets, salt=f"asgi-attribution.state.{p.name}"),
                 self._landing_cookies,
                 LandingCookies(p, self.cookie, None, forwarded=forwarded_host),
+                self._consent.opted_out,
             )
         )
 
