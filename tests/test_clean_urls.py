@@ -315,11 +315,11 @@ async def raw_landing(app: Any, raw_path: bytes, query: bytes) -> tuple[int, dic
 async def test_the_target_never_leaves_the_site(url: str, raw_path: bytes) -> None:
     app = starlette_site(tracker_for(url), Calls(), clean_urls=True)
     status, headers = await raw_landing(app, raw_path, b"dub_id=clk1&x=1")
-    if status == 303:
-        landing = httpx.URL("https://shop.example.com" + raw_path.decode("latin-1"))
-        resolved = landing.join(headers[b"location"].decode("latin-1"))
-        assert resolved.host == "shop.example.com", resolved
-        assert resolved.query == b"x=1"
+    assert status == 303
+    landing = httpx.URL("https://shop.example.com" + raw_path.decode("latin-1"))
+    resolved = landing.join(headers[b"location"].decode("latin-1"))
+    assert resolved.host == "shop.example.com", resolved
+    assert resolved.query == b"x=1"
 
 
 # -- partner links (?via=) landed by the server ---------------------------------------------------

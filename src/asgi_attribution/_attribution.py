@@ -407,6 +407,10 @@ def _round_trips(request: RequestLike | None, caller: str) -> tuple[Any, RoundTr
     return scope, trips
 
 
+# What a token may lose to stay within MAX_STATE_TOKEN, first dropped first; the click id never.
+_OPTIONAL = (("p", "partner cookie"),)
+
+
 def attribution_state(request: RequestLike | None = None) -> str:
     """A signed token of the request's click, to carry through a flow that loses the cookies.
 
@@ -447,17 +451,20 @@ def attribution_state(request: RequestLike | None = None) -> str:
         partner = attribution.partner_raw
         if partner:
             fields["p"] = partner
-    # The touchpoints go here too, as one more short key ("t"), dropped first when too long.
+    # The touchpoints go here too, as one more short key ("t"), with its name in _OPTIONAL.
     token = trips.tokens.dumps(fields)
-    if len(token) > MAX_STATE_TOKEN and "p" in fields:
-        logger.warning(
-            "attribution state: the partner cookie (%d characters) left out to keep the token "
-            "within %d characters; the click id is kept",
-            len(fields["p"]),
-            MAX_STATE_TOKEN,
-        )
-        del fields["p"]
-        token = trips.tokens.dumps(fields)
+    for key, what in _OPTIONAL:
+        if len(token) <= MAX_STATE_TOKEN:
+            break
+        if key in fields:
+            logger.warning(
+                "attribution state: the %s left out to keep the token within %d characters; "
+                "the click id is kept",
+                what,
+                MAX_STATE_TOKEN,
+            )
+            del fields[key]
+            token = trips.tokens.dumps(fields)
     return token
 
 
