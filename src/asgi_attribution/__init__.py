@@ -20,7 +20,9 @@ from ._attribution import (
     Partner,
     PartnerData,
     Touch,
+    attribution_state,
     get_attribution,
+    restore_attribution,
 )
 from ._clearing import clear_attribution
 from ._cookies import CookiePolicy, valid_click_id
@@ -103,9 +105,11 @@ __all__ = [
     "Tracking",
     "Transport",
     "__version__",
+    "attribution_state",
     "clear_attribution",
     "get_attribution",
     "get_provider",
+    "restore_attribution",
     "track_customer",
     "track_lead",
     "track_sale",

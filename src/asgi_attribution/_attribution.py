@@ -1,37 +1,54 @@
 """What the middleware learned about one request: the click id, the partner behind it, and
-(with ``touchpoints=True``) the first and last campaign touch."""
+(with ``touchpoints=True``) the first and last campaign touch.
+
+Also the round trip of that click through a flow that loses the cookies (an OAuth redirect
+ending in a cross-site ``form_post``): :func:`attribution_state` puts it in a signed token,
+:func:`restore_attribution` makes it the request's click again at the callback.
+"""
 
 from __future__ import annotations
 
 import inspect
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
 
-from ._context import MIDDLEWARE_HINT, SCOPE_KEY, RequestLike, scope_of
-from ._cookies import CookieReader, Headers, TouchCookie, cookie_header
+from ._context import MIDDLEWARE_HINT, ROUND_TRIPS_KEY, SCOPE_KEY, RequestLike, scope_of
+from ._cookies import CookieReader, Headers, TouchCookie, cookie_header, valid_click_id
+from ._landing import LandingCookies
+from ._options import number
 from ._providers import Provider
+from ._signing import MAX_STATE_TOKEN, StateTokens
 
 __all__ = [
     "Attribution",
     "Discount",
     "Partner",
     "PartnerData",
+    "RoundTrips",
+    "Source",
     "Touch",
     "Touchpoints",
     "attribution_in",
+    "attribution_state",
     "get_attribution",
     "parse_partner_data",
+    "restore_attribution",
 ]
 
 
 logger = logging.getLogger("asgi_attribution")
+
+#: Where a request's click id came from: its cookie, its URL (a landing), or a round-trip
+#: token (:func:`restore_attribution`).
+Source = Literal["cookie", "query", "restored"]
 
 
 class Partner(BaseModel):
@@ -229,13 +246,14 @@ _NO_TOUCHPOINTS = Touchpoints()
 class Attribution:
     """The click behind one request, as seen by :class:`AttributionMiddleware`: plain data.
 
-    ``click_id`` is ``None`` for an organic visit. ``source`` is ``"cookie"`` or ``"query"`` (a
-    landing). ``captured`` is True when this request landed with the click id in its URL and the
-    cookie was set. ``verified`` is True when the server itself saw this click id arrive in a
-    landing URL (on the landing, or later through the signed companion cookie, within its max
-    age); always False without ``signing_secrets`` on the middleware. The cookies are read on
-    first access of ``click_id`` (most requests never ask), and ``partner_data`` parses Dub's
-    partner cookie on first access only.
+    ``click_id`` is ``None`` for an organic visit. ``source`` is ``"cookie"``, ``"query"`` (a
+    landing) or ``"restored"`` (from a round-trip token, see :func:`restore_attribution`).
+    ``captured`` is True when this request landed with the click id in its URL and the cookie
+    was set. ``verified`` is True when the server itself saw this click id arrive in a landing
+    URL (on the landing, or later through the signed companion cookie, within its max age);
+    always False without ``signing_secrets`` on the middleware. The cookies are read on first
+    access of ``click_id`` (most requests never ask), and ``partner_data`` parses Dub's partner
+    cookie on first access only.
 
     Example:
         >>> a = Attribution(DUB, click_id="abc", source="cookie")
@@ -261,7 +279,7 @@ class Attribution:
         provider: Provider,
         *,
         click_id: str | None = None,
-        source: Literal["cookie", "query"] | None = None,
+        source: Source | None = None,
         partner_raw: str | None = None,
         captured: bool = False,
         verified: bool = False,
@@ -272,7 +290,7 @@ class Attribution:
         self,
         provider: Provider,
         click_id: str | None,
-        source: Literal["cookie", "query"] | None,
+        source: Source | None,
         partner_raw: str | None,
         captured: bool,
         verified: bool,
@@ -368,8 +386,9 @@ class Attribution:
         return self._click
 
     @property
-    def source(self) -> Literal["cookie", "query"] | None:
-        """Where the click id came from: ``"cookie"``, ``"query"`` (a landing) or ``None``."""
+    def source(self) -> Source | None:
+        """Where the click id came from: ``"cookie"``, ``"query"`` (a landing), ``"restored"``
+        (a round-trip token) or ``None``."""
         self._read_cookies()
         return self._source
 
@@ -477,3 +496,196 @@ def attribution_in(scope: Mapping[str, Any]) -> Attribution:
     if not isinstance(attribution, Attribution):
         raise RuntimeError("no attribution on this request: " + MIDDLEWARE_HINT)
     return attribution
+
+
+class RoundTrips:
+    """What the middleware lends :func:`attribution_state` and :func:`restore_attribution`:
+    its token signer and the cookies of a landing, for one provider.
+
+    ``signed`` sets the click cookie with its signed companion (a click the server verified);
+    ``plain`` sets it without (a click the server never saw arrive stays unverified);
+    ``opted_out(scope)`` is the middleware's consent rule that needs no asking (``Sec-GPC``).
+
+    Example:
+        >>> from asgi_attribution._cookies import CookiePolicy
+        >>> from asgi_attribution._signing import ClickSigner
+        >>> policy = CookiePolicy(domain=None)
+        >>> trips = RoundTrips(DUB, StateTokens("secret", salt="s"), LandingCookies(
+        ...     DUB, policy, ClickSigner("secret", max_age=60)), LandingCookies(DUB, policy))
+        >>> trips.provider.name
+        'dub'
+    """
+
+    __slots__ = ("opted_out", "plain", "provider", "signed", "tokens")
+
+    def __init__(
+        self,
+        provider: Provider,
+        tokens: StateTokens,
+        signed: LandingCookies,
+        plain: LandingCookies,
+        opted_out: Callable[[Any], bool] = lambda scope: False,
+    ) -> None:
+        self.provider = provider
+        self.tokens = tokens
+        self.signed = signed
+        self.plain = plain
+        #: Whether a request says no by itself (``Sec-GPC: 1`` with ``honor_gpc``).
+        self.opted_out = opted_out
+
+
+def _round_trips(request: RequestLike | None, caller: str) -> tuple[Any, RoundTrips]:
+    """The request's scope and the middleware's :class:`RoundTrips`; a clear error if none."""
+    scope = scope_of(request)
+    if scope is None:
+        raise RuntimeError("no request being handled: pass the request (or its ASGI scope)")
+    attribution_in(scope)  # no middleware: says how to add it
+    trips = scope.get(ROUND_TRIPS_KEY)
+    if not isinstance(trips, RoundTrips):
+        raise RuntimeError(
+            f"{caller}() signs its token with the middleware's secret: pass "
+            "AttributionMiddleware(signing_secrets=...) (one long random secret, or a list to "
+            "rotate them)"
+        )
+    return scope, trips
+
+
+# What a token may lose to stay within MAX_STATE_TOKEN, first dropped first; the click id never.
+_OPTIONAL = (("p", "partner cookie"),)
+
+
+def attribution_state(request: RequestLike | None = None) -> str:
+    """A signed token of the request's click, to carry through a flow that loses the cookies.
+
+    Put it where the flow brings it back: an OAuth ``state`` (next to your own CSRF value), a
+    ``redirect_uri`` query parameter, a hidden form field. It holds the click id, whether the
+    server verified it and the partner cookie (left out, with a WARNING, in the rare case it
+    would make the token longer than 512 characters); an organic visit gets a token holding no
+    click. It is URL-safe, at most 512 characters, signed with the middleware's
+    ``signing_secrets`` (a ``RuntimeError`` says so when there are none) and readable by
+    :func:`restore_attribution` only. The click id is visible in it (signed, not encrypted), as
+    it is in the landing URL.
+
+    Example:
+        >>> from starlette.applications import Starlette
+        >>> from starlette.responses import PlainTextResponse
+        >>> from starlette.routing import Route
+        >>> import asyncio, httpx
+        >>> async def login(request):  # then redirect to the identity provider with it
+        ...     return PlainTextResponse(attribution_state(request))
+        >>> app = Starlette(routes=[Route("/login", login)])
+        >>> app.add_middleware(AttributionMiddleware, tracker=Tracker("dub"),
+        ...                    signing_secrets="long-random-secret")
+        >>> async def visit():
+        ...     async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+        ...                                  base_url="http://shop.test") as client:
+        ...         return (await client.get("/login", headers={"cookie": "dub_id=c1"})).text
+        >>> len(asyncio.run(visit())) <= 512
+        True
+    """
+    scope, trips = _round_trips(request, "attribution_state")
+    attribution = attribution_in(scope)
+    fields: dict[str, Any] = {}
+    click_id = attribution.click_id
+    if click_id is not None:
+        fields["c"] = click_id
+        if attribution.verified:
+            fields["v"] = 1
+        partner = attribution.partner_raw
+        if partner:
+            fields["p"] = partner
+    # The touchpoints go here too, as one more short key ("t"), with its name in _OPTIONAL.
+    token = trips.tokens.dumps(fields)
+    for key, what in _OPTIONAL:
+        if len(token) <= MAX_STATE_TOKEN:
+            break
+        if key in fields:
+            logger.warning(
+                "attribution state: the %s left out to keep the token within %d characters; "
+                "the click id is kept",
+                what,
+                MAX_STATE_TOKEN,
+            )
+            del fields[key]
+            token = trips.tokens.dumps(fields)
+    return token
+
+
+def restore_attribution(
+    request: RequestLike | None, response: Response, token: str, max_age: int = 3600
+) -> bool:
+    """Make the click in ``token`` (from :func:`attribution_state`) this request's click.
+
+    At the end of the flow (the OAuth callback, say), when the request carries no click of its
+    own: sets the click cookies on ``response`` (a Starlette or FastAPI ``Response``, any
+    subclass: ``RedirectResponse``, ``JSONResponse``, ...) and makes :func:`get_attribution` and
+    ``track_lead(request, ...)`` use the restored click for the rest of this request (``source
+    == "restored"``; ``verified`` as it was when the token was made). Returns True when it did.
+    A request with a click of its own keeps it (False), and so does one that opts out
+    (``Sec-GPC: 1`` with the middleware's ``honor_gpc``; the ``consent`` callable is not asked
+    again: a token holds a click only if it was captured with consent). A bad, tampered, foreign
+    or expired (older than ``max_age`` seconds) token is ignored with a WARNING: never an
+    exception, since a visitor can send anything. A wrong ``response`` or ``max_age``, or a
+    middleware without ``signing_secrets``, is a ``TypeError`` / ``RuntimeError`` at the call.
+
+    Example:
+        >>> from starlette.applications import Starlette
+        >>> from starlette.responses import PlainTextResponse, RedirectResponse
+        >>> from starlette.routing import Route
+        >>> import asyncio, httpx
+        >>> async def login(request):
+        ...     return PlainTextResponse(attribution_state(request))
+        >>> seen = []
+        >>> async def callback(request):  # reached without the visitor's cookies
+        ...     form = await request.form()
+        ...     response = RedirectResponse("/welcome", status_code=303)
+        ...     restore_attribution(request, response, form["state"])
+        ...     attribution = get_attribution(request)  # and track_lead(request, ...)
+        ...     seen.append((attribution.click_id, attribution.source))
+        ...     return response
+        >>> app = Starlette(routes=[Route("/login", login),
+        ...                         Route("/cb", callback, methods=["POST"])])
+        >>> app.add_middleware(AttributionMiddleware, tracker=Tracker("dub"),
+        ...                    signing_secrets="long-random-secret")
+        >>> async def journey():
+        ...     async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+        ...                                  base_url="http://shop.test") as client:
+        ...         token = (await client.get("/login", headers={"cookie": "dub_id=cm3abc"})).text
+        ...         return await client.post("/cb", data={"state": token})
+        >>> answer = asyncio.run(journey())
+        >>> seen, answer.headers["set-cookie"].split(";")[0]
+        ([('cm3abc', 'restored')], 'dub_id=cm3abc')
+    """
+    scope, trips = _round_trips(request, "restore_attribution")
+    number("restore_attribution", "max_age", max_age, 1, integer=True)
+    if not isinstance(response, Response):
+        raise TypeError(
+            "restore_attribution(response=...) must be a Starlette or FastAPI Response (the "
+            f"one you return), got {type(response).__name__}"
+        )
+    fields = trips.tokens.loads(token, max_age=max_age)
+    if fields is None:
+        return False
+    if attribution_in(scope).click_id is not None:
+        logger.debug("attribution state not restored: the request carries its own click")
+        return False
+    if trips.opted_out(scope):
+        logger.debug("attribution state not restored: the visitor opted out (Sec-GPC)")
+        return False
+    provider = trips.provider
+    given = fields.get("c")
+    click_id = valid_click_id(given if isinstance(given, str) else None, where="state token")
+    if click_id is None or not provider.accepts_click_id(click_id):
+        if given is not None:
+            logger.warning("attribution state ignored: it holds no valid click id")
+        return False
+    partner = fields.get("p")
+    partner_raw = partner if isinstance(partner, str) and partner else None
+    verified = fields.get("v") == 1
+    cookies = trips.signed if verified else trips.plain
+    for _, value in cookies.headers(scope, click_id, partner_raw):
+        response.headers.append("set-cookie", value.decode("latin-1"))
+    scope[SCOPE_KEY] = Attribution(
+        provider, click_id=click_id, source="restored", partner_raw=partner_raw, verified=verified
+    )
+    return True

@@ -7,6 +7,8 @@ scope (never into ``scope["state"]``, which a server may share between requests)
 - ``scope[SCOPE_KEY]``: this request's :class:`~asgi_attribution.Attribution` (plain data).
 - ``scope[TRACKER_KEY]``: the middleware's tracker, which the ``track_*`` helpers use.
 - ``scope[COOKIES_KEY]``: the cookies the middleware manages, for ``clear_attribution``.
+- ``scope[ROUND_TRIPS_KEY]``: what signs and restores round-trip tokens (``None`` without
+  ``signing_secrets``), for ``attribution_state`` and ``restore_attribution``.
 
 ``current_scope`` is the scope of the request being handled, for code that has no request
 argument (decorators, helpers called deep in a handler). :func:`scope_of` turns whatever a
@@ -26,6 +28,7 @@ from typing import Any, Protocol, TypeAlias
 __all__ = [
     "COOKIES_KEY",
     "MIDDLEWARE_HINT",
+    "ROUND_TRIPS_KEY",
     "SCOPE_KEY",
     "TRACKER_KEY",
     "HasScope",
@@ -40,6 +43,8 @@ SCOPE_KEY = "asgi_attribution"
 TRACKER_KEY = "asgi_attribution.tracker"
 
 COOKIES_KEY = "asgi_attribution.cookies"
+
+ROUND_TRIPS_KEY = "asgi_attribution.round_trips"
 
 #: What to say when something is read from a request the middleware never saw.
 MIDDLEWARE_HINT = (

@@ -19,12 +19,13 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
+from urllib.parse import quote, unquote_plus
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._attribution import Attribution, Touch, Touchpoints
-from ._context import COOKIES_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
+from ._attribution import Attribution, RoundTrips, Touch, Touchpoints
+from ._context import COOKIES_KEY, ROUND_TRIPS_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
 from ._cookies import (
     NINETY_DAYS,
     CookiePolicy,
@@ -37,9 +38,9 @@ from ._cookies import (
 )
 from ._landing import Header, LandingCookies, LandingQuery, TouchQuery, cookie_sender
 from ._options import callable_or_none, flag, number
-from ._partners import PartnerClicks
+from ._partners import PartnerClicks, is_navigation
 from ._providers import Provider, get_provider
-from ._signing import ClickSigner
+from ._signing import ClickSigner, StateTokens
 from ._tracker import Tracker
 
 __all__ = ["AttributionMiddleware", "Consent", "ConsentCheck", "run_lifespan"]
@@ -72,11 +73,15 @@ class Consent:
         #: Whether anything is asked at all (else every visitor consents, at no cost).
         self.gated = check is not None or honor_gpc
 
+    def opted_out(self, scope: Scope) -> bool:
+        """Whether ``scope`` says no by itself: ``Sec-GPC: 1`` with ``honor_gpc``."""
+        return self.honor_gpc and any(
+            name == b"sec-gpc" and value.strip() == b"1" for name, value in scope["headers"]
+        )
+
     async def allows(self, scope: Scope) -> bool:
         """Whether the visitor of ``scope`` consents to keeping their click."""
-        if self.honor_gpc and any(
-            name == b"sec-gpc" and value.strip() == b"1" for name, value in scope["headers"]
-        ):
+        if self.opted_out(scope):
             return False
         if self.check is None:
             return True
@@ -229,7 +234,8 @@ class AttributionMiddleware:
     Verified attribution: with ``signing_secrets`` (one secret or a list; the first signs, all
     verify), a landing also sets an HttpOnly cookie ``<cookie name>_sig`` signing the click id
     and its capture time, and ``Attribution.verified`` is True when it agrees with the click
-    cookie and is at most ``verified_max_age`` seconds old (default: ``cookie_max_age``).
+    cookie and is at most ``verified_max_age`` seconds old (default: ``cookie_max_age``). The
+    same secrets sign the round-trip tokens of ``attribution_state`` / ``restore_attribution``.
 
     Behind a proxy: with ``forwarded_host=True`` the cookie's host and scheme come from the
     first hop of ``Forwarded`` or ``X-Forwarded-Host`` / ``X-Forwarded-Proto`` (only behind a
@@ -240,6 +246,14 @@ class AttributionMiddleware:
     navigation to ``?via=<key>`` (``click_query_params``) without a click id of its own gets
     one from the provider's ``POST /track/click``, within ``click_timeout`` seconds, and lands
     as a ``?dub_id=`` would (click and partner cookies, ``get_attribution`` on that request).
+
+    Clean URLs: with ``clean_urls=True``, a browser's navigation (``GET``, ``Sec-Fetch-Mode:
+    navigate`` when sent, no prefetch, no bot) whose click was captured is answered ``303 See
+    Other`` to the same path without the click id (and, with ``refer_domain``, without the
+    partner parameters), every other parameter kept in order, the cookies set on the 303: a
+    shared or bookmarked URL credits no click again. Never for other methods, ``HEAD``,
+    fetches, a click not captured (no consent, the no-track parameter, an invalid id, a
+    first-click cookie kept), or when nothing would be removed.
 
     Consent: with ``consent`` (a callable taking the request, returning a bool or an awaitable
     bool) or ``honor_gpc=True`` (a ``Sec-GPC: 1`` request header), nothing is captured and no
@@ -258,6 +272,7 @@ class AttributionMiddleware:
         >>> app.add_middleware(
         ...     AttributionMiddleware,
         ...     tracker=Tracker("dub"),
+        ...     clean_urls=True,
         ...     signing_secrets=["new-long-random-secret", "previous-secret"],
         ...     consent=lambda request: request.cookies.get("consent") == "yes",
         ...     honor_gpc=True,
@@ -288,6 +303,7 @@ class AttributionMiddleware:
         click_query_params: Sequence[str] = ("via",),
         click_timeout: float = 1.0,
         touchpoints: bool = False,
+        clean_urls: bool = False,
     ) -> None:
         if attribution_model not in ("last-click", "first-click"):
             raise ValueError(
@@ -301,6 +317,7 @@ class AttributionMiddleware:
             ("honor_gpc", honor_gpc),
             ("forwarded_host", forwarded_host),
             ("touchpoints", touchpoints),
+            ("clean_urls", clean_urls),
         ):
             flag(owner, name, value)
         flag(owner, "cookie_secure", cookie_secure, none=True)
@@ -342,6 +359,7 @@ class AttributionMiddleware:
         )
         self.consent = consent
         self.honor_gpc = honor_gpc
+        self.clean_urls = clean_urls
         self._consent = Consent(consent, honor_gpc)
 
         managed = [*p.cookie_names]
@@ -397,6 +415,24 @@ class AttributionMiddleware:
                 forwarded_allow_ips=forwarded_allow_ips,
             )
         )
+        # The query parameters a clean-URL redirect removes: the click id, and the partner
+        # link's (with refer_domain), so the clean URL lands nowhere again.
+        removed = [p.query_param]
+        if self._partners is not None:
+            removed.extend(self._partners.click_query_params)
+        self._clean_params = frozenset(removed)
+        # attribution_state() and restore_attribution() sign with the same secrets, another salt.
+        self._round_trips = (
+            None
+            if signing_secrets is None
+            else RoundTrips(
+                p,
+                StateTokens(signing_secrets, salt=f"asgi-attribution.state.{p.name}"),
+                self._landing_cookies,
+                LandingCookies(p, self.cookie, None, forwarded=forwarded_host),
+                self._consent.opted_out,
+            )
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -436,8 +472,14 @@ class AttributionMiddleware:
         scope[SCOPE_KEY] = attribution
         scope[TRACKER_KEY] = self.tracker
         scope[COOKIES_KEY] = self.managed_cookies
+        scope[ROUND_TRIPS_KEY] = self._round_trips
 
         if set_cookies is not None:
+            if self.clean_urls:
+                location = self._clean_location(scope)
+                if location is not None:
+                    await _see_other(send, location, set_cookies)
+                    return
             send = cookie_sender(send, set_cookies, self._ours)
         token = current_scope.set(scope)
         try:
@@ -524,6 +566,29 @@ class AttributionMiddleware:
         )
         return (header,) if set_cookies is None else (*set_cookies, header)
 
+    def _clean_location(self, scope: Scope) -> bytes | None:
+        """Where a captured landing is redirected with ``clean_urls``: its path, its query
+        without the click's parameters (the rest kept in order, byte for byte); ``None`` when
+        it is not a browser's navigation or the redirect could loop or leave the site."""
+        if not is_navigation(scope):
+            return None
+        query: bytes = scope.get("query_string", b"")
+        kept = [pair for pair in query.split(b"&") if _key(pair) not in self._clean_params]
+        clean = b"&".join(kept)
+        if len(clean) == len(query):
+            return None  # nothing removed: the same URL again would loop
+        if clean and self._landing.click(clean) is not None:
+            return None  # defensive: the clean URL must not be a landing again
+        raw_path = scope.get("raw_path")
+        if raw_path:
+            path = bytes(raw_path).partition(b"?")[0]
+        else:
+            path = quote(scope.get("path", "/")).encode("latin-1")
+        # Relative to the URL the browser has ("./<last segment>"), so a prefix a proxy strips
+        # stays, and the target can never be another site (as "//host" would be).
+        target = b"./" + path.rpartition(b"/")[2]
+        return target + b"?" + clean if clean else target
+
     async def _partner_landing(
         self, scope: Scope, attribution: Attribution
     ) -> tuple[Attribution, tuple[Header, ...]] | None:
@@ -554,3 +619,29 @@ class AttributionMiddleware:
             send,
             on_shutdown=None if partners is None else partners.aclose,
         )
+
+
+def _key(pair: bytes) -> str:
+    """The decoded name of one ``name=value`` pair of a query string, as browsers read it."""
+    name = pair.partition(b"=")[0]
+    if b"%" in name or b"+" in name:
+        return unquote_plus(name.decode("latin-1"), errors="replace")
+    return name.decode("latin-1")
+
+
+async def _see_other(send: Send, location: bytes, cookies: Sequence[tuple[bytes, bytes]]) -> None:
+    """Answer ``303 See Other`` to ``location``, setting the landing's ``cookies``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", location),
+                # The landing URL is one visitor's: no cache may answer it for another.
+                (b"cache-control", b"no-store"),
+                (b"content-length", b"0"),
+                *cookies,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})

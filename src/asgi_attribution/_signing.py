@@ -1,4 +1,5 @@
-"""Signing the click id for the companion cookie, so a click the server saw can be told apart.
+"""Signing what the server vouches for: the click id of the companion cookie, and the
+round-trip tokens that carry a click through a flow that loses the cookies (OAuth callbacks).
 
 The same signer, under another salt, signs the touchpoints cookie.
 
@@ -14,10 +15,17 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from itsdangerous import BadSignature, TimestampSigner
+from itsdangerous import (
+    BadData,
+    BadSignature,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeTimedSerializer,
+)
 
-__all__ = ["ClickSigner"]
+__all__ = ["MAX_STATE_TOKEN", "ClickSigner", "StateTokens"]
 
 
 logger = logging.getLogger("asgi_attribution")
@@ -108,3 +116,91 @@ class ClickSigner:
             logger.debug("ignored %s: %s", what, type(exc).__name__)
             return None
         return signed.decode("utf-8", "replace")
+
+
+# OAuth `state` values and query parameters stay short: providers cap them (Apple: 512 bytes
+# of query in practice), so the whole token must fit.
+MAX_STATE_TOKEN = 512
+
+
+class StateTokens:
+    """Signed round-trip tokens: a request's click (and partner data) carried through a flow
+    that loses the cookies, such as an OAuth redirect ending in a cross-site ``form_post``.
+
+    A token is itsdangerous' URL-safe timed serializer (compact JSON, zlib when it helps,
+    SHA-256 HMAC with the first secret; all secrets verify), at most :data:`MAX_STATE_TOKEN`
+    characters. Its payload is a JSON object of short keys: ``c`` the click id, ``v`` whether the
+    server verified it, ``p`` the raw partner cookie. One more field (the touchpoints, ``t``)
+    is one more key in :meth:`dumps`' ``fields``: readers ignore keys they do not know.
+    :meth:`loads` never raises: a bad, expired, foreign or oversized token is ``None``, with
+    a WARNING saying why.
+
+    Example:
+        >>> tokens = StateTokens(["new secret", "old secret"], salt="asgi-attribution.state.dub")
+        >>> token = tokens.dumps({"c": "cm3abc", "v": True})
+        >>> tokens.loads(token, max_age=3600)
+        {'c': 'cm3abc', 'v': True}
+        >>> tokens.loads(token[:-2] + "xx", max_age=3600) is None
+        True
+    """
+
+    __slots__ = ("_serializer",)
+
+    def __init__(
+        self,
+        secrets: str | bytes | Sequence[str | bytes],
+        *,
+        salt: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        keys = [secrets] if isinstance(secrets, (str, bytes)) else list(secrets)
+        if not keys or not all(keys):
+            raise ValueError("signing_secrets must be one or more non-empty secrets")
+        # itsdangerous signs with the last key and verifies with all; ours signs with the first.
+        keys_bytes = [k.encode() if isinstance(k, str) else k for k in reversed(keys)]
+
+        class _Clocked(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(clock())
+
+        self._serializer = URLSafeTimedSerializer(
+            keys_bytes,
+            salt=salt,
+            signer=_Clocked,
+            signer_kwargs={"digest_method": hashlib.sha256},
+        )
+
+    def __repr__(self) -> str:
+        return "StateTokens()"  # never show the secrets
+
+    def dumps(self, fields: dict[str, Any]) -> str:
+        """The signed token of ``fields`` (JSON-able values)."""
+        token = self._serializer.dumps(fields)
+        return token if isinstance(token, str) else token.decode("ascii")
+
+    def loads(self, token: object, *, max_age: int) -> dict[str, Any] | None:
+        """The fields of ``token`` if it is ours, intact and at most ``max_age`` seconds old."""
+        if not isinstance(token, str) or not token:
+            logger.warning(
+                "attribution state ignored: expected a token string, got %s", type(token).__name__
+            )
+            return None
+        if len(token) > MAX_STATE_TOKEN:
+            logger.warning(
+                "attribution state ignored: %d characters, more than a token ever has (%d)",
+                len(token),
+                MAX_STATE_TOKEN,
+            )
+            return None
+        try:
+            fields = self._serializer.loads(token, max_age=max_age)
+        except SignatureExpired as exc:
+            logger.warning("attribution state ignored: expired (%s)", exc)
+            return None
+        except BadData as exc:  # tampered, foreign secret or salt, garbage
+            logger.warning("attribution state ignored: not a valid token (%s)", type(exc).__name__)
+            return None
+        if not isinstance(fields, dict):
+            logger.warning("attribution state ignored: its payload is not an object")
+            return None
+        return fields
