@@ -18,7 +18,12 @@
   the same table, each short. The table is created on first use, versioned
   (:mod:`._postgres_schema`).
 
-Needs ``pip install 'asgi-attribution[postgres]'`` (psycopg 3 and psycopg-pool).
+One concept, the PostgreSQL store: its appends (in their own commit, or in the caller's
+transaction on psycopg or asyncpg), claims, the ``LISTEN`` that wakes them and the CLI's
+maintenance all work on one table with one clock, the database's.
+
+Needs ``pip install 'asgi-attribution[postgres]'`` (psycopg 3, psycopg-pool; asyncpg for
+``within=`` on asyncpg connections).
 """
 
 from __future__ import annotations
