@@ -27,8 +27,12 @@ from asgi_attribution import AttributionMiddleware, MemoryTransport, RetryPolicy
         ({"base_url": "api.dub.co"}, ValueError, "base_url"),
         ({"transport": "memory"}, TypeError, "transport"),
         ({"transport": MemoryTransport(), "retry": RetryPolicy()}, TypeError, "retry"),
-        ({"outbox": "events.db", "queue_size": 5}, TypeError, "queue_size"),
-        ({"outbox": "events.db", "on_drop": print}, TypeError, "on_drop"),
+        (
+            {"outbox": "events.db", "outbox_fallback": None, "queue_size": 5},
+            TypeError,
+            "queue_size",
+        ),
+        ({"outbox": "events.db", "outbox_fallback": None, "on_drop": print}, TypeError, "on_drop"),
         ({"outbox": "events.db", "background": False}, TypeError, "background"),
         ({"background": False, "on_error": print}, TypeError, "on_error"),
         ({"background": False, "queue_size": 5}, TypeError, "queue_size"),
@@ -49,8 +53,8 @@ def test_tracker_refuses_bad_options(options: dict[str, Any], error: type, names
 
 def test_tracker_names_both_options_when_one_would_be_ignored() -> None:
     with pytest.raises(TypeError) as caught:
-        Tracker("dub", outbox="events.db", queue_size=5)
-    assert "outbox=" in str(caught.value) and "queue_size=" in str(caught.value)
+        Tracker("dub", outbox="events.db", outbox_fallback=None, queue_size=5)
+    assert "outbox_fallback=None" in str(caught.value) and "queue_size=" in str(caught.value)
 
 
 def test_unknown_provider_is_a_clear_error() -> None:

@@ -122,8 +122,12 @@ def build_stack(
     outbox, background = given.get("outbox"), given.get("background")
     ignored: tuple[str, ...]
     if outbox is not None:
-        ignored = (*_QUEUE_OPTIONS, "background") if background is False else _QUEUE_OPTIONS
-        _refuse("Tracker(outbox=...)", given, ignored, "events wait in the outbox")
+        if background is False:
+            _refuse("Tracker(outbox=...)", given, ("background",), "events wait in the outbox")
+        # The queue options configure the memory fallback's queue: without it, nothing.
+        if given.get("outbox_fallback") == "none":
+            why = "there is no in-memory queue (a store failure raises outbox_write_failed)"
+            _refuse("Tracker(outbox=..., outbox_fallback=None)", given, _QUEUE_OPTIONS, why)
     else:
         _refuse("Tracker(...)", given, _OUTBOX_OPTIONS, "it needs outbox=")
         if background is False:
@@ -172,6 +176,7 @@ def build_stack(
             allow_eviction=given.get("allow_eviction"),
             on_error=given.get("on_error"),
             on_delivered=given.get("on_delivered"),
+            **{name: given[name] for name in _QUEUE_OPTIONS if name in given},
             stats=stats,
             providers=[provider],
         )

@@ -480,7 +480,8 @@ class Tracker:
     - default: queued in memory and delivered in the background over HTTP with retries
       (:class:`BackgroundTransport`: ``queue_size``, ``queue_full_timeout``, ``on_drop``);
     - ``outbox=`` (a SQLite file path, a ``redis://`` URL or an :class:`OutboxStore`): stored
-      durably before ``track_*`` returns and delivered from the store (:class:`OutboxTransport`);
+      durably before ``track_*`` returns and delivered from the store (:class:`OutboxTransport`;
+      the queue options shape its in-memory fallback, for events the store cannot take);
       ``deliver=False`` only appends, for instances whose events a separate
       ``asgi-attribution outbox deliver --follow`` worker delivers;
     - ``background=False``: sent inline, returning the provider's answer;

@@ -2,9 +2,10 @@
 
 - :func:`append_within` inserts the event on the caller's connection, inside the caller's
   transaction: the signup and its lead commit together, or neither does. It accepts a psycopg 3
-  ``AsyncConnection``, or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession`` (on the
-  ``postgresql+psycopg`` driver), checked to be inside (or about to start) a transaction the
-  caller will commit; SQLAlchemy is never imported unless the object given comes from it.
+  ``AsyncConnection``, an asyncpg ``Connection``, or a SQLAlchemy ``AsyncConnection`` or
+  ``AsyncSession`` (on the ``postgresql+psycopg`` or ``postgresql+asyncpg`` driver), checked to
+  be inside (or about to start) a transaction the caller will commit; SQLAlchemy and asyncpg
+  are never imported unless the object given comes from them.
 - Workers claim due rows with ``FOR UPDATE SKIP LOCKED`` and a lease, all times from the
   database clock (``now()``), so any number of workers on any number of hosts share the table
   without stepping on each other; a killed worker's rows come back when its lease ends.
@@ -17,7 +18,12 @@
   the same table, each short. The table is created on first use, versioned
   (:mod:`._postgres_schema`).
 
-Needs ``pip install 'asgi-attribution[postgres]'`` (psycopg 3 and psycopg-pool).
+One concept, the PostgreSQL store: its appends (in their own commit, or in the caller's
+transaction on psycopg or asyncpg), claims, the ``LISTEN`` that wakes them and the CLI's
+maintenance all work on one table with one clock, the database's.
+
+Needs ``pip install 'asgi-attribution[postgres]'`` (psycopg 3, psycopg-pool; asyncpg for
+``within=`` on asyncpg connections).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -60,8 +67,8 @@ __all__ = [
     "Listener",
     "PostgresMaintenance",
     "PostgresOutbox",
+    "caller_connection",
     "init_schema",
-    "psycopg_connection",
 ]
 
 
@@ -71,25 +78,28 @@ if TYPE_CHECKING:
 #: The connection types an append within a transaction takes, for messages.
 ACCEPTED = (
     "a psycopg.AsyncConnection, or a SQLAlchemy AsyncConnection or AsyncSession"
-    " (driver postgresql+psycopg)"
+    " (driver postgresql+psycopg or postgresql+asyncpg), or an asyncpg.Connection"
 )
 
 
-async def psycopg_connection(connection: object) -> AsyncConnection[Any]:
-    """The psycopg ``AsyncConnection`` behind ``connection``, inside the caller's transaction.
+async def caller_connection(connection: object) -> Any:
+    """The driver connection behind ``connection`` (psycopg's ``AsyncConnection`` or asyncpg's
+    ``Connection``), inside the caller's transaction.
 
     - a psycopg ``AsyncConnection``: inside ``async with conn.transaction():``, or without
       autocommit (psycopg then opens the transaction that your ``await conn.commit()`` ends);
+    - an asyncpg ``Connection`` (or a pool's connection): inside ``async with
+      conn.transaction():`` (asyncpg commits each statement on its own outside one);
     - a SQLAlchemy ``AsyncSession`` or ``AsyncConnection``: its transaction is begun if needed,
       as SQLAlchemy's own autobegin does, and ended by your ``commit()`` or ``rollback()``.
 
-    Raises :class:`TypeError` naming the accepted types for anything else (a sync connection, an
-    asyncpg-backed engine), and :class:`ValueError` for a connection that would commit the row
-    on its own (autocommit outside a transaction block) or whose transaction already failed.
+    Raises :class:`TypeError` naming the accepted types for anything else (a sync connection,
+    an engine on another driver), and :class:`ValueError` for a connection that would commit
+    the row on its own (autocommit outside a transaction block) or whose transaction failed.
 
     Example:
         >>> import asyncio
-        >>> asyncio.run(psycopg_connection("postgresql://app@db/app"))
+        >>> asyncio.run(caller_connection("postgresql://app@db/app"))
         Traceback (most recent call last):
         ...
         TypeError: append_within needs a psycopg.AsyncConnection, or a SQLAlchemy ...
@@ -97,6 +107,14 @@ async def psycopg_connection(connection: object) -> AsyncConnection[Any]:
     module = type(connection).__module__
     if module.startswith("sqlalchemy"):
         return await _from_sqlalchemy(connection)
+    if _is_asyncpg(connection):
+        if not connection.is_in_transaction():  # type: ignore[attr-defined]
+            raise ValueError(
+                "append_within: this asyncpg connection has no transaction open, so the event"
+                " would commit on its own; use `async with conn.transaction():` around your"
+                " writes"
+            )
+        return connection
     if not _is_psycopg_async(connection):
         raise TypeError(f"append_within needs {ACCEPTED}, got {_name(connection)}")
     from psycopg import AsyncConnection
@@ -118,7 +136,7 @@ async def psycopg_connection(connection: object) -> AsyncConnection[Any]:
     return connection
 
 
-async def _from_sqlalchemy(obj: Any) -> AsyncConnection[Any]:
+async def _from_sqlalchemy(obj: Any) -> Any:
     from sqlalchemy.ext.asyncio import AsyncConnection as SAConnection
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -131,13 +149,19 @@ async def _from_sqlalchemy(obj: Any) -> AsyncConnection[Any]:
     else:
         raise TypeError(f"append_within needs {ACCEPTED}, got {_name(obj)}")
     raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver: Any = raw.driver_connection
+    if _is_asyncpg(driver):
+        if not driver.is_in_transaction():
+            # SQLAlchemy's asyncpg adapter starts the driver's transaction at the first
+            # statement: before it, our insert would commit on its own.
+            await conn.exec_driver_sql("SELECT 1")
+        return await caller_connection(driver)
     if not _is_psycopg_async(driver):
         raise TypeError(
             f"append_within needs {ACCEPTED}; this engine's driver gives {_name(driver)}:"
-            " create it with a postgresql+psycopg:// URL"
+            " create it with a postgresql+psycopg:// or postgresql+asyncpg:// URL"
         )
-    return await psycopg_connection(driver)
+    return await caller_connection(driver)
 
 
 def _is_psycopg_async(obj: object) -> bool:
@@ -146,6 +170,25 @@ def _is_psycopg_async(obj: object) -> bool:
     except ImportError:  # without psycopg nothing can be one
         return False
     return isinstance(obj, AsyncConnection)
+
+
+def _is_asyncpg(obj: object) -> bool:
+    # An asyncpg connection exists only once asyncpg is imported: never import it here.
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return False
+    return isinstance(obj, (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy))
+
+
+def _numbered(sql: str) -> str:
+    """``sql`` with asyncpg's ``$1, $2 ...`` for psycopg's ``%s`` placeholders.
+
+    Example:
+        >>> _numbered("INSERT INTO t (a, b) VALUES (%s, %s::jsonb)")
+        'INSERT INTO t (a, b) VALUES ($1, $2::jsonb)'
+    """
+    first, *rest = sql.split("%s")
+    return first + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
 
 
 def _name(obj: object) -> str:
@@ -620,12 +663,15 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
         :func:`append_within`): the caller's commit stores it and wakes the workers."""
         if self._pool is None or self._loop is not asyncio.get_running_loop():
             await self.open()  # the table must exist; never create it in the caller's transaction
-        conn = await psycopg_connection(connection)
-        psycopg = require_psycopg()
+        conn = await caller_connection(connection)
         # Bounded by the server: a lock the insert waits for (a table locked by another
         # session) or a slow disk cancels it after append_timeout; the caller's own
         # statement_timeout comes back after the insert (on failure, their rollback undoes it).
         limit = f"{max(1, int(self.append_timeout * 1000))}ms"
+        if _is_asyncpg(conn):
+            await self._insert_asyncpg(conn, row, limit)
+            return
+        psycopg = require_psycopg()
         try:
             async with conn.cursor() as cur:
                 await cur.execute(
@@ -639,16 +685,37 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
                     "SELECT set_config('statement_timeout', %s, true)",
                     (found[0] if found else "0",),
                 )
-        except psycopg.errors.QueryCanceled as exc:
-            raise OutboxError(
+        except psycopg.Error as exc:
+            canceled = isinstance(exc, psycopg.errors.QueryCanceled)
+            raise self._not_inserted(row, exc, canceled=canceled) from exc
+
+    async def _insert_asyncpg(self, conn: Any, row: OutboxRow, limit: str) -> None:
+        asyncpg: Any = sys.modules["asyncpg"]  # imported: conn is one of its connections
+        # The same three statements as with psycopg; the NOTIFY trigger fires at the commit.
+        try:
+            found = await conn.fetchrow(
+                "SELECT current_setting('statement_timeout'),"
+                " set_config('statement_timeout', $1, true)",
+                limit,
+            )
+            await conn.execute(_numbered(self.tables.insert()), *db_values(row))
+            await conn.execute(
+                "SELECT set_config('statement_timeout', $1, true)", found[0] if found else "0"
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            canceled = isinstance(exc, asyncpg.QueryCanceledError)
+            raise self._not_inserted(row, exc, canceled=canceled) from exc
+
+    def _not_inserted(self, row: OutboxRow, exc: Exception, *, canceled: bool) -> OutboxError:
+        if canceled:
+            return OutboxError(
                 f"{self.description}: event {row.event_id} not inserted within append_timeout"
                 f" ({self.append_timeout:g}s): {exc}; roll back your transaction"
-            ) from exc
-        except psycopg.Error as exc:
-            raise OutboxError(
-                f"{self.description}: event {row.event_id} not inserted: {exc}; roll back"
-                " your transaction"
-            ) from exc
+            )
+        return OutboxError(
+            f"{self.description}: event {row.event_id} not inserted: {exc}; roll back"
+            " your transaction"
+        )
 
     # -- claims and outcomes -------------------------------------------------------------------
 

@@ -600,10 +600,11 @@ async def append_within(store: OutboxStore, delivery: Delivery, connection: obje
     """Store ``delivery``'s event in ``store`` as part of the caller's open transaction.
 
     ``store`` is a :class:`PostgresOutbox` (the tracker's ``transport.store``; another store
-    raises ``TypeError``); ``connection`` a psycopg ``AsyncConnection``, or a SQLAlchemy
-    ``AsyncConnection`` / ``AsyncSession``, in the same database. The row is inserted on that
-    connection: your commit stores the event and wakes the workers (``NOTIFY``), your rollback
-    discards it, and no worker can see it before.
+    raises ``TypeError``); ``connection`` a psycopg ``AsyncConnection``, an asyncpg
+    ``Connection``, or a SQLAlchemy ``AsyncConnection`` / ``AsyncSession`` (driver
+    ``postgresql+psycopg`` or ``postgresql+asyncpg``), in the same database. The row is
+    inserted on that connection: your commit stores the event and wakes the workers
+    (``NOTIFY``), your rollback discards it, and no worker can see it before.
 
     The result is ``queued`` with ``durable=False`` and ``reason`` :data:`WITHIN_REASON`:
     nothing is stored yet when this returns. Once your ``commit()`` returns without error the

@@ -43,7 +43,7 @@ from pydantic import SecretStr
 
 from ..._exceptions import AttributionError, DeliveryError
 from ..._providers import DUB, PIMMS, Provider, get_provider
-from .._background import BackgroundTransport, ErrorCallback, notify
+from .._background import BackgroundTransport, DropCallback, ErrorCallback, notify
 from .._base import Delivery, DeliveryStats, RetryPolicy, TrackResult, Transport, next_retry
 from .._http import HTTPTransport
 from .._pause import Pause, is_integration_fault, pause_for
@@ -70,10 +70,16 @@ HOLD_LIMIT = 60.0
 class MemoryFallback:
     """The in-memory queue of an outbox and the bookkeeping of its outages.
 
+    The queue is a :class:`BackgroundTransport` over ``inner``, built with ``queue`` (its
+    options: ``queue_size``, ``queue_full_timeout``, ``concurrency``, ``pause_interval``,
+    ``on_drop``, ``on_error``, ``on_delivered``): an event it holds is delivered, or reported
+    by id to ``on_drop`` (queue full, or left at shutdown) or ``on_error`` (failed).
+
     Example:
         >>> import asyncio
         >>> memory = MemoryTransport()
-        >>> fallback = MemoryFallback("events.db", memory, DeliveryStats())
+        >>> fallback = MemoryFallback("events.db", memory, DeliveryStats(),
+        ...                           on_delivered=lambda d, r: print("delivered", r.status))
         >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
         >>> async def outage():
         ...     fallback.failed("disk full")
@@ -82,6 +88,7 @@ class MemoryFallback:
         ...     await fallback.aclose()
         ...     return result.status, result.durable, result.accepted
         >>> asyncio.run(outage()), len(memory.events)
+        delivered sent
         (('queued', False, False), 1)
     """
 
@@ -93,6 +100,7 @@ class MemoryFallback:
         *,
         probe_interval: float = 1.0,
         shutdown_timeout: float = 20.0,
+        **queue: Any,
     ) -> None:
         self.description = description
         self.inner = inner
@@ -105,7 +113,11 @@ class MemoryFallback:
         self.total = 0
         self.cause: str | None = None
         self._next_try = 0.0
-        self._queue: BackgroundTransport | None = None
+        # Built now, so a bad option fails at construction; its loop state comes at first use.
+        self.queue = BackgroundTransport(
+            inner, stats=stats, shutdown_timeout=shutdown_timeout, **queue
+        )
+        self._used = False
         #: Events whose store write was sent but not confirmed in time, until the store answers.
         self.held: dict[asyncio.Task[None], Delivery] = {}
 
@@ -156,11 +168,8 @@ class MemoryFallback:
         return await self._enqueue(delivery)
 
     async def _enqueue(self, delivery: Delivery) -> TrackResult:
-        if self._queue is None:
-            self._queue = BackgroundTransport(
-                self.inner, stats=self.stats, shutdown_timeout=self.shutdown_timeout
-            )
-        result = await self._queue.send(delivery)
+        self._used = True
+        result = await self.queue.send(delivery)
         if result.status == "queued" and result.durable:  # never claim what memory cannot keep
             result = TrackResult("queued", delivery.event)
         return result
@@ -201,8 +210,8 @@ class MemoryFallback:
         """Wait for the in-memory queue to deliver what it holds."""
         if self.held:
             await asyncio.wait(list(self.held), timeout=timeout)
-        if self._queue is not None:
-            await self._queue.flush(timeout)
+        if self._used:
+            await self.queue.flush(timeout)
 
     async def aclose(self) -> None:
         """Deliver what the queue holds within ``shutdown_timeout``; report the outage."""
@@ -229,9 +238,9 @@ class MemoryFallback:
                     delivery.event.event_id,
                 )
                 await self._enqueue(delivery)
-        queue, self._queue = self._queue, None
-        if queue is not None:
-            await queue.aclose()
+        if self._used:  # a queue never used has nothing to deliver (nor its own loop)
+            self._used = False
+            await self.queue.aclose()
 
 
 #: ``on_delivered(delivery, result)``: called (sync or async) for each event the provider took.
@@ -571,6 +580,13 @@ class OutboxTransport(Transport):
     ``on_delivered(delivery, result)`` for each event the provider answered 2xx (read
     ``result.outcome``).
 
+    The fallback is a :class:`BackgroundTransport` like any other: ``queue_size`` (10,000) and
+    ``queue_full_timeout`` (1 s) bound it, ``concurrency`` and ``pause_interval`` apply, an
+    event it drops (full past ``queue_full_timeout``, or undelivered at shutdown) goes to
+    ``on_drop(delivery, reason)``, and ``on_error``/``on_delivered`` are called for its events
+    as for the store's. With ``fallback=None`` there is no queue: ``queue_size``,
+    ``queue_full_timeout`` and ``on_drop`` raise ``TypeError``.
+
     Example:
         >>> import asyncio, os, tempfile
         >>> memory = MemoryTransport()
@@ -608,6 +624,9 @@ class OutboxTransport(Transport):
         retry_open: bool = True,
         on_error: ErrorCallback | None = None,
         on_delivered: DeliveredCallback | None = None,
+        on_drop: DropCallback | None = None,
+        queue_size: int | None = None,
+        queue_full_timeout: float | None = None,
         stats: DeliveryStats | None = None,
         providers: Iterable[Provider] = (),
     ) -> None:
@@ -625,6 +644,17 @@ class OutboxTransport(Transport):
                 raise ValueError(f"{name} must be > 0 seconds, got {value}")
         if not (fallback is None or fallback == "memory" or isinstance(fallback, Transport)):
             raise ValueError(f"fallback must be 'memory', a Transport or None, got {fallback!r}")
+        options = (
+            ("queue_size", queue_size),
+            ("queue_full_timeout", queue_full_timeout),
+            ("on_drop", on_drop),
+        )
+        queue: dict[str, Any] = {name: value for name, value in options if value is not None}
+        if fallback is None and queue:
+            raise TypeError(
+                f"OutboxTransport(fallback=None) ignores {next(iter(queue))}=: there is no"
+                " in-memory queue (a store failure raises outbox_write_failed)"
+            )
         http_options = {"api_key": api_key, "base_url": base_url, "timeout": timeout}
         given = [
             name for name, value in {**http_options, "retry": retry}.items() if value is not None
@@ -673,7 +703,15 @@ class OutboxTransport(Transport):
             target = inner if fallback == "memory" else fallback
             assert isinstance(target, Transport)
             self.fallback = MemoryFallback(
-                self.store.description, target, self.stats, shutdown_timeout=shutdown_timeout
+                self.store.description,
+                target,
+                self.stats,
+                shutdown_timeout=shutdown_timeout,
+                concurrency=concurrency,
+                pause_interval=pause_interval,
+                on_error=on_error,
+                on_delivered=on_delivered,
+                **queue,
             )
         #: The transport that sends (the inner one, also for an append-only instance's fallback).
         self.sender = inner
