@@ -386,3 +386,41 @@ def test_wrong_arguments_are_named(
     assert len(raised) == 1 and isinstance(raised[0], error)
     with pytest.raises(error, match=match):
         raise raised[0]
+
+
+def test_the_token_carries_the_touchpoints_and_the_callback_restores_them(
+    served: Callable[..., Any], provider: FakeProvider, url: str
+) -> None:
+    with served(touchpoints=True) as client:
+        # A landing on the login page itself, with campaign tags: its touch goes in the token.
+        landing = "/login?utm_source=news&utm_campaign=spring&gclid=g1"
+        state = client.get(landing, headers={"cookie": "dub_id=clk1"}).text
+        assert len(state) <= 512
+        answer = callback(client, state, "user_t")
+    assert answer.json()["source"] == "restored"
+    touch_cookie = cookies_of(answer)["attribution_touch"]
+    tokens = StateTokens(SECRET, salt="asgi-attribution.state.dub")
+    assert tokens.loads(state, max_age=60)["t"]["f"]["utm_campaign"] == "spring"
+    assert touch_cookie  # the callback's answer sets the touch cookie the cross-site post lost
+    (lead,) = provider.leads()
+    assert lead["clickId"] == "clk1"
+
+
+def test_restored_touchpoints_reach_the_leads_metadata(url: str, provider: FakeProvider) -> None:
+    tracker = Tracker(
+        "dub",
+        api_key=KEY,
+        base_url=url,
+        retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.1),
+        touchpoints_metadata_key="touchpoints",
+    )
+    app = starlette_site(tracker, signing_secrets=SECRET, touchpoints=True)
+    with TestClient(app, base_url="https://shop.example.com") as client:
+        state = client.get("/login?utm_source=news", headers={"cookie": "dub_id=clk1"}).text
+        client.cookies.clear()
+        answer = client.post("/callback", data={"state": state, "user": "user_m"})
+    assert answer.json()["restored"] is True
+    (lead,) = provider.leads()
+    touches = lead["metadata"]["touchpoints"]
+    assert touches["first"]["utm_source"] == touches["last"]["utm_source"] == "news"
+    assert touches["first"]["path"] == "/login"

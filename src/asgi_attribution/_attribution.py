@@ -21,7 +21,14 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from ._context import MIDDLEWARE_HINT, ROUND_TRIPS_KEY, SCOPE_KEY, RequestLike, scope_of
-from ._cookies import CookieReader, Headers, TouchCookie, cookie_header, valid_click_id
+from ._cookies import (
+    CookieReader,
+    Headers,
+    TouchCookie,
+    TouchData,
+    cookie_header,
+    valid_click_id,
+)
 from ._landing import LandingCookies
 from ._options import number
 from ._providers import Provider
@@ -516,7 +523,7 @@ class RoundTrips:
         'dub'
     """
 
-    __slots__ = ("opted_out", "plain", "provider", "signed", "tokens")
+    __slots__ = ("opted_out", "plain", "provider", "signed", "tokens", "touch_header")
 
     def __init__(
         self,
@@ -525,6 +532,10 @@ class RoundTrips:
         signed: LandingCookies,
         plain: LandingCookies,
         opted_out: Callable[[Any], bool] = lambda scope: False,
+        touch_header: Callable[
+            [Any, TouchData, TouchData], tuple[tuple[bytes, bytes], TouchData, TouchData]
+        ]
+        | None = None,
     ) -> None:
         self.provider = provider
         self.tokens = tokens
@@ -532,6 +543,8 @@ class RoundTrips:
         self.plain = plain
         #: Whether a request says no by itself (``Sec-GPC: 1`` with ``honor_gpc``).
         self.opted_out = opted_out
+        #: With ``touchpoints=True``: the touch cookie's ``Set-Cookie`` for (scope, first, last).
+        self.touch_header = touch_header
 
 
 def _round_trips(request: RequestLike | None, caller: str) -> tuple[Any, RoundTrips]:
@@ -551,7 +564,7 @@ def _round_trips(request: RequestLike | None, caller: str) -> tuple[Any, RoundTr
 
 
 # What a token may lose to stay within MAX_STATE_TOKEN, first dropped first; the click id never.
-_OPTIONAL = (("p", "partner cookie"),)
+_OPTIONAL = (("t", "touchpoints"), ("p", "partner cookie"))
 
 
 def attribution_state(request: RequestLike | None = None) -> str:
@@ -559,9 +572,9 @@ def attribution_state(request: RequestLike | None = None) -> str:
 
     Put it where the flow brings it back: an OAuth ``state`` (next to your own CSRF value), a
     ``redirect_uri`` query parameter, a hidden form field. It holds the click id, whether the
-    server verified it and the partner cookie (left out, with a WARNING, in the rare case it
-    would make the token longer than 512 characters); an organic visit gets a token holding no
-    click. It is URL-safe, at most 512 characters, signed with the middleware's
+    server verified it, the partner cookie and (``touchpoints=True``) the first and last touch;
+    the touchpoints, then the partner cookie, are left out with a WARNING when they would make
+    the token longer than 512 characters. An organic visit gets a token holding no click. It is URL-safe, at most 512 characters, signed with the middleware's
     ``signing_secrets`` (a ``RuntimeError`` says so when there are none) and readable by
     :func:`restore_attribution` only. The click id is visible in it (signed, not encrypted), as
     it is in the landing URL.
@@ -594,7 +607,10 @@ def attribution_state(request: RequestLike | None = None) -> str:
         partner = attribution.partner_raw
         if partner:
             fields["p"] = partner
-    # The touchpoints go here too, as one more short key ("t"), with its name in _OPTIONAL.
+    if trips.touch_header is not None:
+        first, last = attribution.touchpoints.first, attribution.touchpoints.last
+        if first is not None and last is not None:
+            fields["t"] = {"f": first.as_dict(), "l": last.as_dict()}
     token = trips.tokens.dumps(fields)
     for key, what in _OPTIONAL:
         if len(token) <= MAX_STATE_TOKEN:
@@ -685,7 +701,13 @@ def restore_attribution(
     cookies = trips.signed if verified else trips.plain
     for _, value in cookies.headers(scope, click_id, partner_raw):
         response.headers.append("set-cookie", value.decode("latin-1"))
-    scope[SCOPE_KEY] = Attribution(
+    restored = Attribution(
         provider, click_id=click_id, source="restored", partner_raw=partner_raw, verified=verified
     )
+    touches = TouchCookie.touches(fields.get("t"))
+    if touches is not None and trips.touch_header is not None:
+        (_, value), first, last = trips.touch_header(scope, *touches)
+        response.headers.append("set-cookie", value.decode("latin-1"))
+        restored.touchpoints = Touchpoints(Touch.from_dict(first), Touch.from_dict(last))
+    scope[SCOPE_KEY] = restored
     return True

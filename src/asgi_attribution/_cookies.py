@@ -436,15 +436,28 @@ class TouchCookie:
         except (binascii.Error, ValueError):
             logger.debug("ignored malformed touch cookie")
             return None
+        touches = self.touches(data)
+        if touches is None:
+            logger.debug("ignored malformed touch cookie")
+        return touches
+
+    @staticmethod
+    def touches(data: Any) -> tuple[TouchData, TouchData] | None:
+        """``(first, last)`` from the decoded ``{"f": ..., "l": ...}`` a cookie value (or an
+        attribution state token) holds, or ``None`` when it has another shape.
+
+        Example:
+            >>> TouchCookie.touches({"f": {"time": 1, "path": "/"}})
+            ({'time': 1, 'path': '/'}, {'time': 1, 'path': '/'})
+            >>> TouchCookie.touches({"f": {"time": "1"}}) is None
+            True
+        """
         if not isinstance(data, dict):
             return None
         first, last = data.get("f"), data.get("l", data.get("f"))
-        if not (isinstance(first, dict) and isinstance(last, dict)):
-            return None
-        if not (_touch_data(first) and _touch_data(last)):
-            logger.debug("ignored malformed touch cookie")
-            return None
-        return first, last
+        if isinstance(first, dict) and isinstance(last, dict) and _touch_data(first, last):
+            return first, last
+        return None
 
     def header(self, value: str, *, host: str, https: bool) -> tuple[bytes, bytes]:
         """The ``Set-Cookie`` header for ``value`` (a :meth:`dump`), for the request's host."""
@@ -458,13 +471,13 @@ def _cut(touch: TouchData, limit: int) -> TouchData:
     return {k: v[:limit] if isinstance(v, str) else v for k, v in touch.items()}
 
 
-def _touch_data(value: Any) -> bool:
-    """Whether ``value`` has the shape :meth:`TouchCookie.dump` writes."""
-    return (
-        isinstance(value, dict)
-        and type(value.get("time")) is int
-        and isinstance(value.get("path"), str)
+def _touch_data(*touches: dict[Any, Any]) -> bool:
+    """Whether each of ``touches`` has the shape :meth:`TouchCookie.dump` writes."""
+    return all(
+        type(touch.get("time")) is int
+        and isinstance(touch.get("path"), str)
         and all(
-            isinstance(k, str) and (k == "time" or isinstance(v, str)) for k, v in value.items()
+            isinstance(k, str) and (k == "time" or isinstance(v, str)) for k, v in touch.items()
         )
+        for touch in touches
     )

@@ -32,6 +32,7 @@ from ._cookies import (
     CookieReader,
     ManagedCookies,
     TouchCookie,
+    TouchData,
     cookie_header,
     host_of,
     is_https,
@@ -431,6 +432,7 @@ class AttributionMiddleware:
                 self._landing_cookies,
                 LandingCookies(p, self.cookie, None, forwarded=forwarded_host),
                 self._consent.opted_out,
+                None if self._touch_cookie is None else self._touch_header,
             )
         )
 
@@ -556,15 +558,24 @@ class AttributionMiddleware:
             return set_cookies
         kept = cookie.load(cookie.raw(headers))
         first = landed if kept is None else kept[0]
-        value, first, last = cookie.dump(first, landed)
+        header, first, last = self._touch_header(scope, first, landed)
         # What the cookie now says (values cut to fit), as this request's touchpoints.
         attribution.touchpoints = Touchpoints(Touch.from_dict(first), Touch.from_dict(last))
-        header = cookie.header(
+        return (header,) if set_cookies is None else (*set_cookies, header)
+
+    def _touch_header(
+        self, scope: Scope, first: TouchData, last: TouchData
+    ) -> tuple[Header, TouchData, TouchData]:
+        """The touch cookie holding ``first`` and ``last`` for the request's host, and the two
+        touches as it holds them (values cut to fit)."""
+        assert self._touch_cookie is not None  # only called with touchpoints on
+        value, first, last = self._touch_cookie.dump(first, last)
+        header = self._touch_cookie.header(
             value,
             host=host_of(scope, forwarded=self.forwarded_host),
             https=is_https(scope, forwarded=self.forwarded_host),
         )
-        return (header,) if set_cookies is None else (*set_cookies, header)
+        return header, first, last
 
     def _clean_location(self, scope: Scope) -> bytes | None:
         """Where a captured landing is redirected with ``clean_urls``: its path, its query
