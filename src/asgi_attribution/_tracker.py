@@ -36,9 +36,8 @@ From the arguments of a ``track_*`` call to a result, in the order a call goes:
 
 One concept, the tracker's call from arguments to result: each part above is a step of it, and
 none is used elsewhere. The loop's ownership (hand-off, the watch of the owner loop's end, the
-owner thread for sync callers, the exit hook) stays here too: it decides where each call runs
-and who drains what a call accepted, and splitting it off would put the one owner of delivery in
-two files.
+exit hook, forgetting a parent's loop after a fork) stays here too: it decides where each call
+runs and who drains what a call accepted; split off, the one owner of delivery is in two files.
 """
 
 from __future__ import annotations
@@ -457,6 +456,15 @@ def _close_at_exit() -> None:
                 asyncio.run(asyncio.wait_for(tracker.aclose(), bound))
         except BaseException as exc:  # exiting: log, carry on with the next
             logger.error("closing the %s tracker at exit failed: %r", tracker.provider.name, exc)
+
+
+def _forget_parent_loops() -> None:  # in a forked child the parent's loop does not run
+    for tracker in _started:
+        tracker._loop, tracker._watch, tracker._started, tracker._closing = None, None, False, False
+    _started.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_loops)  # pre-fork servers: gunicorn, uWSGI
 
 
 async def run_on(owner: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:

@@ -137,7 +137,7 @@ def _deliver(
                 return handed
             tickets.append(Ticket())  # the owner ended before taking it: look again
         elif tracker.started or tracker.needs_owner:
-            _owner_thread(tracker)  # an outbox needs an owner; an ended one must be closed
+            start_owner(tracker)  # an outbox needs an owner; an ended one must be closed
         elif ticket.withdraw():
             return _inline(tracking, deadline, event_id)
         if time.monotonic() >= deadline:
@@ -221,13 +221,26 @@ _owners: weakref.WeakKeyDictionary[Tracker, threading.Thread] = weakref.WeakKeyD
 _owners_lock = threading.Lock()
 
 
-def _owner_thread(tracker: Tracker) -> None:
-    """Start the tracker's owner thread (once): an event loop that owns its delivery.
+def start_owner(tracker: Tracker, *, start: bool = False) -> None:
+    """Start the tracker's owner thread (once per process): an event loop that owns delivery.
 
-    For a tracker that needs a started loop (an outbox), it starts the tracker and runs until
-    ``aclose`` (or the exit, where the tracker's ``atexit`` last resort closes it). For a
+    For a tracker that needs a started loop (an outbox), or with ``start=True`` (the WSGI
+    middleware: its background queue lives there), it starts the tracker and runs until
+    ``aclose`` (or the exit, where the tracker's ``atexit`` last resort drains it). For a
     tracker left started on a loop that ended, it closes it (delivering what it held) and ends.
-    Sync callers hand their events to it meanwhile, as to any owner.
+    Sync callers hand their events to it meanwhile, as to any owner. A daemon thread: it never
+    keeps the process alive, and its drain runs at exit.
+
+    Example:
+        >>> from asgi_attribution import MemoryTransport, Tracker, sync
+        >>> tracker = Tracker("dub", transport=MemoryTransport())
+        >>> sync.start_owner(tracker, start=True)
+        >>> tracker.started
+        True
+        >>> sync.track_customer(None, tracker=tracker, customer_id="u1").status
+        'sent'
+        >>> import asyncio
+        >>> asyncio.run(tracker.aclose())
     """
     with _owners_lock:
         running = _owners.get(tracker)
@@ -238,7 +251,7 @@ def _owner_thread(tracker: Tracker) -> None:
         async def serve() -> None:
             loop = asyncio.get_running_loop()
             try:
-                if tracker.needs_owner:
+                if start or tracker.needs_owner:
                     await tracker.start()
                 else:
                     await tracker.flush(0)  # closes what the ended loop left (see Tracker)
