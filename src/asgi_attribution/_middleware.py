@@ -515,6 +515,16 @@ class AttributionMiddleware:
         )
         return landed, self._landing_cookies.headers(scope, click.click_id, partner_data)
 
+    async def aclose(self) -> None:
+        """Release the partner-click client (lifespan's shutdown calls this under ASGI).
+
+        Example:
+            >>> import asyncio
+            >>> asyncio.run(AttributionMiddleware(None, Tracker("dub")).aclose())
+        """
+        if self._partners is not None:
+            await self._partners.aclose()
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         partners = self._partners
         await run_lifespan(

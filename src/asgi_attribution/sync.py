@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from typing_extensions import Unpack
@@ -221,7 +221,12 @@ _owners: weakref.WeakKeyDictionary[Tracker, threading.Thread] = weakref.WeakKeyD
 _owners_lock = threading.Lock()
 
 
-def start_owner(tracker: Tracker, *, start: bool = False) -> None:
+def start_owner(
+    tracker: Tracker,
+    *,
+    start: bool = False,
+    on_end: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Start the tracker's owner thread (once per process): an event loop that owns delivery.
 
     For a tracker that needs a started loop (an outbox), or with ``start=True`` (the WSGI
@@ -229,7 +234,8 @@ def start_owner(tracker: Tracker, *, start: bool = False) -> None:
     ``aclose`` (or the exit, where the tracker's ``atexit`` last resort drains it). For a
     tracker left started on a loop that ended, it closes it (delivering what it held) and ends.
     Sync callers hand their events to it meanwhile, as to any owner. A daemon thread: it never
-    keeps the process alive, and its drain runs at exit.
+    keeps the process alive, and its drain runs at exit. ``on_end`` runs on its loop once the
+    tracker is closed (the WSGI middleware releases its partner-click client there).
 
     Example:
         >>> from asgi_attribution import MemoryTransport, Tracker, sync
@@ -259,6 +265,8 @@ def start_owner(tracker: Tracker, *, start: bool = False) -> None:
                 ready.set()
             while tracker.loop is loop:
                 await asyncio.sleep(0.1)
+            if on_end is not None:
+                await on_end()
 
         def main() -> None:
             try:

@@ -154,7 +154,7 @@ class AttributionMiddleware:
                 return
             self._pid = pid
             try:
-                start_owner(self.tracker, start=True)
+                start_owner(self.tracker, start=True, on_end=self.core.aclose)
                 _exit_on_sigterm()
             except Exception:  # delivery falls back to inline sends; the request goes on
                 logger.exception("the %s tracker did not start", self.tracker.provider.name)
