@@ -328,7 +328,7 @@ class AttributionMiddleware:
         self._consent = Consent(consent, honor_gpc)
         self._consent_async = consent is not None and (
             inspect.iscoroutinefunction(consent)
-            or inspect.iscoroutinefunction(getattr(consent, "__call__", None))
+            or inspect.iscoroutinefunction(type(consent).__call__)
         )
 
         managed = [*p.cookie_names]

@@ -188,12 +188,16 @@ class AttributionMiddleware:
         return adding
 
 
-def _at_once(decision: Coroutine[Any, Any, Any]) -> Any:
+Decision = tuple[Attribution, "tuple[Header, ...] | None"]
+
+
+def _at_once(decision: Coroutine[Any, Any, Decision]) -> Decision:
     """Run a coroutine that never waits on I/O (no partner click, a sync consent) to its end."""
     try:
         decision.send(None)
     except StopIteration as done:
-        return done.value
+        answer: Decision = done.value
+        return answer
     decision.close()
     raise RuntimeError(
         "the consent callable returned an awaitable: make it `async def` (then it runs on the "

@@ -16,12 +16,12 @@ import pytest
 from django.test import override_settings
 from werkzeug.test import Client, TestResponse
 
-from asgi_attribution import RetryPolicy, Tracker, get_attribution, sync
+from asgi_attribution import MemoryTransport, RetryPolicy, Tracker, get_attribution, sync
 from asgi_attribution.testing import FakeProvider, serve_in_thread
 from asgi_attribution.wsgi import AttributionMiddleware, scope_from_environ
 
 from ..support.asgi import KEY
-from . import wsgi_apps
+from ..support import framework_apps, wsgi_apps
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
 PARTNER = {"id": "pn_1", "name": "John Doe"}
@@ -56,8 +56,10 @@ def client_of(request: pytest.FixtureRequest) -> Any:
         )
         return
     app_for = wsgi_apps.django_wsgi
-    wsgi_apps.configure_django()
-    with override_settings(ROOT_URLCONF="tests.frameworks.wsgi_apps"):
+    # Settings as the ASGI Django tests configure them (once per process, whichever runs
+    # first); this app's URLs only within the test.
+    framework_apps.django_app(Tracker("dub", transport=MemoryTransport()))
+    with override_settings(ROOT_URLCONF="tests.support.wsgi_apps"):
         yield lambda tracker, use_cookies=True, **options: Client(
             app_for(tracker, **options), use_cookies=use_cookies
         )
@@ -101,9 +103,7 @@ def test_signing_verifies_the_click_and_refuses_a_forged_one(
 
 
 def test_consent_and_gpc_keep_nothing_without_consent(client_of: Any, tracker: Tracker) -> None:
-    client = client_of(
-        tracker, consent=lambda c: c.cookies.get("consent") == "yes", honor_gpc=True
-    )
+    client = client_of(tracker, consent=lambda c: c.cookies.get("consent") == "yes", honor_gpc=True)
     refused = client.get("/?dub_id=clk_no")
     assert refused.json["click_id"] is None and "Set-Cookie" not in refused.headers
     client.set_cookie("consent", "yes")
@@ -191,8 +191,9 @@ def test_sync_track_lead_with_a_job_tracker_still_works(tracker: Tracker) -> Non
     # The owner thread the middleware started serves sync calls of the same process too.
     Client(AttributionMiddleware(app, tracker=tracker)).get("/")
     assert tracker.started and tracker.loop is not None
-    result = sync.track_lead(None, "Sign up", tracker=tracker, click_id="clk_j",
-                             customer_external_id="u_job")
+    result = sync.track_lead(
+        None, "Sign up", tracker=tracker, click_id="clk_j", customer_external_id="u_job"
+    )
     assert result.status == "queued"
 
 
