@@ -20,8 +20,8 @@ from asgi_attribution import MemoryTransport, RetryPolicy, Tracker, get_attribut
 from asgi_attribution.testing import FakeProvider, serve_in_thread
 from asgi_attribution.wsgi import AttributionMiddleware, scope_from_environ
 
-from ..support.asgi import KEY
 from ..support import framework_apps, wsgi_apps
+from ..support.asgi import KEY
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
 PARTNER = {"id": "pn_1", "name": "John Doe"}
