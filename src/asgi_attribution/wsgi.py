@@ -22,6 +22,7 @@ import concurrent.futures
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from types import FrameType
@@ -124,6 +125,8 @@ class AttributionMiddleware:
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._wait = self.tracker.handoff_timeout + self.core.click_timeout
+        # Here too: a threaded dev server (werkzeug's) serves no request on the main thread.
+        _exit_on_sigterm()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if self._pid != os.getpid():
@@ -218,6 +221,8 @@ def _exit_on_sigterm() -> None:
     global _sigterm_set
     with _sigterm_lock:
         if _sigterm_set or threading.current_thread() is not threading.main_thread():
+            return
+        if "uwsgi" in sys.modules:  # its C handlers stop workers; Python may not see them
             return
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return

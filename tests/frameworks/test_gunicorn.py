@@ -225,3 +225,59 @@ def test_a_sqlite_outbox_survives_a_sigkill_of_a_worker(
     counts = count(provider, answers, log)
     print(app, counts)
     assert counts == {"sent": 10, "delivered": 10, "dup": 0, "reported": 0, "lost": 0}, log
+
+
+SERVE = """
+import sys
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from tests.support.wsgi_apps import flask_app
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+server = make_server("127.0.0.1", int(sys.argv[1]), flask_app(), handler_class=Quiet)
+server.serve_forever()
+"""
+
+
+def test_a_server_without_a_sigterm_handler_still_drains_on_sigterm(
+    provider: FakeProvider, url: str, tmp_path: Path
+) -> None:
+    """wsgiref sets no SIGTERM handler: the middleware's exits in order, and atexit drains."""
+    # The provider is down: the leads wait in the queue at SIGTERM; without the drain they would
+    # vanish with the process, with it each is reported by id.
+    provider.faults = Faults(error_rate=1.0)
+    port = free_port()
+    log = tmp_path / "wsgiref.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SERVE, str(port)],
+            cwd=ROOT,
+            env={**os.environ, "FAKE_PROVIDER_URL": url, "WSGI_SHUTDOWN": "1"},
+            stderr=sink,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and process.poll() is None
+                    time.sleep(0.1)
+            server = type("Served", (), {"url": f"http://127.0.0.1:{port}"})()
+            users = [f"ref{i}" for i in range(5)]
+            answers = signups(server, users)  # type: ignore[arg-type]
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log.read_text(errors="replace")
+    assert process.returncode == 128 + signal.SIGTERM, text
+    counts = count(provider, answers, text)
+    print("wsgiref", counts)
+    assert counts == {"sent": 5, "delivered": 0, "dup": 0, "reported": 5, "lost": 0}, text
