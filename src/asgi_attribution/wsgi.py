@@ -99,7 +99,7 @@ class AttributionMiddleware:
     meaning; a ``consent`` callable receives a Starlette ``HTTPConnection`` built from the
     environ (``.cookies``, ``.headers``, ``.url``). The decision never fails a request: bad
     input is treated as absent. A partner click is asked on the tracker's event loop and waited
-    for at most ``click_timeout`` (plus the tracker's ``handoff_timeout``).
+    for at most ``click_timeout`` (plus a second for the hand-off).
 
     Example:
         >>> from flask import Flask
@@ -124,7 +124,8 @@ class AttributionMiddleware:
         self._ours = self.core.set_cookie_prefixes
         self._pid: int | None = None
         self._lock = threading.Lock()
-        self._wait = self.tracker.handoff_timeout + self.core.click_timeout
+        # The click call is bounded by click_timeout on the loop; the margin is the hand-off's.
+        self._wait = self.core.click_timeout + 1.0
         # Here too: a threaded dev server (werkzeug's) serves no request on the main thread.
         _exit_on_sigterm()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -213,3 +214,15 @@ def test_scope_from_environ_reads_what_the_decision_needs() -> None:
     assert (b"sec-fetch-mode", b"navigate") in scope["headers"]
     assert (b"content-type", b"text/plain") in scope["headers"]
     assert scope["client"] == ("10.0.0.7", 0) and scope["scheme"] == "https"
+
+
+def test_a_forked_child_owns_nothing_of_its_parents_loop(tracker: Tracker) -> None:
+    """A pre-fork server's worker must not hand events to a copy of the parent's loop."""
+    sync.start_owner(tracker, start=True)
+    assert tracker.started and tracker.loop is not None
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit code only
+        os._exit(0 if tracker.loop is None and not tracker.started else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tracker.started and tracker.loop is not None  # the parent's own is untouched
