@@ -326,6 +326,8 @@ class AttributionMiddleware:
         self.consent = consent
         self.honor_gpc = honor_gpc
         self._consent = Consent(consent, honor_gpc)
+        # Whether decide() may ask anything (consent, the provider for a partner click).
+        self._asks = self._consent.gated or refer_domain is not None
         self._consent_async = consent is not None and (
             inspect.iscoroutinefunction(consent)
             or inspect.iscoroutinefunction(type(consent).__call__)
@@ -382,7 +384,14 @@ class AttributionMiddleware:
             await self.app(scope, receive, send)
             return
 
-        attribution, set_cookies = await self.decide(scope)
+        if self._asks:
+            attribution, set_cookies = await self.decide(scope)
+        else:  # decide() without its awaits: nothing to ask, no coroutine to pay for
+            try:
+                attribution, set_cookies = self._attribute(scope)
+            except Exception:  # never fail a request because of what a visitor sent
+                logger.exception("attribution failed; handling the request without it")
+                attribution, set_cookies = Attribution(self.provider), None
 
         # The scope is this request's own (never scope["state"], which a server may share
         # between requests); the services sit beside the data, not inside it.
