@@ -181,7 +181,7 @@ def test_sigterm_delivers_what_it_can_and_reports_the_rest_by_id(
     print(app, counts)
     assert counts["lost"] == 0 and counts["dup"] == 0, log
     assert counts["delivered"] + counts["reported"] == 12, log
-    assert counts["reported"] >= len(failing) - 0, log  # every failing one, by id, both ways
+    assert counts["reported"] >= len(failing), log  # every failing one, by id, both ways
 
 
 @pytest.mark.parametrize("app", ["flask", "django"])
@@ -201,6 +201,7 @@ def test_a_sqlite_outbox_survives_a_sigkill_of_a_worker(
         while time.monotonic() < deadline and len(provider.leads()) < len(users):
             time.sleep(0.2)
         log = server.stop()
+    by_workers = len(provider.leads())
     # What the new workers did not deliver, the command does.
     subprocess.run(
         [
@@ -223,7 +224,7 @@ def test_a_sqlite_outbox_survives_a_sigkill_of_a_worker(
         capture_output=True,
     )
     counts = count(provider, answers, log)
-    print(app, counts)
+    print(app, counts, "delivered by the next workers:", by_workers)
     assert counts == {"sent": 10, "delivered": 10, "dup": 0, "reported": 0, "lost": 0}, log
 
 
