@@ -295,7 +295,8 @@ def get_attribution(request: RequestLike | None = None) -> Attribution:
     handled. Works as a FastAPI dependency: ``attribution: Attribution =
     Depends(get_attribution)``. Raises ``RuntimeError`` when :class:`AttributionMiddleware` did
     not see the request, because that is a setup mistake to fix, not a visitor to ignore, and
-    ``TypeError`` for anything that is not a request (a WSGI request, say).
+    ``TypeError`` for anything that is not a request. A WSGI environ, Flask request or Django
+    ``HttpRequest`` works when served through :mod:`asgi_attribution.wsgi`.
 
     Example:
         >>> from starlette.requests import Request

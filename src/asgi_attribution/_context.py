@@ -33,6 +33,8 @@ __all__ = [
     "MIDDLEWARE_HINT",
     "SCOPE_KEY",
     "TRACKER_KEY",
+    "HasEnviron",
+    "HasMeta",
     "HasScope",
     "RequestLike",
     "current_scope",
@@ -77,8 +79,40 @@ class HasScope(Protocol):
         """The ASGI scope the middleware wrote into."""
 
 
-#: What the request helpers take: a request object carrying its ASGI scope, or the scope itself.
-RequestLike: TypeAlias = HasScope | MutableMapping[str, Any]
+class HasEnviron(Protocol):
+    """A WSGI request carrying its environ: Flask's and werkzeug's (``request.environ``).
+
+    Example:
+        >>> from werkzeug.test import EnvironBuilder
+        >>> request: HasEnviron = EnvironBuilder("/").get_request()
+        >>> request.environ["PATH_INFO"]
+        '/'
+    """
+
+    @property
+    def environ(self) -> MutableMapping[str, Any]:
+        """The WSGI environ the WSGI middleware wrote into."""
+
+
+class HasMeta(Protocol):
+    """Django's ``HttpRequest`` under WSGI: ``request.META`` is the WSGI environ.
+
+    Example:
+        >>> class Request:
+        ...     META = {"wsgi.version": (1, 0)}
+        >>> request: HasMeta = Request()
+        >>> request.META["wsgi.version"]
+        (1, 0)
+    """
+
+    @property
+    def META(self) -> MutableMapping[str, Any]:
+        """The WSGI environ the WSGI middleware wrote into."""
+
+
+#: What the request helpers take: a request object carrying its ASGI scope or WSGI environ, or
+#: the scope or environ itself.
+RequestLike: TypeAlias = HasScope | HasEnviron | HasMeta | MutableMapping[str, Any]
 
 _CONNECTIONS = ("http", "websocket")
 

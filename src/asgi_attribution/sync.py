@@ -24,9 +24,14 @@ Called from a thread that runs an event loop (an ``async def`` view), it raises
 async helpers instead.
 
 ``request`` is a Starlette/FastAPI request, a Django request served through
-``AttributionMiddleware`` (its ASGI scope is ``request.scope``), a raw ASGI scope, or ``None``:
+``AttributionMiddleware`` (its ASGI scope is ``request.scope``), a raw ASGI scope, a Flask or
+Django request (or the WSGI environ) served through :mod:`asgi_attribution.wsgi`, or ``None``:
 then the request being handled (when the thread was started with its context, as FastAPI's
-threadpool does), or, in a job, an explicit ``tracker=`` and ``click_id=``.
+threadpool does, or the WSGI middleware's own thread), or, in a job, an explicit ``tracker=``
+and ``click_id=``.
+
+Under a WSGI server the WSGI middleware starts the tracker's loop in a daemon thread of each
+worker process (:func:`start_owner`), so these calls return ``status="queued"`` there too.
 """
 
 from __future__ import annotations
