@@ -25,6 +25,7 @@ SLOW = (
     "tests/cli/test_outbox_postgres.py",  # a PostgreSQL connection and a CLI process per test
     "tests/cli/test_bad_input.py",  # a CLI process per case (about 40)
     "tests/test_sync_attacks.py",  # 8 threads against each tracker state (about 90 s)
+    "tests/frameworks/test_gunicorn.py",  # gunicorn -w 2 per test; a killed worker's leases
     "tests/cli/test_outbox_redis.py",  # a redis-server and a CLI process per test
     "tests/cli/test_help.py::test_the_outbox_help_says_what_each_code_means",
     "tests/cli/test_outbox_cli.py::test_console_entry_points_in_a_real_process",

@@ -30,6 +30,7 @@ PUBLIC_MODULES = {
     "asgi_attribution.transports",
     "asgi_attribution.transports.outbox",
     "asgi_attribution.webhooks",
+    "asgi_attribution.wsgi",
 }
 
 

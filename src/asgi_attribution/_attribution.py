@@ -464,7 +464,8 @@ def get_attribution(request: RequestLike | None = None) -> Attribution:
     handled. Works as a FastAPI dependency: ``attribution: Attribution =
     Depends(get_attribution)``. Raises ``RuntimeError`` when :class:`AttributionMiddleware` did
     not see the request, because that is a setup mistake to fix, not a visitor to ignore, and
-    ``TypeError`` for anything that is not a request (a WSGI request, say).
+    ``TypeError`` for anything that is not a request. A WSGI environ, Flask request or Django
+    ``HttpRequest`` works when served through :mod:`asgi_attribution.wsgi`.
 
     Example:
         >>> from starlette.requests import Request
@@ -574,9 +575,10 @@ def attribution_state(request: RequestLike | None = None) -> str:
     ``redirect_uri`` query parameter, a hidden form field. It holds the click id, whether the
     server verified it, the partner cookie and (``touchpoints=True``) the first and last touch;
     the touchpoints, then the partner cookie, are left out with a WARNING when they would make
-    the token longer than 512 characters. An organic visit gets a token holding no click. It is URL-safe, at most 512 characters, signed with the middleware's
-    ``signing_secrets`` (a ``RuntimeError`` says so when there are none) and readable by
-    :func:`restore_attribution` only. The click id is visible in it (signed, not encrypted), as
+    the token longer than 512 characters. An organic visit gets a token holding no click. It
+    is URL-safe, at most 512 characters, signed with the middleware's ``signing_secrets`` (a
+    ``RuntimeError`` says so when there are none) and readable by :func:`restore_attribution`
+    only. The click id is visible in it (signed, not encrypted), as
     it is in the landing URL.
 
     Example:

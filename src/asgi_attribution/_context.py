@@ -10,6 +10,10 @@ scope (never into ``scope["state"]``, which a server may share between requests)
 - ``scope[ROUND_TRIPS_KEY]``: what signs and restores round-trip tokens (``None`` without
   ``signing_secrets``), for ``attribution_state`` and ``restore_attribution``.
 
+The WSGI middleware builds such a scope from the WSGI ``environ`` and keeps it there, under
+``environ[ENVIRON_KEY]``, so the same helpers find it from the environ, a Flask ``request``
+(``request.environ``) or a Django ``HttpRequest`` (``request.META``).
+
 ``current_scope`` is the scope of the request being handled, for code that has no request
 argument (decorators, helpers called deep in a handler). :func:`scope_of` turns whatever a
 helper was given (a request, a raw scope, ``None``) into that scope, in one place.
@@ -27,10 +31,13 @@ from typing import Any, Protocol, TypeAlias
 
 __all__ = [
     "COOKIES_KEY",
+    "ENVIRON_KEY",
     "MIDDLEWARE_HINT",
     "ROUND_TRIPS_KEY",
     "SCOPE_KEY",
     "TRACKER_KEY",
+    "HasEnviron",
+    "HasMeta",
     "HasScope",
     "RequestLike",
     "current_scope",
@@ -46,9 +53,13 @@ COOKIES_KEY = "asgi_attribution.cookies"
 
 ROUND_TRIPS_KEY = "asgi_attribution.round_trips"
 
+#: Where the WSGI middleware keeps the request's scope in the WSGI environ.
+ENVIRON_KEY = "asgi_attribution.scope"
+
 #: What to say when something is read from a request the middleware never saw.
 MIDDLEWARE_HINT = (
     "add AttributionMiddleware to the app (app.add_middleware(AttributionMiddleware, "
+    "tracker=tracker); a WSGI app: asgi_attribution.wsgi.AttributionMiddleware(app, "
     "tracker=tracker))"
 )
 
@@ -73,8 +84,40 @@ class HasScope(Protocol):
         """The ASGI scope the middleware wrote into."""
 
 
-#: What the request helpers take: a request object carrying its ASGI scope, or the scope itself.
-RequestLike: TypeAlias = HasScope | MutableMapping[str, Any]
+class HasEnviron(Protocol):
+    """A WSGI request carrying its environ: Flask's and werkzeug's (``request.environ``).
+
+    Example:
+        >>> from werkzeug.test import EnvironBuilder
+        >>> request: HasEnviron = EnvironBuilder("/").get_request()
+        >>> request.environ["PATH_INFO"]
+        '/'
+    """
+
+    @property
+    def environ(self) -> MutableMapping[str, Any]:
+        """The WSGI environ the WSGI middleware wrote into."""
+
+
+class HasMeta(Protocol):
+    """Django's ``HttpRequest`` under WSGI: ``request.META`` is the WSGI environ.
+
+    Example:
+        >>> class Request:
+        ...     META = {"wsgi.version": (1, 0)}
+        >>> request: HasMeta = Request()
+        >>> request.META["wsgi.version"]
+        (1, 0)
+    """
+
+    @property
+    def META(self) -> MutableMapping[str, Any]:
+        """The WSGI environ the WSGI middleware wrote into."""
+
+
+#: What the request helpers take: a request object carrying its ASGI scope or WSGI environ, or
+#: the scope or environ itself.
+RequestLike: TypeAlias = HasScope | HasEnviron | HasMeta | MutableMapping[str, Any]
 
 _CONNECTIONS = ("http", "websocket")
 
@@ -84,8 +127,10 @@ def scope_of(request: RequestLike | None) -> MutableMapping[str, Any] | None:
 
     ``request`` is any object with an ASGI ``.scope`` mapping (Starlette's and FastAPI's
     ``Request``, ``WebSocket`` and ``HTTPConnection``, Django's ``ASGIRequest``, Litestar's,
-    Quart's) or a raw ASGI scope of an HTTP or WebSocket connection. Anything else raises a
-    ``TypeError`` that names what was passed and what to pass instead.
+    Quart's), a raw ASGI scope of an HTTP or WebSocket connection, or, served through the WSGI
+    middleware, a WSGI ``environ``, a Flask ``request`` (its ``.environ``) or a Django
+    ``HttpRequest`` (its ``.META``). Anything else raises a ``TypeError`` that names what was
+    passed and what to pass instead.
 
     Example:
         >>> scope = {"type": "http", "headers": []}
@@ -106,6 +151,16 @@ def scope_of(request: RequestLike | None) -> MutableMapping[str, Any] | None:
         return scope
     if isinstance(request, MutableMapping) and request.get("type") in _CONNECTIONS:
         return request
+    # WSGI: the environ itself, Flask's request.environ, Django's request.META (the environ).
+    environ = request if isinstance(request, Mapping) else None
+    for attribute in ("environ", "META"):
+        if environ is None:
+            environ = getattr(request, attribute, None)
+    if isinstance(environ, MutableMapping) and "wsgi.version" in environ:
+        # Without the WSGI middleware: the environ itself, where nothing is found (and the
+        # error names the middleware to add).
+        found = environ.get(ENVIRON_KEY)
+        return found if isinstance(found, MutableMapping) else environ
     kind = type(request)
     name = (
         kind.__qualname__
@@ -116,15 +171,10 @@ def scope_of(request: RequestLike | None) -> MutableMapping[str, Any] | None:
         got = f'a {name} without an ASGI scope\'s "type" of "http" or "websocket"'
     else:
         got = name
-    hint = ""
-    if hasattr(request, "META") or hasattr(request, "environ"):
-        # Django's WSGIRequest, Flask's: a WSGI server never ran the ASGI middleware.
-        hint = (
-            ". A WSGI request has no ASGI scope: serve the app on an ASGI server through "
-            "AttributionMiddleware, or give the click id to the tracker's track_* yourself"
-        )
     raise TypeError(
         "expected the request (an object with an ASGI .scope, such as a Starlette, FastAPI, "
         "Litestar, Quart or Django ASGI request), a raw ASGI scope of an HTTP or WebSocket "
-        f"connection, or None for the request being handled; got {got}{hint}"
+        "connection, a WSGI environ (or a Flask or Django request) served through "
+        "asgi_attribution.wsgi.AttributionMiddleware, or None for the request being handled; "
+        f"got {got}"
     )

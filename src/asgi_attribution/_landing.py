@@ -27,6 +27,7 @@ __all__ = [
     "LandingCookies",
     "LandingQuery",
     "TouchQuery",
+    "app_decided",
     "cookie_sender",
 ]
 
@@ -288,11 +289,22 @@ def cookie_sender(send: Send, headers: Sequence[Header], prefixes: tuple[bytes, 
             present = message.get("headers") or ()  # optional in ASGI, any iterable
             if not isinstance(present, (list, tuple)):
                 present = list(present)  # read twice below
-            for name, value in present:
-                if value.startswith(prefixes) and name.lower() == b"set-cookie":
-                    break  # the app set or deleted the click cookie: its decision stands
-            else:
+            if not app_decided(present, prefixes):
                 message["headers"] = [*present, *headers]
         await send(message)
 
     return sender
+
+
+def app_decided(headers: Sequence[Header], prefixes: tuple[bytes, ...]) -> bool:
+    """True if the response ``headers`` set or delete a cookie whose value starts with one of
+    ``prefixes`` (ours): the app decided, and a landing's cookies are not added.
+
+    Example:
+        >>> app_decided([(b"Set-Cookie", b"dub_id=; Max-Age=0")], (b"dub_id=",))
+        True
+    """
+    for name, value in headers:
+        if value.startswith(prefixes) and name.lower() == b"set-cookie":
+            return True
+    return False

@@ -362,6 +362,13 @@ class AttributionMiddleware:
         self.honor_gpc = honor_gpc
         self.clean_urls = clean_urls
         self._consent = Consent(consent, honor_gpc)
+        # Whether decide() may await anything (consent, the provider for a partner click, the
+        # touch step, which asks consent).
+        self._asks = self._consent.gated or refer_domain is not None or touchpoints
+        self._consent_async = consent is not None and (
+            inspect.iscoroutinefunction(consent)
+            or inspect.iscoroutinefunction(type(consent).__call__)
+        )
 
         managed = [*p.cookie_names]
         if p.partner_cookie:
@@ -387,6 +394,9 @@ class AttributionMiddleware:
         self.managed_cookies = ManagedCookies(self.cookie, tuple(managed), forwarded_host)
         # What our Set-Cookie headers start with: if the app set one of these, it decided.
         self._ours = (p.cookie_name.encode() + b"=", self.signed_cookie_name.encode() + b"=")
+        #: Set-Cookie values that mean the app decided about our cookies (then ours are not added).
+        self.set_cookie_prefixes = self._ours
+        self.click_timeout = click_timeout
 
         self._reader = CookieReader(
             p.cookie_names,
@@ -445,29 +455,14 @@ class AttributionMiddleware:
             await self.app(scope, receive, send)
             return
 
-        try:
-            attribution, set_cookies = self._attribute(scope)
-            # Consent is asked only when there is something to keep: organic traffic pays
-            # nothing.
-            if (
-                self._consent.gated
-                and (
-                    set_cookies is not None
-                    or attribution.click_id is not None
-                    or attribution.partner_raw is not None
-                )
-                and not await self._consent.allows(scope)
-            ):
+        if self._asks:
+            attribution, set_cookies = await self.decide(scope)
+        else:  # decide() without its awaits: nothing to ask, no coroutine to pay for
+            try:
+                attribution, set_cookies = self._attribute(scope)
+            except Exception:  # never fail a request because of what a visitor sent
+                logger.exception("attribution failed; handling the request without it")
                 attribution, set_cookies = Attribution(self.provider), None
-            if self._partners is not None and set_cookies is None and kind == "http":
-                partner = await self._partner_landing(scope, attribution)
-                if partner is not None:
-                    attribution, set_cookies = partner
-            if self._touch_cookie is not None:
-                set_cookies = await self._touch(scope, attribution, set_cookies)
-        except Exception:  # never fail a request because of what a visitor sent
-            logger.exception("attribution failed; handling the request without it")
-            attribution, set_cookies = Attribution(self.provider), None
 
         # The scope is this request's own (never scope["state"], which a server may share
         # between requests); the services sit beside the data, not inside it.
@@ -488,6 +483,60 @@ class AttributionMiddleware:
             await self.app(scope, receive, send)
         finally:
             current_scope.reset(token)
+
+    async def decide(self, scope: Scope) -> tuple[Attribution, tuple[Header, ...] | None]:
+        """What attribution the request of ``scope`` carries, and the cookies to add to its
+        response (``None``: none); the one decision both the ASGI and the WSGI middleware use.
+
+        ``scope`` needs ``type``, ``headers``, ``query_string`` and ``scheme`` (and ``client``
+        for a partner click). Never raises: bad input is treated as absent.
+
+        Example:
+            >>> import asyncio
+            >>> middleware = AttributionMiddleware(None, Tracker("dub"), cookie_domain=None)
+            >>> scope = {"type": "http", "scheme": "https", "query_string": b"dub_id=c1",
+            ...          "headers": [(b"host", b"shop.example.com")]}
+            >>> attribution, cookies = asyncio.run(middleware.decide(scope))
+            >>> attribution.click_id, cookies
+            ('c1', ((b'set-cookie', b'dub_id=c1; Max-Age=7776000; Path=/; SameSite=Lax; Secure'),))
+        """
+        try:
+            attribution, set_cookies = self._attribute(scope)
+            # Consent is asked only when there is something to keep: organic traffic pays
+            # nothing.
+            if (
+                self._consent.gated
+                and (
+                    set_cookies is not None
+                    or attribution.click_id is not None
+                    or attribution.partner_raw is not None
+                )
+                and not await self._consent.allows(scope)
+            ):
+                attribution, set_cookies = Attribution(self.provider), None
+            if self._partners is not None and set_cookies is None and scope["type"] == "http":
+                partner = await self._partner_landing(scope, attribution)
+                if partner is not None:
+                    attribution, set_cookies = partner
+            if self._touch_cookie is not None:
+                set_cookies = await self._touch(scope, attribution, set_cookies)
+        except Exception:  # never fail a request because of what a visitor sent
+            logger.exception("attribution failed; handling the request without it")
+            attribution, set_cookies = Attribution(self.provider), None
+        return attribution, set_cookies
+
+    def may_await(self, scope: Scope) -> bool:
+        """Whether :meth:`decide` may wait on I/O for ``scope``: a partner click to ask the
+        provider for, or an async consent callable (a sync caller runs it on an event loop).
+
+        Example:
+            >>> AttributionMiddleware(None, Tracker("dub")).may_await({"type": "http"})
+            False
+        """
+        if self._consent_async:
+            return True
+        partners = self._partners
+        return partners is not None and partners.wants_click(scope) is not None
 
     def _attribute(self, scope: Scope) -> tuple[Attribution, tuple[Header, ...] | None]:
         """The request's attribution, and the cookies to set when it is a landing."""
@@ -619,6 +668,16 @@ class AttributionMiddleware:
             self.provider, click.click_id, partner_data, verified=self.signer is not None
         )
         return landed, self._landing_cookies.headers(scope, click.click_id, partner_data)
+
+    async def aclose(self) -> None:
+        """Release the partner-click client (lifespan's shutdown calls this under ASGI).
+
+        Example:
+            >>> import asyncio
+            >>> asyncio.run(AttributionMiddleware(None, Tracker("dub")).aclose())
+        """
+        if self._partners is not None:
+            await self._partners.aclose()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         partners = self._partners

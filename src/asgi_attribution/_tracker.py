@@ -2,43 +2,33 @@
 
 From the arguments of a ``track_*`` call to a result, in the order a call goes:
 
-- **Building** (:func:`build_event`): the customer's external id is taken from any of its names
-  (``customer_external_id``, ``external_id``, ``customer_id``); optional fields a visitor typed
-  (name, email, avatar) that break a limit are dropped with a warning instead of costing the
-  lead; the provider's own limits are checked by rendering its request once (the delivery
-  keeps it).
-- **Calls that send nothing** (an organic lead, a sale the provider would answer without
-  recording) are answered at once, as a ready :class:`Tracking`.
-- **The delivery** the options ask for (background queue, outbox, inline, or the user's own
-  transport) is built once, at construction (``_delivery.build_stack``); the tracker then
+- **Building** (:func:`build_event`): the customer's external id is taken from any of its names;
+  optional fields a visitor typed that break a limit are dropped with a warning instead of
+  costing the lead; the provider's own limits are checked.
+- **Calls that send nothing** (an organic lead, a sale the provider would not record) are
+  answered at once, as a ready :class:`Tracking`.
+- **The delivery** the options ask for is built once (``_delivery.build_stack``); the tracker
   talks to it through the :class:`~asgi_attribution.Transport` contract only.
-- **Overrides** (:data:`transport_overrides`, the named hook behind ``capture_events``): like
-  FastAPI's ``app.dependency_overrides``, while one is active every tracker in the process
-  hands its events to it. A plain list, not a ContextVar: a capture sees events tracked from
-  any task or thread, like Django's ``mail.outbox``.
-- **The owner of the event loop**: the loop the tracker started in owns delivery; its
-  transports are used on that loop alone. A call from another loop or thread is handed to it
-  (:func:`on_owner`, with a :class:`Ticket` so exactly one side does the work); if the owner
-  does not take it within ``handoff_timeout`` it is sent inline on the caller's loop, and if
-  the owner loop ended without ``aclose``, the caller's loop closes the tracker (delivering
-  what it held) and carries on as for a tracker never started. Work the owner took is never
-  done twice: if its answer is lost (the owner ended mid-way), the caller gets a
-  :class:`DeliveryError` naming the event instead of sending it again.
-- **The end of the owner loop**: a started tracker keeps one idle task on its loop. A job that
-  ends without ``aclose`` (returned, raised or cancelled: ``asyncio.run`` cancels every task
-  of the loop) cancels it, and that task drains the tracker there and then, within
-  ``shutdown_timeout``, reporting the rest by id; the tracker is then as if never started.
-  A loop closed without that (``loop.close()`` by hand) is caught at interpreter exit by an
-  ``atexit`` last resort that closes every tracker still started.
-- **Tracking**: what a ``track_*`` call returns, an awaitable that reports the event it would
-  have sent (an ERROR naming its id) if it is collected without being awaited; warnings are
-  often off in production, and a forgotten ``await`` would lose the lead without a word.
+- **Overrides** (:data:`transport_overrides`, behind ``capture_events``): while one is active,
+  every tracker in the process hands its events to it (a plain list, not a ContextVar: a
+  capture sees events from any task or thread, like Django's ``mail.outbox``).
+- **The owner of the event loop**: the loop the tracker started in owns delivery. A call from
+  another loop or thread is handed to it (:func:`on_owner`, a :class:`Ticket` so exactly one
+  side does the work); not taken within ``handoff_timeout``, it is sent inline; if the owner
+  loop ended without ``aclose``, the caller's loop closes the tracker (delivering what it
+  held) and carries on. Work the owner took is never done twice: if its answer is lost, the
+  caller gets a :class:`DeliveryError` naming the event.
+- **The end of the owner loop**: one idle task on the loop sees a job end without ``aclose``
+  (``asyncio.run`` cancels it) and drains the tracker within ``shutdown_timeout``, reporting
+  the rest by id. A loop closed by hand is caught by an ``atexit`` last resort; a forked child
+  forgets its parent's loop.
+- **Tracking**: what a ``track_*`` call returns; collected without being awaited, it reports
+  the event it would have sent (an ERROR naming its id): a forgotten ``await`` would lose the
+  lead without a word.
 
 One concept, the tracker's call from arguments to result: each part above is a step of it, and
-none is used elsewhere. The loop's ownership (hand-off, the watch of the owner loop's end, the
-owner thread for sync callers, the exit hook) stays here too: it decides where each call runs
-and who drains what a call accepted, and splitting it off would put the one owner of delivery in
-two files.
+none is used elsewhere. The loop's ownership stays here too: it decides where each call runs
+and who drains what a call accepted; split off, the one owner of delivery is in two files.
 """
 
 from __future__ import annotations
@@ -457,6 +447,15 @@ def _close_at_exit() -> None:
                 asyncio.run(asyncio.wait_for(tracker.aclose(), bound))
         except BaseException as exc:  # exiting: log, carry on with the next
             logger.error("closing the %s tracker at exit failed: %r", tracker.provider.name, exc)
+
+
+def _forget_parent_loops() -> None:  # in a forked child the parent's loop does not run
+    for tracker in _started:
+        tracker._loop, tracker._watch, tracker._started, tracker._closing = None, None, False, False
+    _started.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_loops)  # pre-fork servers: gunicorn, uWSGI
 
 
 async def run_on(owner: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:

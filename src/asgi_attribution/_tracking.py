@@ -101,9 +101,10 @@ def track_lead(
     """Track a lead for the click behind ``request``; skipped (not an error) if there is none.
 
     ``request`` is the framework's request (anything with an ASGI ``.scope``), a raw ASGI
-    scope, or ``None`` for the request being handled. The fields are the tracker's
-    (:meth:`Tracker.track_lead`). The event is validated at the call; awaiting sends it, and
-    a call that is never awaited is reported by event id in an ERROR.
+    scope, a WSGI environ (or a Flask or Django request) served through
+    :mod:`asgi_attribution.wsgi`, or ``None`` for the request being handled. The fields are
+    the tracker's (:meth:`Tracker.track_lead`). The event is validated at the call; awaiting
+    sends it, and a call that is never awaited is reported by event id in an ERROR.
 
     Example:
         >>> async def signup(request):

@@ -24,9 +24,14 @@ Called from a thread that runs an event loop (an ``async def`` view), it raises
 async helpers instead.
 
 ``request`` is a Starlette/FastAPI request, a Django request served through
-``AttributionMiddleware`` (its ASGI scope is ``request.scope``), a raw ASGI scope, or ``None``:
+``AttributionMiddleware`` (its ASGI scope is ``request.scope``), a raw ASGI scope, a Flask or
+Django request (or the WSGI environ) served through :mod:`asgi_attribution.wsgi`, or ``None``:
 then the request being handled (when the thread was started with its context, as FastAPI's
-threadpool does), or, in a job, an explicit ``tracker=`` and ``click_id=``.
+threadpool does, or the WSGI middleware's own thread), or, in a job, an explicit ``tracker=``
+and ``click_id=``.
+
+Under a WSGI server the WSGI middleware starts the tracker's loop in a daemon thread of each
+worker process (:func:`start_owner`), so these calls return ``status="queued"`` there too.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from typing_extensions import Unpack
 
@@ -128,7 +133,7 @@ def _deliver(
                 return handed
             tickets.append(Ticket())  # the owner ended before taking it: look again
         elif tracker.started or tracker.needs_owner:
-            _owner_thread(tracker)  # an outbox needs an owner; an ended one must be closed
+            start_owner(tracker)  # an outbox needs an owner; an ended one must be closed
         elif ticket.withdraw():
             return _inline(tracking, deadline, event_id)
         if time.monotonic() >= deadline:
@@ -212,13 +217,32 @@ _owners: weakref.WeakKeyDictionary[Tracker, threading.Thread] = weakref.WeakKeyD
 _owners_lock = threading.Lock()
 
 
-def _owner_thread(tracker: Tracker) -> None:
-    """Start the tracker's owner thread (once): an event loop that owns its delivery.
+def start_owner(
+    tracker: Tracker,
+    *,
+    start: bool = False,
+    on_end: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Start the tracker's owner thread (once per process): an event loop that owns delivery.
 
-    For a tracker that needs a started loop (an outbox), it starts the tracker and runs until
-    ``aclose`` (or the exit, where the tracker's ``atexit`` last resort closes it). For a
+    For a tracker that needs a started loop (an outbox), or with ``start=True`` (the WSGI
+    middleware: its background queue lives there), it starts the tracker and runs until
+    ``aclose`` (or the exit, where the tracker's ``atexit`` last resort drains it). For a
     tracker left started on a loop that ended, it closes it (delivering what it held) and ends.
-    Sync callers hand their events to it meanwhile, as to any owner.
+    Sync callers hand their events to it meanwhile, as to any owner. A daemon thread: it never
+    keeps the process alive, and its drain runs at exit. ``on_end`` runs on its loop once the
+    tracker is closed (the WSGI middleware releases its partner-click client there).
+
+    Example:
+        >>> from asgi_attribution import MemoryTransport, Tracker, sync
+        >>> tracker = Tracker("dub", transport=MemoryTransport())
+        >>> sync.start_owner(tracker, start=True)
+        >>> tracker.started
+        True
+        >>> sync.track_customer(None, tracker=tracker, customer_id="u1").status
+        'sent'
+        >>> import asyncio
+        >>> asyncio.run(tracker.aclose())
     """
     with _owners_lock:
         running = _owners.get(tracker)
@@ -229,7 +253,7 @@ def _owner_thread(tracker: Tracker) -> None:
         async def serve() -> None:
             loop = asyncio.get_running_loop()
             try:
-                if tracker.needs_owner:
+                if start or tracker.needs_owner:
                     await tracker.start()
                 else:
                     await tracker.flush(0)  # closes what the ended loop left (see Tracker)
@@ -237,6 +261,8 @@ def _owner_thread(tracker: Tracker) -> None:
                 ready.set()
             while tracker.loop is loop:
                 await asyncio.sleep(0.1)
+            if on_end is not None:
+                await on_end()
 
         def main() -> None:
             try:
