@@ -464,25 +464,63 @@ class AttributionMiddleware:
                 logger.exception("attribution failed; handling the request without it")
                 attribution, set_cookies = Attribution(self.provider), None
 
-        # The scope is this request's own (never scope["state"], which a server may share
-        # between requests); the services sit beside the data, not inside it.
-        scope[SCOPE_KEY] = attribution
-        scope[TRACKER_KEY] = self.tracker
-        scope[COOKIES_KEY] = self.managed_cookies
-        scope[ROUND_TRIPS_KEY] = self._round_trips
-
+        self.attach(scope, attribution)
         if set_cookies is not None:
-            if self.clean_urls:
-                location = self._clean_location(scope)
-                if location is not None:
-                    await _see_other(send, location, set_cookies)
-                    return
+            redirect = self.see_other(scope, set_cookies)
+            if redirect is not None:
+                await send({"type": "http.response.start", "status": 303, "headers": redirect})
+                await send({"type": "http.response.body", "body": b""})
+                return
             send = cookie_sender(send, set_cookies, self._ours)
         token = current_scope.set(scope)
         try:
             await self.app(scope, receive, send)
         finally:
             current_scope.reset(token)
+
+    def attach(self, scope: Scope, attribution: Attribution) -> None:
+        """Put the request's ``attribution``, and what the request helpers use beside it (the
+        tracker, the managed cookies, the round-trip signer), on its ``scope``.
+
+        The scope is the request's own (never ``scope["state"]``, which a server may share
+        between requests); the services sit beside the data, not inside it.
+
+        Example:
+            >>> middleware = AttributionMiddleware(None, Tracker("dub"))
+            >>> scope = {"type": "http"}
+            >>> middleware.attach(scope, Attribution(middleware.provider, click_id="c1"))
+            >>> scope["asgi_attribution"].click_id
+            'c1'
+        """
+        scope[SCOPE_KEY] = attribution
+        scope[TRACKER_KEY] = self.tracker
+        scope[COOKIES_KEY] = self.managed_cookies
+        scope[ROUND_TRIPS_KEY] = self._round_trips
+
+    def see_other(self, scope: Scope, set_cookies: Sequence[Header]) -> list[Header] | None:
+        """With ``clean_urls``, the headers of the ``303 See Other`` that answers a captured
+        landing (the one that sets ``set_cookies``) in place of the app; ``None``: no redirect.
+
+        Example:
+            >>> middleware = AttributionMiddleware(None, Tracker("dub"), clean_urls=True)
+            >>> browser = (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0")
+            >>> scope = {"type": "http", "method": "GET", "path": "/pricing",
+            ...          "headers": [browser], "query_string": b"dub_id=c1&utm_source=news"}
+            >>> middleware.see_other(scope, [])[0]
+            (b'location', b'./pricing?utm_source=news')
+        """
+        if not self.clean_urls:
+            return None
+        location = self._clean_location(scope)
+        if location is None:
+            return None
+        # The landing URL is one visitor's: no cache may answer it for another.
+        return [
+            (b"location", location),
+            (b"cache-control", b"no-store"),
+            (b"content-length", b"0"),
+            *set_cookies,
+        ]
 
     async def decide(self, scope: Scope) -> tuple[Attribution, tuple[Header, ...] | None]:
         """What attribution the request of ``scope`` carries, and the cookies to add to its
@@ -697,21 +735,3 @@ def _key(pair: bytes) -> str:
     if b"%" in name or b"+" in name:
         return unquote_plus(name.decode("latin-1"), errors="replace")
     return name.decode("latin-1")
-
-
-async def _see_other(send: Send, location: bytes, cookies: Sequence[tuple[bytes, bytes]]) -> None:
-    """Answer ``303 See Other`` to ``location``, setting the landing's ``cookies``."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 303,
-            "headers": [
-                (b"location", location),
-                # The landing URL is one visitor's: no cache may answer it for another.
-                (b"cache-control", b"no-store"),
-                (b"content-length", b"0"),
-                *cookies,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b""})

@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from ._attribution import Attribution
-from ._context import ENVIRON_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
+from ._context import ENVIRON_KEY, current_scope
 from ._landing import Header, app_decided
 from ._middleware import AttributionMiddleware as _ASGIMiddleware
 from ._tracker import Tracker, alive
@@ -139,10 +139,13 @@ class AttributionMiddleware:
             logger.exception("attribution failed; handling the request without it")
             scope = {"type": "http", "headers": [], "query_string": b""}
             attribution, set_cookies = Attribution(self.core.provider), None
-        scope[SCOPE_KEY] = attribution
-        scope[TRACKER_KEY] = self.tracker
+        self.core.attach(scope, attribution)
         environ[ENVIRON_KEY] = scope
         if set_cookies is not None:
+            redirect = self.core.see_other(scope, set_cookies)
+            if redirect is not None:
+                start_response("303 See Other", [_text(header) for header in redirect])
+                return [b""]
             start_response = self._adding(start_response, set_cookies)
         token = current_scope.set(scope)
         try:
@@ -181,7 +184,7 @@ class AttributionMiddleware:
 
     def _adding(self, start_response: StartResponse, cookies: tuple[Header, ...]) -> StartResponse:
         """``start_response``, adding a landing's cookies unless the app set ours itself."""
-        extra = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in cookies]
+        extra = [_text(header) for header in cookies]
 
         def adding(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
             present = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
@@ -193,6 +196,11 @@ class AttributionMiddleware:
 
 
 Decision = tuple[Attribution, "tuple[Header, ...] | None"]
+
+
+def _text(header: Header) -> tuple[str, str]:
+    """A header as WSGI gives it: latin-1 text."""
+    return header[0].decode("latin-1"), header[1].decode("latin-1")
 
 
 def _at_once(decision: Coroutine[Any, Any, Decision]) -> Decision:

@@ -226,3 +226,14 @@ def test_a_forked_child_owns_nothing_of_its_parents_loop(tracker: Tracker) -> No
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert tracker.started and tracker.loop is not None  # the parent's own is untouched
+
+
+def test_clean_urls_answer_a_landing_303_with_its_cookies(client_of: Any, tracker: Tracker) -> None:
+    client = client_of(tracker, cookie_domain=None, clean_urls=True, touchpoints=True)
+    landing = client.get("/?dub_id=clk_clean&utm_source=news", headers={"User-Agent": BROWSER})
+    assert landing.status_code == 303
+    assert landing.headers["Location"] == "./?utm_source=news"
+    cookies = set_cookies(landing)
+    assert cookies["dub_id"] == "clk_clean" and cookies["attribution_touch"]
+    page = client.get("/?utm_source=news")  # the clean URL: the app answers, with the click
+    assert page.status_code == 200 and "clk_clean" in page.text
