@@ -52,6 +52,7 @@ from ._limits import (
 )
 
 __all__ = [
+    "CUSTOMER_FIELDS",
     "VISITOR_FIELDS",
     "CallOptions",
     "CustomerEvent",
@@ -372,6 +373,14 @@ _MODELS: dict[str, type[LeadEvent] | type[SaleEvent] | type[CustomerEvent] | typ
 _VALIDATORS = {kind: model.__pydantic_validator__ for kind, model in _MODELS.items()}
 
 
+#: Each event kind's field naming the customer whose order it keeps (a refund names none).
+CUSTOMER_FIELDS = {
+    "lead": "customer_external_id",
+    "sale": "customer_external_id",
+    "customer": "customer_id",
+}
+
+
 def customer_of(event: Event) -> str | None:
     """The customer whose events keep their causal order: a lead goes before that customer's
     later sales, customer updates and refunds. None when the event names no customer (a refund
@@ -383,11 +392,8 @@ def customer_of(event: Event) -> str | None:
         >>> customer_of(CustomerEvent(customer_id="u_1")), customer_of(RefundEvent(invoice_id="i"))
         ('u_1', None)
     """
-    if isinstance(event, CustomerEvent):
-        return event.customer_id
-    if isinstance(event, RefundEvent):
-        return None
-    return event.customer_external_id
+    field = CUSTOMER_FIELDS.get(event.kind)
+    return None if field is None else getattr(event, field)  # type: ignore[no-any-return]
 
 
 def _reason(error: Any) -> str:
