@@ -393,7 +393,7 @@ def customer_of(event: Event) -> str | None:
         ('u_1', None)
     """
     field = CUSTOMER_FIELDS.get(event.kind)
-    return None if field is None else getattr(event, field)  # type: ignore[no-any-return]
+    return None if field is None else getattr(event, field)
 
 
 def _reason(error: Any) -> str:

@@ -98,9 +98,7 @@ async def test_an_explicit_async_lead_keeps_its_mode_in_an_outbox(
     backend: str, tmp_path: Path, redis_server: Callable[..., RedisServer], caplog: Any
 ) -> None:
     make = stores(backend, tmp_path, redis_server)
-    provider, watch, users, row = await deliver_with_two_workers(
-        "dub", make, caplog, mode="async"
-    )
+    provider, watch, users, row = await deliver_with_two_workers("dub", make, caplog, mode="async")
     assert row == Count(2 * CUSTOMERS, 2 * CUSTOMERS, 0, 0, 0), row
     assert set(watch.modes.values()) == {"async"}
     assert all(watch.lead_done_before_sale(u) for u in users)

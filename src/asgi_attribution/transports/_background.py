@@ -35,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import itertools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator

@@ -177,7 +177,7 @@ class OutboxTables:
     def open_leads_ddl(self) -> str:
         """The index of each customer's unfinished leads: what :meth:`held` looks up."""
         return (
-            f"CREATE INDEX IF NOT EXISTS \"{self.channel}_open_leads\" ON {self.table}"
+            f'CREATE INDEX IF NOT EXISTS "{self.channel}_open_leads" ON {self.table}'
             " (provider, (event->>'customer_external_id'), id)"
             " WHERE kind = 'lead' AND state IN ('pending', 'inflight')"
         )
