@@ -367,7 +367,8 @@ async def test_a_dub_sale_right_after_an_async_lead_is_retried_until_dub_shows_i
         )
         transport.stats.subscribe(tally.records.append)
         await transport.start()
-        await transport.send(lead("u1"))
+        async_lead = lead("u1").event.model_copy(update={"mode": "async"})  # as Dub's default
+        await transport.send(Delivery(async_lead, DUB))
         await transport.flush(timeout=30)  # answered: the customer exists, its lead not yet
         sale = SaleEvent(customer_external_id="u1", amount=4900)
         await transport.send(Delivery(sale, DUB))

@@ -52,6 +52,7 @@ from ._limits import (
 )
 
 __all__ = [
+    "CUSTOMER_FIELDS",
     "VISITOR_FIELDS",
     "CallOptions",
     "CustomerEvent",
@@ -64,6 +65,7 @@ __all__ = [
     "RefundEvent",
     "SaleEvent",
     "SaleFields",
+    "customer_of",
     "new_event_id",
     "validate_event",
     "validate_fields",
@@ -369,6 +371,29 @@ _MODELS: dict[str, type[LeadEvent] | type[SaleEvent] | type[CustomerEvent] | typ
 # Each model's validator, read once: the attribute read through pydantic's metaclass (which has
 # a __getattr__) costs ten times a dict lookup, on every event.
 _VALIDATORS = {kind: model.__pydantic_validator__ for kind, model in _MODELS.items()}
+
+
+#: Each event kind's field naming the customer whose order it keeps (a refund names none).
+CUSTOMER_FIELDS = {
+    "lead": "customer_external_id",
+    "sale": "customer_external_id",
+    "customer": "customer_id",
+}
+
+
+def customer_of(event: Event) -> str | None:
+    """The customer whose events keep their causal order: a lead goes before that customer's
+    later sales, customer updates and refunds. None when the event names no customer (a refund
+    names only its invoice).
+
+    Example:
+        >>> customer_of(SaleEvent(customer_external_id="u_1", amount=100))
+        'u_1'
+        >>> customer_of(CustomerEvent(customer_id="u_1")), customer_of(RefundEvent(invoice_id="i"))
+        ('u_1', None)
+    """
+    field = CUSTOMER_FIELDS.get(event.kind)
+    return None if field is None else getattr(event, field)
 
 
 def _reason(error: Any) -> str:

@@ -278,7 +278,7 @@ async def test_outcomes_a_full_disk_refused_are_written_once_it_has_room(small_d
     store = SQLiteOutbox(small_disk / "events.db")
     transport = OutboxTransport(store, inner, poll_interval=0.05, lease=600)
     filler = small_disk / "filler"
-    filler.write_bytes(b"x" * 600_000)  # freed: room enough for the WAL to go on
+    filler.write_bytes(b"x" * 900_000)  # freed: room enough for the WAL to go on
     results: list[TrackResult] = []
     for i in range(3000):
         results.append(await transport.send(lead(i)))

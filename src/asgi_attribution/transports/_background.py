@@ -15,6 +15,10 @@ Guarantees, in plain words:
   delivers what is held within ``shutdown_timeout`` and reports the rest (ERROR, ``on_drop``).
 - Every accepted event is one :class:`Job` in one :class:`Registry`, in one state at a time,
   until it is finished: sent, failed or dropped, each counted once.
+- A customer's sale, customer update or refund accepted while a lead of that customer is
+  unfinished (queued, in flight, waiting to retry, held by a pause) is ``HELD`` until that lead
+  is finished, however it ends; other customers' events go at full concurrency. A lead without
+  ``mode`` goes with ``mode="wait"`` (:meth:`Delivery.from_queue`).
 
 Example:
     >>> from asgi_attribution import DUB, Delivery, LeadEvent
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -71,15 +76,20 @@ class JobState(enum.Enum):
     QUEUED = "queued"  # waiting for a worker
     ATTEMPTING = "attempting"  # a worker is making an attempt
     WAITING = "waiting"  # waiting out a backoff; its timer puts it back in QUEUED
+    HELD = "held"  # after an unfinished lead of its customer; queued once that lead ends
 
 
 class Job:
     """An accepted delivery and its progress (compared by identity)."""
 
-    __slots__ = ("attempts", "delivery", "started", "state", "timer")
+    __slots__ = ("attempts", "customer", "delivery", "seq", "started", "state", "timer")
+
+    _order = itertools.count()
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
+        self.customer = delivery.customer  # whose order it keeps, or None
+        self.seq = next(Job._order)  # acceptance order, across queues: only compared
         self.state: JobState | None = None  # None: not (or no longer) in the registry
         self.attempts = 0
         self.started = time.monotonic()  # when its retry budget started
@@ -151,12 +161,19 @@ class JobQueue(Registry):
     paused (aclose stops waiting). :meth:`renew` makes them anew in a new owner loop.
     """
 
-    __slots__ = ("idle", "ready", "room", "room_wanted", "stalled")
+    __slots__ = ("_held", "_leads", "idle", "ready", "room", "room_wanted", "stalled")
 
     def __init__(self) -> None:
         super().__init__()
         self.room_wanted = 0  # senders in wait_for_room: only they need ``room`` set
+        # Per customer: the unfinished leads (in acceptance order) and the jobs held after them.
+        self._leads: dict[tuple[str, str], OrderedDict[Job, None]] = {}
+        self._held: dict[tuple[str, str], list[Job]] = {}
         self.renew()
+
+    def waiting(self) -> int:
+        """Jobs not yet taken by a worker: queued, or held after their customer's lead."""
+        return self.count(JobState.QUEUED) + self.count(JobState.HELD)
 
     def renew(self) -> None:
         """Fresh events for the running loop, set as the jobs held now say."""
@@ -166,12 +183,59 @@ class JobQueue(Registry):
             self.idle.set()
 
     def add(self, job: Job, *, wake: bool = True) -> None:
-        """Queue a new ``job``; wake a worker unless delivery is paused (``wake=False``)."""
+        """Queue a new ``job``; wake a worker unless delivery is paused (``wake=False``).
+
+        A job of a customer with an unfinished lead (accepted before it, as every lead here
+        was) is held until that lead is finished.
+        """
+        customer = job.customer
+        if customer is not None:
+            leads = self._leads.get(customer)
+            if job.delivery.opens:
+                if leads is None:
+                    leads = self._leads[customer] = OrderedDict()
+                leads[job] = None
+            elif leads is not None:
+                self.put(job, JobState.HELD)
+                self._held.setdefault(customer, []).append(job)
+                if self._size == 1:
+                    self.idle.clear()
+                return
         self.put(job, JobState.QUEUED)
         if self._size == 1:  # it was empty, the only time ``idle`` is set
             self.idle.clear()
         if wake:
             self.ready.set()
+
+    def _release(self, lead: Job) -> None:
+        """``lead`` is finished: queue the jobs of its customer no earlier lead still holds."""
+        customer = lead.customer
+        assert customer is not None
+        leads = self._leads.get(customer)
+        if leads is None or lead not in leads:
+            return
+        del leads[lead]
+        first = next(iter(leads), None)
+        if first is None:
+            del self._leads[customer]
+        held = self._held.get(customer)
+        if not held:
+            return
+        if first is None:
+            free, kept = held, []
+        else:
+            free = [job for job in held if job.seq < first.seq]
+            kept = [job for job in held if job.seq > first.seq]
+        if not free:
+            return
+        if kept:
+            self._held[customer] = kept
+        else:
+            del self._held[customer]
+        for job in free:
+            if job.state is JobState.HELD:
+                self.put(job, JobState.QUEUED)
+        self.ready.set()  # a paused queue's workers look, see the pause and wait again
 
     def take(self, job: Job) -> None:
         """A worker takes ``job`` for an attempt."""
@@ -183,6 +247,12 @@ class JobQueue(Registry):
         """Take ``job`` out; True if this call did (so it is counted once)."""
         if not self.remove(job):
             return False
+        if job.customer is not None and job.delivery.opens:
+            self._release(job)
+        elif job.customer is not None and job.customer in self._held:
+            held = self._held[job.customer]  # a held job reported at shutdown
+            if job in held:
+                held.remove(job)
         if not self._size:  # the attribute, not len(): a Python call per event
             self.idle.set()
         return True
@@ -195,11 +265,11 @@ class JobQueue(Registry):
         return len(moved)
 
     async def wait_for_room(self, size: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for fewer than ``size`` queued jobs; False if not."""
+        """Wait up to ``timeout`` seconds for fewer than ``size`` waiting jobs; False if not."""
         deadline = time.monotonic() + timeout
         self.room_wanted += 1
         try:
-            while self.count(JobState.QUEUED) >= size:
+            while self.waiting() >= size:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -375,10 +445,10 @@ class BackgroundTransport(Transport):
             return await self._send_inline(delivery)
         if self._loop is not asyncio.get_running_loop():  # asked once per event: a getpid()
             await self.start()
-        full = self._jobs.count(JobState.QUEUED) >= self.queue_size  # a coroutine only if so
+        full = self._jobs.waiting() >= self.queue_size  # a coroutine only if so
         if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
             return await self._full(delivery)
-        self._jobs.add(Job(delivery), wake=not self._pause.active)
+        self._jobs.add(Job(delivery.from_queue()), wake=not self._pause.active)
         self.stats.count("queued", delivery)
         return TrackResult("queued", event)
 

@@ -30,10 +30,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from .._events import Event
+from .._events import Event, LeadEvent, customer_of
 from .._exceptions import DeliveryError
 from .._providers import Outcome, Provider, ProviderRequest
 
@@ -382,6 +382,46 @@ class Delivery:
             rendered = self.provider.render(self.event)
             self.__dict__["_rendered"] = rendered  # frozen fields; this is a cache
         return rendered
+
+    @property
+    def customer(self) -> tuple[str, str] | None:
+        """(provider, customer external id) whose events keep their order: a lead of that
+        customer goes before the sales, customer updates and refunds tracked after it.
+
+        Example:
+            >>> from asgi_attribution import DUB, SaleEvent
+            >>> Delivery(SaleEvent(customer_external_id="u", amount=100), DUB).customer
+            ('dub', 'u')
+        """
+        customer = customer_of(self.event)
+        return None if customer is None else (self.provider.name, customer)
+
+    @property
+    def opens(self) -> bool:
+        """True for a lead: its customer's later events wait until it is answered."""
+        return isinstance(self.event, LeadEvent)
+
+    def from_queue(self) -> Delivery:
+        """This delivery as a queue or an outbox sends it, after ``track_*`` returned.
+
+        A lead the caller gave no ``mode`` goes with ``mode="wait"``: nobody waits on the
+        answer, and the provider then has the lead before it answers (Dub caches it, PIMMS
+        creates the customer), so the sale tracked next finds it. A mode the caller chose is
+        kept.
+
+        Example:
+            >>> from asgi_attribution import DUB
+            >>> lead = LeadEvent(click_id="c", event_name="Sign up", customer_external_id="u")
+            >>> Delivery(lead, DUB).from_queue().request().json["mode"]
+            'wait'
+            >>> chosen = lead.model_copy(update={"mode": "async"})
+            >>> Delivery(chosen, DUB).from_queue().request().json["mode"]
+            'async'
+        """
+        event = self.event
+        if not isinstance(event, LeadEvent) or event.mode is not None:
+            return self
+        return replace(self, event=event.model_copy(update={"mode": "wait"}))
 
 
 # Not frozen: a frozen dataclass makes one object.__setattr__ call per field, which cost a third

@@ -8,7 +8,9 @@
   are never imported unless the object given comes from them.
 - Workers claim due rows with ``FOR UPDATE SKIP LOCKED`` and a lease, all times from the
   database clock (``now()``), so any number of workers on any number of hosts share the table
-  without stepping on each other; a killed worker's rows come back when its lease ends.
+  without stepping on each other; a killed worker's rows come back when its lease ends. The
+  claim passes over a customer's sale, update or refund while a lead of that customer stored
+  before it is pending or leased by any worker (an index of unfinished leads per customer).
 - Workers are woken by ``LISTEN``/``NOTIFY`` on one connection per store: PostgreSQL delivers a
   ``NOTIFY`` when the inserting transaction commits, so a worker hears of an event as soon as it
   can be claimed, and never of a rolled-back one. A lost connection (a database restart) is
@@ -745,13 +747,14 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
 
     async def _claim(self, limit: int, lease: float) -> list[OutboxRow]:
         t, lease_sql = self.tables.table, SECONDS.replace("%s", "%(lease)s")
+        held = self.tables.held("o")  # a customer's row behind its unfinished lead waits
         picked = await self.execute(
             f"""WITH expired AS (
-                SELECT id FROM {t} WHERE state = 'inflight' AND lease_until <= now()
-                ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
+                SELECT id FROM {t} AS o WHERE state = 'inflight' AND lease_until <= now()
+                AND NOT {held} ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
             ), due AS (
-                SELECT id FROM {t} WHERE state = 'pending' AND next_attempt_at <= now()
-                ORDER BY next_attempt_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED
+                SELECT id FROM {t} AS o WHERE state = 'pending' AND next_attempt_at <= now()
+                AND NOT {held} ORDER BY next_attempt_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED
             ), picked AS (
                 SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT %(n)s
             )

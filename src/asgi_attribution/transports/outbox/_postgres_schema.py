@@ -161,12 +161,38 @@ class OutboxTables:
             f'CREATE INDEX IF NOT EXISTS "{short}_done" ON {t} (updated_at)'
             " WHERE state = 'delivered'",
             f"CREATE INDEX IF NOT EXISTS \"{short}_dead\" ON {t} (id) WHERE state = 'dead'",
+            self.open_leads_ddl(),
             f"""CREATE OR REPLACE FUNCTION {notify}() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN PERFORM pg_notify('{short}', ''); RETURN NULL; END $$""",
             f'DROP TRIGGER IF EXISTS "{short}_notify" ON {t}',
             f'CREATE TRIGGER "{short}_notify" AFTER INSERT ON {t}'
             f" FOR EACH STATEMENT EXECUTE FUNCTION {notify}()",
         ]
+
+    @property
+    def open_leads(self) -> str:
+        """The quoted index of unfinished leads per customer (the claim's order)."""
+        return self._q(f"{self.channel}_open_leads")
+
+    def open_leads_ddl(self) -> str:
+        """The index of each customer's unfinished leads: what :meth:`held` looks up."""
+        return (
+            f'CREATE INDEX IF NOT EXISTS "{self.channel}_open_leads" ON {self.table}'
+            " (provider, (event->>'customer_external_id'), id)"
+            " WHERE kind = 'lead' AND state IN ('pending', 'inflight')"
+        )
+
+    def held(self, row: str) -> str:
+        """SQL true for the row aliased ``row`` when it waits for its customer's lead: a sale,
+        update or refund while a lead of that customer stored before it (a lower id) is
+        pending or in flight (leased by any worker)."""
+        return (
+            f"({row}.kind <> 'lead' AND EXISTS (SELECT 1 FROM {self.table} AS l"
+            " WHERE l.kind = 'lead' AND l.state IN ('pending', 'inflight')"
+            f" AND l.provider = {row}.provider AND l.event->>'customer_external_id'"
+            f" = {row}.event->>(CASE {row}.kind WHEN 'customer' THEN 'customer_id'"
+            f" ELSE 'customer_external_id' END) AND l.id < {row}.id))"
+        )
 
     def insert(self) -> str:
         """One pending row, due at once (``%s``: event_id, provider, kind, event JSON)."""
@@ -215,6 +241,11 @@ async def _migrate(conn: AsyncConnection[Any], tables: OutboxTables) -> int:
                     f" up to {SCHEMA_VERSION}: upgrade asgi-attribution"
                 )
             if found == SCHEMA_VERSION:
+                # A table made before the claim kept a customer's order: its index, once.
+                cur = await conn.execute("SELECT to_regclass(%s)", (tables.open_leads,))
+                made = await cur.fetchone()
+                if made is None or made[0] is None:
+                    await conn.execute(tables.open_leads_ddl())
                 return found
             for statement in tables.ddl():
                 await conn.execute(statement)

@@ -7,6 +7,10 @@ Layout under ``prefix`` (default ``asgi-attribution:outbox``), each row one JSON
 - ``{prefix}:retry``: a sorted set of events waiting for their next attempt, scored by due time
   in the server's clock (``TIME``); a Lua script moves due ones back onto the stream.
 - ``{prefix}:dead``: a stream of dead letters with their last error.
+- ``{prefix}:leads``: a hash of unfinished leads per ``provider:customer`` (counted up by the
+  append, down when a lead is delivered or dead): a claim gives a sale, customer update or
+  refund of a customer with a count back to the retry set for a moment, unattempted, so no
+  worker sends it before that customer's lead is answered.
 - ``{prefix}:delivered``: a counter; ``{prefix}:done``: the latest delivered rows with their
   outcome (capped at ``keep_delivered``, trimmed to ``retention``).
 
@@ -102,10 +106,12 @@ end
 return #due
 """
 
-# Append the rows ARGV[3..] to the stream KEYS[1] unless the server's TIME is past ARGV[1] (a
-# write that reaches a hung server after its caller gave up must not land: the caller's copy
-# went elsewhere). KEYS[2] holds the data set's epoch: set to ARGV[2] if missing (the data was
-# lost), returned first so the caller learns of a loss. Returns {epoch, id1, id2, ...}.
+# Append the ARGV[3] rows ARGV[4..] to the stream KEYS[1] unless the server's TIME is past
+# ARGV[1] (a write that reaches a hung server after its caller gave up must not land: the
+# caller's copy went elsewhere). The ARGV[3] values after the rows name each lead's customer
+# ('' for other events), counted in the hash KEYS[3]. KEYS[2] holds the data set's epoch: set
+# to ARGV[2] if missing (the data was lost), returned first so the caller learns of a loss.
+# Returns {epoch, id1, id2, ...}.
 APPEND = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -118,8 +124,11 @@ if not epoch then
   epoch = ARGV[2]
 end
 local out = {epoch}
-for i = 3, #ARGV do
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do
   out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'row', ARGV[i])
+  local customer = ARGV[i + n]
+  if customer ~= '' then redis.call('HINCRBY', KEYS[3], customer, 1) end
 end
 return out
 """
@@ -128,10 +137,14 @@ return out
 # holds it (checked atomically: a worker whose lease was taken over records nothing). ARGV[4]:
 # delivered (count in KEYS[3], keep ARGV[5] in the stream KEYS[2], capped at ARGV[6]), retry
 # (ZADD ARGV[5] to KEYS[2] scored ARGV[6]), move (XADD ARGV[5] to the stream KEYS[2]: returns
-# the new entry's id).
+# the new entry's id). ARGV[7], when not '': a lead's customer, counted down in the hash
+# KEYS[4] (the lead is finished).
 FINISH = """
 local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #owned == 0 then return 0 end
+if ARGV[7] ~= '' and redis.call('HINCRBY', KEYS[4], ARGV[7], -1) <= 0 then
+  redis.call('HDEL', KEYS[4], ARGV[7])
+end
 local moved = false
 if ARGV[4] == 'delivered' then
   redis.call('INCR', KEYS[3])
@@ -325,6 +338,7 @@ class RedisInspection:
     dead_key: str
     delivered_key: str
     done_key: str
+    leads_key: str
     description: str
     problems: builtins.list[str]
     _backlog: int
@@ -450,6 +464,8 @@ class RedisInspection:
                 async with self.client.pipeline(transaction=True) as pipe:
                     pipe.xadd(self.stream, {"row": dump_row(fresh)})
                     pipe.xdel(self.dead_key, entry_id)
+                    if row.kind == "lead" and row.customer is not None:
+                        pipe.hincrby(self.leads_key, row.customer, 1)  # unfinished again
                     await pipe.execute()
                 moved += 1
             start = "(" + entries[-1][0]
@@ -463,6 +479,10 @@ class RedisInspection:
 
 
 DAY = 86_400.0
+
+#: Seconds a customer's event claimed while that customer's lead is unfinished waits before a
+#: claim looks at it again.
+HOLD = 0.25
 
 
 class RedisOutbox(RedisInspection, OutboxStore):
@@ -514,6 +534,7 @@ class RedisOutbox(RedisInspection, OutboxStore):
         self.delivered_key = f"{prefix}:delivered"
         self.done_key = f"{prefix}:done"
         self.epoch_key = f"{prefix}:epoch"
+        self.leads_key = f"{prefix}:leads"
         self.description = f"{safe_url(url)} ({prefix})"
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         #: What the server said at open (None before).
@@ -689,9 +710,10 @@ class RedisOutbox(RedisInspection, OutboxStore):
             self._confirm_soon()
 
     async def _add_rows(self, rows: Sequence[OutboxRow], deadline: float) -> None:
+        leads = [(row.customer or "") if row.kind == "lead" else "" for row in rows]
         found = await self._scripts["append"](
-            keys=[self.stream, self.epoch_key],
-            args=[deadline, uuid.uuid4().hex, *(dump_row(row) for row in rows)],
+            keys=[self.stream, self.epoch_key, self.leads_key],
+            args=[deadline, uuid.uuid4().hex, len(rows), *(dump_row(r) for r in rows), *leads],
         )
         epoch, ids = str(found[0]), [str(i) for i in found[1:]]
         lost = self._epoch is not None and epoch != self._epoch
@@ -828,9 +850,14 @@ class RedisOutbox(RedisInspection, OutboxStore):
             self.stream, self.group, ids[0], ids[-1], len(ids) * 2 + 10, self.consumer
         )
         delivered = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        rows = []
-        for entry_id, fields in entries:
-            row = load_row(entry_id, fields, "inflight")
+        rows, held = [], []
+        loaded = [load_row(entry_id, fields, "inflight") for entry_id, fields in entries]
+        waiting = await self._customers_waiting(loaded)
+        for row in loaded:
+            entry_id = row.handle
+            if row.kind != "lead" and row.customer in waiting:
+                held.append(row)
+                continue
             times = delivered.get(entry_id, 1)
             first = row.first_attempt_at or (entry_time(entry_id) if times > 1 else now)
             rows.append(
@@ -840,7 +867,25 @@ class RedisOutbox(RedisInspection, OutboxStore):
             for row in rows:
                 self._held[row.event_id] = (row, "stream", row.handle)
                 self._claimed.add(row.event_id)
+        for row in held:  # unattempted: back for a moment, its attempts as they were
+            later = replace(row, next_attempt_at=now + HOLD)
+            await self._finish(row, "retry", self.retry_key, dump_row(later), now + HOLD)
+        self._backlog += len(held)  # still to deliver (the finish counted them out)
         return rows
+
+    async def _customers_waiting(self, rows: builtins.list[OutboxRow]) -> set[str]:
+        """The customers of ``rows`` (other than leads) with an unfinished lead.
+
+        Read after the rows were claimed: every lead appended before them is counted by
+        then, and a count goes down only once its lead is delivered or dead, so a customer's
+        event is never sent before an earlier lead is answered (a later lead may hold it too).
+        """
+        customers = {row.customer for row in rows if row.kind != "lead" and row.customer}
+        if not customers:
+            return set()
+        ordered = sorted(customers)
+        counts = await self.client.hmget(self.leads_key, ordered)
+        return {c for c, n in zip(ordered, counts, strict=True) if n is not None and int(n) > 0}
 
     async def _finish(
         self, row: OutboxRow, action: str, target: str, payload: str, arg: float
@@ -850,9 +895,18 @@ class RedisOutbox(RedisInspection, OutboxStore):
             return
         # One script, allowed at maxmemory: check this consumer still holds the entry (a
         # worker whose lease was taken over records nothing), move or count it, XACK + XDEL.
+        ends_lead = row.kind == "lead" and (action == "delivered" or target == self.dead_key)
         done = await self._scripts["finish"](
-            keys=[self.stream, target, self.delivered_key],
-            args=[self.group, self.consumer, row.handle, action, payload, arg],
+            keys=[self.stream, target, self.delivered_key, self.leads_key],
+            args=[
+                self.group,
+                self.consumer,
+                row.handle,
+                action,
+                payload,
+                arg,
+                (row.customer or "") if ends_lead else "",
+            ],
         )
         if not done:
             logger.info("event %s: claim taken over by another worker; not recorded", row.event_id)

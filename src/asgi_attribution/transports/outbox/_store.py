@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, cast
 
-from ..._events import Event, validate_event
+from ..._events import CUSTOMER_FIELDS, Event, validate_event
 from .._base import Delivery, TrackResult, within_refused
 
 __all__ = [
@@ -127,6 +127,18 @@ class OutboxRow:
             created_at=now,
             updated_at=now,
         )
+
+    @property
+    def customer(self) -> str | None:
+        """``provider:customer`` whose order the row keeps (a refund names none), or None.
+
+        Example:
+            >>> OutboxRow("evt_1", "dub", "sale", {"customer_external_id": "u1"}).customer
+            'dub:u1'
+        """
+        field = CUSTOMER_FIELDS.get(self.kind)
+        customer = None if field is None else self.event.get(field)
+        return None if customer is None else f"{self.provider}:{customer}"
 
     def to_event(self) -> Event:
         """Rebuild and re-validate the event (raises :class:`InvalidEventError` if it no longer

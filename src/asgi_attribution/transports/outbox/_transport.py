@@ -348,7 +348,7 @@ class DeliveryLoop:
             logger.error("event %s is a dead letter: %s", row.event_id, error)
             return
         try:
-            delivery = Delivery(row.to_event(), self._provider(row.provider))
+            delivery = Delivery(row.to_event(), self._provider(row.provider)).from_queue()
         except Exception as exc:  # the row no longer makes an event: retrying cannot help
             await self.record(self.store.dead, row, f"cannot restore event: {exc}")
             self.stats.failed += 1
