@@ -36,7 +36,7 @@ async def burst_bounds(conn: sqlite3.Connection, insert: str, n: int, tag: str) 
 
     async def signup(external_id: str) -> None:
         fields = {"customer_external_id": external_id, "event_name": "Sign up"}
-        delivery, _ = build_event(DUB, "lead", fields, "customer_external_id", click_id=CLICK_ID)
+        delivery, _ = build_event(DUB, "lead", fields, click_id=CLICK_ID)
         if not rows:  # the first of this loop iteration: one commit for all of them
             written.append(loop.create_future())
             loop.call_soon(commit)

@@ -67,6 +67,7 @@ __all__ = [
     "SaleFields",
     "customer_of",
     "new_event_id",
+    "take_external_id",
     "validate_event",
     "validate_fields",
 ]
@@ -394,6 +395,38 @@ def customer_of(event: Event) -> str | None:
     """
     field = CUSTOMER_FIELDS.get(event.kind)
     return None if field is None else getattr(event, field)
+
+
+# The names a customer's external id goes by in a call (the current first); the other two are
+# the names the Dub SDKs use.
+_EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
+
+_OTHER_NAMES = {name: frozenset(_EXTERNAL_ID_NAMES) - {name} for name in _EXTERNAL_ID_NAMES}
+
+
+def take_external_id(kind: str, fields: dict[str, Any]) -> None:
+    """Move the customer's external id in a call's ``fields`` from any of its names to the
+    field the ``kind`` of event keeps it in (:data:`CUSTOMER_FIELDS`); given twice, the values
+    must agree (else :class:`InvalidEventError`).
+
+    Example:
+        >>> fields = {"external_id": "u_1", "customer_external_id": "u_1"}
+        >>> take_external_id("lead", fields)
+        >>> fields
+        {'customer_external_id': 'u_1'}
+    """
+    target = CUSTOMER_FIELDS.get(kind)
+    if target is None or (target in fields and _OTHER_NAMES[target].isdisjoint(fields)):
+        return  # the current name alone (nearly always): nothing to move or compare
+    names = [name for name in _EXTERNAL_ID_NAMES if name in fields]
+    if len(names) == 1:  # one name given: nothing to compare
+        fields[target] = fields.pop(names[0])
+        return
+    given = {name: fields.pop(name) for name in names if fields.get(name) is not None}
+    if len(set(given.values())) > 1:
+        both = " and ".join(given)
+        raise InvalidEventError(kind, [(both, "give the customer's external id once")])
+    fields[target] = next(iter(given.values()), None)
 
 
 def _reason(error: Any) -> str:

@@ -58,6 +58,7 @@ from ._events import (
     LeadFields,
     SaleEvent,
     SaleFields,
+    take_external_id,
     validate_event,
     validate_fields,
 )
@@ -199,47 +200,24 @@ def as_configured(result: TrackResult, transport: Transport, *, started: bool) -
     return transport.as_returned(result, started=started)
 
 
-# The names a customer's external id goes by (current first), per event kind's own field.
-_EXTERNAL_ID_NAMES = ("customer_external_id", "external_id", "customer_id")
-
-_OTHER_NAMES = {name: frozenset(_EXTERNAL_ID_NAMES) - {name} for name in _EXTERNAL_ID_NAMES}
-
-
-def _external_id(kind: str, fields: dict[str, Any], target: str) -> None:
-    """Move the customer's external id from any of its names to ``target``; they must agree."""
-    if target in fields and _OTHER_NAMES[target].isdisjoint(fields):
-        return  # the current name alone (nearly always): nothing to move or compare
-    names = [name for name in _EXTERNAL_ID_NAMES if name in fields]
-    if len(names) == 1:  # one name given: nothing to compare
-        fields[target] = fields.pop(names[0])
-        return
-    given = {name: fields.pop(name) for name in names if fields.get(name) is not None}
-    if len(set(given.values())) > 1:
-        both = " and ".join(given)
-        raise InvalidEventError(kind, [(both, "give the customer's external id once")])
-    fields[target] = next(iter(given.values()), None)
-
-
 def build_event(
-    provider: Provider, kind: str, fields: dict[str, Any], id_field: str, **more: Any
+    provider: Provider, kind: str, fields: dict[str, Any], **more: Any
 ) -> tuple[Delivery, tuple[str, ...]]:
     """The validated event of ``kind``, checked against what ``provider`` takes, and the
     warnings of optional fields dropped on the way.
 
-    ``fields`` are the call's keyword arguments (changed in place); ``id_field`` is where the
-    event keeps the customer's external id. Raises :class:`InvalidEventError` for a required
-    field.
+    ``fields`` are the call's keyword arguments (changed in place). Raises
+    :class:`InvalidEventError` for a required field.
 
     Example:
         >>> delivery, warnings = build_event(DUB, "lead", {"customer_external_id": "u1",
-        ...     "customer_name": "x" * 101}, "customer_external_id",
-        ...     click_id="c1", event_name="Sign up")
+        ...     "customer_name": "x" * 101}, click_id="c1", event_name="Sign up")
         >>> delivery.event.customer_name, warnings
         (None, ('customer_name: must be at most 100 characters (got 101)',))
         >>> delivery.request().json["customerExternalId"]
         'u1'
     """
-    _external_id(kind, fields, id_field)
+    take_external_id(kind, fields)
     fields.update(more)
     warnings: tuple[str, ...] = ()
     try:
@@ -931,7 +909,6 @@ class Tracker:
             self.provider,
             "lead",
             values,
-            "customer_external_id",
             click_id="" if click_id is None else click_id,
             event_name=event_name,
         )
@@ -955,9 +932,7 @@ class Tracker:
         """
         values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
         within = values.pop("within", None)
-        delivery, warnings = build_event(
-            self.provider, "sale", values, "customer_external_id", click_id=click_id
-        )
+        delivery, warnings = build_event(self.provider, "sale", values, click_id=click_id)
         assert isinstance(delivery.event, SaleEvent)
         # The provider would answer 200 and record nothing: say so now, send nothing.
         if (skipped := unrecorded_sale(self.provider, delivery.event, warnings)) is not None:
@@ -992,5 +967,5 @@ class Tracker:
         """
         values: dict[str, Any] = fields  # type: ignore[assignment]  # **fields: a fresh dict
         within = values.pop("within", None)
-        delivery, warnings = build_event(self.provider, "customer", values, "customer_id")
+        delivery, warnings = build_event(self.provider, "customer", values)
         return self._tracking(delivery, warnings, "track_customer", within)
