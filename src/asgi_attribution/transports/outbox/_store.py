@@ -266,6 +266,18 @@ class OutboxStore(abc.ABC):
         """
         return time.time()
 
+    @property
+    def lost(self) -> bool:
+        """True once the store's storage is no longer the one it opened (a SQLite file deleted
+        or replaced while open): what is left in it is lost with this process."""
+        return False
+
+    async def name_unconfirmed(self) -> bool:
+        """At shutdown, after the storage failed under it (a disk giving I/O errors): log at
+        ERROR, by id, the events left that it may not hold, and return True; else False (the
+        default: nothing failed, or the store cannot tell)."""
+        return False
+
     def check_within(self) -> None:
         """Raise ``TypeError`` unless :meth:`append_within` can insert rows in the caller's
         own database transaction (only a store in that database can: PostgreSQL).

@@ -523,7 +523,6 @@ async def close_transport(transport: OutboxLife) -> None:
             transport.opened()
             await delivery.record(store.release, delivery.cut_short)
             delivery = transport.delivery
-        unsure = getattr(store, "name_unconfirmed", None)  # a failing disk: named by id
         if delivery is not None:
             await transport.flush(transport.shutdown_timeout)
             await delivery.stop(transport.timeout + 1.0)
@@ -531,7 +530,7 @@ async def close_transport(transport: OutboxLife) -> None:
                 transport.left_in_store = await store.unfinished()
             except Exception:
                 transport.left_in_store = -1
-            if transport.left_in_store and getattr(store, "lost", False):
+            if transport.left_in_store and store.lost:
                 logger.error(
                     "%s events were left in the outbox file %s, which was deleted or replaced "
                     "while open: they are lost with this process (events stored after that "
@@ -539,8 +538,8 @@ async def close_transport(transport: OutboxLife) -> None:
                     "some" if transport.left_in_store < 0 else transport.left_in_store,
                     store.description,
                 )
-            elif unsure is not None and await unsure():
-                pass
+            elif await store.name_unconfirmed():
+                pass  # a failing disk: the events left are named by id
             elif transport.left_in_store:
                 logger.warning(
                     "%s events left in the outbox %s at shutdown; they are stored and will be "
@@ -548,8 +547,8 @@ async def close_transport(transport: OutboxLife) -> None:
                     "some" if transport.left_in_store < 0 else transport.left_in_store,
                     store.description,
                 )
-        elif unsure is not None:
-            await unsure()  # append-only: a failing disk names what it stored all the same
+        else:
+            await store.name_unconfirmed()  # append-only: a failing disk names what it stored
         if transport.fallback is not None:
             await transport.fallback.aclose()
         await transport.sender.aclose()
