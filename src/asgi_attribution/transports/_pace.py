@@ -45,6 +45,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -67,6 +68,9 @@ _MARGIN = 0.05
 # At the limit's rate, requests leave this much slower: a sliding window frees a slot every
 # window / limit exactly, and a request a hair early is a 429.
 _SLOW = 1.05
+
+# Below this fraction of our share of the budget, requests slow down towards half the rate.
+_LOW = 0.1
 
 # A request sent while the budget is ample may take this fraction of it at once.
 _BURST = 0.25
@@ -158,6 +162,7 @@ class Pace:
         self._warned = False
         self._probing = False  # a request went with nothing known: the others await its answer
         self._unpaced = False  # an answer came without the headers: this pace waits for nothing
+        self._jitter = 0.0  # in [0, 1), drawn per answer: processes on one key fall out of step
 
     def known(self) -> PaceState | None:
         """What the provider last said, or None when no answer carried the headers."""
@@ -186,8 +191,10 @@ class Pace:
             self._longest = max(self._longest, ahead)
             self._limit, self._remaining = limit, 0 if status == 429 else remaining
             self._reset, self._reset_at = wall + ahead, now + ahead
+            self._jitter = random.random()
             if status == 429:  # every request of the key waits for the reset (Retry-After)
-                self._blocked = max(self._blocked, now + ahead + _MARGIN)
+                spacing = (self._window or self._longest) / limit * self._jitter
+                self._blocked = max(self._blocked, now + ahead + _MARGIN + spacing)
 
     def _clamped(self, ahead: float) -> float:
         """``ahead`` (seconds to the stated reset) within [0, two windows or an hour]."""
@@ -239,10 +246,16 @@ class Pace:
         elif spare >= 1:  # ample: a burst leaves at once, the rest evenly until the reset
             interval = min(left / spare, steady)
             earliest = now - interval * spare * _BURST
+            low = max(2.0, _LOW * share * limit)
+            if spare < low:  # nearly spent: slow down smoothly to half the rate (the key's
+                # other processes read the same Remaining and would race for its last slots)
+                interval = max(interval, steady * (2 - spare / low))
         elif window is None:  # nothing spare, and when slots free unknown: at the reset
-            interval, earliest = steady, self._reset_at + _MARGIN
-        else:  # a sliding window frees a slot every window / limit: half that rate
-            interval = 2 * steady
+            # (jittered: other processes on the key read the same reset)
+            interval, earliest = steady, self._reset_at + _MARGIN + self._jitter * steady
+        else:  # a sliding window frees a slot every window / limit: half that rate, jittered
+            # so that processes on the key do not race for each freed slot in step
+            interval = (2 + self._jitter) * steady
         slot = max(self._next, earliest, self._blocked)
         if slot > now:
             return slot - now
