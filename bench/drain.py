@@ -94,6 +94,40 @@ async def _tracked(url: str, provider: Any, events: int, share: float) -> dict[s
     return row
 
 
+async def _sdk(url: str, provider: Any, events: int) -> dict[str, Any] | None:
+    """The official dub SDK on the same backlog, 10 at a time (reported, not a goal): it
+    retries no 429 by default, so each one is an event the app must handle itself."""
+    try:
+        import dub
+    except ImportError:
+        return None
+    sdk = dub.Dub(token=f"dub_drain_{uuid.uuid4().hex[:12]}", server_url=url)
+    failed = 0
+    left = list(range(events))
+    started = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal failed
+        while left:
+            i = left.pop()
+            try:
+                await sdk.track.lead_async(
+                    request={
+                        "click_id": CLICK_ID,
+                        "event_name": "Sign up",
+                        "customer_external_id": f"s{i}",
+                    }
+                )
+            except Exception:  # a 429 raises (and any other failure: counted alike)
+                failed += 1
+
+    await asyncio.gather(*(worker() for _ in range(10)))
+    row = _row(provider, events, 1.0, time.monotonic() - started)
+    row["delivered"] = len(provider.accepted)  # the SDK sends no Idempotency-Key
+    row["failed"] = failed
+    return row
+
+
 def _workers(url: str, provider: Any, events: int, store: list[str]) -> dict[str, Any]:
     from asgi_attribution import Tracker
 
@@ -146,6 +180,9 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         with serve_in_thread(provider) as url:
             n = events if share == 1.0 else int(events * share)
             out["rows"][name] = asyncio.run(_tracked(url, provider, n, share))
+    provider = FakeProvider("dub", rate_limit=rate)
+    with serve_in_thread(provider) as url:
+        out["rows"]["dub SDK"] = asyncio.run(_sdk(url, provider, events))
     if quick:
         return out
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,6 +240,14 @@ def goals(d: dict[str, Any]) -> list[tuple[str, str, str]]:
                 measured,
                 verdict(r["peak_used_share"] <= 0.55),
             )
+        )
+    if r := rows.get("dub SDK"):
+        measured = (
+            f"{r['rejected']} of {r['requests']} requests answered 429 "
+            f"({r['rejected_share']:.0%}); {r['events'] - r['delivered']} events not delivered"
+        )
+        out.append(
+            ("Reported: the dub SDK on the same backlog (no retry by default)", measured, "")
         )
     for name in ("2 workers, SQLite", "2 workers, Redis"):
         if r := rows.get(name):
