@@ -8,10 +8,12 @@ was delivered; times only as lower bounds (a request held until a reset) or gene
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +242,33 @@ def test_rate_limit_share_outside_0_1_raises_naming_the_option() -> None:
         Tracker("dub", api_key="k", rate_limit_share="half")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"HTTPTransport\(rate_limit_share=...\)"):
         HTTPTransport("k", rate_limit_share=2)
+
+
+def test_outbox_status_shows_what_this_process_knows_of_the_pace(
+    limited: tuple[FakeProvider, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from asgi_attribution._cli.outbox import main
+
+    provider, url = limited
+    key = new_key()
+    outbox = str(tmp_path / "events.db")
+    http = HTTPTransport(key, base_url=url, rate_limit_share=1)
+
+    async def send() -> None:
+        async with Tracker("dub", api_key=key, outbox=outbox, deliver=False):
+            pass  # an empty outbox file
+        assert (await http.send(lead("st"))).status == "sent"
+        await http.aclose()
+
+    asyncio.run(send())
+    name = pace_for(key, url).name
+    assert main(["status", "--path", outbox]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mine = [line for line in lines if line.startswith(f"pace: {name}: ")]
+    assert len(mine) == 1 and "limit 4, remaining 3, reset in " in mine[0]
+    assert key not in "\n".join(lines)  # the key's hash only
+    assert main(["status", "--path", outbox, "--json"]) == 0
+    pace = json.loads(capsys.readouterr().out)["pace"][name]
+    assert (pace["limit"], pace["remaining"]) == (4, 3)
+    assert time.time() - 1 <= pace["reset"] <= time.time() + 2.5  # the 2 s window's end
+    assert len(provider.accepted) == 1
