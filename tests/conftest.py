@@ -58,6 +58,9 @@ SLOW = (
     "tests/outbox/test_sqlite_attacks.py",  # processes SIGKILLed mid-commit, 6-30 s each
     "tests/outbox/test_sqlite_faults.py::test_a_write_lock_held_35s_never_holds_a_signup",
     "tests/test_fuzz.py::test_hostile_requests_never_change_the_apps_answer",
+    "tests/test_pace_processes.py",  # two CLI processes drain three rate-limit windows
+    "tests/testing/test_fake_rate_limit.py",  # waits for the fake's 2 s windows to turn
+    "tests/transports/test_pace.py",  # waits for the fake's 2 s windows to turn, 2-8 s each
     "tests/test_lifecycle.py::test_every_lead_is_delivered_whatever_passes_lifespan",
     "tests/test_partner_clicks.py::test_requests_that_are_no_navigation_make_no_click",
     "tests/test_refunds.py::test_no_commission_comes_before_the_retry_step_gives_up",
