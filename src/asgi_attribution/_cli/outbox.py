@@ -99,7 +99,7 @@ async def status(store: OutboxStore, *, as_json: bool) -> int:
     problems = list(found.problems)
     paces = known_paces()
     if as_json:
-        data = {
+        data: dict[str, object] = {
             **found.counts,
             "oldest_pending_age": found.oldest_pending_age,
             "problems": problems,
