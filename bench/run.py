@@ -168,6 +168,10 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     paired = r.get("outbox_paired", {})
     if paired.get("available"):
         out += _paired_goals(paired)
+    if "drain" in r:  # issue 28: a backlog drained at the provider's pace
+        from . import drain
+
+        out += drain.goals(r["drain"])
     inproc = r.get("middleware_inproc", {}).get("cases", {})
     for case, label, limit in (
         ("landing ?dub_id= (sets cookie)", "Landing", 3),
@@ -406,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import (
         common,
         delivery,
+        drain,
         floors,
         memory,
         middleware_inproc,
@@ -450,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             "delivery",
             lambda: delivery.run(**({"rounds": 1, "quick": True} if args.quick else {})),
         ),
+        # About a minute, mostly waiting for the fake's scaled-down window (60 per 3 s).
+        ("drain", lambda: drain.run(quick=args.quick)),
     ]
     for name, step in steps:
         t0 = time.perf_counter()

@@ -59,6 +59,15 @@ SLOW = (
     "tests/outbox/test_sqlite_attacks.py",  # processes SIGKILLed mid-commit, 6-30 s each
     "tests/outbox/test_sqlite_faults.py::test_a_write_lock_held_35s_never_holds_a_signup",
     "tests/test_fuzz.py::test_hostile_requests_never_change_the_apps_answer",
+    "tests/test_pace_processes.py",  # two CLI processes drain three rate-limit windows
+    "tests/testing/test_fake_rate_limit.py",  # waits for the fake's 2 s windows to turn
+    "tests/transports/test_pace.py::test_remaining_zero_holds_the_next_attempt_until_the_reset",
+    "tests/transports/test_pace.py::test_a_429_does_not_consume_an_attempt",
+    "tests/transports/test_pace.py::test_the_first_burst_waits_for_the_first_answer",
+    "tests/transports/test_pace.py::test_two_trackers_on_one_key_share_one_budget",
+    "tests/transports/test_pace.py::test_the_share_is_honoured",
+    "tests/transports/test_pace.py::test_a_reset_in_the_past_or_far_ahead_is_clamped_and_logged_once",
+    "tests/transports/test_pace.py::test_holding_back_is_logged_once_when_it_starts_and_once_when_it_stops",
     "tests/test_lifecycle.py::test_every_lead_is_delivered_whatever_passes_lifespan",
     "tests/test_partner_clicks.py::test_requests_that_are_no_navigation_make_no_click",
     "tests/test_refunds.py::test_no_commission_comes_before_the_retry_step_gives_up",

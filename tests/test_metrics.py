@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +24,13 @@ from asgi_attribution import DeliveryStats, RetryPolicy, Tracker
 from asgi_attribution.metrics import (
     DELIVERY_DURATION,
     EVENTS,
+    PACE_WAIT,
     QUEUE_DEPTH,
+    RATE_LIMITED,
     Instrumentation,
     instrument,
 )
-from asgi_attribution.testing import FakeProvider, Faults
+from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 
 from .support.asgi import KEY
 
@@ -166,3 +170,40 @@ def test_importing_metrics_does_not_import_opentelemetry() -> None:
 
 def test_a_disabled_instrumentation_can_be_closed() -> None:
     Instrumentation(Tracker()).close()
+
+
+async def test_the_pace_wait_and_the_429s_met_are_recorded(otel: Otel) -> None:
+    """The app's own calls spend the key's window (4 per 2 s): the tracker meets one 429,
+    then waits for the pace; the metrics read what ``tracker.stats`` counts."""
+    import httpx
+
+    provider = FakeProvider("dub", rate_limit="4/2s")
+    key = f"dub_metrics_{uuid.uuid4().hex[:12]}"  # a pace of its own
+    with serve_in_thread(provider) as url:
+        tracker = Tracker("dub", api_key=key, base_url=url, rate_limit_share=1.0)
+        instrument(tracker, meter_provider=otel.meter_provider)
+        if time.time() % 2 > 0.4:  # the fake's windows are Unix-time aligned: at one's start
+            time.sleep(2 - time.time() % 2 + 0.02)
+        async with httpx.AsyncClient() as other:
+            for _ in range(4):
+                await other.post(
+                    f"{url}/track/lead",
+                    json={"clickId": "c", "eventName": "x", "customerExternalId": uuid.uuid4().hex},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+        sent = 6
+        async with tracker:
+            for i in range(sent):
+                await tracker.track_lead(
+                    click_id="c", event_name="Sign up", customer_external_id=f"m{i}"
+                )
+            await tracker.flush(60)
+        stats = tracker.stats
+    mine = {r.idempotency_key for r in provider.accepted} - {None}
+    assert len(mine) == sent and stats.failed == stats.dropped == 0  # none lost, no dup
+    rejected = provider.limiter.rejected  # type: ignore[union-attr]
+    assert rejected == stats.rate_limited >= 1
+    assert sum(otel.counts(RATE_LIMITED).values()) == stats.rate_limited
+    waited = sum(p.value for p in otel.points(PACE_WAIT))
+    assert stats.pace_wait > 0 and waited == pytest.approx(stats.pace_wait)
+    assert {a for key_ in otel.counts(PACE_WAIT) for a in key_} >= {("provider", "dub")}

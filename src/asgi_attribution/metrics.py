@@ -15,6 +15,10 @@ OpenTelemetry before it is called. It subscribes to the tracker's counters
   ``http.response.status_code`` (or ``error.type`` when no answer came);
 - ``asgi_attribution.delivery.paused`` (up-down counter): 1 while delivery is paused by a fault
   of the whole integration (a revoked key, a wrong URL);
+- ``asgi_attribution.delivery.pace_wait`` (counter, seconds): the time requests waited for the
+  API key's rate limit (``tracker.stats.pace_wait``; :mod:`.transports._pace`);
+- ``asgi_attribution.delivery.rate_limited`` (counter): the 429s met
+  (``tracker.stats.rate_limited``); both by ``provider`` and ``kind``;
 - a span per delivery attempt (``asgi_attribution.delivery``, kind CLIENT) on ``tracer_provider``
   (default: the global one, which records nothing until the app sets one).
 """
@@ -31,8 +35,10 @@ __all__ = [
     "DELIVERY_DURATION",
     "EVENTS",
     "OUTCOMES",
+    "PACE_WAIT",
     "PAUSED",
     "QUEUE_DEPTH",
+    "RATE_LIMITED",
     "Instrumentation",
     "instrument",
 ]
@@ -51,6 +57,10 @@ QUEUE_DEPTH = "asgi_attribution.queue.depth"
 DELIVERY_DURATION = "asgi_attribution.delivery.duration"
 
 PAUSED = "asgi_attribution.delivery.paused"
+
+PACE_WAIT = "asgi_attribution.delivery.pace_wait"
+
+RATE_LIMITED = "asgi_attribution.delivery.rate_limited"
 
 #: The ``outcome`` attribute values of ``asgi_attribution.events``.
 OUTCOMES = ("queued", "sent", "retried", "failed", "dropped", "duplicate", "not_recorded")
@@ -100,6 +110,12 @@ class Instrumentation:
         self._paused = meter.create_up_down_counter(
             PAUSED, unit="{pause}", description="1 while delivery is paused by an integration fault"
         )
+        self._pace_wait = meter.create_counter(
+            PACE_WAIT, unit="s", description="Time requests waited for the API key's rate limit"
+        )
+        self._rate_limited = meter.create_counter(
+            RATE_LIMITED, unit="{response}", description="429 answers met (rate limited)"
+        )
         try:
             self._duration = meter.create_histogram(
                 DELIVERY_DURATION,
@@ -130,6 +146,10 @@ class Instrumentation:
             attributes["kind"] = record.event_kind
         if kind == "attempt":
             self._attempt(record, attributes)
+        elif kind == "paced":
+            self._pace_wait.add(record.duration or 0.0, attributes)
+        elif kind == "rate_limited":
+            self._rate_limited.add(1, attributes)
         elif kind in ("paused", "resumed"):
             self._paused.add(1 if kind == "paused" else -1, {"provider": attributes["provider"]})
         elif kind in OUTCOMES:

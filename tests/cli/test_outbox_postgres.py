@@ -126,6 +126,7 @@ def test_init_status_list_retry_deliver_purge(
         "dead": 0,
         "oldest_pending_age": None,
         "problems": [],
+        "pace": {},  # this process sent nothing
     }
 
 

@@ -8,10 +8,12 @@ was delivered; times only as lower bounds (a request held until a reset) or gene
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +105,28 @@ async def test_a_429_does_not_consume_an_attempt(limited: tuple[FakeProvider, st
     assert len(mine) == 1
 
 
+async def test_the_first_burst_waits_for_the_first_answer(
+    limited: tuple[FakeProvider, str],
+) -> None:
+    """A backlog on a key nothing is known of yet: one request goes first, the others wait
+    for its answer's headers, so the burst never overruns the window (4 per 2 s)."""
+    provider, url = limited
+    key = new_key()
+    http = HTTPTransport(key, base_url=url, rate_limit_share=1, concurrency=10)
+    bucket_start(2.0)
+    events = [lead(f"b{i}") for i in range(10)]
+    results = await asyncio.gather(*(http.send(d) for d in events))
+    await http.aclose()
+    sent = len(events)
+    delivered = accepted_ids(provider)
+    rejected = provider.limiter.rejected  # type: ignore[union-attr]
+    assert all(r.status == "sent" for r in results)
+    assert sorted(delivered) == sorted(d.event.event_id for d in events)  # none lost
+    assert len(set(delivered)) == sent  # no duplicate
+    assert rejected == http.stats.rate_limited == 0  # no 429: the burst kept to the budget
+    assert max(provider.limiter.peak_used.values()) <= 4  # type: ignore[union-attr]
+
+
 async def test_two_trackers_on_one_key_share_one_budget(limited: tuple[FakeProvider, str]) -> None:
     provider, url = limited
     key = new_key()
@@ -126,9 +150,9 @@ async def test_two_trackers_on_one_key_share_one_budget(limited: tuple[FakeProvi
     met = sum(t.stats.rate_limited for t in trackers)
     assert sorted(delivered) == sorted(ids) and len(set(delivered)) == sent  # none lost, no dup
     assert sum(t.stats.failed + t.stats.dropped for t in trackers) == 0
-    # One pace for both: at most the rare 429 of a slot raced for (and the first requests,
-    # sent before any answer told the budget), never a storm.
-    assert provider.limiter.rejected == met <= 3  # type: ignore[union-attr]
+    # One pace for both, the first answer awaited before the rest: no 429 at all (processes
+    # race for slots; two trackers of one process share every count).
+    assert provider.limiter.rejected == met == 0  # type: ignore[union-attr]
     assert max(provider.limiter.peak_used.values()) <= 4  # type: ignore[union-attr]
 
 
@@ -144,9 +168,9 @@ async def test_the_share_is_honoured() -> None:
         await http.aclose()
     assert all(r.status == "sent" for r in results)
     assert len(set(accepted_ids(provider))) == len(events)
-    # Of each window's 10, delivery took about half: 7 at most in use (the sliding window
-    # weighs the previous bucket in; with a share of 1.0 all 10 would be).
-    assert max(provider.limiter.peak_used.values()) <= 7  # type: ignore[union-attr]
+    # Of each window's 10, delivery took half at most, as the provider counts it (the
+    # sliding window weighs the previous bucket in; with a share of 1.0 all 10 would be).
+    assert max(provider.limiter.peak_used.values()) <= 5  # type: ignore[union-attr]
     assert provider.limiter.rejected == 0  # type: ignore[union-attr]
     assert http.stats.pace_wait > 0
 
@@ -156,10 +180,16 @@ async def test_no_pacing_without_the_headers(
 ) -> None:  # the module's fake: no rate limit
     key = KEY
     http = HTTPTransport(key, base_url=url)
+    # The first backlog's requests wait for the first answer (it might state a budget) ...
     results = await asyncio.gather(*(http.send(lead(f"n{i}")) for i in range(20)))
+    first = http.stats.pace_wait
+    # ... which had no headers: from then on nothing waits.
+    results += await asyncio.gather(*(http.send(lead(f"m{i}")) for i in range(20)))
     await http.aclose()
     assert all(r.status == "sent" for r in results)
-    assert http.stats.pace_wait == 0 and pace_for(key, url).known() is None
+    assert len(set(accepted_ids(provider))) == 40
+    assert http.stats.pace_wait == first < 19 * 10  # bounded by the first answer's time
+    assert pace_for(key, url).known() is None
 
 
 @pytest.mark.parametrize("skew", [-30.0, 7200.0])
@@ -212,3 +242,33 @@ def test_rate_limit_share_outside_0_1_raises_naming_the_option() -> None:
         Tracker("dub", api_key="k", rate_limit_share="half")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"HTTPTransport\(rate_limit_share=...\)"):
         HTTPTransport("k", rate_limit_share=2)
+
+
+def test_outbox_status_shows_what_this_process_knows_of_the_pace(
+    limited: tuple[FakeProvider, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from asgi_attribution._cli.outbox import main
+
+    provider, url = limited
+    key = new_key()
+    outbox = str(tmp_path / "events.db")
+    http = HTTPTransport(key, base_url=url, rate_limit_share=1)
+
+    async def send() -> None:
+        async with Tracker("dub", api_key=key, outbox=outbox, deliver=False):
+            pass  # an empty outbox file
+        assert (await http.send(lead("st"))).status == "sent"
+        await http.aclose()
+
+    asyncio.run(send())
+    name = pace_for(key, url).name
+    assert main(["status", "--path", outbox]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mine = [line for line in lines if line.startswith(f"pace: {name}: ")]
+    assert len(mine) == 1 and "limit 4, remaining 3, reset in " in mine[0]
+    assert key not in "\n".join(lines)  # the key's hash only
+    assert main(["status", "--path", outbox, "--json"]) == 0
+    pace = json.loads(capsys.readouterr().out)["pace"][name]
+    assert (pace["limit"], pace["remaining"]) == (4, 3)
+    assert time.time() - 1 <= pace["reset"] <= time.time() + 2.5  # the 2 s window's end
+    assert len(provider.accepted) == 1

@@ -20,10 +20,13 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 
 from ..transports import OutboxError, OutboxRow, OutboxStore
+from ..transports._pace import known_paces
 from ..transports.outbox._postgres import init_schema
 from ..transports.outbox._store import refused_retry
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, error_line
@@ -73,6 +76,13 @@ def age(seconds: float | None) -> str:
 async def status(store: OutboxStore, *, as_json: bool) -> int:
     """Counts, the oldest pending age, and one line per problem; 1 for dead letters or problems.
 
+    Then what this process knows of each API key's rate limit (``pace``): the limit, the
+    remaining budget and the reset, as the provider's last answer stated them. A ``status``
+    run that has sent nothing knows none ("pace: unknown"): the budget is the provider's,
+    read from its answers, and a value kept in the store would be stale within the window
+    (a minute on Dub) and a write on every delivery; a worker logs the pace as it starts and
+    stops holding events back, and the metrics show the waits and 429s.
+
     Example:
         >>> import asyncio, os, tempfile
         >>> from asgi_attribution.transports import SQLiteOutbox
@@ -80,21 +90,23 @@ async def status(store: OutboxStore, *, as_json: bool) -> int:
         >>> async def show():
         ...     async with store:
         ...         return await status(store, as_json=True)
-        >>> asyncio.run(show())  # doctest: +NORMALIZE_WHITESPACE
+        >>> asyncio.run(show())  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
         {"pending": 0, "inflight": 0, "delivered": 0, "dead": 0, "oldest_pending_age": null,
-         "problems": []}
+         "problems": [], "pace": {...}}
         0
     """
     found = await store.status()
     problems = list(found.problems)
+    paces = known_paces()
     if as_json:
-        data = {
+        data: dict[str, object] = {
             **found.counts,
             "oldest_pending_age": found.oldest_pending_age,
             "problems": problems,
         }
         if found.unreadable:
             data["unreadable"] = list(found.unreadable)
+        data["pace"] = {name: asdict(state) for name, state in paces.items()}
         print(json.dumps(data))
     else:
         counts = "  ".join(f"{state} {n}" for state, n in found.counts.items())
@@ -103,6 +115,14 @@ async def status(store: OutboxStore, *, as_json: bool) -> int:
             print(f"problem: {' '.join(problem.split())}")
         for name in found.unreadable:  # every one: the operator sends these again
             print(f"unreadable: {name}")
+        for name, state in paces.items():
+            window = f", window {state.window:g}s" if state.window else ""
+            print(
+                f"pace: {name}: limit {state.limit}, remaining {state.remaining}, "
+                f"reset in {age(max(0.0, state.reset - time.time()))}{window}"
+            )
+        if not paces:
+            print("pace: unknown (no answer yet in this process)")
     failed = found.counts.get("dead", 0) or problems or found.unreadable
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -228,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> asyncio.run(append_one())
         >>> main(["status", "--path", path])  # doctest: +ELLIPSIS
         pending 1  inflight 0  delivered 0  dead 0  oldest pending ...s
+        pace: ...
         0
     """
     parser = build_parser()

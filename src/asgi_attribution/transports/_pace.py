@@ -14,7 +14,13 @@ the part left to the app's other calls (``share``), lasts until the reset:
 - with no budget left for us, the next request waits for the reset (once the window's length
   is known, half the limit's rate instead: a sliding window frees a slot every window /
   limit); a 429 holds every request of the key until its reset;
-- answers without the headers leave the pace unknown: nothing waits;
+- while nothing is known of the budget (a backlog's first requests), one request goes first
+  and the others wait for its answer (30 s at most): a burst at ``concurrency`` would overrun
+  the window before any answer told it; an answer without the headers leaves the pace
+  unknown, and from then on nothing waits;
+- nothing is reserved while a request waits: each turn is reckoned afresh from the latest
+  answer, so requests that waited together never leave on a budget spent meanwhile (the
+  ``share`` is the share of each window's budget, as the provider counts it);
 - every wait is bounded: a reset in the past or more than two windows (or an hour) ahead is
   clamped, and logged once per pace (clock skew, a proxy that caches headers).
 
@@ -39,6 +45,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -62,11 +69,23 @@ _MARGIN = 0.05
 # window / limit exactly, and a request a hair early is a 429.
 _SLOW = 1.05
 
+# Below this fraction of our share of the budget, requests slow down towards half the rate.
+_LOW = 0.1
+
 # A request sent while the budget is ample may take this fraction of it at once.
 _BURST = 0.25
 
-# A request waits at most this many times (a 429 met by another request may add a wait).
-_ROUNDS = 4
+# A reset this many seconds in the past is no clock skew: the window turned as the answer
+# travelled (the fake's window, or a slow network).
+_LATE = 1.0
+
+# A waiting request reads the latest answer at least this often (seconds).
+_RECHECK = 0.25
+
+# While the first request of a pace awaits its answer, the others look this often (seconds)
+# and wait for it at most this long in all.
+_PROBE_POLL = 0.01
+_PROBE_WAIT = 30.0
 
 
 def read_limit(headers: Mapping[str, str]) -> tuple[int, int, float] | None:
@@ -141,6 +160,9 @@ class Pace:
         self._holding = False
         self._held = 0.0  # seconds waited since holding started
         self._warned = False
+        self._probing = False  # a request went with nothing known: the others await its answer
+        self._unpaced = False  # an answer came without the headers: this pace waits for nothing
+        self._jitter = 0.0  # in [0, 1), drawn per answer: processes on one key fall out of step
 
     def known(self) -> PaceState | None:
         """What the provider last said, or None when no answer carried the headers."""
@@ -154,6 +176,9 @@ class Pace:
         stated = read_limit(headers) if headers is not None else None
         with self._lock:
             self._pending = max(0, self._pending - 1)
+            if self._limit is None and self._probing:
+                self._probing = False  # no answer: the next request asks again
+                self._unpaced = status is not None and stated is None
             if stated is None:
                 return
             limit, remaining, reset = stated
@@ -166,14 +191,18 @@ class Pace:
             self._longest = max(self._longest, ahead)
             self._limit, self._remaining = limit, 0 if status == 429 else remaining
             self._reset, self._reset_at = wall + ahead, now + ahead
+            self._jitter = random.random()
             if status == 429:  # every request of the key waits for the reset (Retry-After)
-                self._blocked = max(self._blocked, now + ahead + _MARGIN)
+                spacing = (self._window or self._longest) / limit * self._jitter
+                self._blocked = max(self._blocked, now + ahead + _MARGIN + spacing)
 
     def _clamped(self, ahead: float) -> float:
         """``ahead`` (seconds to the stated reset) within [0, two windows or an hour]."""
         bound = MAX_WAIT if self._window is None else min(MAX_WAIT, 2 * self._window)
         if 0 <= ahead <= bound:
             return ahead
+        if -_LATE <= ahead < 0:  # the window turned while the answer travelled
+            return 0.0
         if not self._warned:
             self._warned = True
             where = "in the past" if ahead < 0 else "ahead"
@@ -188,10 +217,21 @@ class Pace:
             )
         return 0.0 if ahead < 0 else min(self._window or _IMPLAUSIBLE, bound)
 
-    def _delay(self, share: float) -> float:
-        """Reserve the next slot for one request: the seconds until it (under the lock)."""
+    def _delay(self, share: float, spent: float) -> float:
+        """The seconds until this request's turn; 0 takes the turn (under the lock).
+
+        Nothing is reserved while a request waits: each turn is reckoned afresh from the
+        latest answer, so requests that waited together never leave on a budget that answers
+        meanwhile used up. ``spent``: the seconds this request already waited (the bound)."""
         now = time.monotonic()
+        if spent >= self._bound():  # every wait is bounded: the request goes
+            self._pending += 1
+            return 0.0
         if self._limit is None:
+            if self._probing and not self._unpaced:  # the first answer tells the budget
+                return _PROBE_POLL
+            self._probing = not self._unpaced  # this one asks; the others wait for it
+            self._pending += 1
             return 0.0
         limit, window = self._limit, self._window
         # The limit's own rate (our share of it), over the window (its longest stated part,
@@ -200,45 +240,59 @@ class Pace:
         left = self._reset_at - now
         spare = self._remaining - (1 - share) * limit - self._pending
         earliest = now
-        if left <= 0:  # the stated window turned: at most the limit's rate
-            interval = steady
+        if left <= 0:  # the stated window turned: at most the limit's rate, half that when
+            # the window was spent (a sliding window still counts the last one's requests)
+            interval = steady if spare >= 1 else 2 * steady
         elif spare >= 1:  # ample: a burst leaves at once, the rest evenly until the reset
             interval = min(left / spare, steady)
             earliest = now - interval * spare * _BURST
+            low = max(2.0, _LOW * share * limit)
+            if spare < low:  # nearly spent: slow down smoothly to half the rate (the key's
+                # other processes read the same Remaining and would race for its last slots)
+                interval = max(interval, steady * (2 - spare / low))
         elif window is None:  # nothing spare, and when slots free unknown: at the reset
-            interval, earliest = steady, self._reset_at + _MARGIN
-        else:  # a sliding window frees a slot every window / limit: half that rate
-            interval = 2 * steady
+            # (jittered: other processes on the key read the same reset)
+            interval, earliest = steady, self._reset_at + _MARGIN + self._jitter * steady
+        else:  # a sliding window frees a slot every window / limit: half that rate, jittered
+            # so that processes on the key do not race for each freed slot in step
+            interval = (2 + self._jitter) * steady
         slot = max(self._next, earliest, self._blocked)
+        if slot > now:
+            return slot - now
         self._next = slot + interval
-        bound = (MAX_WAIT if window is None else min(MAX_WAIT, 2 * window)) + _MARGIN
-        return min(max(slot - now, 0.0), bound)
+        self._pending += 1
+        return 0.0
+
+    def _bound(self) -> float:
+        """The longest one request waits in all (seconds): each turn is bounded (resets are
+        clamped), but a request behind a backlog waits for the turns of those before it."""
+        return _PROBE_WAIT if self._limit is None else MAX_WAIT
 
     async def acquire(self, share: float = 1.0) -> float:
         """Wait for this request's turn (``share``: the fraction of the budget it may use);
         returns the seconds waited. Bounded: see the module's notes."""
         waited = 0.0
         with self._lock:
-            delay = self._delay(share)
+            delay = self._delay(share, waited)
             if delay > 0:
                 self._waiting += 1
-                self._hold(delay)
         if delay > 0:
             try:
-                for _ in range(_ROUNDS):
+                while delay > 0:
+                    with self._lock:
+                        if self._limit is not None:  # not while the first answer is awaited
+                            self._hold(delay)
                     started = time.monotonic()
-                    await asyncio.sleep(delay)
+                    # Woken at the turn reckoned now, or sooner to read a newer answer.
+                    await asyncio.sleep(min(delay, _RECHECK))
                     waited += time.monotonic() - started
-                    with self._lock:  # a 429 met meanwhile holds this request too
-                        delay = min(self._blocked - time.monotonic(), MAX_WAIT)
-                    if delay <= 0:
-                        break
+                    with self._lock:
+                        delay = self._delay(share, waited)
             finally:
                 with self._lock:
                     self._waiting -= 1
                     self._held += waited
         with self._lock:
-            self._pending += 1
             if self._holding and self._waiting == 0 and waited == 0:
                 self._holding = False
                 logger.info(
