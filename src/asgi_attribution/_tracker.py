@@ -473,9 +473,9 @@ class Tracker:
     chosen delivery would ignore raises ``TypeError`` naming both. With
     ``require_click_id=True`` a lead without a click id raises instead of being skipped;
     ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to the
-    metadata of events tracked from a request, and ``touchpoints_metadata_key`` its first and
-    last touch (``AttributionMiddleware(touchpoints=True)``), within the provider's metadata
-    limit. ``tracker.stats`` counts what happened.
+    metadata of events tracked from a request, and ``touchpoints_metadata_key`` (default
+    ``"touchpoints"``; ``None``: never) its first and last touch
+    (``AttributionMiddleware(touchpoints=True)``), within the provider's metadata limit. ``tracker.stats`` counts what happened.
 
     The loop the tracker starts in owns delivery (:attr:`loop`). A ``track_*`` call on another
     loop or thread is handed to it; one the owner does not take within ``handoff_timeout``
@@ -501,7 +501,7 @@ class Tracker:
         background: bool | None = None,
         require_click_id: bool = False,
         verified_metadata_key: str | None = None,
-        touchpoints_metadata_key: str | None = None,
+        touchpoints_metadata_key: str | None = "touchpoints",
         inline_timeout: float = 10.0,
         handoff_timeout: float = 5.0,
         timeout: float | None = None,
