@@ -12,7 +12,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
 
-from ._context import MIDDLEWARE_HINT, SCOPE_KEY, RequestLike, scope_of
+from ._context import SCOPE_KEY, RequestLike, middleware_hint, scope_of
 from ._cookies import CookieReader, Headers, cookie_header
 from ._providers import Provider
 
@@ -332,5 +332,5 @@ def attribution_in(scope: Mapping[str, Any]) -> Attribution:
     """
     attribution = scope.get(SCOPE_KEY)
     if not isinstance(attribution, Attribution):
-        raise RuntimeError("no attribution on this request: " + MIDDLEWARE_HINT)
+        raise RuntimeError("no attribution on this request: " + middleware_hint(scope))
     return attribution

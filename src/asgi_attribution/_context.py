@@ -27,10 +27,12 @@ __all__ = [
     "COOKIES_KEY",
     "MIDDLEWARE_HINT",
     "SCOPE_KEY",
+    "TEST_CLIENT_HINT",
     "TRACKER_KEY",
     "HasScope",
     "RequestLike",
     "current_scope",
+    "middleware_hint",
     "scope_of",
 ]
 
@@ -46,6 +48,37 @@ MIDDLEWARE_HINT = (
     "add AttributionMiddleware to the app (app.add_middleware(AttributionMiddleware, "
     "tracker=tracker))"
 )
+
+#: What to say when a test client went around the ASGI middleware (Django's Client, AsyncClient).
+TEST_CLIENT_HINT = (
+    "Django's test Client and AsyncClient call the Django app directly, around every ASGI "
+    "middleware, so AttributionMiddleware never saw this request even if it wraps the app. "
+    "Send test requests through the wrapped ASGI application instead: httpx.AsyncClient("
+    "transport=httpx.ASGITransport(app=application)), with asgi_attribution.testing's "
+    "capture_events() or the attribution_events fixture (see docs/testing.md)"
+)
+
+
+def middleware_hint(scope: Mapping[str, Any]) -> str:
+    """How to fix a request the middleware never saw: add it, or stop going around it.
+
+    A Django ``AsyncClient`` request (host ``testserver``, and a ``str`` query string where
+    ASGI servers and httpx give bytes) went around the middleware.
+
+    Example:
+        >>> django = {"headers": [(b"host", b"testserver")], "query_string": ""}
+        >>> middleware_hint(django)[:31]
+        "Django's test Client and AsyncC"
+        >>> middleware_hint({"type": "http", "query_string": b""}) == MIDDLEWARE_HINT
+        True
+    """
+    hosts = [value for name, value in scope.get("headers") or () if name == b"host"]
+    server = scope.get("server") or ("",)
+    from_django = hosts == [b"testserver"] or server[0] == "testserver"
+    if from_django and isinstance(scope.get("query_string"), str):
+        return TEST_CLIENT_HINT
+    return MIDDLEWARE_HINT
+
 
 current_scope: ContextVar[MutableMapping[str, Any] | None] = ContextVar(
     "asgi_attribution_scope", default=None
@@ -112,7 +145,9 @@ def scope_of(request: RequestLike | None) -> MutableMapping[str, Any] | None:
     else:
         got = name
     hint = ""
-    if hasattr(request, "META") or hasattr(request, "environ"):
+    if getattr(request, "META", {}).get("SERVER_NAME") == "testserver":
+        hint = ". " + TEST_CLIENT_HINT  # Django's test Client: WSGI, around the middleware
+    elif hasattr(request, "META") or hasattr(request, "environ"):
         # Django's WSGIRequest, Flask's: a WSGI server never ran the ASGI middleware.
         hint = (
             ". A WSGI request has no ASGI scope: serve the app on an ASGI server through "

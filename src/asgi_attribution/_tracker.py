@@ -54,6 +54,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -90,6 +91,9 @@ __all__ = [
 
 
 logger = logging.getLogger("asgi_attribution")
+
+# Set by `sync` while it sends inline as documented (a job): no "not started" WARNING then.
+inline_on_purpose: ContextVar[bool] = ContextVar("asgi_attribution_inline", default=False)
 
 
 class Tracking(Coroutine[Any, Any, TrackResult]):
@@ -793,7 +797,8 @@ class Tracker:
             if self._memory_queue:
                 # Nobody owns a background queue here (no lifespan, no `async with`): a queue
                 # would die with this event loop, so the event goes out before we return.
-                self._warn_unowned("each event is sent inline, before track_* returns")
+                if not inline_on_purpose.get():
+                    self._warn_unowned("each event is sent inline, before track_* returns")
                 return await self._send_inline(delivery)
             self._warn_unowned("it was started on first use")
             await self.start()
