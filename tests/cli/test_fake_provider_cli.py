@@ -121,6 +121,11 @@ def test_partner_links_faults_and_the_banner() -> None:
         assert jane["partner"] == {"id": "pn_jane", "name": "Jane"} | {
             k: None for k in ("image", "groupId", "tenantId")
         }
+        partner = {"id": "pn_ana", "name": "Ana", "tenantId": "t_9"}
+        fields = {"domain": "go.acme.com", "key": "ana", "partner": partner}
+        assert httpx.post(f"{base_url}/_fake/links", json=fields).status_code == 200
+        ana = httpx.post(f"{base_url}/track/click", json={**via, "key": "ana"}).json()
+        assert ana["partner"]["tenantId"] == "t_9"
         bad = httpx.post(f"{base_url}/_fake/links", json={"link": "no-key"})
         assert bad.status_code == 422 and "DOMAIN/KEY" in bad.text
         links = httpx.get(f"{base_url}/_fake/links").json()["links"]
@@ -128,6 +133,7 @@ def test_partner_links_faults_and_the_banner() -> None:
             ("go.acme.com", "john"),
             ("go.acme.com", "summer"),
             ("go.acme.com", "jane"),
+            ("go.acme.com", "ana"),
         ]
     finally:
         stderr = stop(process)

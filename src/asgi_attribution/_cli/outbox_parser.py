@@ -16,7 +16,12 @@ others (exit code 1).
 ``deliver`` delivers what an outbox holds, once or as a worker (``--follow``). The provider of
 each event is read from its stored row, so the API keys are checked before the store is
 touched: ``--api-key`` for every event, else each provider's environment variable
-(``DUB_API_KEY``, ``PIMMS_API_KEY``).
+(``DUB_API_KEY``, ``PIMMS_API_KEY``). When it waits (a crashed worker's claims until their
+lease ends, retries not yet due) it says for what and how long.
+
+One concept, though past 800 lines: the outbox's command line as the operator types it (the
+store, the options, what each value means); ``list`` and ``deliver`` live here because they are
+mostly their options, the other commands in :mod:`.outbox`.
 """
 
 from __future__ import annotations

@@ -176,16 +176,17 @@ def _add_link(fake: Controlled, data: dict[str, Any]) -> tuple[int, dict[str, An
                 raise ValueError('link: a string "DOMAIN/KEY" or "DOMAIN/KEY=PARTNER", alone')
             (domain, key), settings = parse_link(data["link"])
         else:
-            domain, key = data.get("domain"), data.get("key")
-            if not isinstance(domain, str) or not isinstance(key, str) or not domain or not key:
-                raise ValueError('domain, key: non-empty strings (or "link": "DOMAIN/KEY")')
+            given_domain, given_key = data.get("domain"), data.get("key")
+            if not isinstance(given_domain, str) or not isinstance(given_key, str):
+                raise ValueError('domain, key: strings (or "link": "DOMAIN/KEY")')
             unknown = set(data) - {"domain", "key", "partner", "discount", "url"}
             if unknown:
                 raise ValueError(f"{', '.join(sorted(unknown))}: not a link field")
+            (domain, key), settings = parse_link(f"{given_domain}/{given_key}")
             partner = data.get("partner")
             if isinstance(partner, str):  # a name, as on the command line
                 partner = parse_link(f"{domain}/{key}={partner}")[1]["partner"]
-            settings = {k: v for k, v in data.items() if k in ("discount", "url") and v}
+            settings.update({k: v for k, v in data.items() if k in ("discount", "url") and v})
             if partner is not None:
                 if not isinstance(partner, dict):
                     raise ValueError("partner: a name or an object with id and name")
