@@ -24,7 +24,6 @@ from starlette.requests import Request
 
 from asgi_attribution import (
     Attribution,
-    AttributionMiddleware,
     MemoryTransport,
     Tracker,
     get_attribution,
@@ -227,71 +226,47 @@ async def test_an_unstarted_tracker_in_async_code_still_warns(
 # -- Django's test clients -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def django_app() -> Any:
-    django = pytest.importorskip("django")
-    from django.conf import settings
+@pytest.fixture
+def django_app() -> tuple[Any, MemoryTransport]:
+    """The framework tests' Django app (views /signup, async, and /signup-sync) with a memory
+    tracker; Django's settings are configured once per process, by that module."""
+    pytest.importorskip("django")
+    from tests.support import framework_apps
 
-    if not settings.configured:
-        settings.configure(
-            DEBUG=True, SECRET_KEY="x", ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], MIDDLEWARE=[]
-        )
-        django.setup()
-    from django.core.asgi import get_asgi_application
-
-    return AttributionMiddleware(
-        get_asgi_application(), Tracker("dub", transport=MemoryTransport())
-    )
+    memory = MemoryTransport()
+    return framework_apps.django_app(Tracker("dub", transport=memory)), memory
 
 
-def _answer(request: Any) -> Any:
-    from django.http import JsonResponse
-
-    try:
-        return JsonResponse({"click": get_attribution(request).click_id})
-    except (TypeError, RuntimeError) as exc:
-        return JsonResponse({"error": f"{type(exc).__name__}: {exc}"})
-
-
-def sync_view(request: Any) -> Any:
-    return _answer(request)
-
-
-async def async_view(request: Any) -> Any:
-    return _answer(request)
-
-
-def _urls() -> list[Any]:
-    try:
-        from django.urls import path
-    except ImportError:
-        return []
-    return [path("sync", sync_view), path("async", async_view)]
-
-
-urlpatterns = _urls()
-
-
-def test_djangos_test_client_is_told_what_to_use(django_app: Any) -> None:
+def test_djangos_test_client_is_told_what_to_use(django_app: tuple[Any, MemoryTransport]) -> None:
     from django.test import Client
 
-    error = Client().get("/sync").json()["error"]
-    assert error.startswith("TypeError:")
-    assert "Django's test Client and AsyncClient call the Django app directly" in error
-    assert "httpx.ASGITransport(app=application)" in error
+    with pytest.raises(TypeError) as raised:
+        Client().post("/signup-sync?u=u1")
+    message = str(raised.value)
+    assert "Django's test Client and AsyncClient call the Django app directly" in message
+    assert "httpx.ASGITransport(app=application)" in message
+    assert django_app[1].events == []
 
 
-async def test_djangos_async_client_is_not_told_to_add_the_middleware(django_app: Any) -> None:
+async def test_djangos_async_client_is_not_told_to_add_the_middleware(
+    django_app: tuple[Any, MemoryTransport],
+) -> None:
     from django.test import AsyncClient
 
-    error = (await AsyncClient().get("/async")).json()["error"]
-    assert "around every ASGI middleware" in error
-    assert "add AttributionMiddleware" not in error
+    with pytest.raises(RuntimeError) as raised:
+        await AsyncClient().post("/signup?u=u1")
+    message = str(raised.value)
+    assert "around every ASGI middleware" in message
+    assert "add AttributionMiddleware" not in message
     # Through the wrapped ASGI app, as the message says, the middleware sees the request.
-    transport = httpx.ASGITransport(app=django_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        answer = (await client.get("/async", params={"dub_id": "clk_dj"})).json()
-    assert answer == {"click": "clk_dj"}
+    app, memory = django_app
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", cookies={"dub_id": "clk_dj"}
+    ) as client:
+        answer = (await client.post("/signup?u=u1")).json()
+    assert answer == {"status": "sent"}
+    assert [event.click_id for event in memory.events] == ["clk_dj"]  # type: ignore[attr-defined]
 
 
 async def test_a_missing_middleware_is_still_named_for_other_clients() -> None:

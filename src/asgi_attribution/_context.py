@@ -145,14 +145,14 @@ def scope_of(request: RequestLike | None) -> MutableMapping[str, Any] | None:
     else:
         got = name
     hint = ""
-    if getattr(request, "META", {}).get("SERVER_NAME") == "testserver":
-        hint = ". " + TEST_CLIENT_HINT  # Django's test Client: WSGI, around the middleware
-    elif hasattr(request, "META") or hasattr(request, "environ"):
+    if hasattr(request, "META") or hasattr(request, "environ"):
         # Django's WSGIRequest, Flask's: a WSGI server never ran the ASGI middleware.
         hint = (
             ". A WSGI request has no ASGI scope: serve the app on an ASGI server through "
             "AttributionMiddleware, or give the click id to the tracker's track_* yourself"
         )
+        if getattr(request, "META", {}).get("SERVER_NAME") == "testserver":
+            hint += ". " + TEST_CLIENT_HINT  # Django's test Client (or RequestFactory)
     raise TypeError(
         "expected the request (an object with an ASGI .scope, such as a Starlette, FastAPI, "
         "Litestar, Quart or Django ASGI request), a raw ASGI scope of an HTTP or WebSocket "
