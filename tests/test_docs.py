@@ -292,14 +292,23 @@ def test_configuration_tables_keep_option_names_whole(site_url: str, offline: Of
     assert [(name, count) for name, count in boxes if count != 1] == []
 
 
-def test_the_testclient_example_in_testing_md_passes(tmp_path: Path) -> None:
-    """The FastAPI ``TestClient`` example in docs/testing.md runs as is, under pytest."""
-    pytest.importorskip("fastapi")
-    text = (REPO_ROOT / "docs/testing.md").read_text(encoding="utf-8")
-    section = text.split("### With FastAPI's (or Starlette's) `TestClient`", 1)[1]
-    example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert example is not None and "TestClient(app)" in example[1]
-    (tmp_path / "test_example.py").write_text(example[1], encoding="utf-8")
+def python_blocks(path: Path) -> list[str]:
+    """The ```python blocks of a Markdown file, in order."""
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.DOTALL)
+
+
+# Every example of docs/testing.md is a whole test file (each has at least one test).
+TESTING_EXAMPLES = [b for b in python_blocks(REPO_ROOT / "docs/testing.md") if "def test_" in b]
+
+
+@pytest.mark.parametrize(
+    "example", TESTING_EXAMPLES, ids=lambda b: re.findall(r"def (test_\w+)", b)[0]
+)
+def test_each_testing_md_example_passes(example: str, tmp_path: Path) -> None:
+    """Each example in docs/testing.md runs as is, under pytest, warnings as errors."""
+    if "fastapi" in example:
+        pytest.importorskip("fastapi")
+    (tmp_path / "test_example.py").write_text(example, encoding="utf-8")
     result = subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"),
@@ -317,4 +326,147 @@ def test_the_testclient_example_in_testing_md_passes(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    tests = len(re.findall(r"^\s*(?:async )?def test_", example, re.MULTILINE))
+    assert f"{tests} passed" in result.stdout, result.stdout
+
+
+def test_testing_md_documents_every_testing_tool() -> None:
+    text = (REPO_ROOT / "docs/testing.md").read_text(encoding="utf-8")
+    from asgi_attribution import testing
+
+    for name in ("attribution_events", "capture_events", "MemoryTransport", "FakeProvider"):
+        assert f"`{name}" in text, name
+    assert "serve_in_thread" in text and "playwright" in text and "pytest11" in text
+    # The page's examples use the tools themselves, not a description of them.
+    examples = "\n".join(TESTING_EXAMPLES)
+    for name in ("attribution_events", "capture_events", "MemoryTransport", "serve_in_thread"):
+        assert name in examples, name
+    assert {"capture_events", "MemoryTransport", "FakeProvider", "serve_in_thread"} <= set(
+        testing.__all__
+    )
+
+
+README_RUNNER = """
+import sys
+from asgi_attribution.testing import capture_events
+
+source = open(sys.argv[1], encoding="utf-8").read()
+with capture_events():  # nothing leaves the process: the events are recorded here
+    exec(compile(source, sys.argv[2], "exec"), {"__name__": "__readme__"})
+"""
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks(REPO_ROOT / "README.md"))))
+def test_each_readme_python_block_runs_as_written(index: int, tmp_path: Path) -> None:
+    """Each ```python block of the README runs on its own, as written (its events captured)."""
+    block = python_blocks(REPO_ROOT / "README.md")[index]
+    if "fastapi" in block:
+        pytest.importorskip("fastapi")
+    (tmp_path / "block.py").write_text(block, encoding="utf-8")
+    (tmp_path / "runner.py").write_text(README_RUNNER, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("DUB_API_KEY", "PIMMS_API_KEY")}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "runner.py", "block.py", f"README.md block {index + 1}"],
+        cwd=tmp_path,  # a block's relative paths (events.db) land here
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"block {index + 1}:\n{block}\n{result.stderr}"
+
+
+LINKED = re.compile(r"""<(?:link|script)\b[^>]*\s(?:href|src)=["']?([^"'\s>]+)""", re.IGNORECASE)
+FONT_OR_CDN = re.compile(r"fonts\.googleapis|fonts\.gstatic|cdn|unpkg", re.IGNORECASE)
+
+
+def test_no_page_loads_fonts_or_scripts_from_a_cdn(site: Path) -> None:
+    """No page links a stylesheet, font or script from another host (``theme.font: false``)."""
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r"fonts\.googleapis|fonts\.gstatic", text), page
+        for linked in LINKED.findall(text):
+            remote = urlsplit(linked).scheme in ("http", "https") or linked.startswith("//")
+            assert not (remote and FONT_OR_CDN.search(linked)), (page, linked)
+    for sheet in sorted(site.rglob("*.css")):
+        text = sheet.read_text(encoding="utf-8", errors="replace")
+        assert not re.search(r"@import\s+url\([\"']?(https?:)?//", text), sheet
+
+
+def test_outbox_md_lists_every_command_and_option_of_the_cli() -> None:
+    """docs/outbox.md's CLI table names each command of ``outbox --help`` and its options."""
+    from asgi_attribution._cli.outbox_parser import build_parser
+
+    text = (REPO_ROOT / "docs/outbox.md").read_text(encoding="utf-8")
+    section = text.split("## The command line", 1)[1].split("Exit codes a script can rely on", 1)[0]
+    rows = {
+        line.split("`")[1].split()[0]: line
+        for line in section.splitlines()
+        if line.startswith("| `")
+    }
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if a.dest == "command"]
+    assert set(rows) == set(commands.choices)  # type: ignore[arg-type]
+    store = {
+        "--path",
+        "--redis-url",
+        "--postgres-url",
+        "--redis-prefix",
+        "--allow-eviction",
+        "--postgres-table",
+        "--help",
+        "-h",
+    }
+    for name, sub in commands.choices.items():  # type: ignore[union-attr]
+        options = {o for a in sub._actions for o in a.option_strings if o.startswith("--")}
+        missing = sorted(o for o in options - store if o not in rows[name])
+        assert missing == [], f"{name}: {missing}"
+    for option in store - {"--help", "-h"}:
+        assert f"`{option}" in section, option
+
+
+@pytest.fixture
+def wide(browser: Browser) -> Iterator[OfflinePage]:
+    """A 1280 px wide window, as on a laptop."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(DEADLINE_SECONDS * 1000)
+    try:
+        yield OfflinePage(context.new_page())
+    finally:
+        context.close()
+
+
+# The smallest message text readable on a laptop screen, in CSS pixels (the body text is 16 px;
+# Material's own small print is about 12).
+READABLE_PX = 12.0
+
+
+def test_the_sequence_diagram_is_readable_at_1280_px(site_url: str, wide: OfflinePage) -> None:
+    page = wide.page
+    page.goto(f"{site_url}/how-it-works/")
+    page.wait_for_selector("div.mermaid", state="attached")
+    cdp = page.context.new_cdp_session(page)
+    document = cdp.send("DOM.getDocument", {"depth": -1, "pierce": True})
+    texts = [
+        node
+        for node in _walk(document["root"])
+        if node.get("localName") == "text" and "messageText" in _attributes(node).get("class", "")
+    ]
+    assert len(texts) >= 10, "the diagram's messages were not found"
+    heights = []
+    for node in texts:  # inside a closed shadow root: measured through the protocol
+        handle = cdp.send("DOM.resolveNode", {"backendNodeId": node["backendNodeId"]})
+        answer = cdp.send(
+            "Runtime.callFunctionOn",
+            {
+                "objectId": handle["object"]["objectId"],
+                "functionDeclaration": "function () { return this.getBoundingClientRect().height }",
+                "returnByValue": True,
+            },
+        )
+        heights.append(round(answer["result"]["value"], 1))
+    print(f"message text heights at 1280 px: {sorted(heights)}")
+    assert min(heights) >= READABLE_PX, sorted(heights)

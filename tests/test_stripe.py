@@ -84,7 +84,6 @@ def shop(stripe_base: str, provider: str = "dub") -> AttributionMiddleware:
         )
         session = client.v1.checkout.sessions.create(
             params={
-                "mode": q.get("mode", "subscription"),
                 "line_items": [{"price": "price_123", "quantity": 1}],
                 "success_url": "https://acme.com/thanks",
                 **params,
@@ -207,7 +206,6 @@ async def test_global_stripe_api_with_merged_kwargs(
     def checkout(request: Request) -> JSONResponse:
         params = checkout_session_params(request, mode="payment")
         session = stripe.checkout.Session.create(
-            mode="payment",
             line_items=[{"price": "price_123", "quantity": 1}],
             success_url="https://acme.com/thanks",
             **params,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from ._context import MIDDLEWARE_HINT, ROUND_TRIPS_KEY, SCOPE_KEY, RequestLike, scope_of
+from ._context import ROUND_TRIPS_KEY, SCOPE_KEY, RequestLike, middleware_hint, scope_of
 from ._cookies import (
     CookieReader,
     Headers,
@@ -502,7 +502,7 @@ def attribution_in(scope: Mapping[str, Any]) -> Attribution:
     """
     attribution = scope.get(SCOPE_KEY)
     if not isinstance(attribution, Attribution):
-        raise RuntimeError("no attribution on this request: " + MIDDLEWARE_HINT)
+        raise RuntimeError("no attribution on this request: " + middleware_hint(scope))
     return attribution
 
 

@@ -35,12 +35,14 @@ __all__ = [
     "MIDDLEWARE_HINT",
     "ROUND_TRIPS_KEY",
     "SCOPE_KEY",
+    "TEST_CLIENT_HINT",
     "TRACKER_KEY",
     "HasEnviron",
     "HasMeta",
     "HasScope",
     "RequestLike",
     "current_scope",
+    "middleware_hint",
     "scope_of",
 ]
 
@@ -62,6 +64,42 @@ MIDDLEWARE_HINT = (
     "tracker=tracker); a WSGI app: asgi_attribution.wsgi.AttributionMiddleware(app, "
     "tracker=tracker))"
 )
+
+#: What to say when a test client went around the ASGI middleware (Django's Client, AsyncClient).
+TEST_CLIENT_HINT = (
+    "Django's test Client and AsyncClient call the Django app directly, around every ASGI or "
+    "WSGI middleware, so AttributionMiddleware never saw this request even if it wraps the app. "
+    "Send test requests through the wrapped application instead: httpx.AsyncClient("
+    "transport=httpx.ASGITransport(app=application)) for ASGI, werkzeug.test.Client("
+    "application) for WSGI, with asgi_attribution.testing's capture_events() or the "
+    "attribution_events fixture (see docs/testing.md)"
+)
+
+
+def middleware_hint(scope: Mapping[str, Any]) -> str:
+    """How to fix a request the middleware never saw: add it, or stop going around it.
+
+    A Django ``AsyncClient`` request (host ``testserver``, and a ``str`` query string where
+    ASGI servers and httpx give bytes) or test ``Client`` request (a WSGI environ of server
+    ``testserver``) went around the middleware.
+
+    Example:
+        >>> django = {"headers": [(b"host", b"testserver")], "query_string": ""}
+        >>> middleware_hint(django)[:31]
+        "Django's test Client and AsyncC"
+        >>> middleware_hint({"type": "http", "query_string": b""}) == MIDDLEWARE_HINT
+        True
+    """
+    hosts = [value for name, value in scope.get("headers") or () if name == b"host"]
+    server = scope.get("server") or ("",)
+    from_django = hosts == [b"testserver"] or server[0] == "testserver"
+    if from_django and isinstance(scope.get("query_string"), str):
+        return TEST_CLIENT_HINT
+    if "wsgi.version" in scope and scope.get("SERVER_NAME") == "testserver":
+        # Django's test Client or RequestFactory: either may be what went around it.
+        return f"{TEST_CLIENT_HINT}; outside a test, {MIDDLEWARE_HINT}"
+    return MIDDLEWARE_HINT
+
 
 current_scope: ContextVar[MutableMapping[str, Any] | None] = ContextVar(
     "asgi_attribution_scope", default=None

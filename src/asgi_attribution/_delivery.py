@@ -70,6 +70,13 @@ _NUMBERS = (
     ("outbox_retention", 0, False),
 )
 
+# The callbacks and the arguments delivery calls them with (checked at construction).
+_CALLBACKS = {
+    "on_error": "delivery, exc",
+    "on_drop": "delivery, reason",
+    "on_delivered": "delivery, result",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Stack:
@@ -141,8 +148,8 @@ def build_stack(
     retry = given.get("retry")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"Tracker(retry=...) must be a RetryPolicy, got {retry!r}")
-    for name in ("on_error", "on_drop", "on_delivered"):
-        callable_or_none("Tracker", name, given.get(name))
+    for name, called_with in _CALLBACKS.items():
+        callable_or_none("Tracker", name, given.get(name), called_with)
     fallback = given.get("outbox_fallback", "memory")
     if fallback not in ("memory", "none"):
         raise ValueError(f"Tracker(outbox_fallback=...) must be 'memory' or None, got {fallback!r}")

@@ -325,7 +325,7 @@ class AttributionMiddleware:
         number(owner, "cookie_max_age", cookie_max_age, 1, integer=True)
         if verified_max_age is not None:
             number(owner, "verified_max_age", verified_max_age, 1, integer=True)
-        callable_or_none(owner, "consent", consent)
+        callable_or_none(owner, "consent", consent, "request")
         if tracker is not None and not isinstance(tracker, Tracker):
             raise TypeError(f"{owner}(tracker=...) must be a Tracker, got {tracker!r}")
         self.app = app

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 __all__ = ["callable_or_none", "flag", "number", "share"]
@@ -43,14 +44,38 @@ def number(owner: str, name: str, value: Any, minimum: float, *, integer: bool =
         raise ValueError(f"{owner}({name}=...) must be {what} >= {minimum:g}, got {value!r}")
 
 
-def callable_or_none(owner: str, name: str, value: Any) -> None:
-    """``value`` must be callable or ``None``.
+def callable_or_none(owner: str, name: str, value: Any, signature: str | None = None) -> None:
+    """``value`` must be callable or ``None``; with ``signature``, callable as ``name(signature)``.
+
+    ``signature`` lists the positional arguments it is called with (``"delivery, reason"``).
+    Defaults, ``*args``, bound methods, :func:`functools.partial` and async functions all pass
+    as long as the call would bind; a callable Python cannot inspect is taken as it is.
 
     Example:
-        >>> callable_or_none("Tracker", "on_error", print)
+        >>> callable_or_none("Tracker", "on_error", print, "delivery, exc")
+        >>> def f(d): ...
+        >>> callable_or_none("Tracker", "on_drop", f, "delivery, reason")
+        Traceback (most recent call last):
+        ...
+        TypeError: Tracker(on_drop=...) is called as on_drop(delivery, reason), but f takes (d)
     """
-    if value is not None and not callable(value):
+    if value is None:
+        return
+    if not callable(value):
         raise TypeError(f"{owner}({name}=...) must be a callable or None, got {value!r}")
+    if signature is None:
+        return
+    try:
+        found = inspect.signature(value)
+    except (TypeError, ValueError):  # some builtins have none: nothing to check
+        return
+    try:
+        found.bind(*signature.split(", "))
+    except TypeError:
+        what = getattr(value, "__name__", None) or type(value).__name__
+        raise TypeError(
+            f"{owner}({name}=...) is called as {name}({signature}), but {what} takes {found}"
+        ) from None
 
 
 def share(owner: str, name: str, value: Any) -> None:

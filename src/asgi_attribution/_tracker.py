@@ -44,6 +44,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -81,6 +82,9 @@ __all__ = [
 
 
 logger = logging.getLogger("asgi_attribution")
+
+# Set by `sync` while it sends inline as documented (a job): no "not started" WARNING then.
+inline_on_purpose: ContextVar[bool] = ContextVar("asgi_attribution_inline", default=False)
 
 
 class Tracking(Coroutine[Any, Any, TrackResult]):
@@ -475,7 +479,8 @@ class Tracker:
     ``verified_metadata_key`` adds the request's ``Attribution.verified`` flag to the
     metadata of events tracked from a request, and ``touchpoints_metadata_key`` (default
     ``"touchpoints"``; ``None``: never) its first and last touch
-    (``AttributionMiddleware(touchpoints=True)``), within the provider's metadata limit. ``tracker.stats`` counts what happened.
+    (``AttributionMiddleware(touchpoints=True)``), within the provider's metadata limit.
+    ``tracker.stats`` counts what happened.
 
     The loop the tracker starts in owns delivery (:attr:`loop`). A ``track_*`` call on another
     loop or thread is handed to it; one the owner does not take within ``handoff_timeout``
@@ -775,7 +780,8 @@ class Tracker:
             if self._memory_queue:
                 # Nobody owns a background queue here (no lifespan, no `async with`): a queue
                 # would die with this event loop, so the event goes out before we return.
-                self._warn_unowned("each event is sent inline, before track_* returns")
+                if not inline_on_purpose.get():
+                    self._warn_unowned("each event is sent inline, before track_* returns")
                 return await self._send_inline(delivery)
             self._warn_unowned("it was started on first use")
             await self.start()

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from typing_extensions import Unpack
 
 from ._attribution import Attribution, attribution_in
-from ._context import MIDDLEWARE_HINT, TRACKER_KEY, RequestLike, scope_of
+from ._context import TRACKER_KEY, RequestLike, middleware_hint, scope_of
 from ._events import CustomerFields, LeadFields, LeadOptions, SaleFields
 from ._exceptions import InvalidEventError
 from ._limits import METADATA_MAX_LENGTH, json_js_length
@@ -41,7 +41,7 @@ def _context(request: RequestLike | None) -> tuple[Attribution, Tracker]:
     attribution = attribution_in(scope)
     tracker = scope.get(TRACKER_KEY)
     if not isinstance(tracker, Tracker):
-        raise RuntimeError("no tracker on this request: " + MIDDLEWARE_HINT)
+        raise RuntimeError("no tracker on this request: " + middleware_hint(scope))
     return attribution, tracker
 
 

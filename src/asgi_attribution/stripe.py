@@ -19,7 +19,7 @@ Example:
     >>> from asgi_attribution import Attribution
     >>> request = Request({"type": "http", "asgi_attribution": Attribution(DUB, click_id="c1")})
     >>> checkout_session_params(request, mode="payment")
-    {'client_reference_id': 'dub_id_c1', 'customer_creation': 'always'}
+    {'mode': 'payment', 'client_reference_id': 'dub_id_c1', 'customer_creation': 'always'}
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ def checkout_session_params(
     mode: CheckoutMode = "subscription",
     client_reference_id: str | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments to merge into ``stripe.checkout.Session.create(...)``.
+    """Keyword arguments to merge into ``stripe.checkout.Session.create(...)``, ``mode`` included.
+
+    Give the Checkout ``mode`` here, once (default ``"subscription"``): it is among the
+    arguments returned, and what else is returned depends on it. Passing ``mode=`` to Stripe
+    as well as ``**params`` is a ``TypeError`` (the same keyword twice), never a silent mismatch.
 
     - ``lead_tracked=True`` (you called ``track_lead`` for ``customer_external_id``):
       ``metadata`` naming the customer. This works even when this request carries no click
@@ -96,7 +100,7 @@ def checkout_session_params(
     - otherwise, on an attributed request: ``client_reference_id`` naming the click, and for
       ``mode="payment"`` also ``customer_creation="always"`` (don't merge it if you pass
       ``customer=``: Stripe refuses both).
-    - an organic visitor: ``{}``.
+    - an organic visitor: only ``mode``.
 
     A ``client_reference_id`` you pass is never replaced: it is returned as is (merge it) and
     the click then goes into nothing Dub reads, so track the lead first in that case. Merge
@@ -107,17 +111,17 @@ def checkout_session_params(
         >>> from asgi_attribution import Attribution
         >>> request = Request({"type": "http", "asgi_attribution": Attribution(DUB, click_id="c1")})
         >>> checkout_session_params(request, customer_external_id="user_42", lead_tracked=True)
-        {'metadata': {'dubCustomerExternalId': 'user_42'}}
+        {'mode': 'subscription', 'metadata': {'dubCustomerExternalId': 'user_42'}}
         >>> checkout_session_params(request)
-        {'client_reference_id': 'dub_id_c1'}
+        {'mode': 'subscription', 'client_reference_id': 'dub_id_c1'}
         >>> organic = Request({"type": "http", "asgi_attribution": Attribution(DUB)})
         >>> checkout_session_params(organic, mode="payment")
-        {}
+        {'mode': 'payment'}
     """
     if mode not in ("payment", "subscription", "setup"):
         raise ValueError(f"mode must be 'payment', 'subscription' or 'setup', got {mode!r}")
     (prefix, external_key, _), click_id = _names(request)
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {"mode": mode}
     if client_reference_id is not None:
         params["client_reference_id"] = client_reference_id
     if lead_tracked:

@@ -48,10 +48,10 @@ from collections.abc import Awaitable, Callable
 from typing_extensions import Unpack
 
 from ._attribution import Attribution, attribution_in
-from ._context import MIDDLEWARE_HINT, TRACKER_KEY, RequestLike, scope_of
+from ._context import TRACKER_KEY, RequestLike, middleware_hint, scope_of
 from ._events import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError
-from ._tracker import Ticket, Tracker, Tracking, alive, owner_ended
+from ._tracker import Ticket, Tracker, Tracking, alive, inline_on_purpose, owner_ended
 from ._tracking import request_metadata
 from .transports._base import TrackResult
 
@@ -76,7 +76,7 @@ def _resolve(
     attribution = attribution_in(scope)
     found = scope.get(TRACKER_KEY) if tracker is None else tracker
     if not isinstance(found, Tracker):
-        raise RuntimeError("no tracker on this request: " + MIDDLEWARE_HINT)
+        raise RuntimeError("no tracker on this request: " + middleware_hint(scope))
     return attribution, found
 
 
@@ -203,6 +203,7 @@ def _inline(tracking: Tracking, deadline: float, event_id: str) -> TrackResult:
     """Deliver in a fresh event loop of this thread, within what is left of the timeout."""
 
     async def inline() -> TrackResult:
+        inline_on_purpose.set(True)  # this task's own context: the documented job path
         try:
             return await asyncio.wait_for(tracking, max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:

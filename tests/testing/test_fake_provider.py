@@ -515,7 +515,11 @@ async def test_control_endpoints(dub: tuple[FakeProvider, httpx.AsyncClient]) ->
     assert provider.faults == Faults(error_rate=1.0, seed=3)
 
     assert (await client.post("/_fake/reset")).status_code == 200
-    assert (await client.get("/_fake/events")).json() == {"accepted": [], "requests": []}
+    assert (await client.get("/_fake/events")).json() == {
+        "accepted": [],
+        "requests": [],
+        "faulted": [],
+    }
     assert provider.faults.error_rate == 1.0  # reset forgets events, not faults
 
     assert (await client.put("/_fake/faults", json={})).status_code == 200
@@ -528,7 +532,14 @@ def test_control_endpoints_over_a_socket() -> None:
         assert base_url.startswith("http://127.0.0.1:")
         client.put("/_fake/faults", json={"fail_first": 1})
         assert client.post("/track/sale", json=SALE, headers=AUTH).status_code == 503
-        assert client.get("/_fake/events").json() == {"accepted": [], "requests": []}
+        events = client.get("/_fake/events").json()
+        assert (events["accepted"], events["requests"]) == ([], [])
+        [faulted] = events["faulted"]  # the injected 503, listed with its status
+        assert (faulted["path"], faulted["fault"], faulted["status"]) == (
+            "/track/sale",
+            "error",
+            503,
+        )
         assert provider.faults.fail_first == 1
     # Shut down: nothing listens there any more.
     with pytest.raises(httpx.ConnectError):

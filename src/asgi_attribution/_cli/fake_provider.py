@@ -2,21 +2,76 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import sys
 from collections.abc import Sequence
 from typing import get_args
 
 from ..testing.fake_provider import FakeProvider, Faults, ProviderName, RateLimit, RetryAfterForm
+from ..testing.fake_provider._clicks import parse_link
+from ..testing.fake_provider._wire import Route
 from .common import CommandParser, exit_codes, port, wrap
 
-__all__ = ["check_listen", "main"]
+__all__ = ["banner", "check_listen", "main"]
 
 
 DESCRIPTION = wrap(
     "Run a local Dub/PIMMS tracking API that can inject faults (503s, 429s with Retry-After, "
     "slow answers, cut connections), to try a deployment's delivery and retries without the "
-    "real provider. Recorded requests are at GET /_fake/events. Stop it with Ctrl-C."
+    "real provider. Recorded requests, and the faults injected, are at GET /_fake/events; "
+    "--link registers a partner link for ?via= landings (or POST /_fake/links later). "
+    "Stop it with Ctrl-C."
 )
+
+# The routes a key can be refused (403) with --forbid.
+_FORBIDDABLE = ("lead", "sale", "customer", "click", "commissions", "commission")
+
+
+def banner(fake: FakeProvider, url: str) -> str:
+    """What the fake serves, printed at startup: its URL, key, faults, links and endpoints.
+
+    Example:
+        >>> fake = FakeProvider("dub", api_key="k", faults=Faults(error_rate=0.1))
+        >>> fake.add_link("go.acme.com", "john", {"partner": {"id": "pn_j", "name": "John"}})
+        >>> print(banner(fake, "http://127.0.0.1:8787"))  # doctest: +ELLIPSIS
+        fake dub API at http://127.0.0.1:8787
+          API key:   k (Authorization: Bearer k)
+          faults:    error_rate=0.1
+          links:     go.acme.com/john (partner John)
+          endpoints: POST /track/lead, POST /track/sale, ...
+          control:   GET /_fake/events, GET|PUT /_fake/faults, ...
+    """
+    key = fake.api_key
+    shown_key = f"{key} (Authorization: Bearer {key})" if key else "any Bearer token"
+    defaults = Faults()
+    changed = [
+        f"{f.name}={getattr(fake.faults, f.name)}"
+        for f in dataclasses.fields(Faults)
+        if getattr(fake.faults, f.name) != getattr(defaults, f.name)
+    ]
+    links = [
+        f"{link['domain']}/{link['key']}"
+        + (f" (partner {link['partner'].get('name')})" if link.get("partner") else "")
+        for link in fake.links()
+    ]
+    routes = "POST /track/lead, POST /track/sale, PATCH /customers/{id}, POST /track/click"
+    if fake.provider == "dub":
+        routes += ", GET /commissions, PATCH /commissions/{id}"
+    control = (
+        "GET /_fake/events, GET|PUT /_fake/faults, GET|POST /_fake/links, GET /_fake/clicks, "
+        "GET /_fake/customers, POST /_fake/reset, POST /_fake/clock, POST /_fake/webhooks"
+    )
+    return "\n".join(
+        [
+            f"fake {fake.provider} API at {url}",
+            f"  API key:   {shown_key}",
+            f"  faults:    {', '.join(changed) or 'none'}",
+            f"  links:     {', '.join(links) or 'none (every ?via= landing gets 404; use --link)'}",
+            f"  endpoints: {routes}",
+            f"  control:   {control}",
+        ]
+    )
 
 
 def check_listen(host: str, port: int) -> str | None:
@@ -88,6 +143,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="REQUESTS/WINDOW",
         help="limit each API key as Dub does, e.g. 600/60s (X-RateLimit-* headers, 429s)",
     )
+    parser.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="DOMAIN/KEY[=PARTNER]",
+        help="a link /track/click knows, e.g. go.acme.com/john=John Doe (a partner's); repeatable",
+    )
+    parser.add_argument(
+        "--lead-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="how long an async lead takes to show to sales, as the providers record it later",
+    )
+    parser.add_argument(
+        "--disabled-click",
+        action="append",
+        default=[],
+        metavar="CLICK_ID",
+        help="a click whose link is disabled (404 as Dub answers); repeatable",
+    )
+    parser.add_argument(
+        "--no-program",
+        action="store_true",
+        help="a workspace without a partner program (/commissions answer 404)",
+    )
+    parser.add_argument(
+        "--forbid",
+        action="append",
+        default=[],
+        choices=_FORBIDDABLE,
+        help="refuse the key on this route with 403 (a key without its scope); repeatable",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -103,17 +191,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
         )
         rate_limit = RateLimit.parse(args.rate_limit) if args.rate_limit else None
+        links = dict(parse_link(text) for text in args.link)
+        if args.lead_delay < 0:
+            raise ValueError(f"--lead-delay: must be >= 0 seconds, got {args.lead_delay:g}")
     except ValueError as exc:
         parser.error(str(exc))
     problem = check_listen(args.host, args.port)
     if problem is not None:
         parser.error(problem)
+    forbidden: list[Route] = args.forbid
     app = FakeProvider(
         args.provider,
         faults=faults,
         api_key=args.api_key,
         strict=not args.lenient,
         rate_limit=rate_limit,
+        links=links,
+        disabled_clicks=args.disabled_click,
+        program=not args.no_program,
+        forbidden_routes=forbidden,
+        lead_delay=args.lead_delay,
     )
 
     try:
@@ -121,5 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         parser.error("the fake provider runs under uvicorn: pip install uvicorn")
 
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(banner(app, f"http://{host}:{args.port}"), file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0

@@ -36,6 +36,7 @@ from .outbox_parser import (
     build_store,
     choose,
     deliver,
+    duration_values,
     list_rows,
     missing_key,
     parse_duration,
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(duration_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # argparse has printed its message
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     urls = [args.redis_url, args.postgres_url]

@@ -16,7 +16,12 @@ others (exit code 1).
 ``deliver`` delivers what an outbox holds, once or as a worker (``--follow``). The provider of
 each event is read from its stored row, so the API keys are checked before the store is
 touched: ``--api-key`` for every event, else each provider's environment variable
-(``DUB_API_KEY``, ``PIMMS_API_KEY``).
+(``DUB_API_KEY``, ``PIMMS_API_KEY``). When it waits (a crashed worker's claims until their
+lease ends, retries not yet due) it says for what and how long.
+
+One concept, though past 800 lines: the outbox's command line as the operator types it (the
+store, the options, what each value means); ``list`` and ``deliver`` live here because they are
+mostly their options, the other commands in :mod:`.outbox`.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from .common import (
 __all__ = [
     "DEFAULT_POSTGRES_TABLE",
     "DEFAULT_REDIS_PREFIX",
+    "DURATION_OPTIONS",
     "KEY_VARIABLES",
     "LISTABLE",
     "NOT_RECORDED",
@@ -72,6 +78,7 @@ __all__ = [
     "build_store",
     "choose",
     "deliver",
+    "duration_values",
     "list_rows",
     "missing_key",
     "parse_duration",
@@ -147,11 +154,23 @@ def _scheme(url: str) -> str:
     return url.partition(":")[0] if ":" in url else "none"
 
 
-def _check_port(option: str, url: str, what: str) -> None:
-    try:
-        urlsplit(url).port  # noqa: B018 (a port that is not a number raises ValueError)
-    except ValueError as exc:
-        raise UsageError(f"{option} is not a usable {what} URL: {exc}") from None
+# kind: (option, what, URL prefixes, what to use, how a value the store refuses is named)
+_SERVERS = {
+    "redis": (
+        "--redis-url",
+        "Redis",
+        RedisOutbox.option_prefixes,
+        "redis://HOST:PORT/DB, rediss://... or unix://PATH",
+        "--redis-url is not a usable Redis URL: ",
+    ),
+    "postgres": (
+        "--postgres-url",
+        "PostgreSQL",
+        PostgresOutbox.option_prefixes,
+        "postgresql://USER@HOST:PORT/DB",
+        "--postgres-table: ",
+    ),
+}
 
 
 def build_store(args: argparse.Namespace, *, create: bool = False) -> OutboxStore:
@@ -170,28 +189,20 @@ def build_store(args: argparse.Namespace, *, create: bool = False) -> OutboxStor
     allow_eviction = bool(getattr(args, "allow_eviction", False))
     if allow_eviction and kind != "redis":
         raise UsageError("--allow-eviction is for a Redis outbox (--redis-url)")
-    if kind == "redis":
-        if not value.startswith(RedisOutbox.option_prefixes):
-            raise UsageError(
-                f"--redis-url is not a Redis URL (scheme {_scheme(value)!r}): use "
-                "redis://HOST:PORT/DB, rediss://... or unix://PATH"
-            )
-        _check_port("--redis-url", value, "Redis")
+    if kind in _SERVERS:
+        option, what, prefixes, use, bad_value = _SERVERS[kind]
+        if not value.startswith(prefixes):
+            raise UsageError(f"{option} is not a {what} URL (scheme {_scheme(value)!r}): use {use}")
         try:
-            return RedisOutbox(value, prefix=args.redis_prefix, allow_eviction=allow_eviction)
+            urlsplit(value).port  # noqa: B018 (a port that is not a number raises ValueError)
         except ValueError as exc:
-            raise UsageError(f"--redis-url is not a usable Redis URL: {exc}") from None
-    if kind == "postgres":
-        if not value.startswith(PostgresOutbox.option_prefixes):
-            raise UsageError(
-                f"--postgres-url is not a PostgreSQL URL (scheme {_scheme(value)!r}): use "
-                "postgresql://USER@HOST:PORT/DB"
-            )
-        _check_port("--postgres-url", value, "PostgreSQL")
+            raise UsageError(f"{option} is not a usable {what} URL: {exc}") from None
         try:
+            if kind == "redis":
+                return RedisOutbox(value, prefix=args.redis_prefix, allow_eviction=allow_eviction)
             return PostgresOutbox(value, table=args.postgres_table, create=create)
         except ValueError as exc:
-            raise UsageError(f"--postgres-table: {exc}") from None
+            raise UsageError(f"{bad_value}{exc}") from None
     if not value:
         raise UsageError("--path is empty: give the outbox file")
     # create=False: a typo in the path is an error, not a fresh empty outbox.
@@ -274,9 +285,13 @@ def row_text(row: OutboxRow, with_state: bool = False) -> str:
         >>> row_text(OutboxRow("evt_3", "dub", "sale", {}, state="delivered",
         ...          outcome="not_recorded", outcome_reason="no_customer"), with_state=True)
         'evt_3  delivered  dub sale  outcome not_recorded (no_customer)'
+        >>> row_text(OutboxRow("evt_4", "dub", "lead", {}, state="dead",
+        ...          last_error="event evt_4 not delivered: HTTP 503 unavailable: down"))
+        'evt_4  dub lead  HTTP 503 unavailable: down'
     """
     state = f"  {row.state.replace('_', '-')}" if with_state else ""
-    detail = row.last_error or "-"
+    # The stored error names its event: said once, at the start of the line.
+    detail = (row.last_error or "-").removeprefix(f"event {row.event_id} not delivered: ")
     if row.state == "delivered" and row.outcome is not None:
         reason = f" ({row.outcome_reason})" if row.outcome_reason else ""
         detail = f"outcome {row.outcome}{reason}"
@@ -301,8 +316,11 @@ async def list_rows(store: OutboxStore, state: str, limit: int, *, as_json: bool
         >>> import asyncio, os, tempfile
         >>> from asgi_attribution.transports import SQLiteOutbox
         >>> store = SQLiteOutbox(os.path.join(tempfile.mkdtemp(), "events.db"))
-        >>> asyncio.run(list_rows(store, "not-recorded", 10))  # empty: nothing printed
+        >>> asyncio.run(list_rows(store, "dead", 10))
+        no dead letters
         0
+
+    An empty state says so (on stderr with ``--json``: JSON Lines stay JSON).
     """
     wanted = _states(state)
     if wanted != ["dead"] and type(store).list is OutboxStore.list:
@@ -316,6 +334,8 @@ async def list_rows(store: OutboxStore, state: str, limit: int, *, as_json: bool
         unreadable = (await store.status()).unreadable  # a damaged file: named, never skipped
     for row in rows:
         print(row_json(row) if as_json else row_text(row, with_state=wanted != ["dead"]))
+    if not rows and not unreadable:
+        print(_NONE.get(state, f"no {state} events"), file=sys.stderr if as_json else sys.stdout)
     for name in unreadable:
         if as_json:
             print(json.dumps({"id": name, "state": "unreadable"}))
@@ -323,6 +343,14 @@ async def list_rows(store: OutboxStore, state: str, limit: int, *, as_json: bool
             print(f"{name}  unreadable  -  cannot be read from the damaged store")
     return EXIT_FAILED if unreadable else EXIT_OK
 
+
+# What ``list`` says about an empty state.
+_NONE = {
+    "dead": "no dead letters",
+    "all": "no undelivered events (pending, in flight or dead)",
+    NOT_RECORDED: "no delivered events that the provider did not record",
+    "inflight": "no events in flight",
+}
 
 PROG = "asgi-attribution outbox"
 
@@ -420,6 +448,44 @@ def _transport(args: argparse.Namespace, store: OutboxStore) -> OutboxTransport:
         raise UsageError(str(exc)) from None
 
 
+class _Waiting:
+    """Notices ``deliver`` waiting (events left, none finished for a while) and says for what."""
+
+    AFTER = 2.0  # seconds without progress before it says so (once per stall)
+
+    def __init__(self) -> None:
+        self._done, self._since, self._said = -1, time.monotonic(), False
+
+    def stalled(self, done: int, left: int) -> bool:
+        now = time.monotonic()
+        if done != self._done or not left:
+            self._done, self._since, self._said = done, now, False
+            return False
+        if self._said or now - self._since < self.AFTER:
+            return False
+        self._said = True
+        return True
+
+    @staticmethod
+    async def why(store: OutboxStore, args: argparse.Namespace) -> str:
+        counts = (await store.status()).counts
+        inflight, pending = counts.get("inflight", 0), counts.get("pending", 0)
+        parts = []
+        if inflight:
+            parts.append(
+                f"{inflight} events in flight under another worker's claim: a worker that "
+                "crashed gives them back when its lease ends, up to the lease after it claimed "
+                f"them (60s by default; --lease {args.lease:g}s here)"
+            )
+        if pending:
+            parts.append(
+                f"{pending} pending events whose next attempt is not due yet (backoff up to "
+                f"{args.max_backoff:g}s)"
+            )
+        until = f"; stopping at --deadline {args.deadline:g}s" if args.deadline else ""
+        return f"waiting for {' and '.join(parts) or 'the store'}{until} (Ctrl-C stops)"
+
+
 async def deliver(args: argparse.Namespace, store: OutboxStore) -> int:
     """Deliver until nothing is left (or, with ``--follow``, until SIGINT/SIGTERM).
 
@@ -443,10 +509,13 @@ async def deliver(args: argparse.Namespace, store: OutboxStore) -> int:
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(total, sys.stderr, enabled=bool(show) and not args.follow)
         deadline = None if args.deadline is None else time.monotonic() + args.deadline
+        waiting = _Waiting()
         while not stop.is_set():
             left = await store.unfinished()
             stats = transport.stats
             progress.update(stats.sent, stats.failed, left)
+            if waiting.stalled(stats.sent + stats.failed + stats.retried, left):
+                print(error_line(PROG, await waiting.why(store, args)), file=sys.stderr)
             if left == 0 and not args.follow:
                 break
             if deadline is not None and time.monotonic() >= deadline:
@@ -508,11 +577,39 @@ def parse_duration(text: str) -> float:
         (604800.0, 5400.0, 90.0)
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    if match is None and text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: a duration cannot be negative (e.g. 7d for 7 days)"
+        )
     if match is None:
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)"
         )
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+#: The options that take a duration (a value such as ``-1d`` is taken as theirs, not as an option).
+DURATION_OPTIONS = ("--older-than", "--lease", "--max-elapsed", "--deadline")
+
+
+def duration_values(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--older-than -1d`` joined into ``--older-than=-1d``.
+
+    argparse reads a value that starts with ``-`` (and is no plain number) as an option and
+    says "expected one argument"; joined, the value reaches :func:`parse_duration`, which
+    says what is wrong with it.
+
+    Example:
+        >>> duration_values(["purge", "--older-than", "-1d", "--delivered"])
+        ['purge', '--older-than=-1d', '--delivered']
+    """
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in DURATION_OPTIONS and re.match(r"-\.?\d", arg):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def positive_duration(text: str) -> float:

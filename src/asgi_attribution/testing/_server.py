@@ -25,7 +25,7 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Ite
         >>> from asgi_attribution.testing import FakeProvider, serve_in_thread
         >>> with serve_in_thread(FakeProvider()) as base_url:
         ...     httpx.get(f"{base_url}/_fake/events").json()
-        {'accepted': [], 'requests': []}
+        {'accepted': [], 'requests': [], 'faulted': []}
     """
     import uvicorn  # lazily: uvicorn is a test/extra dependency
 

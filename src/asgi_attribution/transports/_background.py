@@ -628,8 +628,10 @@ class BackgroundTransport(Transport):
             self._hire(loop)
         # Report first: a SIGKILL during the drain must find every id already in the log.
         waiting = [job.event_id for job in self._jobs]
-        head = f"shutting down with {len(waiting)} events not yet delivered (draining up to"
-        log_ids(logging.WARNING, f"{head} {self.shutdown_timeout:g}s)", waiting)
+        began, sent, failed = time.monotonic(), self.stats.sent, self.stats.failed
+        head = f"shutting down: draining {len(waiting)} events not yet delivered (up to"
+        tail = "; any left after it are reported by id at ERROR"
+        log_ids(logging.WARNING, f"{head} {self.shutdown_timeout:g}s{tail})", waiting)
         # Events waiting out a backoff get one last attempt now rather than be dropped later.
         self._jobs.requeue(JobState.WAITING)
         if self._pause.active and self._jobs:  # one probe now: maybe the fault is over
@@ -647,6 +649,14 @@ class BackgroundTransport(Transport):
         reason = f"not delivered within shutdown_timeout={self.shutdown_timeout:g}s"
         if self._pause.active:
             reason = f"not delivered: delivery paused ({self._pause.describe()})"
-            self._pause.end(0)
+            self._pause.clear()
         await report_undelivered(undelivered, reason, self.stats, self.on_drop)
+        if waiting and not undelivered:  # the last line says how the drain ended
+            took, failed = time.monotonic() - began, self.stats.failed - failed
+            logger.info(
+                "delivered %d events in %.1f s; nothing left%s",
+                self.stats.sent - sent,
+                took,
+                f" ({failed} failed, reported above by id)" if failed else "",
+            )
         await self.inner.aclose()

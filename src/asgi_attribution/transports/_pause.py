@@ -234,6 +234,18 @@ class Pause:
             extra={"paused": True, "cause": getattr(self.cause, "code", None), "held": held},
         )
 
+    def clear(self) -> None:
+        """Forget the pause without resuming (delivery stops: shutdown); logs nothing.
+
+        Example:
+            >>> pause = Pause(30.0)
+            >>> pause.begin(OSError("x"), held=1), pause.clear(), pause.active, pause.resumes
+            (True, None, False, 0)
+        """
+        self.active = False
+        self.cause = None
+        self.cancel_probe()
+
     def end(self, held: int) -> float:
         """Resume; returns how long the pause lasted (seconds) and logs it."""
         lasted = time.monotonic() - self.since

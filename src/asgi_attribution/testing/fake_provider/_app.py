@@ -4,10 +4,13 @@ providers' logic lives next door (:mod:`._ledger`, :mod:`._clicks`).
 The control endpoints (``/_fake/*``) let another process read and steer the fake over HTTP;
 they need no API key and are never faulted:
 
-- ``GET /_fake/events``: the requests handled and the ones recorded;
+- ``GET /_fake/events``: the requests handled, the ones recorded, and those that met an
+  injected fault (``faulted``: the fault and the status answered, ``None`` for a cut);
 - ``GET``/``PUT /_fake/faults``: the :class:`~.Faults` in force;
 - ``POST /_fake/reset``: forget events and state (faults stay);
 - ``GET /_fake/clicks``, ``GET /_fake/customers``: what ``/track/click`` and leads created;
+- ``GET``/``POST /_fake/links`` ``{"link": "DOMAIN/KEY=PARTNER"}`` (or ``{"domain", "key",
+  "partner", "discount"}``): the partner links ``/track/click`` knows, and one more;
 - ``POST /_fake/clock`` ``{"advance": seconds}``: step the clock of the dedup windows;
 - ``POST /_fake/webhooks`` ``{"url", "event", "data"}``: send one signed webhook.
 
@@ -33,8 +36,17 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from ._bodies import BodyError, ProviderName, validate_body, validation_message
-from ._clicks import CORS_HEADERS, Click, ClickBook, LinkSettings, SteppedClock
-from ._faults import FaultKind, FaultPlan, Faults, drop_connection, parse_faults, send_rate_limited
+from ._clicks import CORS_HEADERS, Click, ClickBook, LinkSettings, SteppedClock, parse_link
+from ._faults import (
+    FAULT_STATUS,
+    Faulted,
+    FaultKind,
+    FaultPlan,
+    Faults,
+    drop_connection,
+    parse_faults,
+    send_rate_limited,
+)
 from ._ledger import Answer, CommissionBook, Ledger
 from ._ratelimit import RateLimit, SlidingWindow
 from ._webhooks import SentWebhook, deliver_webhook
@@ -74,6 +86,8 @@ class Controlled(Protocol):
     def customers(self) -> list[dict[str, Any]]: ...
     def advance(self, seconds: float) -> None: ...
     def now(self) -> float: ...
+    def links(self) -> list[dict[str, Any]]: ...
+    def add_link(self, domain: str, key: str, settings: LinkSettings) -> None: ...
     async def send_webhook(self, url: str, event: str = ..., data: Any = ...) -> SentWebhook: ...
 
 
@@ -110,6 +124,8 @@ async def control(
         return 200, {"clicks": [dataclasses.asdict(c) for c in fake.clicks()]}
     if method == "GET" and path == "/_fake/customers":
         return 200, {"customers": fake.customers()}
+    if method == "GET" and path == "/_fake/links":
+        return 200, {"links": fake.links()}
     if method == "POST" and path == "/_fake/reset":
         fake.reset()
         return 200, {"ok": True}
@@ -117,6 +133,7 @@ async def control(
         "/_fake/faults",
         "/_fake/clock",
         "/_fake/webhooks",
+        "/_fake/links",
     ):
         return 404, error_body("not_found", f"{method} {path} not found")
     data = _object(raw)
@@ -131,6 +148,8 @@ async def control(
             return _unprocessable(str(exc))
         fake.faults = faults
         return 200, dataclasses.asdict(faults)
+    if method == "POST" and path == "/_fake/links":
+        return _add_link(fake, data)
     if method == "POST" and path == "/_fake/clock":
         seconds = data.get("advance", 0)
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
@@ -147,6 +166,35 @@ async def control(
             return _unprocessable(str(exc))
         return 200, {"status": sent.status, "error": sent.error, "payload": sent.payload}
     return 404, error_body("not_found", f"{method} {path} not found")
+
+
+def _add_link(fake: Controlled, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """``POST /_fake/links``: ``{"link": "DOMAIN/KEY=PARTNER"}`` or the fields one by one."""
+    try:
+        if "link" in data:
+            if not isinstance(data["link"], str) or set(data) != {"link"}:
+                raise ValueError('link: a string "DOMAIN/KEY" or "DOMAIN/KEY=PARTNER", alone')
+            (domain, key), settings = parse_link(data["link"])
+        else:
+            given_domain, given_key = data.get("domain"), data.get("key")
+            if not isinstance(given_domain, str) or not isinstance(given_key, str):
+                raise ValueError('domain, key: strings (or "link": "DOMAIN/KEY")')
+            unknown = set(data) - {"domain", "key", "partner", "discount", "url"}
+            if unknown:
+                raise ValueError(f"{', '.join(sorted(unknown))}: not a link field")
+            (domain, key), settings = parse_link(f"{given_domain}/{given_key}")
+            partner = data.get("partner")
+            if isinstance(partner, str):  # a name, as on the command line
+                partner = parse_link(f"{domain}/{key}={partner}")[1]["partner"]
+            settings.update({k: v for k, v in data.items() if k in ("discount", "url") and v})
+            if partner is not None:
+                if not isinstance(partner, dict):
+                    raise ValueError("partner: a name or an object with id and name")
+                settings["partner"] = partner
+    except ValueError as exc:
+        return _unprocessable(str(exc))
+    fake.add_link(domain, key, settings)
+    return 200, {"domain": domain, "key": key, **settings}
 
 
 class FakeProvider:
@@ -231,6 +279,7 @@ class FakeProvider:
         self.forbidden_routes = frozenset(forbidden_routes)
         self.requests: list[Received] = []
         self.accepted: list[Received] = []
+        self.faulted: list[Faulted] = []  # tracking requests that met an injected fault
         # Tests read state from another thread while the server thread writes it.
         self._lock = threading.Lock()
         self._clock = SteppedClock(clock)
@@ -298,6 +347,31 @@ class FakeProvider:
         """
         with self._lock:
             self._clock.advance(seconds)
+
+    def links(self) -> list[dict[str, Any]]:
+        """The links ``/track/click`` knows (``GET /_fake/links``), with their settings.
+
+        Example:
+            >>> FakeProvider(links={("go.acme.com", "john"): {}}).links()
+            [{'domain': 'go.acme.com', 'key': 'john'}]
+        """
+        with self._lock:
+            return [
+                {"domain": domain, "key": key, **settings}
+                for (domain, key), settings in self._clicks.links.items()
+            ]
+
+    def add_link(self, domain: str, key: str, settings: LinkSettings | None = None) -> None:
+        """Let ``/track/click`` find the link ``domain/key`` (``settings``: partner, discount).
+
+        Example:
+            >>> provider = FakeProvider()
+            >>> provider.add_link("go.acme.com", "john", {"partner": {"id": "pn_1", "name": "J"}})
+            >>> provider.links()[0]["partner"]["name"]
+            'J'
+        """
+        with self._lock:
+            self._clicks.links[(domain, key)] = dict(settings or {})
 
     def disable_link(self, click_id: str) -> None:
         """Disable the link of ``click_id`` from now on (Dub then refuses its leads and sales).
@@ -403,16 +477,17 @@ class FakeProvider:
         return sent
 
     def events(self) -> dict[str, Any]:
-        """The requests handled and the recorded ones, as ``GET /_fake/events`` shows them.
+        """The requests handled, the recorded ones and the faulted ones (``GET /_fake/events``).
 
         Example:
             >>> FakeProvider().events()
-            {'accepted': [], 'requests': []}
+            {'accepted': [], 'requests': [], 'faulted': []}
         """
         with self._lock:
             accepted = [public_record(r) for r in self.accepted]
             requests = [public_record(r) for r in self.requests]
-        return {"accepted": accepted, "requests": requests}
+            faulted = [dataclasses.asdict(f) for f in self.faulted]
+        return {"accepted": accepted, "requests": requests, "faulted": faulted}
 
     def count_by_idempotency_key(self) -> dict[str, int]:
         """How many requests per ``Idempotency-Key`` were answered 200 (recorded or not).
@@ -445,6 +520,7 @@ class FakeProvider:
         with self._lock:
             self.requests.clear()
             self.accepted.clear()
+            self.faulted.clear()
             self._ledger.reset()
             self._clicks.reset()
             self._commissions.reset()
@@ -491,6 +567,8 @@ class FakeProvider:
                     return
 
         fault, faults = self._draw_fault()
+        if fault is not None and fault != "slow":
+            self._note_fault(request, fault, FAULT_STATUS[fault])
         if fault == "error":
             message = "The provider is temporarily unavailable (injected fault)."
             await send_json(send, 503, error_body("internal_server_error", message), extra)
@@ -505,6 +583,7 @@ class FakeProvider:
         answer = self._handle(route, request)
         if fault == "slow":
             # Recorded already: a client that times out now cannot know the event landed.
+            self._note_fault(request, fault, answer.status)
             await anyio.sleep(faults.slow_seconds)
         await send_json(send, answer.status, answer.payload, extra)
         if answer.webhook is not None and self.webhook_url is not None:
@@ -519,6 +598,11 @@ class FakeProvider:
             return None
         allowed, headers = self.limiter.take(request.headers["authorization"])
         return list(headers.items()), allowed
+
+    def _note_fault(self, request: Request, fault: FaultKind, status: int | None) -> None:
+        key = request.headers.get("idempotency-key")
+        with self._lock:
+            self.faulted.append(Faulted(request.method, request.path, key, fault, status))
 
     def _draw_fault(self) -> tuple[FaultKind | None, Faults]:
         """Pick this request's fault, with the settings it was drawn from."""

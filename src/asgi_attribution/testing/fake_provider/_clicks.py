@@ -57,6 +57,7 @@ __all__ = [
     "identity_hash",
     "is_bot",
     "lead_event_key",
+    "parse_link",
     "random_id",
     "request_hostname",
 ]
@@ -307,6 +308,33 @@ def _pick(value: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         return None
     return {k: value.get(k) for k in keys}
+
+
+def parse_link(text: str) -> tuple[tuple[str, str], dict[str, Any]]:
+    """A partner link from ``DOMAIN/KEY`` or ``DOMAIN/KEY=PARTNER NAME`` (the CLI's ``--link``).
+
+    With a name, the link belongs to a partner (its id made from the name), so ``/track/click``
+    answers the partner as Dub does; without one it is a plain link.
+
+    Example:
+        >>> parse_link("go.acme.com/john=John Doe")
+        (('go.acme.com', 'john'), {'partner': {'id': 'pn_john_doe', 'name': 'John Doe'}})
+        >>> parse_link("go.acme.com/summer")
+        (('go.acme.com', 'summer'), {})
+        >>> parse_link("john")
+        Traceback (most recent call last):
+        ...
+        ValueError: link: expected DOMAIN/KEY or DOMAIN/KEY=PARTNER, got 'john'
+    """
+    link, _, partner = text.partition("=")
+    domain, _, key = link.strip().partition("/")
+    if not domain or not key or "/" in key or " " in link.strip():
+        raise ValueError(f"link: expected DOMAIN/KEY or DOMAIN/KEY=PARTNER, got {text!r}")
+    name = partner.strip()
+    if not name:
+        return (domain, key), {}
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "partner"
+    return (domain, key), {"partner": {"id": f"pn_{slug}", "name": name}}
 
 
 class ClickBook:

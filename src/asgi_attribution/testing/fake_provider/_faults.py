@@ -24,9 +24,11 @@ from starlette.types import Send
 from ._wire import error_body, send_json
 
 __all__ = [
+    "FAULT_STATUS",
     "ConnectionDropped",
     "FaultKind",
     "FaultPlan",
+    "Faulted",
     "Faults",
     "RetryAfterForm",
     "drop_connection",
@@ -41,6 +43,27 @@ RetryAfterForm = Literal["seconds", "http-date", "unix-ms"]
 FaultKind = Literal["error", "rate_limit", "drop", "slow"]
 
 _logger = logging.getLogger(__name__)
+
+#: The status each fault answers with (``None``: the connection is cut, nothing is answered;
+#: a slow answer is the route's own status, given when it is sent).
+FAULT_STATUS: dict[FaultKind, int | None] = {"error": 503, "rate_limit": 429, "drop": None}
+
+
+@dataclass(frozen=True)
+class Faulted:
+    """One tracking request that met an injected fault, as ``GET /_fake/events`` lists it.
+
+    Example:
+        >>> Faulted("POST", "/track/lead", "evt_1", "error", 503).status
+        503
+    """
+
+    method: str
+    path: str
+    idempotency_key: str | None
+    fault: FaultKind
+    status: int | None
+
 
 _RATE_FIELDS = ("error_rate", "rate_limit_rate", "drop_rate", "slow_rate")
 

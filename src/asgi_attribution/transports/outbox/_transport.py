@@ -46,7 +46,7 @@ from ..._providers import DUB, PIMMS, Provider, get_provider
 from .._background import BackgroundTransport, DropCallback, ErrorCallback, notify
 from .._base import Delivery, DeliveryStats, RetryPolicy, TrackResult, Transport, next_retry
 from .._http import HTTPTransport
-from .._pause import Pause, is_integration_fault, pause_for
+from .._pause import Pause, describe, is_integration_fault, pause_for
 from ._store import AppendUnconfirmed, OutboxRow, OutboxStore, append_within, open_store
 
 __all__ = [
@@ -420,7 +420,7 @@ class DeliveryLoop:
                 self._loop.call_later(wait, self._wake.set)
             return
         self.stats.failed += 1
-        logger.error("event %s is a dead letter: %s", row.event_id, exc)
+        logger.error("event %s is a dead letter: %s", row.event_id, describe(exc))  # id once
         await self.record(self.store.dead, row, str(exc))
         await notify(self.on_error, delivery, exc)
 
