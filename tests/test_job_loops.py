@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,50 @@ def test_a_job_whose_provider_is_down_reports_every_event_by_id(
     assert sorted(dropped) == sorted(accepted)  # on_drop, by id
     for event_id in accepted:  # and the log, by id
         assert event_id in caplog.text
+
+
+# The documented job recipe in a process of its own: sync.track_* on a tracker nobody started,
+# then the interpreter exits. By then threading has shut every thread pool down (its exit hooks
+# run before atexit's), so a drain at atexit could resolve no host name and write no SQLite row.
+JOB = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from asgi_attribution import RetryPolicy, Tracker, sync
+url, outbox, count = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+tracker = Tracker("dub", api_key=sys.argv[4], base_url=url, outbox=outbox, shutdown_timeout=15,
+                  retry=RetryPolicy(initial_backoff=0.05, max_backoff=0.2),
+                  on_drop=lambda d, reason: print("DROPPED", d.event.event_id, flush=True))
+for i in range(count):
+    result = sync.track_lead(None, tracker=tracker, click_id="c1", event_name="Sign up",
+                             customer_external_id=f"job_{i}")
+    print("TRACKED", result.event_id, flush=True)
+"""
+
+
+@pytest.mark.parametrize("outbox", ["", "events.sqlite3"])
+def test_a_job_process_exits_with_every_event_delivered(
+    outbox: str, tmp_path: Any, provider: FakeProvider, url: str
+) -> None:
+    """Slow answers keep events queued until the exit: the exit drains them (a host name to
+    resolve, a SQLite file to write), with no warning and nothing reported."""
+    import subprocess
+    import sys
+
+    provider.faults = Faults(slow_rate=1.0, slow_seconds=0.3)
+    by_name = url.replace("127.0.0.1", "localhost")  # resolved through a thread pool
+    where = str(tmp_path / outbox) if outbox else ""
+    done = subprocess.run(
+        [sys.executable, "-c", JOB, by_name, where, "6", KEY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    tracked = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("TRACKED")]
+    reported = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("DROPPED")]
+    delivered = Counter(provider.count_by_idempotency_key())
+    assert done.returncode == 0, done.stderr
+    assert len(tracked) == 6 and reported == []
+    assert sorted(delivered) == sorted(tracked)  # each once, none lost
+    assert set(delivered.values()) == {1}
+    assert "cannot schedule new futures" not in done.stderr
+    assert "at exit failed" not in done.stderr and "WARNING" not in done.stderr, done.stderr

@@ -431,6 +431,19 @@ def _close_at_exit() -> None:
             logger.error("closing the %s tracker at exit failed: %r", tracker.provider.name, exc)
 
 
+def _register_exit_drain() -> None:
+    """Drain at exit before thread pools refuse work: at interpreter exit, ``threading`` calls
+    its exit hooks (the one that shuts every ThreadPoolExecutor down, so a DNS lookup or a
+    SQLite write in one raises) before ``atexit``'s. Its hooks run last registered first: the
+    pools' hook is registered (by importing their module) before this one."""
+    import concurrent.futures.thread  # noqa: F401  # registers the pools' exit hook now
+
+    try:
+        threading._register_atexit(_close_at_exit)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # another Python, or exiting already: atexit's
+        atexit.register(_close_at_exit)
+
+
 def _forget_parent_loops() -> None:  # in a forked child the parent's loop does not run
     for tracker in _started:
         tracker._loop, tracker._watch, tracker._started, tracker._closing = None, None, False, False
@@ -633,7 +646,7 @@ class Tracker:
         _started.add(self)
         if not _atexit_registered:
             _atexit_registered = True
-            atexit.register(_close_at_exit)
+            _register_exit_drain()
 
     async def _watch_loop_end(self) -> None:
         """Idle until cancelled; cancelled by the loop's end (not ``aclose``), drain here."""
