@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from ._context import ROUND_TRIPS_KEY, SCOPE_KEY, RequestLike, middleware_hint, scope_of
+from ._context import SCOPE_KEY, RequestLike, middleware_hint, scope_of, services_of
 from ._cookies import (
     CookieReader,
     Headers,
@@ -342,10 +342,11 @@ class Attribution:
         # This runs on almost every request: built without __init__'s keywords, which a type
         # call first gathers into a dict (6,400 instructions instead of 3,900).
         attribution = cls.__new__(cls)
-        if landed is None:
-            attribution._fill(provider, None, None, None, False, False, headers, reader)
-        else:
-            attribution._fill(provider, landed, "query", None, True, False, headers, reader)
+        attribution.provider = provider
+        attribution._click, attribution._source = landed, None if landed is None else "query"
+        attribution._partner_raw, attribution._partner = None, False
+        attribution.captured, attribution.verified = landed is not None, False
+        attribution._headers, attribution._reader = headers, reader
         return attribution
 
     @classmethod
@@ -554,7 +555,8 @@ def _round_trips(request: RequestLike | None, caller: str) -> tuple[Any, RoundTr
     if scope is None:
         raise RuntimeError("no request being handled: pass the request (or its ASGI scope)")
     attribution_in(scope)  # no middleware: says how to add it
-    trips = scope.get(ROUND_TRIPS_KEY)
+    services = services_of(scope)
+    trips = None if services is None else services.round_trips
     if not isinstance(trips, RoundTrips):
         raise RuntimeError(
             f"{caller}() signs its token with the middleware's secret: pass "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ._context import COOKIES_KEY, MIDDLEWARE_HINT, RequestLike, scope_of
+from ._context import MIDDLEWARE_HINT, RequestLike, scope_of, services_of
 from ._cookies import ManagedCookies, host_of
 
 __all__ = ["clear_attribution"]
@@ -50,7 +50,8 @@ def clear_attribution(request: RequestLike | None, response: Response, result: T
         # The provider answered 200 but recorded nothing: the click may still be needed.
         logger.debug("click cookies kept: event %s was %s", result.event_id, result.outcome)
         return False
-    managed = None if scope is None else scope.get(COOKIES_KEY)
+    services = None if scope is None else services_of(scope)
+    managed = None if services is None else services.managed_cookies
     if scope is None or not isinstance(managed, ManagedCookies):
         # Not worth failing a signup over: the cookies stay, and the log says how to fix it.
         logger.warning("click cookies kept: no middleware on this request; %s", MIDDLEWARE_HINT)

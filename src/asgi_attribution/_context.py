@@ -5,10 +5,9 @@ import circle can pass through it. The middleware writes these keys into each re
 scope (never into ``scope["state"]``, which a server may share between requests):
 
 - ``scope[SCOPE_KEY]``: this request's :class:`~asgi_attribution.Attribution` (plain data).
-- ``scope[TRACKER_KEY]``: the middleware's tracker, which the ``track_*`` helpers use.
-- ``scope[COOKIES_KEY]``: the cookies the middleware manages, for ``clear_attribution``.
-- ``scope[ROUND_TRIPS_KEY]``: what signs and restores round-trip tokens (``None`` without
-  ``signing_secrets``), for ``attribution_state`` and ``restore_attribution``.
+- ``scope[SERVICES_KEY]``: the middleware's :class:`Services` (its tracker, which the
+  ``track_*`` helpers use; the cookies it manages, for ``clear_attribution``; what signs and
+  restores round-trip tokens). One key, written once per request.
 
 The WSGI middleware builds such a scope from the WSGI ``environ`` and keeps it there, under
 ``environ[ENVIRON_KEY]``, so the same helpers find it from the environ, a Flask ``request``
@@ -30,30 +29,66 @@ from contextvars import ContextVar
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
-    "COOKIES_KEY",
     "ENVIRON_KEY",
     "MIDDLEWARE_HINT",
-    "ROUND_TRIPS_KEY",
     "SCOPE_KEY",
+    "SERVICES_KEY",
     "TEST_CLIENT_HINT",
-    "TRACKER_KEY",
     "HasEnviron",
     "HasMeta",
     "HasScope",
     "RequestLike",
+    "Services",
     "current_scope",
     "middleware_hint",
     "scope_of",
+    "services_of",
 ]
 
 
 SCOPE_KEY = "asgi_attribution"
 
-TRACKER_KEY = "asgi_attribution.tracker"
+SERVICES_KEY = "asgi_attribution.services"
 
-COOKIES_KEY = "asgi_attribution.cookies"
 
-ROUND_TRIPS_KEY = "asgi_attribution.round_trips"
+class Services(Protocol):
+    """What the middleware lends the request helpers, beside the request's attribution.
+
+    ``tracker``: the :class:`~asgi_attribution.Tracker` the ``track_*`` helpers use;
+    ``managed_cookies``: the cookies ``clear_attribution`` deletes; ``round_trips``: what signs
+    and restores round-trip tokens (``None`` without ``signing_secrets``).
+
+    Example:
+        >>> class Lent:
+        ...     tracker, managed_cookies, round_trips = "tracker", None, None
+        >>> services: Services = Lent()
+        >>> services.tracker
+        'tracker'
+    """
+
+    @property
+    def tracker(self) -> Any:
+        """The tracker of the ``track_*`` helpers."""
+
+    @property
+    def managed_cookies(self) -> Any:
+        """The cookies ``clear_attribution`` deletes."""
+
+    @property
+    def round_trips(self) -> Any:
+        """What signs and restores round-trip tokens, or ``None``."""
+
+
+def services_of(scope: Mapping[str, Any]) -> Services | None:
+    """The middleware's :class:`Services` on ``scope``, or ``None`` (no middleware saw it).
+
+    Example:
+        >>> services_of({}) is None
+        True
+    """
+    services: Services | None = scope.get(SERVICES_KEY)
+    return services
+
 
 #: Where the WSGI middleware keeps the request's scope in the WSGI environ.
 ENVIRON_KEY = "asgi_attribution.scope"

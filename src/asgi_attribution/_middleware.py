@@ -25,7 +25,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._attribution import Attribution, RoundTrips, Touch, Touchpoints
-from ._context import COOKIES_KEY, ROUND_TRIPS_KEY, SCOPE_KEY, TRACKER_KEY, current_scope
+from ._context import SCOPE_KEY, SERVICES_KEY, current_scope
 from ._cookies import (
     NINETY_DAYS,
     CookiePolicy,
@@ -433,7 +433,7 @@ class AttributionMiddleware:
             removed.extend(self._partners.click_query_params)
         self._clean_params = frozenset(removed)
         # attribution_state() and restore_attribution() sign with the same secrets, another salt.
-        self._round_trips = (
+        self.round_trips = (
             None
             if signing_secrets is None
             else RoundTrips(
@@ -464,7 +464,9 @@ class AttributionMiddleware:
                 logger.exception("attribution failed; handling the request without it")
                 attribution, set_cookies = Attribution(self.provider), None
 
-        self.attach(scope, attribution)
+        # attach(), written out: every request runs these two lines.
+        scope[SCOPE_KEY] = attribution
+        scope[SERVICES_KEY] = self
         if set_cookies is not None:
             redirect = self.see_other(scope, set_cookies)
             if redirect is not None:
@@ -493,9 +495,7 @@ class AttributionMiddleware:
             'c1'
         """
         scope[SCOPE_KEY] = attribution
-        scope[TRACKER_KEY] = self.tracker
-        scope[COOKIES_KEY] = self.managed_cookies
-        scope[ROUND_TRIPS_KEY] = self._round_trips
+        scope[SERVICES_KEY] = self
 
     def see_other(self, scope: Scope, set_cookies: Sequence[Header]) -> list[Header] | None:
         """With ``clean_urls``, the headers of the ``303 See Other`` that answers a captured

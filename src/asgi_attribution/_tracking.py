@@ -18,7 +18,7 @@ from starlette.responses import Response
 from typing_extensions import Unpack
 
 from ._attribution import Attribution, attribution_in
-from ._context import TRACKER_KEY, RequestLike, middleware_hint, scope_of
+from ._context import RequestLike, middleware_hint, scope_of, services_of
 from ._events import CustomerFields, LeadFields, LeadOptions, SaleFields
 from ._exceptions import InvalidEventError
 from ._limits import METADATA_MAX_LENGTH, json_js_length
@@ -39,7 +39,8 @@ def _context(request: RequestLike | None) -> tuple[Attribution, Tracker]:
             "no request being handled: pass the request, or call tracker.track_* directly"
         )
     attribution = attribution_in(scope)
-    tracker = scope.get(TRACKER_KEY)
+    services = services_of(scope)
+    tracker = None if services is None else services.tracker
     if not isinstance(tracker, Tracker):
         raise RuntimeError("no tracker on this request: " + middleware_hint(scope))
     return attribution, tracker

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from typing_extensions import Unpack
 
 from ._attribution import Attribution, attribution_in
-from ._context import TRACKER_KEY, RequestLike, middleware_hint, scope_of
+from ._context import RequestLike, middleware_hint, scope_of, services_of
 from ._events import CustomerFields, LeadFields, SaleFields
 from ._exceptions import DeliveryError
 from ._tracker import Ticket, Tracker, Tracking, alive, inline_on_purpose, owner_ended
@@ -74,7 +74,8 @@ def _resolve(
             )
         return None, tracker
     attribution = attribution_in(scope)
-    found = scope.get(TRACKER_KEY) if tracker is None else tracker
+    services = services_of(scope)
+    found = (None if services is None else services.tracker) if tracker is None else tracker
     if not isinstance(found, Tracker):
         raise RuntimeError("no tracker on this request: " + middleware_hint(scope))
     return attribution, found
