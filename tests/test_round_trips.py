@@ -274,7 +274,9 @@ def our_tokens(clock: Callable[[], float] = time.time, secret: str = SECRET) -> 
 
 def bad_tokens(good: str) -> dict[str, Any]:
     head, _, signature = good.rpartition(".")
-    flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    # The first character: the last one of base64 carries padding bits, and a change there can
+    # decode to the same signature.
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     _, _, rest = good.partition(".")
     return {
         "garbage": "not-a-token",
