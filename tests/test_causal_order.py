@@ -13,9 +13,9 @@ import asyncio
 import json
 import logging
 import threading
-from urllib.parse import parse_qs
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
@@ -326,6 +326,7 @@ async def test_each_refund_waits_for_its_sale_in_the_memory_queue(caplog: Any) -
             "dub",
             api_key=KEY,
             base_url=url,
+            timeout=60,  # r0's lead is one attempt, however long the others take
             concurrency=10,
             retry=FAST,
             on_delivered=tally.on_delivered,
