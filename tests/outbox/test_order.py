@@ -11,7 +11,9 @@ reported and silently lost (always 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -203,3 +205,40 @@ async def test_a_dead_sale_releases_its_refund_and_a_held_chain_holds_no_other_i
     assert (result.outcome, result.outcome_reason) == ("not_recorded", "no_commission")
     check_refunds(provider, watch, tally, ["held", "fine"], excluded={refund.event_id})
     assert count(sent, tally, caplog) == Count(8, 7, 0, 1, 0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_an_outbox_made_before_the_refund_order_gets_its_index_at_open(
+    backend: str, tmp_path: Path, redis_server: Callable[..., RedisServer]
+) -> None:
+    # A file or table the customer rule made has no index of unfinished sales per invoice:
+    # opening it adds one (no schema version bump), so the refund's claim can look it up.
+    make = stores(backend, tmp_path, redis_server)
+
+    async def append() -> None:
+        async with Tracker("dub", api_key=KEY, outbox=make(), deliver=False) as app:
+            await app.track_sale(customer_external_id="u", amount=100, invoice_id="in_u")
+
+    await append()
+    store = make()
+    if isinstance(store, SQLiteOutbox):
+        path = str(tmp_path / "events.db")
+        found = "SELECT count(*) FROM sqlite_master WHERE name = 'outbox_open_sales'"
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("DROP INDEX outbox_open_sales")
+            conn.commit()
+        await append()
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            assert conn.execute(found).fetchone() == (1,)
+        return
+    import psycopg
+
+    assert isinstance(store, PostgresOutbox)
+    from tests.support.postgres import server_url
+
+    name = f"{store.tables.channel}_open_sales"
+    async with await psycopg.AsyncConnection.connect(server_url(), autocommit=True) as conn:
+        await conn.execute(f'DROP INDEX "{name}"')
+        await append()
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{name}"',))
+        assert (await cur.fetchone()) == (name,)

@@ -560,6 +560,20 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
 
         found = await schema_version(conn, self.tables)
         if found == SCHEMA_VERSION:
+            # A table made before the claim kept the order has no index of unfinished
+            # holders: init_schema adds them (the claim's order holds without, only slower).
+            names = [name for name, _ddl in self.tables.open_holders()]
+            cur = await conn.execute(
+                "SELECT count(*) FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NULL",
+                (names,),
+            )
+            missing = await cur.fetchone()
+            if missing is None or not missing[0]:
+                return
+            try:
+                await init_schema(conn, self.tables.name)
+            except OutboxError as exc:  # a role that may not create indexes: still usable
+                logger.warning("outbox %s: %s (run: outbox init)", self.description, exc)
             return
         if found is None and not self.create:
             raise OutboxError(f"no outbox table {self.tables.name} (create it: outbox init)")

@@ -209,7 +209,7 @@ def _held() -> str:
     (leased by any worker): a customer's sale or update behind its lead, a refund behind the
     sale with its invoice id."""
     waits = []
-    for kind, (space, field) in ORDER_WAITS.items():
+    for kind, (space, wait_field) in ORDER_WAITS.items():
         for holder, (held_space, held_field) in ORDER_HOLDS.items():
             if held_space != space:
                 continue
@@ -218,7 +218,7 @@ def _held() -> str:
                 f" INDEXED BY outbox_open_{holder}s WHERE h.kind = '{holder}'"
                 " AND (h.state = 'pending' OR h.state = 'inflight')"
                 f" AND h.provider = outbox.provider AND json_extract(h.event, '$.{held_field}')"
-                f" = json_extract(outbox.event, '$.{field}') AND h.id < outbox.id))"
+                f" = json_extract(outbox.event, '$.{wait_field}') AND h.id < outbox.id))"
             )
     return f"({' OR '.join(waits)})"
 
