@@ -1,5 +1,5 @@
-"""A sale never races its lead (issue 27, item 2): causal order per customer in the memory
-queue, with leads from a queue sent as ``mode="wait"``.
+"""A sale never races its lead, nor a refund its sale (issue 27, item 2): causal order per
+customer and per invoice in the memory queue, with leads from a queue sent as ``mode="wait"``.
 
 Real sockets to the fake provider, whose async leads show to sales only after ``lead_delay``
 (3 s), behind a proxy that slows every lead's answer: a sale sent while its lead is on the wire
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from asgi_attribution import Delivery, DeliveryError, RetryPolicy, Tracker
+from asgi_attribution import Delivery, DeliveryError, RetryPolicy, Tracker, TrackResult
 from asgi_attribution.testing import FakeProvider, serve_in_thread
 from tests.support.asgi import KEY
 
@@ -38,6 +41,8 @@ class Watch:
     most_in_flight: int = 0
     modes: dict[str, str | None] = field(default_factory=dict)  # customer -> lead mode sent
     answers: list[tuple[str, str, int, Any]] = field(default_factory=list)
+    gated: str = ""  # a customer whose lead is held on the wire until ``gate`` is set
+    gate: threading.Event = field(default_factory=threading.Event)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,7 +57,11 @@ class Watch:
         body = b"".join(chunks)
         data = json.loads(body) if body else {}
         kind = scope["path"].rsplit("/", 1)[-1]
-        user = str(data.get("customerExternalId") or data.get("externalId") or "")
+        if scope["path"].startswith("/commissions/"):
+            kind = "commission"  # a refund's update; its lookup is "commissions"
+        query = parse_qs(scope["query_string"].decode())
+        invoice = query.get("invoiceId", [""])[0]  # a refund's lookup names only its invoice
+        user = str(data.get("customerExternalId") or data.get("externalId") or invoice)
         if kind == "lead":
             self.modes[user] = data.get("mode")
         self.in_flight += 1
@@ -77,6 +86,8 @@ class Watch:
 
         if kind == "lead":
             await asyncio.sleep(self.lead_seconds)  # a slow lead: a racing sale would pass it
+            while user == self.gated and not self.gate.is_set():
+                await asyncio.sleep(0.01)
         await self.inner(scope, replay, keep)
 
     def lead_done_before_sale(self, user: str) -> bool:
@@ -84,6 +95,23 @@ class Watch:
         ends = [i for i, e in enumerate(self.log) if e[:3] == ("end", "lead", user)]
         starts = [i for i, e in enumerate(self.log) if e[:3] == ("start", "sale", user)]
         return bool(ends and starts) and ends[0] < starts[0]
+
+    def refund_after_sale(self, user: str) -> bool:
+        """The customer's sale was answered before their refund (of ``in_{user}``) first looked
+        for its commission."""
+        ends = [i for i, e in enumerate(self.log) if e[:3] == ("end", "sale", user)]
+        looks = [
+            i for i, e in enumerate(self.log) if e[:3] == ("start", "commissions", f"in_{user}")
+        ]
+        return bool(ends and looks) and ends[0] < looks[0]
+
+    def answered(self, kind: str, user: str) -> bool:
+        """An answer to ``kind`` for ``user`` (a customer, or an invoice for a lookup) ended."""
+        return any(e[:3] == ("end", kind, user) for e in self.log)
+
+    def lookups(self, invoice: str) -> int:
+        """How many times a refund looked for the commission of ``invoice``."""
+        return sum(1 for e in self.log if e[:3] == ("start", "commissions", invoice))
 
     def overlap_while_leads_fly(self) -> int:
         """The most requests on the wire at once while some lead was (other customers' too)."""
@@ -108,9 +136,13 @@ class Tally:
     delivered: list[str] = field(default_factory=list)
     errors: dict[str, Exception] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    results: dict[str, TrackResult] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
-    def on_delivered(self, delivery: Delivery, result: Any) -> None:
+    def on_delivered(self, delivery: Delivery, result: TrackResult) -> None:
         self.delivered.append(delivery.event.event_id)
+        self.results[delivery.event.event_id] = result
+        self.kinds[delivery.event.event_id] = delivery.event.kind
 
     def on_error(self, delivery: Delivery, exc: Exception) -> None:
         self.errors[delivery.event.event_id] = exc
@@ -152,6 +184,42 @@ async def track_pairs(tracker: Tracker, users: list[str], **lead: Any) -> list[s
         assert (signup.status, paid.status) == ("queued", "queued")
         ids += [signup.event_id or "", paid.event_id or ""]
     return ids
+
+
+async def track_triples(tracker: Tracker, users: list[str]) -> list[str]:
+    """A lead, a sale and a full refund of that sale per customer, tracked back to back."""
+    ids = []
+    for user in users:
+        ids += await track_pairs(tracker, [user])
+        refund = await tracker.refund_sale(invoice_id=f"in_{user}")
+        assert refund.status == "queued"
+        ids.append(refund.event_id or "")
+    return ids
+
+
+def refunded(provider: FakeProvider, users: list[str]) -> set[str]:
+    """The users whose sale's commission is refunded at the provider."""
+    return {
+        u
+        for u in users
+        if [c["status"] for c in provider.commissions(invoiceId=f"in_{u}")] == ["refunded"]
+    }
+
+
+def check_refunds(
+    provider: FakeProvider, watch: Watch, tally: Tally, users: list[str], excluded: Any = ()
+) -> None:
+    """Every refund recorded once, none answered "no commission", each after its sale."""
+    outcomes = [
+        (r.outcome, r.outcome_reason)
+        for i, r in tally.results.items()
+        if tally.kinds[i] == "refund" and i not in excluded
+    ]
+    assert outcomes == [("recorded", None)] * len(users), outcomes
+    assert refunded(provider, users) == set(users)
+    assert all(watch.refund_after_sale(u) for u in users)
+    # Each looked once: its commission was there (a refund racing its sale looks again).
+    assert [watch.lookups(f"in_{u}") for u in users] == [1] * len(users)
 
 
 def recorded_sales(provider: FakeProvider) -> set[str]:
@@ -246,3 +314,80 @@ async def test_a_lead_that_fails_finally_releases_its_customers_sale(caplog: Any
     row = count(sent, tally, caplog)
     assert (row.sent, row.lost, row.dup) == (3, 0, 0), row
     assert sent[1] in tally.delivered or sent[1] in tally.errors  # the sale went, and ended
+
+
+async def test_each_refund_waits_for_its_sale_in_the_memory_queue(caplog: Any) -> None:
+    provider = FakeProvider("dub", api_key=KEY, lead_delay=3.0)
+    watch = Watch(provider, gated="r0")  # r0's lead stays on the wire until the others are done
+    tally = Tally()
+    users = [f"r{i}" for i in range(CUSTOMERS)]
+    with serve_in_thread(watch) as url:
+        tracker = Tracker(
+            "dub",
+            api_key=KEY,
+            base_url=url,
+            timeout=60,  # r0's lead is one attempt, however long the others take
+            concurrency=10,
+            retry=FAST,
+            on_delivered=tally.on_delivered,
+            on_error=tally.on_error,
+            on_drop=tally.on_drop,
+        )
+        async with tracker:
+            sent = await track_triples(tracker, users)
+            # Other invoices are not held: every other refund is recorded while r0's lead,
+            # and so its sale and refund, wait.
+            for _ in range(6000):
+                if refunded(provider, users[1:]) == set(users[1:]):
+                    break
+                await asyncio.sleep(0.02)
+            assert refunded(provider, users[1:]) == set(users[1:])
+            assert not watch.answered("lead", "r0") and not watch.answered("sale", "r0")
+            assert watch.lookups("in_r0") == 0
+            watch.gate.set()
+            await tracker.flush(timeout=120)
+    row = count(sent, tally, caplog)
+    assert row == Count(3 * CUSTOMERS, 3 * CUSTOMERS, 0, 0, 0), row
+    assert recorded_sales(provider) == {f"in_{u}" for u in users}
+    assert watch.refused_sales() == []
+    check_refunds(provider, watch, tally, users)
+
+
+async def test_a_sale_that_fails_for_good_releases_its_refund(caplog: Any) -> None:
+    # A direct sale on a disabled link is final (404 link_disabled); its refund then goes, finds
+    # no commission and ends "no_commission" once its window is over; another customer's lead,
+    # sale and refund go through meanwhile.
+    caplog.set_level(logging.INFO, logger="asgi_attribution")
+    provider = FakeProvider("dub", api_key=KEY, disabled_clicks={"clk_off"})
+    watch = Watch(provider, lead_seconds=0.05)
+    tally = Tally()
+    short = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, max_retry_after=1, max_elapsed=8)
+    with serve_in_thread(watch) as url:
+        tracker = Tracker(
+            "dub",
+            api_key=KEY,
+            base_url=url,
+            retry=short,
+            on_delivered=tally.on_delivered,
+            on_error=tally.on_error,
+            on_drop=tally.on_drop,
+        )
+        async with tracker:
+            sale = await tracker.track_sale(
+                customer_external_id="lost", amount=4900, invoice_id="in_lost", click_id="clk_off"
+            )
+            refund = await tracker.refund_sale(invoice_id="in_lost")
+            sent = [sale.event_id or "", refund.event_id or ""]
+            sent += await track_triples(tracker, ["fine"])
+            await tracker.flush(timeout=60)
+    failed = tally.errors.get(sent[0])
+    assert isinstance(failed, DeliveryError) and failed.code == "link_disabled", failed
+    assert watch.refund_after_sale("lost")  # held until the sale ended, then released
+    result = tally.results[sent[1]]
+    assert (result.outcome, result.outcome_reason) == ("not_recorded", "no_commission")
+    assert any(
+        sent[1] in r.getMessage() and "no_commission" in r.getMessage() for r in caplog.records
+    )
+    check_refunds(provider, watch, tally, ["fine"], excluded={sent[1]})
+    row = count(sent, tally, caplog)
+    assert row == Count(5, 4, 0, 1, 0), row

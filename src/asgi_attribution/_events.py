@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -53,6 +54,8 @@ from ._limits import (
 
 __all__ = [
     "CUSTOMER_FIELDS",
+    "ORDER_HOLDS",
+    "ORDER_WAITS",
     "VISITOR_FIELDS",
     "CallOptions",
     "CustomerEvent",
@@ -62,11 +65,12 @@ __all__ = [
     "LeadEvent",
     "LeadFields",
     "LeadOptions",
+    "OrderKey",
     "RefundEvent",
     "SaleEvent",
     "SaleFields",
-    "customer_of",
     "new_event_id",
+    "order_keys",
     "take_external_id",
     "validate_event",
     "validate_fields",
@@ -374,27 +378,52 @@ _MODELS: dict[str, type[LeadEvent] | type[SaleEvent] | type[CustomerEvent] | typ
 _VALIDATORS = {kind: model.__pydantic_validator__ for kind, model in _MODELS.items()}
 
 
-#: Each event kind's field naming the customer whose order it keeps (a refund names none).
+#: Each event kind's field naming its customer (a refund names none).
 CUSTOMER_FIELDS = {
     "lead": "customer_external_id",
     "sale": "customer_external_id",
     "customer": "customer_id",
 }
 
+#: An order key: (key space, value), a customer ``("customer", external id)`` or an invoice
+#: ``("invoice", invoice id)``. A queue or an outbox adds the provider.
+OrderKey = tuple[str, str]
 
-def customer_of(event: Event) -> str | None:
-    """The customer whose events keep their causal order: a lead goes before that customer's
-    later sales, customer updates and refunds. None when the event names no customer (a refund
-    names only its invoice).
+#: Causal order: the (key space, field) each kind of event *waits on*. It is not attempted while
+#: an event that *holds* the same key (:data:`ORDER_HOLDS`), tracked before it, is unfinished.
+ORDER_WAITS = {
+    "sale": ("customer", "customer_external_id"),
+    "customer": ("customer", "customer_id"),
+    "refund": ("invoice", "invoice_id"),
+}
+
+#: The (key space, field) each kind of event *holds* until it is finished: a lead its customer,
+#: a sale its invoice (when it has an invoice id). So a refund waits for its sale, which waits
+#: for its customer's lead.
+ORDER_HOLDS = {
+    "lead": ("customer", "customer_external_id"),
+    "sale": ("invoice", "invoice_id"),
+}
+
+
+def order_keys(kind: str, fields: Mapping[str, Any]) -> tuple[OrderKey | None, OrderKey | None]:
+    """The order keys an event of ``kind`` with ``fields`` waits on and holds (None: none).
 
     Example:
-        >>> customer_of(SaleEvent(customer_external_id="u_1", amount=100))
-        'u_1'
-        >>> customer_of(CustomerEvent(customer_id="u_1")), customer_of(RefundEvent(invoice_id="i"))
-        ('u_1', None)
+        >>> order_keys("sale", {"customer_external_id": "u_1", "invoice_id": "in_1"})
+        (('customer', 'u_1'), ('invoice', 'in_1'))
+        >>> order_keys("refund", {"invoice_id": "in_1"}), order_keys("sale", {})
+        ((('invoice', 'in_1'), None), (None, None))
     """
-    field = CUSTOMER_FIELDS.get(event.kind)
-    return None if field is None else getattr(event, field)
+    return _key(ORDER_WAITS, kind, fields), _key(ORDER_HOLDS, kind, fields)
+
+
+def _key(
+    table: dict[str, tuple[str, str]], kind: str, fields: Mapping[str, Any]
+) -> OrderKey | None:
+    found = table.get(kind)
+    value = None if found is None else fields.get(found[1])
+    return None if found is None or value is None else (found[0], value)
 
 
 # The names a customer's external id goes by in a call (the current first); the other two are

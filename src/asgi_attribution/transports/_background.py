@@ -15,10 +15,12 @@ Guarantees, in plain words:
   delivers what is held within ``shutdown_timeout`` and reports the rest (ERROR, ``on_drop``).
 - Every accepted event is one :class:`Job` in one :class:`Registry`, in one state at a time,
   until it is finished: sent, failed or dropped, each counted once.
-- A customer's sale, customer update or refund accepted while a lead of that customer is
-  unfinished (queued, in flight, waiting to retry, held by a pause) is ``HELD`` until that lead
-  is finished, however it ends; other customers' events go at full concurrency. A lead without
-  ``mode`` goes with ``mode="wait"`` (:meth:`Delivery.from_queue`).
+- Causal order (:attr:`Delivery.order`): an event accepted while an event holding its wait key
+  is unfinished (queued, in flight, waiting to retry, held by a pause, or itself held) is
+  ``HELD`` until that one is finished, however it ends: a customer's sale or customer update
+  after that customer's lead, a refund after the sale with its invoice id (so after that
+  sale's lead too). Other customers' and invoices' events go at full concurrency. A lead
+  without ``mode`` goes with ``mode="wait"`` (:meth:`Delivery.from_queue`).
 
 Example:
     >>> from asgi_attribution import DUB, Delivery, LeadEvent
@@ -70,25 +72,29 @@ __all__ = [
 ]
 
 
+# An order key with its provider: (provider, key space, value), as Delivery.order gives it.
+_Key = tuple[str, str, str]
+
+
 class JobState(enum.Enum):
     """Where an unfinished job is: waiting for a worker, being attempted, or backing off."""
 
     QUEUED = "queued"  # waiting for a worker
     ATTEMPTING = "attempting"  # a worker is making an attempt
     WAITING = "waiting"  # waiting out a backoff; its timer puts it back in QUEUED
-    HELD = "held"  # after an unfinished lead of its customer; queued once that lead ends
+    HELD = "held"  # after an unfinished holder of its wait key; queued once that one ends
 
 
 class Job:
     """An accepted delivery and its progress (compared by identity)."""
 
-    __slots__ = ("attempts", "customer", "delivery", "seq", "started", "state", "timer")
+    __slots__ = ("attempts", "delivery", "holds", "seq", "started", "state", "timer", "waits")
 
     _order = itertools.count()
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
-        self.customer = delivery.customer  # whose order it keeps, or None
+        self.waits, self.holds = delivery.order  # its order keys, or None
         self.seq = next(Job._order)  # acceptance order, across queues: only compared
         self.state: JobState | None = None  # None: not (or no longer) in the registry
         self.attempts = 0
@@ -161,18 +167,18 @@ class JobQueue(Registry):
     paused (aclose stops waiting). :meth:`renew` makes them anew in a new owner loop.
     """
 
-    __slots__ = ("_held", "_leads", "idle", "ready", "room", "room_wanted", "stalled")
+    __slots__ = ("_held", "_holders", "idle", "ready", "room", "room_wanted", "stalled")
 
     def __init__(self) -> None:
         super().__init__()
         self.room_wanted = 0  # senders in wait_for_room: only they need ``room`` set
-        # Per customer: the unfinished leads (in acceptance order) and the jobs held after them.
-        self._leads: dict[tuple[str, str], OrderedDict[Job, None]] = {}
-        self._held: dict[tuple[str, str], list[Job]] = {}
+        # Per order key: its unfinished holders (in acceptance order) and the jobs held after them.
+        self._holders: dict[_Key, OrderedDict[Job, None]] = {}
+        self._held: dict[_Key, list[Job]] = {}
         self.renew()
 
     def waiting(self) -> int:
-        """Jobs not yet taken by a worker: queued, or held after their customer's lead."""
+        """Jobs not yet taken by a worker: queued, or held after an event they wait on."""
         return self.count(JobState.QUEUED) + self.count(JobState.HELD)
 
     def renew(self) -> None:
@@ -185,40 +191,35 @@ class JobQueue(Registry):
     def add(self, job: Job, *, wake: bool = True) -> None:
         """Queue a new ``job``; wake a worker unless delivery is paused (``wake=False``).
 
-        A job of a customer with an unfinished lead (accepted before it, as every lead here
-        was) is held until that lead is finished.
+        A job whose wait key an unfinished job holds (accepted before it, as every holder here
+        was) is held until that holder is finished.
         """
-        customer = job.customer
-        if customer is not None:
-            leads = self._leads.get(customer)
-            if job.delivery.opens:
-                if leads is None:
-                    leads = self._leads[customer] = OrderedDict()
-                leads[job] = None
-            elif leads is not None:
-                self.put(job, JobState.HELD)
-                self._held.setdefault(customer, []).append(job)
-                if self._size == 1:
-                    self.idle.clear()
-                return
+        if job.holds is not None:
+            self._holders.setdefault(job.holds, OrderedDict())[job] = None
+        if job.waits is not None and job.waits in self._holders:
+            self.put(job, JobState.HELD)
+            self._held.setdefault(job.waits, []).append(job)
+            if self._size == 1:
+                self.idle.clear()
+            return
         self.put(job, JobState.QUEUED)
         if self._size == 1:  # it was empty, the only time ``idle`` is set
             self.idle.clear()
         if wake:
             self.ready.set()
 
-    def _release(self, lead: Job) -> None:
-        """``lead`` is finished: queue the jobs of its customer no earlier lead still holds."""
-        customer = lead.customer
-        assert customer is not None
-        leads = self._leads.get(customer)
-        if leads is None or lead not in leads:
+    def _release(self, holder: Job) -> None:
+        """``holder`` is finished: queue the jobs waiting on its key no earlier holder holds."""
+        key = holder.holds
+        assert key is not None
+        holders = self._holders.get(key)
+        if holders is None or holder not in holders:
             return
-        del leads[lead]
-        first = next(iter(leads), None)
+        del holders[holder]
+        first = next(iter(holders), None)
         if first is None:
-            del self._leads[customer]
-        held = self._held.get(customer)
+            del self._holders[key]
+        held = self._held.get(key)
         if not held:
             return
         if first is None:
@@ -229,9 +230,9 @@ class JobQueue(Registry):
         if not free:
             return
         if kept:
-            self._held[customer] = kept
+            self._held[key] = kept
         else:
-            del self._held[customer]
+            del self._held[key]
         for job in free:
             if job.state is JobState.HELD:
                 self.put(job, JobState.QUEUED)
@@ -247,10 +248,10 @@ class JobQueue(Registry):
         """Take ``job`` out; True if this call did (so it is counted once)."""
         if not self.remove(job):
             return False
-        if job.customer is not None and job.delivery.opens:
+        if job.holds is not None:
             self._release(job)
-        elif job.customer is not None and job.customer in self._held:
-            held = self._held[job.customer]  # a held job reported at shutdown
+        if job.waits is not None and job.waits in self._held:
+            held = self._held[job.waits]  # a held job reported at shutdown
             if job in held:
                 held.remove(job)
         if not self._size:  # the attribute, not len(): a Python call per event

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from .._events import Event, LeadEvent, customer_of
+from .._events import Event, LeadEvent, order_keys
 from .._exceptions import DeliveryError
 from .._providers import Outcome, Provider, ProviderRequest
 
@@ -384,22 +384,26 @@ class Delivery:
         return rendered
 
     @property
-    def customer(self) -> tuple[str, str] | None:
-        """(provider, customer external id) whose events keep their order: a lead of that
-        customer goes before the sales, customer updates and refunds tracked after it.
+    def order(self) -> tuple[tuple[str, str, str] | None, tuple[str, str, str] | None]:
+        """The order keys this event waits on and holds, each ``(provider, key space, value)``
+        or None.
+
+        It is not attempted while an event that holds its wait key, tracked before it, is
+        unfinished: a sale and a customer update wait on their customer, which a lead holds; a
+        refund waits on its invoice, which a sale with that invoice id holds
+        (:data:`~asgi_attribution._events.ORDER_WAITS`).
 
         Example:
             >>> from asgi_attribution import DUB, SaleEvent
-            >>> Delivery(SaleEvent(customer_external_id="u", amount=100), DUB).customer
-            ('dub', 'u')
+            >>> Delivery(SaleEvent(customer_external_id="u", amount=1, invoice_id="i"), DUB).order
+            (('dub', 'customer', 'u'), ('dub', 'invoice', 'i'))
         """
-        customer = customer_of(self.event)
-        return None if customer is None else (self.provider.name, customer)
-
-    @property
-    def opens(self) -> bool:
-        """True for a lead: its customer's later events wait until it is answered."""
-        return isinstance(self.event, LeadEvent)
+        waits, holds = order_keys(self.event.kind, self.event.__dict__)
+        name = self.provider.name
+        return (
+            None if waits is None else (name, *waits),
+            None if holds is None else (name, *holds),
+        )
 
     def from_queue(self) -> Delivery:
         """This delivery as a queue or an outbox sends it, after ``track_*`` returned.

@@ -9,8 +9,9 @@
 - Workers claim due rows with ``FOR UPDATE SKIP LOCKED`` and a lease, all times from the
   database clock (``now()``), so any number of workers on any number of hosts share the table
   without stepping on each other; a killed worker's rows come back when its lease ends. The
-  claim passes over a customer's sale, update or refund while a lead of that customer stored
-  before it is pending or leased by any worker (an index of unfinished leads per customer).
+  claim keeps causal order: it passes over a customer's sale or update while a lead of that
+  customer stored before it is pending or leased by any worker, and a refund while such a sale
+  with its invoice id is (indexes of unfinished leads per customer, sales per invoice).
 - Workers are woken by ``LISTEN``/``NOTIFY`` on one connection per store: PostgreSQL delivers a
   ``NOTIFY`` when the inserting transaction commits, so a worker hears of an event as soon as it
   can be claimed, and never of a rolled-back one. A lost connection (a database restart) is
@@ -559,6 +560,20 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
 
         found = await schema_version(conn, self.tables)
         if found == SCHEMA_VERSION:
+            # A table made before the claim kept the order has no index of unfinished
+            # holders: init_schema adds them (the claim's order holds without, only slower).
+            names = [name for name, _ddl in self.tables.open_holders()]
+            cur = await conn.execute(
+                "SELECT count(*) FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NULL",
+                (names,),
+            )
+            missing = await cur.fetchone()
+            if missing is None or not missing[0]:
+                return
+            try:
+                await init_schema(conn, self.tables.name)
+            except OutboxError as exc:  # a role that may not create indexes: still usable
+                logger.warning("outbox %s: %s (run: outbox init)", self.description, exc)
             return
         if found is None and not self.create:
             raise OutboxError(f"no outbox table {self.tables.name} (create it: outbox init)")
@@ -747,7 +762,7 @@ class PostgresOutbox(PostgresMaintenance, OutboxStore):
 
     async def _claim(self, limit: int, lease: float) -> list[OutboxRow]:
         t, lease_sql = self.tables.table, SECONDS.replace("%s", "%(lease)s")
-        held = self.tables.held("o")  # a customer's row behind its unfinished lead waits
+        held = self.tables.held("o")  # a row behind an unfinished holder of its key waits
         picked = await self.execute(
             f"""WITH expired AS (
                 SELECT id FROM {t} AS o WHERE state = 'inflight' AND lease_until <= now()

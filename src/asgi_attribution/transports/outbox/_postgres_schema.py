@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..._events import ORDER_HOLDS, ORDER_WAITS
 from ..._exceptions import OutboxError
 from ._store import OutboxRow
 
@@ -161,7 +162,7 @@ class OutboxTables:
             f'CREATE INDEX IF NOT EXISTS "{short}_done" ON {t} (updated_at)'
             " WHERE state = 'delivered'",
             f"CREATE INDEX IF NOT EXISTS \"{short}_dead\" ON {t} (id) WHERE state = 'dead'",
-            self.open_leads_ddl(),
+            *(ddl for _name, ddl in self.open_holders()),
             f"""CREATE OR REPLACE FUNCTION {notify}() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN PERFORM pg_notify('{short}', ''); RETURN NULL; END $$""",
             f'DROP TRIGGER IF EXISTS "{short}_notify" ON {t}',
@@ -169,30 +170,34 @@ class OutboxTables:
             f" FOR EACH STATEMENT EXECUTE FUNCTION {notify}()",
         ]
 
-    @property
-    def open_leads(self) -> str:
-        """The quoted index of unfinished leads per customer (the claim's order)."""
-        return self._q(f"{self.channel}_open_leads")
-
-    def open_leads_ddl(self) -> str:
-        """The index of each customer's unfinished leads: what :meth:`held` looks up."""
-        return (
-            f'CREATE INDEX IF NOT EXISTS "{self.channel}_open_leads" ON {self.table}'
-            " (provider, (event->>'customer_external_id'), id)"
-            " WHERE kind = 'lead' AND state IN ('pending', 'inflight')"
-        )
+    def open_holders(self) -> list[tuple[str, str]]:
+        """(quoted name, DDL) of each index of unfinished order-key holders (the claim's
+        order): leads per customer, sales per invoice, what :meth:`held` looks up."""
+        return [
+            (
+                self._q(f"{self.channel}_open_{kind}s"),
+                f'CREATE INDEX IF NOT EXISTS "{self.channel}_open_{kind}s" ON {self.table}'
+                f" (provider, (event->>'{field}'), id)"
+                f" WHERE kind = '{kind}' AND state IN ('pending', 'inflight')",
+            )
+            for kind, (_space, field) in ORDER_HOLDS.items()
+        ]
 
     def held(self, row: str) -> str:
-        """SQL true for the row aliased ``row`` when it waits for its customer's lead: a sale,
-        update or refund while a lead of that customer stored before it (a lower id) is
-        pending or in flight (leased by any worker)."""
-        return (
-            f"({row}.kind <> 'lead' AND EXISTS (SELECT 1 FROM {self.table} AS l"
-            " WHERE l.kind = 'lead' AND l.state IN ('pending', 'inflight')"
-            f" AND l.provider = {row}.provider AND l.event->>'customer_external_id'"
-            f" = {row}.event->>(CASE {row}.kind WHEN 'customer' THEN 'customer_id'"
-            f" ELSE 'customer_external_id' END) AND l.id < {row}.id))"
-        )
+        """SQL true for the row aliased ``row`` when a row of the same provider stored before it
+        (a lower id), pending or in flight (leased by any worker), holds the order key it waits
+        on: a customer's sale or update behind its lead, a refund behind the sale with its
+        invoice id."""
+        waits = [
+            f"({row}.kind = '{kind}' AND EXISTS (SELECT 1 FROM {self.table} AS h"
+            f" WHERE h.kind = '{holder}' AND h.state IN ('pending', 'inflight')"
+            f" AND h.provider = {row}.provider AND h.event->>'{held_field}'"
+            f" = {row}.event->>'{field}' AND h.id < {row}.id))"
+            for kind, (space, field) in ORDER_WAITS.items()
+            for holder, (held_space, held_field) in ORDER_HOLDS.items()
+            if held_space == space
+        ]
+        return f"({' OR '.join(waits)})"
 
     def insert(self) -> str:
         """One pending row, due at once (``%s``: event_id, provider, kind, event JSON)."""
@@ -241,11 +246,12 @@ async def _migrate(conn: AsyncConnection[Any], tables: OutboxTables) -> int:
                     f" up to {SCHEMA_VERSION}: upgrade asgi-attribution"
                 )
             if found == SCHEMA_VERSION:
-                # A table made before the claim kept a customer's order: its index, once.
-                cur = await conn.execute("SELECT to_regclass(%s)", (tables.open_leads,))
-                made = await cur.fetchone()
-                if made is None or made[0] is None:
-                    await conn.execute(tables.open_leads_ddl())
+                # A table made before the claim kept the order: its indexes, once.
+                for name, ddl in tables.open_holders():
+                    cur = await conn.execute("SELECT to_regclass(%s)", (name,))
+                    made = await cur.fetchone()
+                    if made is None or made[0] is None:
+                        await conn.execute(ddl)
                 return found
             for statement in tables.ddl():
                 await conn.execute(statement)

@@ -7,10 +7,12 @@ Layout under ``prefix`` (default ``asgi-attribution:outbox``), each row one JSON
 - ``{prefix}:retry``: a sorted set of events waiting for their next attempt, scored by due time
   in the server's clock (``TIME``); a Lua script moves due ones back onto the stream.
 - ``{prefix}:dead``: a stream of dead letters with their last error.
-- ``{prefix}:leads``: a hash of unfinished leads per ``provider:customer`` (counted up by the
-  append, down when a lead is delivered or dead): a claim gives a sale, customer update or
-  refund of a customer with a count back to the retry set for a moment, unattempted, so no
-  worker sends it before that customer's lead is answered.
+- ``{prefix}:leads`` and ``{prefix}:sales``: hashes of the unfinished holders of each order
+  key, leads per ``provider:customer`` and sales per ``provider:invoice id`` (counted up by the
+  append, down when the holder is delivered or dead): a claim gives a row whose wait key has a
+  count (a customer's sale or update, a refund of an invoice) back to the retry set for a
+  moment, unattempted, so no worker sends a sale before its customer's lead is answered, nor
+  a refund before its sale is.
 - ``{prefix}:delivered``: a counter; ``{prefix}:done``: the latest delivered rows with their
   outcome (capped at ``keep_delivered``, trimmed to ``retention``).
 
@@ -60,6 +62,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..._events import OrderKey
 from ..._exceptions import OutboxError
 from ._store import (
     LIST_STATES,
@@ -108,8 +111,9 @@ return #due
 
 # Append the ARGV[3] rows ARGV[4..] to the stream KEYS[1] unless the server's TIME is past
 # ARGV[1] (a write that reaches a hung server after its caller gave up must not land: the
-# caller's copy went elsewhere). The ARGV[3] values after the rows name each lead's customer
-# ('' for other events), counted in the hash KEYS[3]. KEYS[2] holds the data set's epoch: set
+# caller's copy went elsewhere). The ARGV[3] values after the rows name the order key each row
+# holds ('' for none), counted in the hash KEYS[n] its first character n (3: leads, 4: sales)
+# names. KEYS[2] holds the data set's epoch: set
 # to ARGV[2] if missing (the data was lost), returned first so the caller learns of a loss.
 # Returns {epoch, id1, id2, ...}.
 APPEND = """
@@ -127,8 +131,10 @@ local out = {epoch}
 local n = tonumber(ARGV[3])
 for i = 4, 3 + n do
   out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'row', ARGV[i])
-  local customer = ARGV[i + n]
-  if customer ~= '' then redis.call('HINCRBY', KEYS[3], customer, 1) end
+  local holds = ARGV[i + n]
+  if holds ~= '' then
+    redis.call('HINCRBY', KEYS[tonumber(string.sub(holds, 1, 1))], string.sub(holds, 2), 1)
+  end
 end
 return out
 """
@@ -137,13 +143,14 @@ return out
 # holds it (checked atomically: a worker whose lease was taken over records nothing). ARGV[4]:
 # delivered (count in KEYS[3], keep ARGV[5] in the stream KEYS[2], capped at ARGV[6]), retry
 # (ZADD ARGV[5] to KEYS[2] scored ARGV[6]), move (XADD ARGV[5] to the stream KEYS[2]: returns
-# the new entry's id). ARGV[7], when not '': a lead's customer, counted down in the hash
-# KEYS[4] (the lead is finished).
+# the new entry's id). ARGV[7], when not '': the order key a finished row held, counted down
+# in the hash KEYS[n] its first character n names (4: leads, 5: sales).
 FINISH = """
 local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #owned == 0 then return 0 end
-if ARGV[7] ~= '' and redis.call('HINCRBY', KEYS[4], ARGV[7], -1) <= 0 then
-  redis.call('HDEL', KEYS[4], ARGV[7])
+if ARGV[7] ~= '' then
+  local hash, key = KEYS[tonumber(string.sub(ARGV[7], 1, 1))], string.sub(ARGV[7], 2)
+  if redis.call('HINCRBY', hash, key, -1) <= 0 then redis.call('HDEL', hash, key) end
 end
 local moved = false
 if ARGV[4] == 'delivered' then
@@ -338,7 +345,7 @@ class RedisInspection:
     dead_key: str
     delivered_key: str
     done_key: str
-    leads_key: str
+    order_hashes: dict[str, str]
     description: str
     problems: builtins.list[str]
     _backlog: int
@@ -464,8 +471,9 @@ class RedisInspection:
                 async with self.client.pipeline(transaction=True) as pipe:
                     pipe.xadd(self.stream, {"row": dump_row(fresh)})
                     pipe.xdel(self.dead_key, entry_id)
-                    if row.kind == "lead" and row.customer is not None:
-                        pipe.hincrby(self.leads_key, row.customer, 1)  # unfinished again
+                    holds = row.order[1]
+                    if holds is not None:  # unfinished again
+                        pipe.hincrby(self.order_hashes[holds[0]], holds[1], 1)
                     await pipe.execute()
                 moved += 1
             start = "(" + entries[-1][0]
@@ -480,8 +488,8 @@ class RedisInspection:
 
 DAY = 86_400.0
 
-#: Seconds a customer's event claimed while that customer's lead is unfinished waits before a
-#: claim looks at it again.
+#: Seconds an event claimed while an earlier holder of its order key is unfinished waits before
+#: a claim looks at it again.
 HOLD = 0.25
 
 
@@ -534,7 +542,8 @@ class RedisOutbox(RedisInspection, OutboxStore):
         self.delivered_key = f"{prefix}:delivered"
         self.done_key = f"{prefix}:done"
         self.epoch_key = f"{prefix}:epoch"
-        self.leads_key = f"{prefix}:leads"
+        # The hash of each order key space's unfinished holders (their order is the scripts').
+        self.order_hashes = {"customer": f"{prefix}:leads", "invoice": f"{prefix}:sales"}
         self.description = f"{safe_url(url)} ({prefix})"
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         #: What the server said at open (None before).
@@ -710,10 +719,10 @@ class RedisOutbox(RedisInspection, OutboxStore):
             self._confirm_soon()
 
     async def _add_rows(self, rows: Sequence[OutboxRow], deadline: float) -> None:
-        leads = [(row.customer or "") if row.kind == "lead" else "" for row in rows]
+        holds = [self._holds(row, 3) for row in rows]
         found = await self._scripts["append"](
-            keys=[self.stream, self.epoch_key, self.leads_key],
-            args=[deadline, uuid.uuid4().hex, len(rows), *(dump_row(r) for r in rows), *leads],
+            keys=[self.stream, self.epoch_key, *self.order_hashes.values()],
+            args=[deadline, uuid.uuid4().hex, len(rows), *(dump_row(r) for r in rows), *holds],
         )
         epoch, ids = str(found[0]), [str(i) for i in found[1:]]
         lost = self._epoch is not None and epoch != self._epoch
@@ -852,10 +861,10 @@ class RedisOutbox(RedisInspection, OutboxStore):
         delivered = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         rows, held = [], []
         loaded = [load_row(entry_id, fields, "inflight") for entry_id, fields in entries]
-        waiting = await self._customers_waiting(loaded)
+        waiting = await self._waiting(loaded)
         for row in loaded:
             entry_id = row.handle
-            if row.kind != "lead" and row.customer in waiting:
+            if row.order[0] in waiting:
                 held.append(row)
                 continue
             times = delivered.get(entry_id, 1)
@@ -873,19 +882,29 @@ class RedisOutbox(RedisInspection, OutboxStore):
         self._backlog += len(held)  # still to deliver (the finish counted them out)
         return rows
 
-    async def _customers_waiting(self, rows: builtins.list[OutboxRow]) -> set[str]:
-        """The customers of ``rows`` (other than leads) with an unfinished lead.
+    async def _waiting(self, rows: builtins.list[OutboxRow]) -> set[OrderKey]:
+        """The wait keys of ``rows`` with an unfinished holder (a lead, a sale).
 
-        Read after the rows were claimed: every lead appended before them is counted by
-        then, and a count goes down only once its lead is delivered or dead, so a customer's
-        event is never sent before an earlier lead is answered (a later lead may hold it too).
+        Read after the rows were claimed: every holder appended before them is counted by
+        then, and a count goes down only once its holder is delivered or dead, so an event is
+        never sent before an earlier holder of its key is answered (a later one may hold it too).
         """
-        customers = {row.customer for row in rows if row.kind != "lead" and row.customer}
-        if not customers:
+        keys = sorted({row.order[0] for row in rows if row.order[0] is not None})
+        if not keys:
             return set()
-        ordered = sorted(customers)
-        counts = await self.client.hmget(self.leads_key, ordered)
-        return {c for c, n in zip(ordered, counts, strict=True) if n is not None and int(n) > 0}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for space, key in keys:
+                pipe.hget(self.order_hashes[space], key)
+            counts = await pipe.execute()
+        return {k for k, n in zip(keys, counts, strict=True) if n is not None and int(n) > 0}
+
+    def _holds(self, row: OutboxRow, first: int) -> str:
+        """The order key ``row`` holds for a script: the index in its KEYS of the key space's
+        hash (the hashes from ``first`` on), then the key; '' for none."""
+        holds = row.order[1]
+        if holds is None:
+            return ""
+        return f"{first + list(self.order_hashes).index(holds[0])}{holds[1]}"
 
     async def _finish(
         self, row: OutboxRow, action: str, target: str, payload: str, arg: float
@@ -895,9 +914,9 @@ class RedisOutbox(RedisInspection, OutboxStore):
             return
         # One script, allowed at maxmemory: check this consumer still holds the entry (a
         # worker whose lease was taken over records nothing), move or count it, XACK + XDEL.
-        ends_lead = row.kind == "lead" and (action == "delivered" or target == self.dead_key)
+        ends = action == "delivered" or target == self.dead_key
         done = await self._scripts["finish"](
-            keys=[self.stream, target, self.delivered_key, self.leads_key],
+            keys=[self.stream, target, self.delivered_key, *self.order_hashes.values()],
             args=[
                 self.group,
                 self.consumer,
@@ -905,7 +924,7 @@ class RedisOutbox(RedisInspection, OutboxStore):
                 action,
                 payload,
                 arg,
-                (row.customer or "") if ends_lead else "",
+                self._holds(row, 4) if ends else "",
             ],
         )
         if not done:

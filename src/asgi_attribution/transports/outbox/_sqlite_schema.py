@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..._events import ORDER_HOLDS, ORDER_WAITS
 from ..._exceptions import OutboxError
 from ._store import NOT_RECORDED_OUTCOMES, OutboxRow
 
@@ -186,6 +187,9 @@ CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_open_leads ON outbox
     (provider, json_extract(event, '$.customer_external_id'), id)
     WHERE kind = 'lead' AND (state = 'pending' OR state = 'inflight');
+CREATE INDEX IF NOT EXISTS outbox_open_sales ON outbox
+    (provider, json_extract(event, '$.invoice_id'), id)
+    WHERE kind = 'sale' AND (state = 'pending' OR state = 'inflight');
 CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -194,19 +198,32 @@ COLUMNS = (
     "created_at, updated_at, first_attempt_at, error_code, outcome, outcome_reason"
 )
 
-#: The unfinished leads of each customer, for the claim's order (added to version 4 files at
-#: open: older versions of the package ignore it).
-OPEN_LEADS = SCHEMA.split(";")[2]
+#: The unfinished holders of each order key, for the claim's order: leads per customer, sales
+#: per invoice (added to version 4 files at open: older versions of the package ignore them).
+OPEN_HOLDERS = {"lead": SCHEMA.split(";")[2], "sale": SCHEMA.split(";")[3]}
 
-#: A row the claim passes over: a customer's sale, update or refund while a lead of that
-#: customer stored before it (a lower id) is pending or in flight (leased by any worker).
-HELD = (
-    "(kind != 'lead' AND EXISTS (SELECT 1 FROM outbox AS l INDEXED BY outbox_open_leads"
-    " WHERE l.kind = 'lead' AND (l.state = 'pending' OR l.state = 'inflight')"
-    " AND l.provider = outbox.provider AND json_extract(l.event, '$.customer_external_id')"
-    " = json_extract(outbox.event, CASE outbox.kind WHEN 'customer' THEN '$.customer_id'"
-    " ELSE '$.customer_external_id' END) AND l.id < outbox.id))"
-)
+
+def _held() -> str:
+    """A row the claim passes over: one whose wait key (``ORDER_WAITS``) a row of the same
+    provider stored before it (a lower id) holds (``ORDER_HOLDS``) while pending or in flight
+    (leased by any worker): a customer's sale or update behind its lead, a refund behind the
+    sale with its invoice id."""
+    waits = []
+    for kind, (space, wait_field) in ORDER_WAITS.items():
+        for holder, (held_space, held_field) in ORDER_HOLDS.items():
+            if held_space != space:
+                continue
+            waits.append(
+                f"(outbox.kind = '{kind}' AND EXISTS (SELECT 1 FROM outbox AS h"
+                f" INDEXED BY outbox_open_{holder}s WHERE h.kind = '{holder}'"
+                " AND (h.state = 'pending' OR h.state = 'inflight')"
+                f" AND h.provider = outbox.provider AND json_extract(h.event, '$.{held_field}')"
+                f" = json_extract(outbox.event, '$.{wait_field}') AND h.id < outbox.id))"
+            )
+    return f"({' OR '.join(waits)})"
+
+
+HELD = _held()
 
 DUE = (
     "((state = 'pending' AND next_attempt_at <= :now)"
@@ -260,7 +277,8 @@ def prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version == SCHEMA_VERSION:
-            conn.execute(OPEN_LEADS)  # a file made before the index: added once
+            for index in OPEN_HOLDERS.values():  # a file made before an index: added once
+                conn.execute(index)
         elif not has_outbox:
             raise OutboxError(
                 f"{path} is not an asgi-attribution outbox (no outbox table; its"
@@ -321,8 +339,9 @@ def load_clock(conn: sqlite3.Connection, wall: WallClock) -> AnchoredClock:
 def due_ids(conn: sqlite3.Connection, now: float, limit: int, skip: list[int]) -> list[int]:
     """Ids of up to ``limit`` due rows: pending and due, or in flight with an expired lease.
 
-    Due rows are found in the index (state, due time, id); a customer's row behind an
-    unfinished lead of that customer (:data:`HELD`) is passed over. ``skip`` lists unreadable
+    Due rows are found in the index (state, due time, id); a row behind an unfinished holder
+    of its order key (:data:`HELD`: a sale behind its lead, a refund behind its sale) is
+    passed over. ``skip`` lists unreadable
     ids. Called inside the claim's write transaction, so two workers never see a sale as free
     while the other holds its lead.
     """

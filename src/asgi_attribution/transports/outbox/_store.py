@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, cast
 
-from ..._events import CUSTOMER_FIELDS, Event, validate_event
+from ..._events import Event, OrderKey, order_keys, validate_event
 from .._base import Delivery, TrackResult, within_refused
 
 __all__ = [
@@ -129,16 +129,19 @@ class OutboxRow:
         )
 
     @property
-    def customer(self) -> str | None:
-        """``provider:customer`` whose order the row keeps (a refund names none), or None.
+    def order(self) -> tuple[OrderKey | None, OrderKey | None]:
+        """The order keys the row waits on and holds (:func:`order_keys`), each
+        ``(key space, "provider:value")`` or None.
 
         Example:
-            >>> OutboxRow("evt_1", "dub", "sale", {"customer_external_id": "u1"}).customer
-            'dub:u1'
+            >>> OutboxRow("evt_1", "dub", "sale", {"customer_external_id": "u1"}).order
+            (('customer', 'dub:u1'), None)
         """
-        field = CUSTOMER_FIELDS.get(self.kind)
-        customer = None if field is None else self.event.get(field)
-        return None if customer is None else f"{self.provider}:{customer}"
+        keys = order_keys(self.kind, self.event)
+        return (
+            None if keys[0] is None else (keys[0][0], f"{self.provider}:{keys[0][1]}"),
+            None if keys[1] is None else (keys[1][0], f"{self.provider}:{keys[1][1]}"),
+        )
 
     def to_event(self) -> Event:
         """Rebuild and re-validate the event (raises :class:`InvalidEventError` if it no longer
