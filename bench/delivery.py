@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from unittest import mock
 
 from .common import median
 from .nginx import Nginx, nginx
@@ -304,11 +305,12 @@ def _rows(quick: bool) -> dict[str, tuple[Callable[..., Awaitable[float]], bool,
 
 
 def run(*, rounds: int = 8, quick: bool = False) -> dict[str, Any]:
-    with nginx() as server:
+    with nginx() as server, contextlib.ExitStack() as trust:
         if server is None:
             return {"available": False, "note": "nginx or openssl is missing"}
-        # HTTPTransport trusts what SSL_CERT_FILE names (httpx's trust_env).
-        os.environ["SSL_CERT_FILE"] = server.ca_file
+        # HTTPTransport trusts what SSL_CERT_FILE names (httpx's trust_env); only while the CA
+        # file exists: the steps after this one make clients of their own.
+        trust.enter_context(mock.patch.dict(os.environ, {"SSL_CERT_FILE": server.ca_file}))
         rows = _rows(quick)
         samples: dict[str, list[float]] = {k: [] for k in rows}
         for _ in range(rounds):
