@@ -10,11 +10,6 @@ counts landings sent, landings served (200), outbound click calls, and landings 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,27 +27,13 @@ from asgi_attribution import AttributionMiddleware, Tracker, get_attribution
 from asgi_attribution._partners import MAX_PARTNER_COOKIE, PartnerClicks
 from asgi_attribution.testing import FakeProvider, Faults, serve_in_thread
 
+from .support.nginx import run_nginx
 from .test_partner_clicks import BROWSER, PARTNER, click_requests, landing_app
 
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
-)
-
-CONFIG = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+# nginx appends the peer to X-Forwarded-For, as a proxy in front of an app does.
+PROXY = """
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{ports[0]};
         location / {{
             proxy_pass {upstream};
             proxy_set_header Host $host;
@@ -60,7 +41,6 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
         }}
     }}
-}}
 """
 
 LINKS = {
@@ -74,32 +54,9 @@ LINKS = {
 
 @contextmanager
 def nginx_in_front(upstream: str, tmp: Path) -> Iterator[str]:
-    if NGINX is None:
-        if os.environ.get("CI"):
-            pytest.fail("nginx is not installed (CI is set: these tests must run)")
-        pytest.skip("nginx is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp / "nginx.conf").write_text(CONFIG.format(tmp=tmp, port=port, upstream=upstream))
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
+    # The upstream is put in first; run_nginx fills in the port (and reads the doubled braces).
+    with run_nginx(PROXY.replace("{upstream}", upstream), tmp) as (port,):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

@@ -3,17 +3,15 @@
 The CA reaches httpx through ``SSL_CERT_FILE`` (read with ``trust_env``), as a user behind a
 TLS-inspecting proxy would give theirs.
 
-nginx runs on a free port with a temporary configuration (``return 200`` with the SNI it saw).
-Without nginx the tests are skipped with the reason, unless ``CI`` is set: then they fail.
+nginx (``tests/support/nginx.py``) runs on a free port and answers ``return 200`` with the SNI
+it saw. Without nginx or openssl the tests are skipped with the reason, unless ``CI`` is set:
+then they fail.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +20,9 @@ import pytest
 from asgi_attribution import DUB, DeliveryError, HTTPTransport, LeadEvent
 from asgi_attribution.transports import Delivery
 
-pytestmark = pytest.mark.anyio
+from ..support.nginx import run_nginx, unavailable
 
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
-)
+pytestmark = pytest.mark.anyio
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -48,67 +44,27 @@ def make_ca(tmp: Path) -> None:
             cwd=tmp)  # fmt: skip
 
 
-CONFIG = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+SERVER = """
     keepalive_requests 3;
     server {{
-        listen 127.0.0.1:{port} ssl;
+        listen 127.0.0.1:{ports[0]} ssl;
         server_name localhost;
         ssl_certificate {tmp}/server.pem;
         ssl_certificate_key {tmp}/server.key;
         location / {{ default_type application/json; return 200 '{{"sni": "$ssl_server_name"}}'; }}
     }}
-}}
 """
 
 
 @pytest.fixture(scope="module")
 def nginx_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """nginx over TLS on a free port; yields the port and the directory holding ca.pem."""
-    if NGINX is None or shutil.which("openssl") is None:
-        reason = "nginx or openssl is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set: these tests must run)")
-        pytest.skip(reason)
+    if shutil.which("openssl") is None:
+        unavailable("openssl is not installed")
     tmp = tmp_path_factory.mktemp("nginx")
-    os.chmod(tmp, 0o755)  # nginx workers (user nobody) read the certificate from here
     make_ca(tmp)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp / "nginx.conf").write_text(CONFIG.format(tmp=tmp, port=port))
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log = (tmp / "error.log").read_text() if (tmp / "error.log").exists() else ""
-                    pytest.fail(f"nginx did not start: {proc.stderr.read()!r} {log}")  # type: ignore[union-attr]
-                time.sleep(0.05)
+    with run_nginx(SERVER, tmp) as (port,):
         yield port, tmp
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def lead(user: str = "u1") -> Delivery:
