@@ -59,6 +59,9 @@ SLOW = (
     "tests/outbox/test_sqlite_attacks.py",  # processes SIGKILLed mid-commit, 6-30 s each
     "tests/outbox/test_sqlite_faults.py::test_a_write_lock_held_35s_never_holds_a_signup",
     "tests/test_fuzz.py::test_hostile_requests_never_change_the_apps_answer",
+    "tests/outbox/test_order.py::test_a_dead_sale_releases_its_refund_and_a_held_chain_holds_no_other_invoice",
+    "tests/test_causal_order.py::test_each_refund_waits_for_its_sale_in_the_memory_queue",
+    "tests/test_job_loops.py::test_a_job_process_exits_with_every_event_delivered",
     "tests/test_pace_processes.py",  # two CLI processes drain three rate-limit windows
     "tests/testing/test_fake_rate_limit.py",  # waits for the fake's 2 s windows to turn
     "tests/transports/test_pace.py::test_remaining_zero_holds_the_next_attempt_until_the_reset",

@@ -7,6 +7,7 @@ silently lost (none of these), and asserts silently lost == 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -197,8 +198,11 @@ def test_a_sqlite_outbox_survives_a_sigkill_of_a_worker(
         for pid in server.workers():
             os.kill(pid, signal.SIGKILL)  # both: whatever either held is in the file
         provider.faults = Faults()
-        deadline = time.monotonic() + 40  # claims of the killed workers wait out their lease
+        deadline = time.monotonic() + 40  # claims of the killed workers wait out their 5 s lease
         while time.monotonic() < deadline and len(provider.leads()) < len(users):
+            # A new worker starts delivering at its first request: visits wake them.
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(server.url + "/", timeout=5)
             time.sleep(0.2)
         log = server.stop()
     by_workers = len(provider.leads())
