@@ -179,7 +179,9 @@ def bad_states() -> dict[str, str]:
     head, _, signature = good.rpartition(".")
     return {
         "garbage": "garbage",
-        "tampered": f"{head}.{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}",
+        # The first character: the last one of base64 carries padding bits, and a change there
+        # can decode to the same signature.
+        "tampered": f"{head}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}",
         "expired": StateTokens(
             SECRET, salt="asgi-attribution.state.dub", clock=lambda: time.time() - 7200
         ).dumps({"c": CLICK}),
