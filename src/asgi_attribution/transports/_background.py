@@ -449,7 +449,7 @@ class BackgroundTransport(Transport):
         full = self._jobs.waiting() >= self.queue_size  # a coroutine only if so
         if full and not await self._jobs.wait_for_room(self.queue_size, self.queue_full_timeout):
             return await self._full(delivery)
-        self._jobs.add(Job(delivery.from_queue()), wake=not self._pause.active)
+        self._jobs.add(Job(delivery), wake=not self._pause.active)
         self.stats.count("queued", delivery)
         return TrackResult("queued", event)
 
@@ -505,6 +505,10 @@ class BackgroundTransport(Transport):
         """One attempt at ``job``; True unless it met a fault of the whole integration."""
         self._jobs.take(job)
         job.attempts += 1
+        if job.attempts == 1:
+            # A lead without mode goes with mode="wait" (a model copy): made here, by the
+            # worker, off the handler's path.
+            job.delivery = job.delivery.from_queue()
         # Cancelled (shutdown, or the loop ending), the job stays in the registry: aclose
         # reports it, or a new loop queues it again.
         try:
