@@ -38,12 +38,11 @@ What the server must provide, checked at open:
 - Redis 7+: the scripts are flagged ``allow-oom``, so a Redis at ``maxmemory`` with
   ``noeviction`` still acknowledges and moves entries: a full Redis drains.
 
-The same store answers the CLI: counts, listing rows by state, retrying dead letters. Needs
-``pip install 'asgi-attribution[redis]'``.
+The same store answers the CLI (counts, rows by state, dead letters). Needs ``[redis]``.
 
-One concept, the outbox as Redis keys: the scripts that move an entry between them, the reads
-the CLI makes of them, and the copies kept while the server may lose them all act on the same
-keys and the same entry ids; a reader follows an entry through its keys in one file.
+One concept, the outbox as Redis keys, in about 1,000 lines: the Lua scripts that move an
+entry, the order hashes, the CLI's reads and the copies kept while the server may lose them all
+act on the same keys and entry ids; split by kind, each part would need the others' layout.
 """
 
 from __future__ import annotations
